@@ -1,0 +1,106 @@
+"""The contracts between rsvlm's kinds of component.
+
+Every component is an ``nn.Module`` whose constructor takes plain typed arguments, so that
+jsonargparse can build it from ``class_path``/``init_args``. The base classes here declare
+what each kind promises to its neighbours (widths, strides) so that a model can check the
+wiring once, at assembly, and name both components when they disagree.
+
+Shapes: B batch, C bands, H×W pixels, D widths, L text tokens, K prompt tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class ContractError(ValueError):
+    """Two neighbouring components disagree on a width, stride or band count."""
+
+
+@dataclass
+class FusedFeatures:
+    """Output of a fusion module.
+
+    Attributes:
+        map: ``B×D×h×w`` fused feature map (fed to a mask decoder).
+        tokens: ``B×N×D`` visual tokens, the map flattened row-major (N = h·w), fed to a
+            projector and then the LLM.
+    """
+
+    map: torch.Tensor
+    tokens: torch.Tensor
+
+
+class Encoder(nn.Module):
+    """Image ``B×C×H×W`` → list of maps ``B×D_i×H/r_i×W/r_i``.
+
+    Subclasses set ``in_bands`` (C), ``channels`` (D_i per level) and ``reductions``
+    (r_i per level, increasing).
+    """
+
+    in_bands: int
+    channels: list[int]
+    reductions: list[int]
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Fusion(nn.Module):
+    """List of encoder maps → :class:`FusedFeatures`.
+
+    Subclasses set ``in_channels`` (what they expect from the encoder), ``out_channels`` (D of
+    the fused map and tokens) and ``out_reduction`` (stride of the fused map w.r.t. the image).
+    """
+
+    in_channels: list[int]
+    out_channels: int
+    out_reduction: int
+
+    def forward(self, features: list[torch.Tensor]) -> FusedFeatures:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Bridge(nn.Module):
+    """LLM hidden states ``B×L×D_llm`` + a ``B×L`` bool mask of positions to use → prompt
+    embeddings ``B×K×D_dec``.
+
+    Subclasses set ``in_dim`` (D_llm), ``out_dim`` (D_dec) and ``num_tokens`` (K).
+    """
+
+    in_dim: int
+    out_dim: int
+    num_tokens: int
+
+    def forward(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class MaskDecoder(nn.Module):
+    """Feature map ``B×D_in×h×w`` + prompt embeddings ``B×K×D_dec`` → mask logits
+    ``B×1×H×W`` at the requested image size.
+
+    Subclasses set ``in_channels`` (D_in, the fused map's width) and ``prompt_dim`` (D_dec).
+    """
+
+    in_channels: int
+    prompt_dim: int
+
+    def forward(
+        self, feature_map: torch.Tensor, prompts: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def check_link(producer: nn.Module, produced: object, consumer: nn.Module, expected: object, what: str) -> None:
+    """Raise :class:`ContractError` naming both components when ``produced != expected``."""
+    a = list(produced) if isinstance(produced, (list, tuple)) else produced
+    b = list(expected) if isinstance(expected, (list, tuple)) else expected
+    if a != b:
+        raise ContractError(
+            f"{type(producer).__name__} gives {what}={a}, but {type(consumer).__name__} expects {what}={b}. "
+            f"Set the {type(consumer).__name__} argument to {a} in the recipe."
+        )
