@@ -1,0 +1,285 @@
+"""A SAM mask decoder head driven by a fused feature map and LLM-derived prompt tokens.
+
+The pieces are ``segment_anything``'s own ``MaskDecoder``, ``PromptEncoder``,
+``TwoWayTransformer`` and ``LayerNorm2d``; this module only adds a SAM-style neck (to bring
+the fused map to the decoder width) and a batched ``predict_masks`` (SAM's own one assumes a
+single image per call). The weights of the decoder and prompt encoder can be loaded from an
+official SAM checkpoint (``sam_vit_b_01ec64.pth``, ``sam_vit_l_0b3195.pth``,
+``sam_vit_h_4b8939.pth``).
+
+Shapes: B batch, D_in fused-map width, D decoder (prompt) width, h×w map size, H×W image
+size, K prompt tokens.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from segment_anything.modeling import MaskDecoder as SamMaskDecoder
+from segment_anything.modeling import PromptEncoder, TwoWayTransformer
+from segment_anything.modeling.common import LayerNorm2d
+from torch import nn
+
+from rsvlm.contracts import MaskDecoder
+
+# The geometry every official SAM checkpoint was trained with (segment_anything.build_sam).
+SAM_PROMPT_DIM = 256
+SAM_DECODER_DEPTH = 2
+SAM_DECODER_MLP_DIM = 2048
+SAM_DECODER_HEADS = 8
+SAM_EMBEDDING_SIZE = 64
+SAM_IMAGE_SIZE = 1024
+SAM_MASK_IN_CHANS = 16
+SAM_CHECKPOINTS = ("sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth", "sam_vit_h_4b8939.pth")
+SAM_README = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+
+
+class SamMaskDecoderHead(MaskDecoder):
+    """Fused map ``B×D_in×h×w`` + prompt tokens ``B×K×D`` → mask logits ``B×1×H×W``.
+
+    The map passes a SAM-style neck (1×1 conv → LayerNorm2d → 3×3 conv → LayerNorm2d) to the
+    image embedding ``B×D×h×w``. The decoder then sees, per image, that embedding, the dense
+    positional encoding of an h×w grid (the prompt encoder's random-Fourier ``pe_layer``, so any
+    map size works, not only SAM's 64×64), the prompt encoder's no-mask dense embedding and the
+    prompt tokens as sparse prompts. Its low-resolution logits (``4h×4w``) are bilinearly
+    upsampled to the image size.
+
+    Args:
+        in_channels: D_in, width of the fused map.
+        prompt_dim: D, the decoder width and the prompt-token width (256 for SAM weights).
+        checkpoint: path to an official SAM checkpoint; its ``mask_decoder.*`` and
+            ``prompt_encoder.*`` weights are loaded (the image encoder's are ignored).
+        decoder_depth: two-way transformer depth (SAM: 2).
+        decoder_mlp_dim: two-way transformer MLP width (SAM: 2048).
+        decoder_heads: attention heads (SAM: 8).
+        multimask_output: use SAM's three multimask outputs and keep, per image, the one with
+            the highest predicted IoU; otherwise SAM's single-mask output (token 0) is used.
+        freeze_prompt_encoder: freeze the prompt encoder. Only its ``no_mask_embed`` and
+            positional encoding are used; its point/box/mask parts never receive gradients.
+
+    Under DDP, note that the IoU head (and, without multimask output, the three multimask
+    hypernetwork MLPs) take no part in the mask loss, as in SAM-based training code.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1024,
+        prompt_dim: int = SAM_PROMPT_DIM,
+        checkpoint: str | None = None,
+        decoder_depth: int = SAM_DECODER_DEPTH,
+        decoder_mlp_dim: int = SAM_DECODER_MLP_DIM,
+        decoder_heads: int = SAM_DECODER_HEADS,
+        multimask_output: bool = False,
+        freeze_prompt_encoder: bool = True,
+    ) -> None:
+        super().__init__()
+        if prompt_dim % 8 or (prompt_dim // 2) % decoder_heads:
+            # SAM's upscaling divides the width by 8 and its cross-attention halves it per head.
+            raise ValueError(
+                f"SamMaskDecoderHead: prompt_dim={prompt_dim} must be a multiple of 8 and "
+                f"prompt_dim/2 a multiple of decoder_heads={decoder_heads}"
+            )
+        self.in_channels = in_channels
+        self.prompt_dim = prompt_dim
+        self.multimask_output = multimask_output
+
+        self.neck = nn.Sequential(
+            nn.Conv2d(in_channels, prompt_dim, kernel_size=1, bias=False),
+            LayerNorm2d(prompt_dim),
+            nn.Conv2d(prompt_dim, prompt_dim, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(prompt_dim),
+        )
+        # Built exactly as segment_anything.build_sam._build_sam does, so its keys and shapes match.
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=prompt_dim,
+            image_embedding_size=(SAM_EMBEDDING_SIZE, SAM_EMBEDDING_SIZE),
+            input_image_size=(SAM_IMAGE_SIZE, SAM_IMAGE_SIZE),
+            mask_in_chans=SAM_MASK_IN_CHANS,
+        )
+        self.mask_decoder = SamMaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=decoder_depth,
+                embedding_dim=prompt_dim,
+                mlp_dim=decoder_mlp_dim,
+                num_heads=decoder_heads,
+            ),
+            transformer_dim=prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        )
+        if checkpoint is not None:
+            if decoder_heads != SAM_DECODER_HEADS:
+                # Head count leaves weight shapes unchanged, so the key check below cannot catch it.
+                warnings.warn(
+                    f"SamMaskDecoderHead: decoder_heads={decoder_heads}, but SAM checkpoints were "
+                    f"trained with {SAM_DECODER_HEADS} heads; loading {checkpoint} anyway",
+                    stacklevel=2,
+                )
+            self.load_sam_checkpoint(checkpoint)
+        if freeze_prompt_encoder:
+            self.prompt_encoder.requires_grad_(False)
+
+    def load_sam_checkpoint(self, path: str | Path) -> None:
+        """Load ``mask_decoder.*`` and ``prompt_encoder.*`` from a SAM checkpoint, strictly.
+
+        Raises:
+            FileNotFoundError: the file is missing (the message says what to download).
+            ValueError: keys or shapes differ from this head's decoder / prompt encoder.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"SAM checkpoint not found: {path}. Download one of {', '.join(SAM_CHECKPOINTS)} "
+                f"(the decoder weights are the same kind in all three; use the one your recipe "
+                f"names) from the model-checkpoint links in the segment-anything README "
+                f"({SAM_README}) and put it at {path.resolve()}, or set the head's `checkpoint` "
+                f"argument to where the file is."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+            # Fine-tuning scripts often nest the weights one level down.
+            for key in ("model", "state_dict"):
+                if isinstance(state.get(key), Mapping):
+                    state = state[key]
+                    break
+        if not isinstance(state, Mapping):
+            raise ValueError(f"SAM checkpoint {path}: expected a state dict, got {type(state).__name__}")
+        for prefix, module in (("mask_decoder.", self.mask_decoder), ("prompt_encoder.", self.prompt_encoder)):
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            own = module.state_dict()
+            missing = sorted(set(own) - set(sub))
+            unexpected = sorted(set(sub) - set(own))
+            mismatched = [
+                f"{prefix}{k}: file {tuple(sub[k].shape)} vs head {tuple(own[k].shape)}"
+                for k in sorted(set(sub) & set(own))
+                if sub[k].shape != own[k].shape
+            ]
+            if missing or unexpected or mismatched:
+                raise ValueError(
+                    f"SAM checkpoint {path} does not fit SamMaskDecoderHead "
+                    f"(prompt_dim={self.prompt_dim}; SAM uses prompt_dim={SAM_PROMPT_DIM}, "
+                    f"decoder_depth={SAM_DECODER_DEPTH}, decoder_mlp_dim={SAM_DECODER_MLP_DIM}, "
+                    f"decoder_heads={SAM_DECODER_HEADS}). "
+                    f"Missing keys: {[prefix + k for k in missing]}; "
+                    f"unexpected keys: {[prefix + k for k in unexpected]}; "
+                    f"shape mismatches: {mismatched}"
+                )
+            module.load_state_dict(sub, strict=True)
+
+    def dense_positional_encoding(self, size: tuple[int, int]) -> torch.Tensor:
+        """Positional encoding ``1×D×h×w`` of an h×w grid (SAM's ``get_dense_pe`` at 64×64)."""
+        return self.prompt_encoder.pe_layer(size).unsqueeze(0)
+
+    def no_mask_embedding(self, size: tuple[int, int]) -> torch.Tensor:
+        """SAM's dense embedding for "no mask prompt", broadcast to ``1×D×h×w``."""
+        h, w = size
+        return repeat(self.prompt_encoder.no_mask_embed.weight, "1 d -> 1 d h w", h=h, w=w)
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched version of SAM's ``MaskDecoder.predict_masks``: image i with prompts i.
+
+        Args:
+            image_embeddings: ``B×D×h×w``.
+            image_pe: ``1×D×h×w`` or ``B×D×h×w``.
+            sparse_prompt_embeddings: ``B×K×D``.
+            dense_prompt_embeddings: ``1×D×h×w`` or ``B×D×h×w``.
+
+        Returns:
+            All mask logits ``B×4×4h×4w`` (SAM's single-mask output first, then the three
+            multimask outputs) and the IoU predictions ``B×4``.
+        """
+        dec = self.mask_decoder
+        b, c, h, w = image_embeddings.shape
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        output_tokens = repeat(output_tokens, "t d -> b t d", b=b)
+        tokens = torch.cat((output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings), dim=1)
+
+        src = image_embeddings + dense_prompt_embeddings
+        pos_src = image_pe.to(src.dtype).expand(b, -1, -1, -1)
+        hs, src = dec.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
+
+        src = rearrange(src, "b (h w) c -> b c h w", h=h, w=w)
+        upscaled = dec.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
+        )
+        masks = torch.einsum("bmc,bchw->bmhw", hyper_in, upscaled)
+        iou_pred = dec.iou_prediction_head(iou_token_out)
+        return masks, iou_pred
+
+    def _select(self, masks: torch.Tensor, iou_pred: torch.Tensor) -> torch.Tensor:
+        """``B×4×h×w`` → ``B×1×h×w``: SAM's mask slice, then the best-IoU mask of the multimask set."""
+        if not self.multimask_output:
+            return masks[:, 0:1]
+        masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
+        best = iou_pred.argmax(dim=1)
+        return masks[torch.arange(masks.shape[0], device=masks.device), best].unsqueeze(1)
+
+    def low_res_logits(self, feature_map: torch.Tensor, prompts: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Mask logits ``B×1×4h×4w`` before upsampling to the image size.
+
+        Args:
+            feature_map: ``B×D_in×h×w``.
+            prompts: ``B×K×D``, or a list of B tensors ``K_i×D`` (each image its own count).
+        """
+        if feature_map.ndim != 4 or feature_map.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SamMaskDecoderHead: feature_map must be B×{self.in_channels}×h×w, "
+                f"got {tuple(feature_map.shape)}"
+            )
+        b, _, h, w = feature_map.shape
+        embedding = self.neck(feature_map)
+        pe = self.dense_positional_encoding((h, w))
+        dense = self.no_mask_embedding((h, w)).to(embedding.dtype)
+
+        if isinstance(prompts, torch.Tensor):
+            self._check_prompts(prompts, b)
+            masks, iou = self.predict_masks(embedding, pe, prompts, dense)
+            return self._select(masks, iou)
+        if len(prompts) != b:
+            raise ValueError(f"SamMaskDecoderHead: got {len(prompts)} prompt tensors for {b} images")
+        # Different prompt counts cannot share one transformer call; images are few, so loop.
+        out = []
+        for i, p in enumerate(prompts):
+            p = p.unsqueeze(0) if p.ndim == 2 else p
+            self._check_prompts(p, 1)
+            masks, iou = self.predict_masks(embedding[i : i + 1], pe, p, dense)
+            out.append(self._select(masks, iou))
+        return torch.cat(out, dim=0)
+
+    def _check_prompts(self, prompts: torch.Tensor, batch: int) -> None:
+        if prompts.ndim != 3 or prompts.shape[0] != batch or prompts.shape[2] != self.prompt_dim:
+            raise ValueError(
+                f"SamMaskDecoderHead: prompts must be {batch}×K×{self.prompt_dim} "
+                f"(prompt_dim={self.prompt_dim}), got {tuple(prompts.shape)}"
+            )
+
+    def forward(
+        self,
+        feature_map: torch.Tensor,
+        prompts: torch.Tensor | Sequence[torch.Tensor],
+        image_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Mask logits ``B×1×H×W`` for ``image_size=(H, W)``.
+
+        Args:
+            feature_map: ``B×D_in×h×w`` fused map.
+            prompts: ``B×K×D`` prompt tokens, or a list of B tensors ``K_i×D``.
+            image_size: ``(H, W)`` of the input image.
+        """
+        low = self.low_res_logits(feature_map, prompts)
+        return F.interpolate(low, size=tuple(image_size), mode="bilinear", align_corners=False)
