@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny SPEX components and a batch in the datamodule's contract."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_cache(tmp_path_factory):
+    """Keep every cache (demo tokenizer, generated data) inside the test session and offline."""
+    cache = tmp_path_factory.mktemp("rsvlm-cache")
+    old = {k: os.environ.get(k) for k in ("RSVLM_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ["RSVLM_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    yield cache
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+TINY_LLM_CONFIG = {
+    "base": "qwen2.5-0.5b",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+}
+
+
+def tiny_spex_components(bands: int = 4, lora: bool = False) -> dict:
+    """The SPEX wiring at toy widths (built in Python with the recipes' arguments)."""
+    from rsvlm.bridges.tcp import TokenCompressionProjector
+    from rsvlm.encoders.timm_encoder import TimmEncoder
+    from rsvlm.fusion.msam import MSAM
+    from rsvlm.fusion.projector import MLPProjector
+    from rsvlm.heads.sam_decoder import SamMaskDecoderHead
+    from rsvlm.llm.causal_lm import CausalLM, LoraSettings
+
+    torch.manual_seed(0)
+    encoder = TimmEncoder(model_name="resnet18", in_bands=bands)
+    return dict(
+        encoder=encoder,
+        fusion=MSAM(in_channels=encoder.channels, out_channels=32, form="paper"),
+        projector=MLPProjector(in_dim=32, out_dim=32),
+        llm=CausalLM(
+            config=TINY_LLM_CONFIG,
+            tokenizer="demo",
+            freeze=lora,
+            lora=LoraSettings(r=4, alpha=8, dropout=0.0) if lora else None,
+        ),
+        bridge=TokenCompressionProjector(in_dim=32, out_dim=32, num_tokens=2),
+        decoder=SamMaskDecoderHead(in_channels=32, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2),
+    )
+
+
+def contract_batch(formatter, bands: int = 4, size: int = 64, batch: int = 2) -> dict:
+    """A batch in the SpieDataModule contract, with random pixels and fixed text."""
+    g = torch.Generator().manual_seed(1)
+    mask = torch.zeros(batch, 1, size, size)
+    mask[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
+    instructions = ["Based on the provided image, describe the water regions."] * batch
+    responses = ["There is one small water region at the top left.", "Water: one region, top left, small."][:batch]
+    return {
+        "image": torch.randn(batch, bands, size, size, generator=g),
+        "mask": mask,
+        "valid": torch.ones(batch, 1, size, size, dtype=torch.bool),
+        "category": ["water"] * batch,
+        "instruction": instructions,
+        "response": responses,
+        "meta": [{} for _ in range(batch)],
+        **formatter(instructions, responses),
+    }
