@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
-
 from torchmetrics.utilities.data import dim_zero_sum
 
 from rsvlm.models.metrics import METRIC_NAMES, BinarySegmentationMetrics
