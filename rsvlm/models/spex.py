@@ -276,6 +276,17 @@ class SpexModel(L.LightningModule):
         logits = self.decode_mask(fused.map, gen.hidden_states, positions, image.shape[-2:])
         return {"mask_logits": logits, "texts": gen.texts, "token_ids": gen.sequences}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A frozen multi-billion-parameter LLM is not copied into every checkpoint.
+        from rsvlm.checkpointing import keep_trained_only
+
+        keep_trained_only(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from rsvlm.checkpointing import restore_frozen
+
+        restore_frozen(self, checkpoint)
+
     def configure_optimizers(self):
         # Only components that some stage of this run trains get optimiser state.
         stages = {p.stage for p in self.schedule} or {self.current_stage}
