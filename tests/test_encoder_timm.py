@@ -12,8 +12,10 @@ from safetensors.torch import save_file
 from rsvlm.contracts import ContractError
 from rsvlm.encoders.timm_encoder import TimmEncoder, expand_stem_weight
 
-# Small members of the two families; stem names differ ('stem.0' vs 'conv1').
+# Small members of the two families: stem key in the saved model, and in timm's feature
+# wrapper (which flattens the first Sequential level, so 'stem.0' becomes 'stem_0').
 MODELS = {"convnext_atto": "stem.0.weight", "resnet18": "conv1.weight"}
+FEATURE_STEMS = {"convnext_atto": "stem_0.weight", "resnet18": "conv1.weight"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def _saved_key(key: str, state: dict) -> str:
 
 
 def _stem(encoder: TimmEncoder, name: str) -> torch.Tensor:
-    return encoder.model.state_dict()[MODELS[name].replace(".", "_", 1) if name.startswith("convnext") else MODELS[name]]
+    return encoder.model.state_dict()[FEATURE_STEMS[name]]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -49,9 +51,10 @@ def test_pyramid_shapes(name: str) -> None:
     assert enc.reductions == [4, 8, 16, 32]
     assert enc.in_bands == 5
     ref = timm.create_model(name, features_only=True)
-    expected_channels = [c for c, r in zip(ref.feature_info.channels(), ref.feature_info.reduction()) if r >= 4]
-    assert enc.channels == expected_channels
-    assert [tuple(f.shape) for f in feats] == [(2, c, 64 // r, 96 // r) for c, r in zip(enc.channels, enc.reductions)]
+    info = zip(ref.feature_info.channels(), ref.feature_info.reduction())
+    assert enc.channels == [c for c, r in info if r >= 4]
+    expected = [(2, c, 64 // r, 96 // r) for c, r in zip(enc.channels, enc.reductions)]
+    assert [tuple(f.shape) for f in feats] == expected
     sum(f.mean() for f in feats).backward()
     assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
 
@@ -63,8 +66,9 @@ def test_pyramid_shapes(name: str) -> None:
 )
 def test_rgb_weights_into_multiband_stem(saved, name, fmt, in_bands, rgb_bands, init) -> None:
     state = saved[name]["state"]
-    enc = TimmEncoder(name, in_bands=in_bands, checkpoint_path=str(saved[name][fmt]), rgb_bands=rgb_bands,
-                      extra_band_init=init)
+    enc = TimmEncoder(
+        name, in_bands=in_bands, checkpoint_path=str(saved[name][fmt]), rgb_bands=rgb_bands, extra_band_init=init
+    )
     rgb = state[MODELS[name]]
     stem = _stem(enc, name)
     assert stem.shape == (rgb.shape[0], in_bands, *rgb.shape[2:])
@@ -75,9 +79,8 @@ def test_rgb_weights_into_multiband_stem(saved, name, fmt, in_bands, rgb_bands, 
     for band in extra:
         torch.testing.assert_close(stem[:, band], expected)
     # every other tensor is the saved one, bit for bit
-    stem_key = MODELS[name].replace(".", "_", 1) if name.startswith("convnext") else MODELS[name]
     for key, value in enc.model.state_dict().items():
-        if key != stem_key:
+        if key != FEATURE_STEMS[name]:
             assert torch.equal(value, state[_saved_key(key, state)]), key
 
 

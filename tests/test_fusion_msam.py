@@ -64,7 +64,8 @@ def test_released_form_matches_released_code() -> None:
 
 def test_released_state_dict_names() -> None:
     msam = MSAM(CHANNELS, REDUCTIONS, out_channels=32, form="released")
-    assert set(msam.state_dict()) == {"fuse_all.0.weight", "fuse_all.0.bias", "fuse_all.1.weight", "fuse_all.1.bias"}
+    names = {"fuse_all.0.weight", "fuse_all.0.bias", "fuse_all.1.weight", "fuse_all.1.bias"}
+    assert set(msam.state_dict()) == names
     assert msam.fuse_all[1].num_groups == 16
     assert msam.fuse_all[3].p == 0.5
 
