@@ -161,3 +161,15 @@ def test_wrong_widths_are_named():
         head(torch.randn(1, 9, 4, 4), torch.randn(1, 1, 32), (16, 16))
     with pytest.raises(ValueError, match="prompt_dim=32"):
         head(torch.randn(1, 8, 4, 4), torch.randn(1, 1, 31), (16, 16))
+
+
+def test_half_precision_weights_run():
+    """Lightning's "bf16-true" casts every buffer, SAM's positional-encoding matrix included."""
+    torch.manual_seed(8)
+    head = SamMaskDecoderHead(in_channels=8, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2).eval()
+    fm, p = torch.randn(2, 8, 6, 6), torch.randn(2, 3, 32)
+    with torch.no_grad():
+        ref = head(fm, p, (24, 24))
+        out = head.to(torch.bfloat16)(fm.bfloat16(), p.bfloat16(), (24, 24))
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref, atol=0.05 * ref.abs().max().item())

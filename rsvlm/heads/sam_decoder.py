@@ -24,6 +24,7 @@ from segment_anything.modeling import MaskDecoder as SamMaskDecoder
 from segment_anything.modeling import PromptEncoder, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
+from torch.func import functional_call
 
 from rsvlm.contracts import MaskDecoder
 
@@ -173,8 +174,13 @@ class SamMaskDecoderHead(MaskDecoder):
             module.load_state_dict(sub, strict=True)
 
     def dense_positional_encoding(self, size: tuple[int, int]) -> torch.Tensor:
-        """Positional encoding ``1×D×h×w`` of an h×w grid (SAM's ``get_dense_pe`` at 64×64)."""
-        return self.prompt_encoder.pe_layer(size).unsqueeze(0)
+        """Positional encoding ``1×D×h×w`` (float32) of an h×w grid (SAM's ``get_dense_pe`` at 64×64)."""
+        pe_layer = self.prompt_encoder.pe_layer
+        matrix = pe_layer.positional_encoding_gaussian_matrix
+        # SAM builds its grid in float32; under half-precision weights ("16-true"/"bf16-true")
+        # the buffer is half, so run SAM's own layer with a float32 copy of it.
+        pe = functional_call(pe_layer, {"positional_encoding_gaussian_matrix": matrix.float()}, (tuple(size),))
+        return pe.unsqueeze(0)
 
     def no_mask_embedding(self, size: tuple[int, int]) -> torch.Tensor:
         """SAM's dense embedding for "no mask prompt", broadcast to ``1×D×h×w``."""
