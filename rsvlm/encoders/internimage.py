@@ -1,0 +1,414 @@
+"""InternImage encoder (DCNv3 backbone), pure PyTorch, any band count.
+
+Architecture and parameter names follow the official implementation
+(``OpenGVLab/InternImage``, ``classification/models/intern_image.py``), so an official
+checkpoint loads through ``checkpoint_path``:
+
+* ``patch_embed.conv1`` / ``norm1.1`` / ``conv2`` / ``norm2.1`` — the stride-4 stem;
+* ``levels.N.blocks.M.{norm1.0, dcn.*, norm2.0, mlp.fc1, mlp.fc2, gamma1, gamma2}``;
+* ``levels.N.norm.0`` (pre-norm variants), ``levels.N.downsample.{conv, norm.1}``;
+* InternImage-H also ``levels.2.post_norms.*``, ``res_post_norm{1,2}.0`` and
+  ``dcn.center_feature_scale_proj_*``.
+
+The classification head of the official checkpoints (``conv_head``, ``head``, and for H the
+CLIP projector) is not part of the encoder and its keys are ignored on loading. Checkpoints
+may be a bare state dict or wrapped in ``model`` (classification releases) or ``state_dict``
+(mmseg/mmdet releases, whose ``backbone.`` prefix is stripped).
+
+More than 3 input bands: the stem's first conv (``patch_embed.conv1``) is built for
+``in_bands``; when an RGB checkpoint is loaded, the filters of the bands listed in
+``rgb_bands`` are the checkpoint's R, G, B filters, bit for bit, and every other band gets the
+mean of the three RGB filters (``extra_band_init="mean"``) or zeros (``"zeros"``) — the rule
+of the timm encoder.
+
+Outputs: 4 maps ``B×[C, 2C, 4C, 8C]×H/r×W/r`` at strides 4, 8, 16, 32, each taken after its
+level's blocks (and level norm) and before the downsampling, as the official
+segmentation/detection backbones do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from einops import rearrange
+from timm.layers import DropPath, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from rsvlm.contracts import ContractError, Encoder
+from rsvlm.encoders.dcnv3 import DCNv3, channels_first_norm, channels_first_to_last_norm, channels_last_norm
+
+
+@dataclass(frozen=True)
+class InternImageConfig:
+    """Hyper-parameters of one InternImage size (official ``configs/*.yaml``)."""
+
+    channels: int
+    depths: tuple[int, ...]
+    groups: tuple[int, ...]
+    offset_scale: float = 1.0
+    layer_scale: float | None = None
+    post_norm: bool = False
+    mlp_ratio: float = 4.0
+    dw_kernel_size: int | None = None
+    res_post_norm: bool = False
+    level2_post_norm_block_ids: tuple[int, ...] | None = None
+    center_feature_scale: bool = False
+
+
+#: Official sizes, from ``classification/configs/*/internimage_{t,s,b,l,xl,h}_*.yaml``.
+VARIANTS: dict[str, InternImageConfig] = {
+    "t": InternImageConfig(64, (4, 4, 18, 4), (4, 8, 16, 32)),
+    "s": InternImageConfig(80, (4, 4, 21, 4), (5, 10, 20, 40), layer_scale=1e-5, post_norm=True),
+    "b": InternImageConfig(112, (4, 4, 21, 4), (7, 14, 28, 56), layer_scale=1e-5, post_norm=True),
+    "l": InternImageConfig(160, (5, 5, 22, 5), (10, 20, 40, 80), 2.0, 1e-5, post_norm=True),
+    "xl": InternImageConfig(192, (5, 5, 24, 5), (12, 24, 48, 96), 2.0, 1e-5, post_norm=True),
+    "h": InternImageConfig(
+        320,
+        (6, 6, 32, 6),
+        (10, 20, 40, 80),
+        dw_kernel_size=5,
+        res_post_norm=True,
+        level2_post_norm_block_ids=(5, 11, 17, 23, 29),
+        center_feature_scale=True,
+    ),
+    # not an official size: L's code path (post-norm, layer scale, offset scale 2) at toy width
+    "tiny-test": InternImageConfig(16, (1, 1, 2, 1), (2, 4, 8, 16), 2.0, 1e-5, post_norm=True),
+}
+
+#: Official checkpoint keys that belong to the classification head, not the encoder.
+HEAD_PREFIXES = ("conv_head.", "head.", "dcnv3_head_x4.", "dcnv3_head_x3.", "clip_projector.", "fc_norm.")
+
+
+def adapt_rgb_conv_weight(
+    weight: torch.Tensor, in_bands: int, rgb_bands: list[int], extra_band_init: Literal["mean", "zeros"] = "mean"
+) -> torch.Tensor:
+    """Turn an RGB conv kernel ``D×3×k×k`` into ``D×in_bands×k×k``.
+
+    Band ``rgb_bands[i]`` gets RGB filter ``i`` unchanged; every other band gets the mean of
+    the three RGB filters (``"mean"``) or zeros (``"zeros"``).
+    """
+    if weight.shape[1] != 3:
+        raise ValueError(f"adapt_rgb_conv_weight: expected an RGB kernel (3 input channels), got {tuple(weight.shape)}")
+    if len(rgb_bands) != 3 or len(set(rgb_bands)) != 3 or not all(0 <= b < in_bands for b in rgb_bands):
+        raise ValueError(f"rgb_bands must be 3 distinct band indices in [0, {in_bands}), got {rgb_bands}")
+    fill = weight.mean(dim=1, keepdim=True) if extra_band_init == "mean" else torch.zeros_like(weight[:, :1])
+    out = fill.repeat(1, in_bands, 1, 1)
+    for rgb_index, band in enumerate(rgb_bands):
+        out[:, band] = weight[:, rgb_index]
+    return out
+
+
+class _Stem(nn.Module):
+    """Two stride-2 3×3 convs: ``B×C_in×H×W`` → ``B×H/4×W/4×C`` (channels-last)."""
+
+    def __init__(self, in_bands: int, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_bands, channels // 2, 3, stride=2, padding=1)
+        self.norm1 = channels_first_norm(channels // 2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1)
+        self.norm2 = channels_first_to_last_norm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+
+class _Downsample(nn.Module):
+    """Stride-2 3×3 conv doubling the width: ``B×H×W×C`` → ``B×H/2×W/2×2C``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1, bias=False)
+        self.norm = channels_first_to_last_norm(2 * channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(rearrange(x, "b h w c -> b c h w")))
+
+
+class _MLP(nn.Module):
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _Block(nn.Module):
+    """DCNv3 + MLP residual block on channels-last ``B×H×W×C`` (official ``InternImageLayer``)."""
+
+    def __init__(self, channels: int, group: int, cfg: InternImageConfig, drop_path: float, with_cp: bool) -> None:
+        super().__init__()
+        self.post_norm = cfg.post_norm
+        self.res_post_norm = cfg.res_post_norm
+        self.with_cp = with_cp
+        self.norm1 = channels_last_norm(channels)
+        self.dcn = DCNv3(
+            channels,
+            kernel_size=3,
+            dw_kernel_size=cfg.dw_kernel_size,
+            stride=1,
+            pad=1,
+            dilation=1,
+            group=group,
+            offset_scale=cfg.offset_scale,
+            center_feature_scale=cfg.center_feature_scale,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = channels_last_norm(channels)
+        self.mlp = _MLP(channels, int(channels * cfg.mlp_ratio))
+        self.layer_scale = cfg.layer_scale is not None
+        if cfg.layer_scale is not None:
+            self.gamma1 = nn.Parameter(torch.full((channels,), cfg.layer_scale))
+            self.gamma2 = nn.Parameter(torch.full((channels,), cfg.layer_scale))
+        if cfg.res_post_norm:
+            self.res_post_norm1 = channels_last_norm(channels)
+            self.res_post_norm2 = channels_last_norm(channels)
+
+    def _branches(self, x: torch.Tensor) -> torch.Tensor:
+        # the four residual forms of the official InternImageLayer
+        scale1 = self.gamma1 if self.layer_scale else 1.0
+        scale2 = self.gamma2 if self.layer_scale else 1.0
+        if self.post_norm:
+            x = x + self.drop_path(scale1 * self.norm1(self.dcn(x)))
+            return x + self.drop_path(scale2 * self.norm2(self.mlp(x)))
+        if self.res_post_norm and not self.layer_scale:
+            x = x + self.drop_path(self.res_post_norm1(self.dcn(self.norm1(x))))
+            return x + self.drop_path(self.res_post_norm2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path(scale1 * self.dcn(self.norm1(x)))
+        return x + self.drop_path(scale2 * self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            return activation_checkpoint(self._branches, x, use_reentrant=False)
+        return self._branches(x)
+
+
+class _Level(nn.Module):
+    """One resolution level (official ``InternImageBlock``): blocks, optional norm, downsample.
+
+    ``forward`` returns ``(features before downsampling, input of the next level)``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        depth: int,
+        group: int,
+        cfg: InternImageConfig,
+        drop_paths: list[float],
+        downsample: bool,
+        level2: bool,
+        with_cp: bool,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_Block(channels, group, cfg, drop_paths[i], with_cp) for i in range(depth))
+        self.has_norm = not cfg.post_norm or cfg.center_feature_scale
+        if self.has_norm:
+            self.norm = channels_last_norm(channels)
+        self.post_norm_block_ids = list(cfg.level2_post_norm_block_ids or ()) if level2 else []
+        if self.post_norm_block_ids:
+            self.post_norms = nn.ModuleList(channels_last_norm(channels) for _ in self.post_norm_block_ids)
+        self.downsample = _Downsample(channels) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.post_norm_block_ids:
+                x = self.post_norms[self.post_norm_block_ids.index(i)](x)
+        if self.has_norm:
+            x = self.norm(x)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+
+class InternImageEncoder(Encoder):
+    """InternImage backbone as a 4-level encoder: ``B×in_bands×H×W`` → maps
+    ``B×[C, 2C, 4C, 8C]×H/r×W/r`` at r = 4, 8, 16, 32.
+
+    Args:
+        variant: official size (``"l"`` is the paper's InternImage-L: C=160, depths
+            [5, 5, 22, 5], groups [10, 20, 40, 80], offset scale 2, layer scale 1e-5,
+            post-norm) or ``"tiny-test"`` (toy size of L's code path, for tests and demos).
+        in_bands: number of input bands.
+        checkpoint_path: official InternImage checkpoint (``.pth`` loaded with
+            ``weights_only=True``, or ``.safetensors``); head keys are ignored, an RGB stem is
+            adapted to ``in_bands`` (see module docstring).
+        drop_path_rate: stochastic depth, increasing linearly over all blocks to this value.
+        freeze: no gradients for any parameter and drop-path off.
+        with_cp: activation checkpointing per block (memory for compute).
+        channels, depths, groups: override the variant's C, blocks per level and DCN groups
+            per level (``groups[i]`` must divide ``C·2^i``).
+        rgb_bands: which input bands receive the checkpoint's R, G, B filters (default
+            ``[0, 1, 2]``).
+        extra_band_init: filters of the other bands: mean of RGB filters, or zeros.
+    """
+
+    def __init__(
+        self,
+        variant: Literal["t", "s", "b", "l", "xl", "h", "tiny-test"] = "l",
+        in_bands: int = 3,
+        checkpoint_path: str | None = None,
+        drop_path_rate: float = 0.0,
+        freeze: bool = False,
+        with_cp: bool = False,
+        channels: int | None = None,
+        depths: list[int] | None = None,
+        groups: list[int] | None = None,
+        rgb_bands: list[int] | None = None,
+        extra_band_init: Literal["mean", "zeros"] = "mean",
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"InternImageEncoder.variant: unknown {variant!r}; choose one of {sorted(VARIANTS)}")
+        base = VARIANTS[variant]
+        cfg = InternImageConfig(
+            **{
+                **base.__dict__,
+                "channels": channels if channels is not None else base.channels,
+                "depths": tuple(depths) if depths is not None else base.depths,
+                "groups": tuple(groups) if groups is not None else base.groups,
+            }
+        )
+        if len(cfg.depths) != 4 or len(cfg.groups) != 4:
+            raise ValueError(f"InternImageEncoder: depths and groups need 4 entries, got {cfg.depths}, {cfg.groups}")
+        for i, g in enumerate(cfg.groups):
+            if (cfg.channels * 2**i) % g:
+                raise ValueError(
+                    f"InternImageEncoder.groups[{i}]={g} must divide the level width {cfg.channels * 2**i}"
+                )
+        if in_bands < 1:
+            raise ValueError(f"InternImageEncoder.in_bands must be >= 1, got {in_bands}")
+        self.config = cfg
+        self.in_bands = in_bands
+        self.channels = [cfg.channels * 2**i for i in range(4)]
+        self.reductions = [4, 8, 16, 32]
+        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else [0, 1, 2]
+        self.extra_band_init = extra_band_init
+        self.freeze = freeze
+
+        self.patch_embed = _Stem(in_bands, cfg.channels)
+        total = sum(cfg.depths)
+        # plain floats: torch.linspace would fail under a meta-device context
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        starts = [sum(cfg.depths[:i]) for i in range(4)]
+        self.levels = nn.ModuleList(
+            _Level(
+                self.channels[i],
+                cfg.depths[i],
+                cfg.groups[i],
+                cfg,
+                rates[starts[i] : starts[i] + cfg.depths[i]],
+                downsample=i < 3,
+                level2=i == 2,
+                with_cp=with_cp,
+            )
+            for i in range(4)
+        )
+        self.apply(self._init_weights)
+        for module in self.modules():
+            if isinstance(module, DCNv3):
+                module.reset_parameters()
+
+        if checkpoint_path is not None:
+            self.load_checkpoint(checkpoint_path)
+        if freeze:
+            self.requires_grad_(False)
+            self.eval()
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # official init: truncated-normal linears, unit LayerNorms; convs keep PyTorch's default
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def train(self, mode: bool = True) -> "InternImageEncoder":
+        """A frozen encoder stays in eval mode (no drop-path)."""
+        return super().train(mode and not self.freeze)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """``B×in_bands×H×W`` → 4 maps ``B×channels[i]×⌈H/r_i⌉×⌈W/r_i⌉``."""
+        if image.ndim != 4 or image.shape[1] != self.in_bands:
+            raise ContractError(
+                f"InternImageEncoder expects images B×{self.in_bands}×H×W (in_bands={self.in_bands}), "
+                f"got {tuple(image.shape)}"
+            )
+        x = self.patch_embed(image)
+        outs = []
+        for level in self.levels:
+            features, x = level(x)
+            outs.append(rearrange(features, "b h w c -> b c h w").contiguous())
+        return outs
+
+    def load_checkpoint(self, path: str) -> None:
+        """Load an official InternImage checkpoint (see the module docstring for the formats)."""
+        state = read_internimage_state_dict(path)
+        key = "patch_embed.conv1.weight"
+        if key in state and state[key].shape[1] == 3 and self.in_bands != 3:
+            state[key] = adapt_rgb_conv_weight(state[key], self.in_bands, self.rgb_bands, self.extra_band_init)
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        mismatched = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in own
+            if k in state and state[k].shape != own[k].shape
+        ]
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"InternImageEncoder.checkpoint_path={path}: does not fit variant/config {self.config}.\n"
+                f"  missing ({len(missing)}): {missing[:10]}\n  unexpected ({len(unexpected)}): {unexpected[:10]}\n"
+                f"  shape mismatches ({len(mismatched)}): {mismatched[:10]}"
+            )
+        self.load_state_dict(state)
+
+
+def read_internimage_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Read an InternImage checkpoint into a flat state dict of encoder keys.
+
+    Unwraps ``model``/``state_dict``/``module`` containers, strips a ``module.`` prefix, keeps
+    only the ``backbone.`` part of a whole-detector checkpoint, and drops classification-head
+    keys (:data:`HEAD_PREFIXES`).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"InternImageEncoder.checkpoint_path={path}: no such file. Download an official checkpoint "
+            "(e.g. internimage_l_22k_192to384.pth from huggingface.co/OpenGVLab/InternImage) and give its path."
+        )
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: object = load_file(str(file))
+    else:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickles with arbitrary objects are refused by weights_only
+            raise ValueError(
+                f"InternImageEncoder.checkpoint_path={path}: could not be read with torch.load(weights_only=True) "
+                f"({error}). Re-save only its state dict (torch.save(ckpt['model'], ...)) or convert it to safetensors."
+            ) from error
+    for container in ("model", "state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(container), dict):
+            state = state[container]
+    if not isinstance(state, dict):
+        raise ValueError(f"InternImageEncoder.checkpoint_path={path}: expected a state dict, got {type(state).__name__}")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    # mmseg/mmdet checkpoints hold the whole detector: keep only its backbone
+    if any(key.startswith("backbone.") for key in state):
+        state = {key.removeprefix("backbone."): v for key, v in state.items() if key.startswith("backbone.")}
+    return {
+        key: value
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor) and not key.startswith(HEAD_PREFIXES)
+    }
