@@ -102,7 +102,7 @@ def test_dcnv3_module_gradients_reach_offsets() -> None:
 @pytest.mark.parametrize(("height", "width", "bands"), [(64, 64, 3), (64, 96, 5), (40, 56, 1)])
 def test_tiny_encoder_shapes(height: int, width: int, bands: int) -> None:
     torch.manual_seed(4)
-    encoder = InternImageEncoder("tiny-test", in_bands=bands)
+    encoder = InternImageEncoder("tiny-test", in_bands=bands, rgb_bands=[0, 1, 2] if bands >= 3 else None)
     maps = encoder(torch.randn(2, bands, height, width))
     assert encoder.channels == [16, 32, 64, 128]
     assert encoder.reductions == [4, 8, 16, 32]
@@ -221,3 +221,10 @@ def test_freeze_and_band_check() -> None:
     assert not any(p.requires_grad for p in encoder.parameters())
     with pytest.raises(ContractError, match="in_bands=3"):
         encoder(torch.randn(1, 4, 32, 32))
+
+
+def test_rgb_bands_validated() -> None:
+    with pytest.raises(ValueError, match="rgb_bands"):
+        InternImageEncoder("tiny-test", in_bands=2)
+    with pytest.raises(ValueError, match="rgb_bands"):
+        InternImageEncoder("tiny-test", in_bands=4, rgb_bands=[0, 1, 1])

@@ -15,11 +15,11 @@ CLIP projector) is not part of the encoder and its keys are ignored on loading. 
 may be a bare state dict or wrapped in ``model`` (classification releases) or ``state_dict``
 (mmseg/mmdet releases, whose ``backbone.`` prefix is stripped).
 
-More than 3 input bands: the stem's first conv (``patch_embed.conv1``) is built for
-``in_bands``; when an RGB checkpoint is loaded, the filters of the bands listed in
-``rgb_bands`` are the checkpoint's R, G, B filters, bit for bit, and every other band gets the
-mean of the three RGB filters (``extra_band_init="mean"``) or zeros (``"zeros"``) — the rule
-of the timm encoder.
+Any band count: the stem's first conv (``patch_embed.conv1``) is built for ``in_bands``;
+when an RGB checkpoint is loaded, the bands listed in ``rgb_bands`` receive the checkpoint's
+R, G, B filters bit for bit and every other band the mean of the three RGB filters
+(``extra_band_init="mean"``) or zeros (``"zeros"``) — the timm encoder's rule,
+:func:`rsvlm.encoders.timm_encoder.expand_stem_weight`.
 
 Outputs: 4 maps ``B×[C, 2C, 4C, 8C]×H/r×W/r`` at strides 4, 8, 16, 32, each taken after its
 level's blocks (and level norm) and before the downsampling, as the official
@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from rsvlm.contracts import ContractError, Encoder
 from rsvlm.encoders.dcnv3 import DCNv3, channels_first_norm, channels_first_to_last_norm, channels_last_norm
+from rsvlm.encoders.timm_encoder import expand_stem_weight
 
 
 @dataclass(frozen=True)
@@ -81,25 +82,6 @@ VARIANTS: dict[str, InternImageConfig] = {
 
 #: Official checkpoint keys that belong to the classification head, not the encoder.
 HEAD_PREFIXES = ("conv_head.", "head.", "dcnv3_head_x4.", "dcnv3_head_x3.", "clip_projector.", "fc_norm.")
-
-
-def adapt_rgb_conv_weight(
-    weight: torch.Tensor, in_bands: int, rgb_bands: list[int], extra_band_init: Literal["mean", "zeros"] = "mean"
-) -> torch.Tensor:
-    """Turn an RGB conv kernel ``D×3×k×k`` into ``D×in_bands×k×k``.
-
-    Band ``rgb_bands[i]`` gets RGB filter ``i`` unchanged; every other band gets the mean of
-    the three RGB filters (``"mean"``) or zeros (``"zeros"``).
-    """
-    if weight.shape[1] != 3:
-        raise ValueError(f"adapt_rgb_conv_weight: expected an RGB kernel (3 input channels), got {tuple(weight.shape)}")
-    if len(rgb_bands) != 3 or len(set(rgb_bands)) != 3 or not all(0 <= b < in_bands for b in rgb_bands):
-        raise ValueError(f"rgb_bands must be 3 distinct band indices in [0, {in_bands}), got {rgb_bands}")
-    fill = weight.mean(dim=1, keepdim=True) if extra_band_init == "mean" else torch.zeros_like(weight[:, :1])
-    out = fill.repeat(1, in_bands, 1, 1)
-    for rgb_index, band in enumerate(rgb_bands):
-        out[:, band] = weight[:, rgb_index]
-    return out
 
 
 class _Stem(nn.Module):
@@ -244,9 +226,10 @@ class InternImageEncoder(Encoder):
         with_cp: activation checkpointing per block (memory for compute).
         channels, depths, groups: override the variant's C, blocks per level and DCN groups
             per level (``groups[i]`` must divide ``C·2^i``).
-        rgb_bands: which input bands receive the checkpoint's R, G, B filters (default
-            ``[0, 1, 2]``).
-        extra_band_init: filters of the other bands: mean of RGB filters, or zeros.
+        rgb_bands: the input bands that receive the checkpoint's R, G, B filters, in that
+            order; ``None`` when no band holds R, G, B (every band then gets the mean filter).
+        extra_band_init: filters of the other bands: mean of the RGB filters, or zeros
+            (:func:`rsvlm.encoders.timm_encoder.expand_stem_weight`).
     """
 
     def __init__(
@@ -260,7 +243,7 @@ class InternImageEncoder(Encoder):
         channels: int | None = None,
         depths: list[int] | None = None,
         groups: list[int] | None = None,
-        rgb_bands: list[int] | None = None,
+        rgb_bands: list[int] | None = [0, 1, 2],  # noqa: B006 - copied, never mutated
         extra_band_init: Literal["mean", "zeros"] = "mean",
     ) -> None:
         super().__init__()
@@ -288,7 +271,14 @@ class InternImageEncoder(Encoder):
         self.in_bands = in_bands
         self.channels = [cfg.channels * 2**i for i in range(4)]
         self.reductions = [4, 8, 16, 32]
-        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else [0, 1, 2]
+        if rgb_bands is not None and (
+            len(rgb_bands) != 3 or len(set(rgb_bands)) != 3 or not all(0 <= b < in_bands for b in rgb_bands)
+        ):
+            raise ValueError(
+                f"InternImageEncoder.rgb_bands={list(rgb_bands)}: need three distinct band indices in "
+                f"[0, {in_bands}) holding R, G, B, or None when no band does"
+            )
+        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
         self.extra_band_init = extra_band_init
         self.freeze = freeze
 
@@ -354,8 +344,8 @@ class InternImageEncoder(Encoder):
         """Load an official InternImage checkpoint (see the module docstring for the formats)."""
         state = read_internimage_state_dict(path)
         key = "patch_embed.conv1.weight"
-        if key in state and state[key].shape[1] == 3 and self.in_bands != 3:
-            state[key] = adapt_rgb_conv_weight(state[key], self.in_bands, self.rgb_bands, self.extra_band_init)
+        if key in state and state[key].shape[1] == 3 and (self.in_bands != 3 or self.rgb_bands != [0, 1, 2]):
+            state[key] = expand_stem_weight(state[key], self.in_bands, self.rgb_bands, self.extra_band_init)
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
