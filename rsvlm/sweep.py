@@ -680,7 +680,7 @@ def run_sweep(
     script: Optional[str] = None,
     launcher: Optional[Sequence[str]] = None,
     echo_output: bool = True,
-    out: TextIO = sys.stdout,
+    out: Optional[TextIO] = None,
 ) -> int:
     """Expand, write configs and the manifest, then run (or only script) the selected runs.
 
@@ -692,12 +692,13 @@ def run_sweep(
         script: ``"bash"`` or ``"slurm"``: like ``dry_run``, plus ``sweep.sbatch`` for slurm.
         launcher: argv template replacing the sweep's (tests inject fake trainers here).
         echo_output: also copy each run's output to ``out``.
-        out: where progress lines go.
+        out: where progress lines go (default: sys.stdout).
 
     Returns:
         0 when every selected run is finished (or only scripts were written), 1 when some
         failed, 130 when interrupted.
     """
+    out = out if out is not None else sys.stdout
     runs = expand_grid(spec)
     selected = select_runs(spec, runs, only)
     spec.out_dir.mkdir(parents=True, exist_ok=True)
