@@ -370,7 +370,8 @@ def to_csv(table: Table) -> str:
     head = list(table.row_axes)
     for name in table.metrics:
         head += [f"{name}{unit}", f"{name} std{unit}"]
-    head += ["n_finished", "n_failed", "n_pending", *_EXTRA_KEYS, "status"]
+    extras = list(_EXTRA_KEYS) if table.extra else []
+    head += ["n_finished", "n_failed", "n_pending", *extras, "status"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
@@ -384,7 +385,7 @@ def to_csv(table: Table) -> str:
             cell = row.cells[name]
             line += [num(cell.mean, _scale(table)), num(cell.std, _scale(table))]
         line += [str(row.n_finished), str(row.n_failed), str(row.n_pending)]
-        line += [num(row.extras[k].mean) for k in _EXTRA_KEYS]
+        line += [num(row.extras[k].mean) for k in extras]
         writer.writerow(line + [row.status])
     return buffer.getvalue()
 
