@@ -766,8 +766,13 @@ def build_spie(sources: Sequence[SourceSpec], out_dir: str | os.PathLike, tile: 
     out.mkdir(parents=True, exist_ok=True)
     records_path, done_path, settings_path = (out / RECORDS_NAME, out / f"{RECORDS_NAME}.done",
                                               out / "build.json")
+    # The describer's plain settings (seed, ...) change responses, so a resume must match them.
+    describer_settings = {k: v for k, v in vars(describer).items()
+                          if isinstance(v, (int, float, str, bool, type(None)))} \
+        if hasattr(describer, "__dict__") else {}
     settings = {"tile": tile, "style": style, "template": template, "empty_rate": empty_rate,
-                "describer": f"{type(describer).__module__}.{type(describer).__qualname__}"}
+                "describer": f"{type(describer).__module__}.{type(describer).__qualname__}",
+                "describer_settings": describer_settings}
     if resume and settings_path.exists():
         old = json.loads(settings_path.read_text())
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
