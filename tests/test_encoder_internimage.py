@@ -88,6 +88,22 @@ def test_dcnv3_random_offsets_match_scipy_bilinear() -> None:
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-9, atol=1e-9)
 
 
+def test_dcnv3_low_precision_samples_in_float32() -> None:
+    torch.manual_seed(8)
+    value = torch.randn(1, 4, 140, 2)
+    offset = torch.full((1, 4, 140, 18), 0.3)
+    mask = torch.rand(1, 4, 140, 9)
+    exact = dcnv3_core(value, offset, mask, 3, 1, 1, 1, 1, 1.0)
+    low = dcnv3_core(value.bfloat16(), offset.bfloat16(), mask.bfloat16(), 3, 1, 1, 1, 1, 1.0)
+    assert low.dtype == torch.bfloat16
+    # inputs rounded to bf16, positions kept exact: the error is that of bf16 inputs, not of
+    # bf16 coordinates (0.25 px at x≈130)
+    reference = dcnv3_core(value.bfloat16().float(), offset.bfloat16().float(), mask.bfloat16().float(),
+                           3, 1, 1, 1, 1, 1.0)
+    torch.testing.assert_close(low.float(), reference, rtol=1e-2, atol=1e-2)
+    assert (low.float() - exact).abs().max() < 0.1
+
+
 def test_dcnv3_module_gradients_reach_offsets() -> None:
     torch.manual_seed(3)
     dcn = DCNv3(channels=8, group=2, offset_scale=2.0)
