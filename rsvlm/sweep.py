@@ -437,22 +437,46 @@ def launch_command(spec: SweepSpec, run_dir: Path, launcher: Optional[Sequence[s
     return argv
 
 
-def prepare_runs(spec: SweepSpec, runs: Sequence[Run]) -> None:
+def _previous_hashes(spec: SweepSpec) -> dict[str, str]:
+    """Config hashes recorded by an earlier invocation's ``sweep.json`` (empty when none)."""
+    try:
+        manifest = json.loads((spec.out_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        return {e["name"]: e["config_sha256"] for e in manifest["runs"] if "config_sha256" in e}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def prepare_runs(spec: SweepSpec, runs: Sequence[Run]) -> dict[str, str]:
     """Write each run's ``config.yaml``; a finished run's config must be unchanged.
 
+    A finished run is checked against the config hash the earlier sweep recorded in
+    ``sweep.json`` (so a trainer that rewrites ``config.yaml`` in its folder, e.g.
+    LightningCLI's SaveConfigCallback with ``overwrite=True``, does not break resuming), or,
+    without one, against its ``config.yaml``.
+
+    Returns:
+        run name -> SHA-256 of its resolved config text (recorded in ``sweep.json``).
+
     Raises:
-        SweepError: finished runs whose stored config differs from what the sweep now
-            resolves (their metrics would be mislabelled); nothing is written then.
+        SweepError: finished runs whose config differs from what the sweep now resolves
+            (their metrics would be mislabelled); nothing is written then.
     """
-    resolved = {run.name: resolve_config(spec.base, run.overrides) for run in runs}
+    texts = {run.name: dump_config(resolve_config(spec.base, run.overrides)) for run in runs}
+    hashes = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in texts.items()}
+    previous = _previous_hashes(spec)
     stale = []
     for run in runs:
         run_dir = spec.out_dir / run.name
-        if run_status(run_dir) == "finished":
+        if run_status(run_dir) != "finished":
+            continue
+        if run.name in previous:
+            same = previous[run.name] == hashes[run.name]
+        else:
             stored_path = run_dir / CONFIG_FILE
             stored = yaml.safe_load(stored_path.read_text(encoding="utf-8")) if stored_path.is_file() else None
-            if stored != resolved[run.name]:
-                stale.append(run.name)
+            same = stored == yaml.safe_load(texts[run.name])
+        if not same:
+            stale.append(run.name)
     if stale:
         raise SweepError(
             f"{spec.out_dir}: finished runs {stale} were made with a different config than the sweep "
@@ -462,10 +486,10 @@ def prepare_runs(spec: SweepSpec, runs: Sequence[Run]) -> None:
         run_dir = spec.out_dir / run.name
         if run_status(run_dir) == "finished":
             continue  # never touch a finished run
-        text = dump_config(resolved[run.name])
         config_path = run_dir / CONFIG_FILE
-        if not config_path.is_file() or config_path.read_text(encoding="utf-8") != text:
-            atomic_write_text(config_path, text)
+        if not config_path.is_file() or config_path.read_text(encoding="utf-8") != texts[run.name]:
+            atomic_write_text(config_path, texts[run.name])
+    return hashes
 
 
 def write_manifest(spec: SweepSpec, runs: Sequence[Run], extra: Optional[dict[str, dict[str, Any]]] = None) -> Path:
@@ -702,10 +726,10 @@ def run_sweep(
     runs = expand_grid(spec)
     selected = select_runs(spec, runs, only)
     spec.out_dir.mkdir(parents=True, exist_ok=True)
-    prepare_runs(spec, runs)
+    hashes = prepare_runs(spec, runs)
     write_scripts(spec, selected, script or "bash", launcher)
-    manifest_extra: dict[str, dict[str, Any]] = {}
-    manifest = write_manifest(spec, runs)
+    manifest_extra: dict[str, dict[str, Any]] = {name: {"config_sha256": sha} for name, sha in hashes.items()}
+    manifest = write_manifest(spec, runs, manifest_extra)
     say = lambda text: print(text, file=out, flush=True)  # noqa: E731
 
     if dry_run or script:
@@ -742,7 +766,7 @@ def run_sweep(
             return 130
         executed += 1
         durations.append(record["duration_s"])
-        manifest_extra[run.name] = {k: record[k] for k in ("duration_s", "returncode") if k in record}
+        manifest_extra[run.name].update({k: record[k] for k in ("duration_s", "returncode") if k in record})
         write_manifest(spec, runs, manifest_extra)
         if record["status"] == "finished":
             say(f"{head}: finished in {_fmt_seconds(record['duration_s'])}")

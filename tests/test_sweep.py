@@ -332,6 +332,14 @@ def test_rerun_skips_finished_and_retries_failed(workspace, monkeypatch):
 def test_changed_sweep_refuses_to_mislabel_finished_runs(workspace):
     spec_path = write_sweep(workspace, {"seed": [0]})
     assert sweep_main([str(spec_path), "--quiet"]) == 0
+    # LightningCLI may rewrite config.yaml in the run folder with every default filled in;
+    # the sweep then still recognises the finished run through the hash in sweep.json.
+    (run,) = expand_grid(load_sweep(spec_path))
+    config_path = workspace / "runs" / "demo" / run.name / "config.yaml"
+    config_path.write_text(config_path.read_text() + "ckpt_path: null\n")
+    (workspace / "calls.txt").unlink()
+    assert sweep_main([str(spec_path), "--quiet"]) == 0
+    assert calls(workspace) == []
     write_sweep(workspace, {"seed": [0]}, overrides={"trainer.max_epochs": 99})
     with pytest.raises(SweepError, match="different config"):
         run_sweep(load_sweep(spec_path), echo_output=False)
