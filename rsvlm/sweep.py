@@ -741,7 +741,8 @@ def run_sweep(
         return 0
 
     say(f"sweep {spec.name}: {len(selected)} of {len(runs)} runs selected, output in {spec.out_dir}")
-    todo = [r for r in selected if run_status(spec.out_dir / r.name) == "pending" or (retry_failed and run_status(spec.out_dir / r.name) == "failed")]
+    runnable = ("pending", "failed") if retry_failed else ("pending",)
+    todo = [r for r in selected if run_status(spec.out_dir / r.name) in runnable]
     t0 = time.monotonic()
     durations: list[float] = []
     executed = 0

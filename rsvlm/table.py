@@ -521,15 +521,16 @@ def _parse_plot(text: str) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsvlm table", description="Tabulate a sweep's metrics as the paper prints them.")
-    parser.add_argument("sweep", help="sweep output folder (with sweep.json) or the sweep file")
-    parser.add_argument("--format", choices=("markdown", "csv", "latex", "all"), default="all", help="files to write (Markdown is always printed)")
-    parser.add_argument("--out", help="output path prefix (default: SWEEP_DIR/table)")
-    parser.add_argument("--rows", help="row axes, comma-separated (default: the sweep's table.rows, else all but the seeds axis)")
-    parser.add_argument("--metrics", help="metric columns, comma-separated (default: table.columns, else F1,Recall,Precision,OA,IoU)")
-    parser.add_argument("--seeds-axis", help="axis averaged over (default: table.seeds_axis, else an axis named seed; `none` for none)")
-    parser.add_argument("--plot", help="also write a PNG: x=AXIS,y=METRIC (default: the sweep's table.plot)")
-    parser.add_argument("--no-percent", action="store_true", help="show metrics as stored instead of as percentages")
-    parser.add_argument("--no-extra", action="store_true", help="leave out runtime, memory and parameter columns")
+    add = parser.add_argument
+    add("sweep", help="sweep output folder (with sweep.json) or the sweep file")
+    add("--format", choices=("markdown", "csv", "latex", "all"), default="all", help="files to write (Markdown is always printed)")
+    add("--out", help="output path prefix (default: SWEEP_DIR/table)")
+    add("--rows", help="row axes, comma-separated (default: the sweep's table.rows, else all but the seeds axis)")
+    add("--metrics", help="metric columns, comma-separated (default: table.columns, else F1,Recall,Precision,OA,IoU)")
+    add("--seeds-axis", help="axis averaged over (default: table.seeds_axis, else an axis named seed; `none`: none)")
+    add("--plot", help="also write a PNG: x=AXIS,y=METRIC (default: the sweep's table.plot)")
+    add("--no-percent", action="store_true", help="show metrics as stored instead of as percentages")
+    add("--no-extra", action="store_true", help="leave out runtime, memory and parameter columns")
     return parser
 
 
@@ -541,7 +542,9 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
         manifest = load_manifest(sweep_dir)
         hints = manifest.get("table") or {}
         axes = [a["name"] for a in manifest.get("axes", [])]
-        seeds_axis = args.seeds_axis if args.seeds_axis is not None else hints.get("seeds_axis", "seed" if "seed" in axes else None)
+        seeds_axis = args.seeds_axis
+        if seeds_axis is None:
+            seeds_axis = hints.get("seeds_axis", "seed" if "seed" in axes else None)
         if seeds_axis in ("none", ""):
             seeds_axis = None
         rows = _split(args.rows) or hints.get("rows")
@@ -554,7 +557,11 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
 
         markdown = to_markdown(table)
         print(markdown, end="")
-        writers = {"markdown": (".md", lambda: markdown), "csv": (".csv", lambda: to_csv(table)), "latex": (".tex", lambda: to_latex(table))}
+        writers = {
+            "markdown": (".md", lambda: markdown),
+            "csv": (".csv", lambda: to_csv(table)),
+            "latex": (".tex", lambda: to_latex(table)),
+        }
         for fmt, (suffix, render) in writers.items():
             if args.format in (fmt, "all"):
                 path = prefix.with_name(prefix.name + suffix)
@@ -565,8 +572,9 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
         if plot_spec:
             if not isinstance(plot_spec, dict) or not {"x", "y"} <= set(plot_spec):
                 raise TableError(f"{sweep_dir / MANIFEST_FILE}: table.plot must be {{x: AXIS, y: METRIC}}")
-            target = prefix.with_name(f"{prefix.name}_{sanitize(plot_spec['y'])}_vs_{sanitize(plot_spec['x'])}.png")
-            plot(results, plot_spec["x"], plot_spec["y"], target, rows=rows, seeds_axis=seeds_axis, percent=table.percent, title=table.title)
+            x, y = plot_spec["x"], plot_spec["y"]
+            target = prefix.with_name(f"{prefix.name}_{sanitize(y)}_vs_{sanitize(x)}.png")
+            plot(results, x, y, target, rows=rows, seeds_axis=seeds_axis, percent=table.percent, title=table.title)
             print(f"wrote {target}", file=sys.stderr)
     except (TableError, SweepError) as err:
         print(f"rsvlm table: error: {err}", file=sys.stderr)

@@ -312,21 +312,26 @@ def test_rerun_skips_finished_and_retries_failed(workspace, monkeypatch):
     spec = load_sweep(spec_path)
     runs = expand_grid(spec)
     finished = [r for r in runs if r.values["behaviour"] in ("ok", "ok2")]
-    before = {r.name: ((spec.out_dir / r.name / "metrics.json").stat().st_mtime_ns, (spec.out_dir / r.name / "config.yaml").read_text()) for r in finished}
+
+    def snapshot() -> dict:
+        folders = [spec.out_dir / r.name for r in finished]
+        return {d: ((d / "metrics.json").stat().st_mtime_ns, (d / "config.yaml").read_text()) for d in folders}
+
+    before = snapshot()
     (workspace / "calls.txt").unlink()
 
     assert sweep_main([str(spec_path), "--quiet"]) == 1  # failures stay failures
     assert calls(workspace) == []
 
     monkeypatch.setenv("FIXED", "1")
-    assert sweep_main([str(spec_path), "--quiet", "--retry-failed", "--only", "behaviour=fail", "--only", "behaviour=silent"]) == 0
+    only = ["--only", "behaviour=fail", "--only", "behaviour=silent"]
+    assert sweep_main([str(spec_path), "--quiet", "--retry-failed", *only]) == 0
     assert sorted(calls(workspace)) == sorted(r.name for r in runs if r.values["behaviour"] in ("fail", "silent"))
     statuses = {e["name"]: e["status"] for e in manifest(workspace)["runs"]}
     assert [statuses[r.name] for r in runs if r.values["behaviour"] == "sigkill"] == ["failed", "failed"]
     assert all(statuses[r.name] == "finished" for r in runs if r.values["behaviour"] == "fail")
     assert not any((spec.out_dir / r.name / "FAILED").exists() for r in runs if r.values["behaviour"] == "fail")
-    after = {r.name: ((spec.out_dir / r.name / "metrics.json").stat().st_mtime_ns, (spec.out_dir / r.name / "config.yaml").read_text()) for r in finished}
-    assert after == before  # nothing finished was touched
+    assert snapshot() == before  # nothing finished was touched
 
 
 def test_changed_sweep_refuses_to_mislabel_finished_runs(workspace):
