@@ -64,9 +64,9 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.transform import from_origin
 from scipy.ndimage import gaussian_filter
 
 from rsvlm.data.bands import BandError, BandSpec, band_spec
@@ -301,7 +301,7 @@ def write_scene_folder(root: str | os.PathLike, n: int, size: int, bands: BandsL
     scenes = []
     for i in range(n):
         image, classes = generate_scene(size, spec, np.random.default_rng([seed, i]))
-        transform = from_origin(500_000 + i * (size + 16) * 10.0, 5_300_000, 10.0, 10.0)
+        transform = Affine(10.0, 0.0, 500_000 + i * (size + 16) * 10.0, 0.0, -10.0, 5_300_000.0)
         stem = f"scene_{i:05d}"
         _write_tif(root / "images" / f"{stem}.tif", image, transform, crs, spec.names)
         _write_tif(root / "labels" / f"{stem}.tif", classes[None], transform, crs, ("class",))
