@@ -1,1 +1,7 @@
-"""rsvlm.fusion"""
+"""Fusion: encoder maps → one fused map + visual tokens (see ``rsvlm.contracts.Fusion``)."""
+
+from rsvlm.fusion.msam import MSAM
+from rsvlm.fusion.projector import MLPProjector
+from rsvlm.fusion.upernet import UperNetFusion, UperNetSegHead
+
+__all__ = ["MSAM", "MLPProjector", "UperNetFusion", "UperNetSegHead"]
