@@ -269,3 +269,13 @@ def test_demo_tokenizer_by_name_uses_the_cache(tmp_path, monkeypatch) -> None:
     lm = tiny_lm("demo")
     assert (tmp_path / "demo-tokenizer" / "tokenizer.json").is_file()
     assert lm.model.config.vocab_size == len(lm.tokenizer)
+
+
+def test_vocab_size_links_to_the_tokenizer_for_dict_configs(tok_dir) -> None:
+    with torch.device("meta"):
+        custom = CausalLM(config={"base": "qwen2.5-0.5b", "num_hidden_layers": 1}, tokenizer=tok_dir)
+        stated = CausalLM(config={"base": "qwen2.5-0.5b", "num_hidden_layers": 1, "vocab_size": 4096}, tokenizer=tok_dir)
+        exact = CausalLM(config="qwen2.5-0.5b", tokenizer=tok_dir)
+    assert custom.model.get_input_embeddings().weight.shape[0] == len(custom.tokenizer)
+    assert stated.model.get_input_embeddings().weight.shape[0] == 4096
+    assert exact.model.get_input_embeddings().weight.shape[0] == 151936

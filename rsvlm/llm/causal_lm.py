@@ -177,8 +177,9 @@ class CausalLM(nn.Module):
             ``config.json`` or the shipped config of the same name.
         config: architecture for a randomly initialised model: a shipped name
             (``"qwen2.5-1.5b"``), a path to a ``config.json`` (or its folder), or a dict (which may
-            hold ``"base"``, a shipped name, plus overrides). Without ``vocab_size`` the vocabulary
-            is the tokenizer's size.
+            hold ``"base"``, a shipped name, plus overrides). A dict without its own ``vocab_size``
+            gets the tokenizer's size; a name or path keeps its ``vocab_size`` (grown if the
+            tokenizer is larger, never shrunk).
         tokenizer: Hugging Face id, folder, or ``"demo"`` (the offline demo tokenizer, built once
             into ``$RSVLM_CACHE/demo-tokenizer``, default ``~/.cache/rsvlm``). Default: ``model``.
         special_tokens: tokens added as special tokens (embeddings resized to fit).
@@ -243,7 +244,9 @@ class CausalLM(nn.Module):
             self.model = self._load_pretrained(model, dtype, attn_implementation, trust_remote_code)
         else:
             values = load_config_dict(config if config is not None else self._config_source(model))
-            if self._tokenizer is not None and "vocab_size" not in values:
+            # A dict is a custom model: its vocabulary is the tokenizer's unless stated. A name or
+            # path is an exact architecture: its vocab_size stays (and grows below if too small).
+            if self._tokenizer is not None and isinstance(config, dict) and "vocab_size" not in config:
                 values["vocab_size"] = len(self._tokenizer)
             hf_config = build_config(values, trust_remote_code)
             self.model = AutoModelForCausalLM.from_config(
