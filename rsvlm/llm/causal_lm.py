@@ -346,6 +346,7 @@ class CausalLM(nn.Module):
 
     @property
     def tokenizer(self):
+        """The Hugging Face tokenizer, with the special tokens added."""
         if self._tokenizer is None:
             raise RuntimeError(
                 "this CausalLM was built without a tokenizer (config only, on the meta device); pass `tokenizer`"
@@ -355,7 +356,8 @@ class CausalLM(nn.Module):
     @property
     def image_token_id(self) -> int:
         """Id of ``image_token`` in the tokenizer."""
-        self.tokenizer  # noqa: B018 - raises the clear error when there is no tokenizer
+        if self.image_token not in self.special_token_ids:
+            raise RuntimeError("this CausalLM was built without a tokenizer, so it has no image token id; pass `tokenizer`")
         return self.special_token_ids[self.image_token]
 
     @property
