@@ -101,9 +101,8 @@ def test_predict_generates_text_and_masks(components):
     assert len(out["texts"]) == 2 and all(isinstance(t, str) for t in out["texts"])
 
 
-def test_generated_positions_excludes_eos_and_keeps_something():
-    eos = 9
-    seq = torch.tensor([[5, 6, eos, 0], [eos, 0, 0, 0]])
+def test_generated_positions_excludes_the_closing_token_and_keeps_something():
     mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
-    pos = generated_positions(seq, mask, eos)
+    response = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    pos = generated_positions(response, mask)
     assert pos.tolist() == [[True, True, False, False], [True, False, False, False]]

@@ -272,7 +272,7 @@ class SpexModel(L.LightningModule):
             top_p=g.top_p,
             repetition_penalty=g.repetition_penalty,
         )
-        positions = generated_positions(gen.sequences, gen.mask, self.llm.tokenizer.eos_token_id)
+        positions = generated_positions(gen.response_mask, gen.mask)
         logits = self.decode_mask(fused.map, gen.hidden_states, positions, image.shape[-2:])
         return {"mask_logits": logits, "texts": gen.texts, "token_ids": gen.sequences}
 
@@ -305,16 +305,14 @@ class SpexModel(L.LightningModule):
         log_mask_overlays(self, batch, logits, limit=self.log_images, tag="val/overlays")
 
 
-def generated_positions(sequences: torch.Tensor, mask: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+def generated_positions(response_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Positions to pool among generated tokens: ``B×T`` bool.
 
-    The generated tokens before EOS, matching training, where the bridge pools the response
-    tokens without the closing EOS. A sample that produced only EOS falls back to that token,
-    so that the bridge always has something to pool.
+    The generated tokens before the closing token (``response_mask``), matching training, where
+    the bridge pools the response tokens without it. A sample that produced only the closing
+    token falls back to that token (``mask``), so that the bridge always has something to pool.
     """
-    positions = mask.clone()
-    if eos_token_id is not None:
-        positions &= sequences != eos_token_id
+    positions = response_mask.clone()
     empty = ~positions.any(dim=1)
     positions[empty] = mask[empty]
     return positions
