@@ -74,9 +74,9 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
 from tqdm.auto import tqdm
 
 from rsvlm.data.bands import BandError, BandSpec, band_spec
@@ -556,8 +556,8 @@ def _read_window(path: str, window: tuple[int, int, int, int] | None, size: tupl
                 raw = src.read(window=win)
                 masks = src.read_masks(window=win)
                 crs = src.crs
-                transform = window_transform(Window(win.col_off, win.row_off, size[1], size[0]),
-                                             src.transform)
+                # The padded tile shares the window's origin and pixel size.
+                transform = src.transform @ Affine.translation(win.col_off, win.row_off)
     except RasterioError as exc:
         raise RasterError(f"cannot read raster {path}: {exc}") from exc
     data = (np.abs(raw) if np.iscomplexobj(raw) else raw).astype(np.float32, copy=False)
@@ -566,7 +566,7 @@ def _read_window(path: str, window: tuple[int, int, int, int] | None, size: tupl
     if (h, w) != size:
         data = np.pad(data, ((0, 0), (0, size[0] - h), (0, size[1] - w)))
         valid = np.pad(valid, ((0, size[0] - h), (0, size[1] - w)), constant_values=False)
-    if crs is None and transform == rasterio.Affine.identity():
+    if crs is None and transform == Affine.identity():
         transform = None
     return data, valid, crs, transform
 
