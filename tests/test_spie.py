@@ -175,7 +175,8 @@ def test_resume_after_crash_recovers_exactly(scenes, built, tmp_path):
     kept = b"".join(lines[: len(lines) - n_last]) + lines[-n_last][: 30]
     (out / "spie.jsonl").write_bytes(kept)
     (out / "spie.jsonl.done").write_text("".join(done[:-2]) + done[-2][:5])
-    summary = build_spie([SourceSpec("generated", str(scenes))], out, progress=False)
+    with pytest.warns(UserWarning, match="half-written last line"):
+        summary = build_spie([SourceSpec("generated", str(scenes))], out, progress=False)
     assert summary.tiles_built == 2
     assert (out / "spie.jsonl").read_bytes() == full
 

@@ -791,6 +791,10 @@ def build_spie(sources: Sequence[SourceSpec], out_dir: str | os.PathLike, tile: 
 
     tasks = plan_tiles(sources, tile)
     done = _read_done(done_path) if resume else set()
+    cut = repair_jsonl(records_path)
+    if cut:
+        warnings.warn(f"{records_path}: removed a half-written last line ({cut} bytes) left by "
+                      f"an interrupted build; its tile is rebuilt", stacklevel=2)
     existing = {r.key() for r in read_records(records_path)} if records_path.exists() else set()
     todo = [t for t in tasks if t.key not in done]
     config = BuildConfig(out_dir=str(out), tile=tile, style=style, template=template,
