@@ -189,7 +189,8 @@ def test_category_subset_and_plain_template(generated):
 
 def test_predict_batches(dm):
     paths = sorted({r.image for r in dm.datasets["test"].records})
-    d = SpieDataModule(records=str(Path(dm.generated_dir()) / "spie" / "spie.jsonl"),
+    # Prediction needs only the statistics and the images.
+    d = SpieDataModule(stats=str(Path(dm.generated_dir()) / "spie" / "stats.json"),
                        image_size=48, predict_paths=paths, categories=["water"], batch_size=8)
     d.set_text_formatter(LengthFormatter())
     d.setup("predict")

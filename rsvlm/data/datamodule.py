@@ -310,7 +310,8 @@ class SpieDataModule(L.LightningDataModule):
         records: a SPIE records file (``rsvlm data build-spie``); its ``split`` field selects
             train / val / test records.
         stats: the band statistics file (``rsvlm data stats``); default ``stats.json`` beside
-            ``records`` (or the generated build's). Missing statistics are an error.
+            ``records`` (or the generated build's). Missing statistics are an error. With
+            ``predict_paths`` and no records, only this is needed.
         generate: build generated data in ``prepare_data`` when ``records`` is None.
         image_size: output side; images are resized keeping the aspect ratio and padded.
         bands: bands fed to the model (preset name or list), selected by name from records.
@@ -332,9 +333,10 @@ class SpieDataModule(L.LightningDataModule):
                  apg_style: Literal["paper", "released"] = "paper",
                  predict_paths: list[str] | None = None, seed: int = 0) -> None:
         super().__init__()
-        if records is None and generate is None:
+        if records is None and generate is None and stats is None:
             raise ValueError("SpieDataModule: give records= (a SPIE records file made by "
-                             "`rsvlm data build-spie`) or generate= (generated demo data)")
+                             "`rsvlm data build-spie`) or generate= (generated demo data); "
+                             "prediction alone needs only stats= and predict_paths=")
         if template not in ("spectral", "plain"):
             raise ValueError(f"SpieDataModule.template must be 'spectral' or 'plain', got {template!r}")
         if apg_style not in ("paper", "released"):
@@ -418,7 +420,9 @@ class SpieDataModule(L.LightningDataModule):
                                                "apg_style": self.apg_style,
                                                "records": summary.records_total}, indent=1))
 
-    def _paths(self) -> tuple[Path, Path]:
+    def _paths(self) -> tuple[Path | None, Path]:
+        if self.records is None and self.generate is None:
+            return None, Path(self.stats).expanduser()  # type: ignore[arg-type]
         if self.records is not None:
             records = Path(self.records).expanduser()
         else:
@@ -451,6 +455,8 @@ class SpieDataModule(L.LightningDataModule):
                 self.predict_paths, self._spec, self._mean, self._std, self.image_size,
                 self.categories, self.template, self.apg_style)
             return
+        if records_path is None:
+            raise ValueError(f"SpieDataModule: stage {stage!r} needs records= or generate=")
         records = read_records(records_path)
         if self.categories is not None:
             records = [r for r in records if normalize_category(r.category) in self.categories]
