@@ -248,6 +248,10 @@ class CausalLM(nn.Module):
             # path is an exact architecture: its vocab_size stays (and grows below if too small).
             if self._tokenizer is not None and isinstance(config, dict) and "vocab_size" not in config:
                 values["vocab_size"] = len(self._tokenizer)
+                # The base config's special ids belong to the base vocabulary; take the tokenizer's.
+                for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                    if key not in config:
+                        values[key] = getattr(self._tokenizer, key, None)
             hf_config = build_config(values, trust_remote_code)
             self.model = AutoModelForCausalLM.from_config(
                 hf_config, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **{_DTYPE_KW: dtype}
