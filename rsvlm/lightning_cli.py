@@ -30,9 +30,11 @@ class RsvlmCLI(LightningCLI):
         trainer = config.trainer
         if trainer.logger in (None, True):
             root = trainer.default_root_dir or "."
+            # One version for both loggers, so that a run's logs share one folder.
+            shared = {"save_dir": root, "name": "logs", "version": next_version(Path(root) / "logs")}
             trainer.logger = [
-                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": root, "name": "logs"}},
-                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": "logs"}},
+                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": dict(shared)},
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": dict(shared)},
             ]
         self._started = time.perf_counter()
 
@@ -70,6 +72,12 @@ class RsvlmCLI(LightningCLI):
         for folder in dict.fromkeys(folders):
             write_run_record(folder, metrics, config_dict, extra)
         print(f"run record: {folders[0] / 'metrics.json'}")
+
+
+def next_version(folder: Path) -> int:
+    """The first ``N`` for which ``folder/version_N`` does not exist yet."""
+    taken = {int(p.name.split("_")[1]) for p in folder.glob("version_*") if p.name.split("_")[1].isdigit()}
+    return max(taken, default=-1) + 1
 
 
 def _yaml_to_dict(text: str | None) -> dict | None:
