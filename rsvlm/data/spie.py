@@ -736,7 +736,9 @@ def build_spie(sources: Sequence[SourceSpec], out_dir: str | os.PathLike, tile: 
         sources: the input datasets.
         out_dir: output folder (created).
         tile: tile side in pixels.
-        workers: worker processes; 0 computes tiles in this process.
+        workers: worker processes; 0 computes tiles in this process. Workers are spawned
+            (not forked), so a script calling this with ``workers > 0`` needs the usual
+            ``if __name__ == "__main__":`` guard.
         style: APG format, ``paper`` or ``released``.
         template: instruction template, ``spectral`` (with the APG prompt) or ``plain``.
         describer: response generator ``(image C×H×W, mask H×W, category, bands) -> str``;
