@@ -83,6 +83,9 @@ class SegmentationSource:
         ignore_values: label codes meaning "no data" (e.g. ``[0]`` for GID-15 / Chesapeake).
         split: put every scene of this source into this split; None takes the split from the
             manifest or the split sub-folders.
+        scale: multiplies the pixel values, to bring sources of different sensors into shared
+            units before the common normalisation (e.g. ``1e-4`` for Sentinel-2 L2A
+            reflectance stored ×10000, ``1/255`` for 8-bit NAIP).
     """
 
     root: str
@@ -90,6 +93,7 @@ class SegmentationSource:
     label_map: dict[int, int] | None = None
     ignore_values: list[int] = field(default_factory=list)
     split: str | None = None
+    scale: float = 1.0
 
 
 @dataclass
@@ -204,6 +208,7 @@ class SegmentationDataset(Dataset):
         specs: Sequence[BandSpec] = (),
         luts: Sequence[np.ndarray] = (),
         ignore: Sequence[Sequence[int]] = (),
+        scales: Sequence[float] = (),
         image_size: int | None = None,
         augment: bool = False,
         seed: int = 0,
@@ -213,7 +218,7 @@ class SegmentationDataset(Dataset):
         self.num_classes = num_classes
         self.arrays = arrays
         self.items = items or []
-        self.specs, self.luts, self.ignore = list(specs), list(luts), list(ignore)
+        self.specs, self.luts, self.ignore, self.scales = list(specs), list(luts), list(ignore), list(scales)
         self.image_size = image_size
         self.augment = augment
         self.seed = seed
@@ -240,6 +245,8 @@ class SegmentationDataset(Dataset):
                 band=missing[0], path=item.image,
             )
         data = raster.data[[spec.index(b) for b in self.bands.names]]
+        if self.scales[item.source] != 1.0:
+            data = data * np.float32(self.scales[item.source])
         codes, label_valid = read_mask(item.label, like=raster, invalid_values=self.ignore[item.source])
         classes = self.luts[item.source][codes]
         labelled = label_valid & (classes != IGNORE_INDEX)
@@ -426,16 +433,17 @@ class SceneSegmentationDataModule(L.LightningDataModule):
             scenes = self._generated()
             datasets = {s: SegmentationDataset(arrays=scenes[s], **common) for s in SPLITS}
         else:
-            items, specs, luts, ignore = [], [], [], []
+            items, specs, luts, ignore, scales = [], [], [], [], []
             for i, src in enumerate(self.sources):
                 found, spec = discover(src, i)
                 items += found
                 specs.append(spec)
                 luts.append(label_lut(src.label_map, self.num_classes, f"sources[{i}] ({src.root})"))
                 ignore.append(list(src.ignore_values))
+                scales.append(float(src.scale))
             datasets = {
                 s: SegmentationDataset(items=[it for it in items if it.split == s], specs=specs, luts=luts,
-                                       ignore=ignore, **common)
+                                       ignore=ignore, scales=scales, **common)
                 for s in SPLITS
             }
         self.mean, self.std = self._statistics(datasets["train"])
