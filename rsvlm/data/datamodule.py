@@ -74,6 +74,9 @@ class GeneratedData:
         n_train, n_val, n_test: scenes per split.
         size: scene side in pixels.
         seed: generation seed.
+        prompt_regions: regions listed by each spectral prompt (the paper lists up to 10;
+            fewer keep the demo's sequences short).
+        response_regions: regions described by each generated response.
     """
 
     root: str = DEFAULT_GENERATED_ROOT
@@ -82,6 +85,8 @@ class GeneratedData:
     n_test: int = 60
     size: int = 64
     seed: int = 0
+    prompt_regions: int = 10
+    response_regions: int = 4
 
     def resolved_root(self) -> Path:
         if self.root == DEFAULT_GENERATED_ROOT and os.environ.get("RSVLM_CACHE"):
@@ -386,6 +391,7 @@ class SpieDataModule(L.LightningDataModule):
         g = self.generate
         params = {"version": _GENERATED_VERSION, "n_train": g.n_train, "n_val": g.n_val,
                   "n_test": g.n_test, "size": g.size, "seed": g.seed,
+                  "prompt_regions": g.prompt_regions, "response_regions": g.response_regions,
                   "bands": list(self._spec.names), "apg_style": self.apg_style}
         return g.resolved_root() / _hash(params)
 
@@ -394,6 +400,7 @@ class SpieDataModule(L.LightningDataModule):
         if self.records is not None or self.generate is None:
             return
         from rsvlm.data.scenes import write_scene_folder
+        from rsvlm.data.describe import AttributeDescriber
         from rsvlm.data.spie import SourceSpec, build_spie
         from rsvlm.data.stats import compute_band_stats, save_stats
 
@@ -410,7 +417,8 @@ class SpieDataModule(L.LightningDataModule):
         summary = build_spie([SourceSpec("generated", str(scenes), bands=list(self._spec.names),
                                          name="generated")],
                              out / "spie", tile=max(512, g.size), workers=0,
-                             style=self.apg_style, progress=False)
+                             style=self.apg_style, progress=False, max_regions=g.prompt_regions,
+                             describer=AttributeDescriber(max_regions=g.response_regions))
         records = read_records(summary.records_path)
         train = [r for r in records if r.split == "train"] or records
         save_stats(compute_band_stats(train, self._spec), out / "spie" / "stats.json")

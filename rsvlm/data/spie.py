@@ -515,6 +515,7 @@ class BuildConfig:
     template: str
     describer: Any
     empty_rate: float
+    max_regions: int = 10
 
 
 @dataclass
@@ -640,7 +641,8 @@ def build_tile(task: TileTask, config: BuildConfig) -> list[SpieRecord]:
             continue
         mask_path = out / "masks" / f"{task.key}_{category}.tif"
         write_mask(mask_path, mask.astype(np.uint8), like=like, overwrite=True)
-        prompt = spectral_prompt(image, category, spec, style=config.style, valid=valid)
+        prompt = spectral_prompt(image, category, spec, style=config.style, valid=valid,
+                                 max_regions=config.max_regions)
         records.append(SpieRecord(
             image=str(image_path), mask=str(mask_path), category=category,
             bands=list(task.bands), spectral_prompt=prompt,
@@ -721,7 +723,8 @@ def build_spie(sources: Sequence[SourceSpec], out_dir: str | os.PathLike, tile: 
                workers: int = 0, style: Literal["paper", "released"] = "paper",
                template: Literal["spectral", "plain"] = "spectral",
                describer: Callable[..., str] | None = None, resume: bool = True,
-               progress: bool = True, empty_rate: float = EMPTY_TARGET_RATE) -> BuildSummary:
+               progress: bool = True, empty_rate: float = EMPTY_TARGET_RATE,
+               max_regions: int = 10) -> BuildSummary:
     """Build SPIE records (and tile/mask GeoTIFFs) from sources into ``out_dir``.
 
     Output layout::
@@ -741,6 +744,7 @@ def build_spie(sources: Sequence[SourceSpec], out_dir: str | os.PathLike, tile: 
             ``if __name__ == "__main__":`` guard.
         style: APG format, ``paper`` or ``released``.
         template: instruction template, ``spectral`` (with the APG prompt) or ``plain``.
+        max_regions: how many regions (largest first) each spectral prompt lists (paper: 10).
         describer: response generator ``(image C×H×W, mask H×W, category, bands) -> str``;
             default :class:`rsvlm.data.describe.AttributeDescriber`. It must be picklable when
             ``workers > 0`` (it is sent to the workers); use ``workers=0`` for a model-backed
@@ -773,6 +777,7 @@ def build_spie(sources: Sequence[SourceSpec], out_dir: str | os.PathLike, tile: 
                           if isinstance(v, (int, float, str, bool, type(None)))} \
         if hasattr(describer, "__dict__") else {}
     settings = {"tile": tile, "style": style, "template": template, "empty_rate": empty_rate,
+                "max_regions": max_regions,
                 "describer": f"{type(describer).__module__}.{type(describer).__qualname__}",
                 "describer_settings": describer_settings}
     if resume and settings_path.exists():
@@ -800,7 +805,7 @@ def build_spie(sources: Sequence[SourceSpec], out_dir: str | os.PathLike, tile: 
     existing = {r.key() for r in read_records(records_path)} if records_path.exists() else set()
     todo = [t for t in tasks if t.key not in done]
     config = BuildConfig(out_dir=str(out), tile=tile, style=style, template=template,
-                         describer=describer, empty_rate=empty_rate)
+                         describer=describer, empty_rate=empty_rate, max_regions=max_regions)
     written = 0
     bar = tqdm(total=len(todo), disable=not progress, unit="tile", desc="build-spie")
     with RecordWriter(records_path) as writer, open(done_path, "a", encoding="utf-8") as ledger:
