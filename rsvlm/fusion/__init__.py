@@ -2,6 +2,7 @@
 
 from rsvlm.fusion.msam import MSAM
 from rsvlm.fusion.projector import MLPProjector
+from rsvlm.fusion.single_scale import SingleScaleFusion
 from rsvlm.fusion.upernet import UperNetFusion, UperNetSegHead
 
-__all__ = ["MSAM", "MLPProjector", "UperNetFusion", "UperNetSegHead"]
+__all__ = ["MSAM", "MLPProjector", "SingleScaleFusion", "UperNetFusion", "UperNetSegHead"]

@@ -1,0 +1,67 @@
+"""Single-scale fusion: the "w/o MSAM" baseline of the SPEX ablation (Table VII).
+
+Takes one pyramid level (the 1/16 one by default, where MSAM aggregates to), resizes it to
+``1/target_reduction`` of the input if needed and projects it with a 1×1 conv, so that
+everything after the fusion sees the same shapes as with MSAM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from rsvlm.contracts import ContractError, FusedFeatures, Fusion
+
+
+class SingleScaleFusion(Fusion):
+    """One pyramid level → ``FusedFeatures`` (map ``B×D×H/t×W/t``, tokens ``B×(H/t·W/t)×D``).
+
+    Args:
+        in_channels: channels of every encoder level (checked against the encoder).
+        in_reductions: stride of every encoder level.
+        out_channels: D of the fused map and tokens.
+        level: which level to use; ``None`` picks the one whose stride is ``target_reduction``.
+        target_reduction: stride of the output map.
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        in_reductions: list[int] = [4, 8, 16, 32],
+        out_channels: int = 1024,
+        level: int | None = None,
+        target_reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        self.in_channels = list(in_channels)
+        self.in_reductions = list(in_reductions)
+        if len(self.in_channels) != len(self.in_reductions):
+            raise ValueError("SingleScaleFusion: in_channels and in_reductions must have the same length")
+        if level is None:
+            if target_reduction not in self.in_reductions:
+                raise ValueError(
+                    f"SingleScaleFusion: no level has stride {target_reduction} (strides {self.in_reductions}); give level"
+                )
+            level = self.in_reductions.index(target_reduction)
+        self.level = level % len(self.in_channels)
+        self.out_channels = out_channels
+        self.out_reduction = target_reduction
+        self.proj = nn.Conv2d(self.in_channels[self.level], out_channels, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor]) -> FusedFeatures:
+        if len(features) != len(self.in_channels):
+            raise ContractError(f"SingleScaleFusion expects {len(self.in_channels)} levels, got {len(features)}")
+        x = features[self.level]
+        if x.shape[1] != self.in_channels[self.level]:
+            raise ContractError(
+                f"SingleScaleFusion level {self.level}: got {x.shape[1]} channels, expected {self.in_channels[self.level]}"
+            )
+        stride = self.in_reductions[self.level]
+        if stride != self.out_reduction:
+            scale = stride / self.out_reduction
+            size = (max(1, int(x.shape[-2] * scale)), max(1, int(x.shape[-1] * scale)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        fused = self.proj(x)
+        return FusedFeatures(map=fused, tokens=rearrange(fused, "b d h w -> b (h w) d"))
