@@ -679,11 +679,62 @@ class ResumableDataLoader(DataLoader):
         sampler.skip_next(epoch, batches * self.batch_size)
 
 
+class TrainPosition:
+    """Carries a training loader's position through a LightningDataModule's checkpoint hooks.
+
+    Lightning saves a DataLoader's own ``state_dict`` in the fit loop, but it loads it only if
+    the loader is created after the loop state is restored, which is not the case when
+    ``configure_optimizers`` asks for ``trainer.estimated_stepping_batches`` (the loader is then
+    built during strategy set-up). A datamodule's ``state_dict``/``load_state_dict`` are restored
+    before any loader is built, so a datamodule that holds a ``TrainPosition`` resumes exactly::
+
+        def __init__(self, ...):
+            self._position = TrainPosition()
+
+        def state_dict(self):
+            return self._position.state_dict()
+
+        def load_state_dict(self, state):
+            self._position.load_state_dict(state)
+
+        def train_dataloader(self):
+            sampler = ResumableSampler(len(self.train_set), seed=self.seed)
+            return self._position.attach(ResumableDataLoader(self.train_set, sampler=sampler, ...))
+    """
+
+    def __init__(self) -> None:
+        self.loader: ResumableDataLoader | None = None
+        self.pending: dict[str, Any] | None = None
+
+    def attach(self, loader: ResumableDataLoader) -> ResumableDataLoader:
+        """Remember ``loader`` (its position is saved) and apply a restored position to it."""
+        if not isinstance(loader, ResumableDataLoader):
+            raise TypeError(f"TrainPosition.attach needs a ResumableDataLoader, got {type(loader).__name__}")
+        if self.pending is not None:
+            loader.load_state_dict(self.pending)
+            self.pending = None
+        self.loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_position": self.loader.state_dict()} if self.loader is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        position = state.get("train_position")
+        if position is None:
+            return
+        if self.loader is not None:
+            self.loader.load_state_dict(position)
+        else:
+            self.pending = dict(position)
+
+
 __all__: list[str] = [
     "AtomicCheckpointIO",
     "CheckpointError",
     "ResumableDataLoader",
     "ResumableSampler",
+    "TrainPosition",
     "component_identity",
     "export_lora",
     "keep_trained_only",
