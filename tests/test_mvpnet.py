@@ -363,3 +363,13 @@ def test_recipes_wire_up(monkeypatch):
             subclass_mode_data=True, args=["fit", "--config", str(REPO / "recipes" / "mvpnet.yaml"), "--print_config"],
         )
     assert "InternImageEncoder" in out.getvalue() and "hidden_size: 512" in out.getvalue()
+
+
+def test_datamodule_that_does_not_fit_the_model_is_refused_at_setup(tmp_path):
+    import lightning as L
+
+    dm = SceneSegmentationDataModule(n_train=2, n_val=1, n_test=1, size=16, batch_size=2)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ContractError, match="in_bands=4"):
+        trainer.fit(tiny_mvpnet(bands=4), dm)
