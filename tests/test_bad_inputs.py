@@ -1,0 +1,359 @@
+"""What users feed rsvlm by mistake: each gets a clear error naming the file and the field.
+
+Rasters with the wrong band count, corrupt or truncated TIFFs, all-nodata images, NaN/inf
+pixels, masks of another size, labels outside {0, 1}, empty dataset folders, recipes with a
+misspelt key, missing weight files and pickled checkpoints with unexpected objects. Where the
+library falls back instead of failing (NaN/inf pixels, nodata tiles inside a large scene), the
+test checks the documented fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from rasterio.transform import from_origin
+
+BANDS = ["blue", "green", "red", "nir"]
+TRANSFORM = from_origin(300000.0, 5000000.0, 10.0, 10.0)
+
+
+def _tif(path: Path, data: np.ndarray, nodata: float | None = None) -> Path:
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0],
+                       dtype=data.dtype.name, crs="EPSG:32632", transform=TRANSFORM, nodata=nodata) as dst:
+        dst.write(data)
+    return path
+
+
+def _image(bands: int = 4, size: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.01, 0.5, size=(bands, size, size)).astype(np.float32)
+
+
+def _mask(size: int = 16, values=(0, 1)) -> np.ndarray:
+    m = np.zeros((size, size), dtype=np.uint8)
+    m[: size // 2] = values[1]
+    m[-1, -1] = values[-1]
+    return m
+
+
+def _record(tmp_path: Path, image: Path, mask: Path, bands=BANDS, split: str = "train") -> dict:
+    return {"image": str(image), "mask": str(mask), "category": "water", "bands": list(bands),
+            "spectral_prompt": "[]", "instruction": "Describe the water regions.", "response": "Some water.",
+            "split": split, "source": "test"}
+
+
+def _dataset(records: list[dict]):
+    from rsvlm.data.datamodule import SpieDataset
+    from rsvlm.data.spie import SpieRecord
+
+    recs = [SpieRecord.from_dict(r) for r in records]
+    return SpieDataset(recs, BANDS, mean=np.full(4, 0.25, np.float32), std=np.full(4, 0.1, np.float32), image_size=16)
+
+
+# ---------------------------------------------------------------------------- rasters
+def test_wrong_band_count_for_the_recipe(tmp_path):
+    from rsvlm.data.bands import BandError
+    from rsvlm.data.raster import read_raster
+
+    three = _tif(tmp_path / "rgb_only.tif", _image(bands=3))
+    with pytest.raises(BandError, match=r"rgb_only\.tif.*(3 bands|found 3)|(3 bands|found 3).*rgb_only\.tif"):
+        read_raster(three, bands=BANDS)
+    mask = _tif(tmp_path / "m.tif", _mask())
+    with pytest.raises(Exception, match=r"rgb_only\.tif.*3 bands.*field 'bands'"):
+        _dataset([_record(tmp_path, three, mask)])[0]
+
+
+def test_wrong_band_count_reaching_the_model_names_both_sides():
+    from conftest import contract_batch, tiny_spex_components
+    from rsvlm.contracts import ContractError
+    from rsvlm.models.spex import SpexModel
+
+    model = SpexModel(**tiny_spex_components())
+    with pytest.raises(ContractError, match=r"'image' has 3 bands.*in_bands=4"):
+        model(contract_batch(model.llm.formatter, bands=3, size=32))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_or_truncated_tiff(tmp_path, damage):
+    from rsvlm.data.raster import RasterError, read_raster
+
+    good = _tif(tmp_path / "good.tif", _image(size=64))
+    bad = tmp_path / f"{damage}.tif"
+    raw = good.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 3] if damage == "truncated" else b"II*\x00" + bytes(range(256)) * 4)
+    with pytest.raises(RasterError, match=rf"{damage}\.tif"):
+        read_raster(bad, bands=BANDS)
+
+
+def test_all_nodata_image_is_refused_in_training(tmp_path):
+    image = _tif(tmp_path / "empty.tif", np.zeros((4, 16, 16), np.float32), nodata=0.0)
+    mask = _tif(tmp_path / "m.tif", _mask())
+    with pytest.raises(ValueError, match=r"empty\.tif: every pixel is invalid"):
+        _dataset([_record(tmp_path, image, mask)])[0]
+
+
+def test_all_nodata_tiles_in_a_large_scene_are_a_documented_fallback(tmp_path):
+    from rsvlm.predict import TiledPredictDataset
+
+    data = _image(size=40)
+    data[:, :20, :20] = 0  # one whole tile outside the footprint
+    scene = _tif(tmp_path / "scene.tif", data, nodata=0.0)
+    ds = TiledPredictDataset([str(scene)], BANDS, [0.25] * 4, [0.1] * 4, tile=20, overlap=0, categories=["water"])
+    first = ds[0]
+    assert not first["valid"].any() and torch.equal(first["image"], torch.zeros_like(first["image"]))
+    assert "water" in first["instruction"]
+    blank = _tif(tmp_path / "blank.tif", np.zeros((4, 40, 40), np.float32), nodata=0.0)
+    with pytest.raises(ValueError, match=r"blank\.tif: every pixel is invalid"):
+        TiledPredictDataset([str(blank)], BANDS, [0.25] * 4, [0.1] * 4, tile=20, overlap=0)[0]
+
+
+def test_nan_and_inf_pixels_become_invalid_never_nan_in_a_batch(tmp_path):
+    data = _image()
+    data[0, 2, 3] = np.nan
+    data[2, 5, 5] = np.inf
+    data[3, 7, 1] = -np.inf
+    image = _tif(tmp_path / "nan.tif", data)
+    mask = _tif(tmp_path / "m.tif", _mask())
+    sample = _dataset([_record(tmp_path, image, mask)])[0]
+    assert torch.isfinite(sample["image"]).all()
+    valid = sample["valid"][0]
+    assert not valid[2, 3] and not valid[5, 5] and not valid[7, 1]
+    assert int((~valid).sum()) == 3
+
+
+def test_mask_of_another_size(tmp_path):
+    image = _tif(tmp_path / "img.tif", _image(size=16))
+    mask = _tif(tmp_path / "small_mask.tif", _mask(size=12))
+    with pytest.raises(ValueError, match=r"field 'mask'.*small_mask\.tif.*12×12.*16×16"):
+        _dataset([_record(tmp_path, image, mask)])[0]
+
+
+def test_labels_outside_zero_one(tmp_path):
+    image = _tif(tmp_path / "img.tif", _image())
+    mask = _tif(tmp_path / "three_classes.tif", _mask(values=(0, 1, 2)))
+    with pytest.raises(ValueError, match=r"three_classes\.tif: field 'mask'.*binary 0/1.*\[2\]"):
+        _dataset([_record(tmp_path, image, mask)])[0]
+
+
+def test_labels_outside_zero_one_reaching_the_metrics():
+    from rsvlm.models.metrics import BinarySegmentationMetrics
+
+    target = torch.zeros(1, 1, 4, 4)
+    target[0, 0, 0, 0] = 2
+    with pytest.raises(ValueError, match="target must hold only 0/1"):
+        BinarySegmentationMetrics().update(torch.zeros(1, 1, 4, 4), target)
+
+
+# ---------------------------------------------------------------------------- datasets
+def test_empty_dataset_folder(tmp_path):
+    from rsvlm.data.spie import SourceSpec, list_scenes
+
+    empty = tmp_path / "my_dataset"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"my_dataset.*images folder"):
+        list_scenes(SourceSpec("binary", str(empty), split="train", category="water"))
+
+
+@pytest.mark.xfail(strict=True, reason="build_spie on a source whose images/ and labels/ folders are empty "
+                                       "returns an empty build instead of an error naming the folder")
+def test_empty_images_folder_is_an_error(tmp_path):
+    from rsvlm.data.spie import SourceSpec, build_spie
+
+    root = tmp_path / "my_dataset"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    with pytest.raises((ValueError, FileNotFoundError), match=r"my_dataset.*(no|empty)"):
+        build_spie([SourceSpec("binary", str(root), split="train", category="water", bands=BANDS)],
+                   tmp_path / "out", progress=False)
+
+
+def test_records_file_without_training_records(tmp_path):
+    from rsvlm.data.datamodule import SpieDataModule
+
+    image = _tif(tmp_path / "img.tif", _image())
+    mask = _tif(tmp_path / "m.tif", _mask())
+    records = tmp_path / "spie.jsonl"
+    records.write_text(json.dumps(_record(tmp_path, image, mask, split="test")) + "\n")
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"bands": {b: {"mean": 0.25, "std": 0.1} for b in BANDS}}))
+    dm = SpieDataModule(records=str(records), stats=str(stats), bands=BANDS, image_size=16)
+    with pytest.raises(ValueError, match=r"spie\.jsonl: no training records"):
+        dm.setup("fit")
+
+
+def test_datamodule_without_band_statistics(tmp_path):
+    from rsvlm.data.datamodule import SpieDataModule
+    from rsvlm.data.stats import MissingStatsError
+
+    image = _tif(tmp_path / "img.tif", _image())
+    mask = _tif(tmp_path / "m.tif", _mask())
+    records = tmp_path / "spie.jsonl"
+    records.write_text(json.dumps(_record(tmp_path, image, mask)) + "\n")
+    dm = SpieDataModule(records=str(records), stats=str(tmp_path / "no_stats.json"), bands=BANDS, image_size=16)
+    with pytest.raises(MissingStatsError, match=r"no_stats\.json.*rsvlm data stats"):
+        dm.setup("fit")
+
+
+def test_predict_without_inputs():
+    from rsvlm.predict import TiledPredictDataset
+
+    with pytest.raises(ValueError, match="predict_paths"):
+        TiledPredictDataset([], BANDS, [0.0] * 4, [1.0] * 4)
+
+
+# ---------------------------------------------------------------------------- recipes
+RECIPE = {
+    "trainer": {"accelerator": "cpu", "max_epochs": 1},
+    "model": {
+        "class_path": "rsvlm.models.spex.SpexModel",
+        "init_args": {
+            "encoder": {"class_path": "rsvlm.encoders.timm_encoder.TimmEncoder",
+                        "init_args": {"model_name": "resnet18", "in_bands": 4}},
+            "fusion": {"class_path": "rsvlm.fusion.msam.MSAM",
+                       "init_args": {"in_channels": [64, 128, 256, 512], "out_channels": 32}},
+            "projector": {"class_path": "rsvlm.fusion.projector.MLPProjector", "init_args": {"in_dim": 32, "out_dim": 32}},
+            "llm": {"class_path": "rsvlm.llm.causal_lm.CausalLM",
+                    "init_args": {"config": {"base": "qwen2.5-0.5b", "hidden_size": 32}, "tokenizer": "demo"}},
+            "bridge": {"class_path": "rsvlm.bridges.tcp.TokenCompressionProjector",
+                       "init_args": {"in_dim": 32, "out_dim": 32, "num_tokens": 2}},
+            "decoder": {"class_path": "rsvlm.heads.sam_decoder.SamMaskDecoderHead",
+                        "init_args": {"in_channels": 32, "prompt_dim": 32}},
+        },
+    },
+    "data": {"class_path": "rsvlm.data.datamodule.SpieDataModule",
+             "init_args": {"records": "data/spie.jsonl", "bands": BANDS, "image_size": 32}},
+}
+
+
+def _parse(tmp_path: Path, recipe: dict, capsys) -> str:
+    from rsvlm.lightning_cli import run_lightning_cli
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning_cli(["fit", "--config", str(path), "--print_config"])
+    out = capsys.readouterr()
+    return f"{exit_info.value.code}\n{out.out}\n{out.err}"
+
+
+def test_the_recipe_itself_parses(tmp_path, capsys):
+    text = _parse(tmp_path, RECIPE, capsys)
+    assert text.startswith("0\n") and "TokenCompressionProjector" in text
+
+
+@pytest.mark.parametrize(
+    "where,key",
+    [
+        (("data", "init_args"), "batch_sise"),
+        (("model", "init_args", "bridge", "init_args"), "num_tokenz"),
+        (("trainer",), "max_epoch"),
+    ],
+)
+def test_a_misspelt_recipe_key_is_named(tmp_path, capsys, where, key):
+    import copy
+
+    recipe = copy.deepcopy(RECIPE)
+    node = recipe
+    for part in where:
+        node = node[part]
+    node[key] = 4
+    text = _parse(tmp_path, recipe, capsys)
+    assert not text.startswith("0\n")
+    assert key in text, text[-2000:]
+
+
+# ---------------------------------------------------------------------------- weights
+def test_missing_sam_checkpoint(tmp_path):
+    from rsvlm.heads.sam_decoder import SamMaskDecoderHead
+
+    with pytest.raises(FileNotFoundError, match=r"sam_vit_h_missing\.pth"):
+        SamMaskDecoderHead(in_channels=32, prompt_dim=32, checkpoint=str(tmp_path / "sam_vit_h_missing.pth"))
+
+
+def test_missing_llm_folder(tmp_path):
+    from rsvlm.llm.causal_lm import CausalLM
+
+    with pytest.raises(FileNotFoundError, match=r"no_such_llm"):
+        CausalLM(model=str(tmp_path / "no_such_llm"), tokenizer="demo")
+
+
+def test_missing_encoder_weights(tmp_path):
+    from rsvlm.encoders.timm_encoder import TimmEncoder
+
+    with pytest.raises(FileNotFoundError, match=r"resnet18_missing\.safetensors"):
+        TimmEncoder(model_name="resnet18", in_bands=4, checkpoint_path=str(tmp_path / "resnet18_missing.safetensors"))
+
+
+def test_missing_encoder_init_checkpoint(tmp_path):
+    from conftest import tiny_spex_components
+    from rsvlm.models.spex import SpexModel
+
+    with pytest.raises(FileNotFoundError, match=r"encoder_init.*mvpnet_missing\.ckpt"):
+        SpexModel(**tiny_spex_components(), encoder_init=str(tmp_path / "mvpnet_missing.ckpt"))
+
+
+def test_missing_resume_checkpoint(tmp_path):
+    from rsvlm.checkpointing import AtomicCheckpointIO
+
+    with pytest.raises(FileNotFoundError, match=r"gone\.ckpt"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "gone.ckpt")
+
+
+# ---------------------------------------------------------------------------- pickles
+def _evil(path: Path, payload: dict) -> Path:
+    torch.save({**payload, "surprise": argparse.Namespace(run="rm -rf /")}, path)
+    return path
+
+
+def test_pickled_training_checkpoint_is_refused(tmp_path):
+    from rsvlm.checkpointing import AtomicCheckpointIO, CheckpointError
+
+    evil = _evil(tmp_path / "downloaded.ckpt", {"state_dict": {}})
+    with pytest.raises(CheckpointError, match=r"refused to load checkpoint .*downloaded\.ckpt"):
+        AtomicCheckpointIO().load_checkpoint(evil)
+
+
+@pytest.mark.xfail(strict=True, reason="SamMaskDecoderHead.load_sam_checkpoint refuses the pickle (weights_only) but "
+                                       "torch's message does not name the file; wrap it like "
+                                       "rsvlm.checkpointing.load_checkpoint")
+def test_pickled_sam_checkpoint_is_refused(tmp_path):
+    from rsvlm.heads.sam_decoder import SamMaskDecoderHead
+
+    evil = _evil(tmp_path / "sam_vit_b_evil.pth", {"mask_decoder.x": torch.zeros(1)})
+    with pytest.raises(Exception, match=r"sam_vit_b_evil\.pth"):
+        SamMaskDecoderHead(in_channels=32, prompt_dim=256, checkpoint=str(evil))
+
+
+def test_pickled_encoder_init_is_refused(tmp_path):
+    from conftest import tiny_spex_components
+    from rsvlm.models.spex import SpexModel
+
+    evil = _evil(tmp_path / "encoder_evil.ckpt", {"state_dict": {"encoder.x": torch.zeros(1)}})
+    with pytest.raises(Exception, match=r"encoder_evil\.ckpt"):
+        SpexModel(**tiny_spex_components(), encoder_init=str(evil))
+
+
+def test_training_checkpoint_of_another_model_names_the_component(tmp_path):
+    from conftest import TINY_LLM_CONFIG, tiny_spex_components
+    from rsvlm.checkpointing import CheckpointError, keep_trained_only, restore_frozen
+    from rsvlm.llm.causal_lm import CausalLM, LoraSettings
+    from rsvlm.models.spex import SpexModel
+
+    trained = SpexModel(**tiny_spex_components(lora=True))
+    checkpoint = {"state_dict": trained.state_dict()}
+    keep_trained_only(trained, checkpoint)
+    parts = tiny_spex_components(lora=True)
+    parts["llm"] = CausalLM(config={**TINY_LLM_CONFIG, "intermediate_size": 48}, tokenizer="demo",
+                            lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    with pytest.raises(CheckpointError, match=r"component 'llm'"):
+        restore_frozen(SpexModel(**parts), checkpoint)
