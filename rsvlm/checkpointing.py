@@ -227,6 +227,16 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _unique(tensors) -> list[torch.Tensor]:
+    """Tensors without repeats of the same memory (tied weights are saved once by torch.save)."""
+    seen: dict[Any, torch.Tensor] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            key = id(t) if t.is_meta else (t.data_ptr(), t.numel(), t.dtype)
+            seen.setdefault(key, t)
+    return list(seen.values())
+
+
 def trained_keys(module: nn.Module) -> set[str]:
     """State-dict keys of the parameters that the module's components declared trainable.
 
@@ -270,29 +280,29 @@ def keep_trained_only(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str
         if component is not None and key not in keep and key not in buffers:
             dropped.setdefault(component, []).append(key)
 
-    full_bytes = sum(_nbytes(t) for t in state.values() if isinstance(t, torch.Tensor))
+    full = _unique(state.values())
     frozen_bases = {}
     dropped_keys: list[str] = []
-    dropped_bytes = dropped_params = 0
     for component, keys in dropped.items():
         tensors = [state[k] for k in keys]
         relative = [k.split(".", 1)[1] for k in keys]
         frozen_bases[component] = component_identity(module.trainable.components[component], relative, tensors)
-        dropped_bytes += sum(_nbytes(t) for t in tensors)
-        dropped_params += sum(t.numel() for t in tensors)
         dropped_keys += keys
+    removed = _unique(state[k] for k in dropped_keys)
     for key in dropped_keys:
         del state[key]
+    kept = _unique(state.values())
+    # Sizes count tied tensors once, as torch.save stores them.
     info = {
         "format": FORMAT_VERSION,
         "frozen_bases": frozen_bases,
         "dropped": dropped_keys,
         "sizes": {
-            "kept_params": int(sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))),
-            "kept_bytes": int(full_bytes - dropped_bytes),
-            "dropped_params": int(dropped_params),
-            "dropped_bytes": int(dropped_bytes),
-            "full_bytes": int(full_bytes),
+            "kept_params": int(sum(t.numel() for t in kept)),
+            "kept_bytes": int(sum(_nbytes(t) for t in kept)),
+            "dropped_params": int(sum(t.numel() for t in removed)),
+            "dropped_bytes": int(sum(_nbytes(t) for t in removed)),
+            "full_bytes": int(sum(_nbytes(t) for t in full)),
         },
     }
     checkpoint["rsvlm"] = info

@@ -53,12 +53,12 @@ def _trained(model: SpexModel) -> SpexModel:
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory):
     model = _trained(_model())
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.save(model.state_dict(), folder / "full.pt")  # tied weights stored once, as in any full save
     full = {k: v.clone() for k, v in model.state_dict().items()}
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     keep_trained_only(model, checkpoint)
-    folder = tmp_path_factory.mktemp("ckpt")
     path = save_atomically(checkpoint, folder / "trimmed.ckpt")
-    torch.save(full, folder / "full.pt")
     return path, full, folder
 
 
@@ -88,11 +88,13 @@ def test_frozen_llm_base_is_dropped_and_everything_trained_is_kept(trained_check
 def test_sizes_are_recorded_and_the_file_is_smaller(trained_checkpoint):
     path, full, folder = trained_checkpoint
     sizes = torch.load(path, weights_only=True)["rsvlm"]["sizes"]
-    full_bytes = sum(t.numel() * t.element_size() for t in full.values())
-    assert sizes["full_bytes"] == full_bytes
-    assert sizes["kept_bytes"] + sizes["dropped_bytes"] == full_bytes
-    assert sizes["dropped_params"] > 0
-    assert path.stat().st_size < (folder / "full.pt").stat().st_size - sizes["dropped_bytes"] // 2
+    # The recorded sizes are tensor payloads; the files add a little zip/pickle overhead.
+    overhead = 512 * 1024
+    full_file = (folder / "full.pt").stat().st_size
+    assert sizes["full_bytes"] <= full_file <= sizes["full_bytes"] + overhead
+    assert sizes["kept_bytes"] <= path.stat().st_size <= sizes["kept_bytes"] + overhead
+    assert sizes["kept_bytes"] + sizes["dropped_bytes"] == sizes["full_bytes"]
+    assert sizes["dropped_params"] > 0 and path.stat().st_size < full_file
 
 
 def test_restore_fills_the_frozen_base_and_reproduces_every_tensor(trained_checkpoint):
