@@ -237,11 +237,23 @@ def _unique(tensors) -> list[torch.Tensor]:
     return list(seen.values())
 
 
+#: Name parts that wrappers (FSDP, activation checkpointing, torch.compile) insert into parameter
+#: names but not into the state dict Lightning saves.
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _clean_name(name: str) -> str:
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
 def trained_keys(module: nn.Module) -> set[str]:
     """State-dict keys of the parameters that the module's components declared trainable.
 
-    Keys are found by parameter identity, so tied weights (an output layer sharing the input
-    embedding) are kept or dropped together.
+    The names come from what each component declared at construction; parameters that are the
+    same tensor under another name (an output layer tied to the input embedding) are added, so
+    tied weights are kept or dropped together.
     """
     trainable = getattr(module, "trainable", None)
     if trainable is None or not hasattr(trainable, "declared"):
@@ -249,13 +261,14 @@ def trained_keys(module: nn.Module) -> set[str]:
             f"keep_trained_only needs a module with a `trainable` attribute (rsvlm.models.trainable.TrainableSets); "
             f"{type(module).__name__} has none"
         )
-    kept_ids = {
-        id(p)
-        for name, component in trainable.components.items()
-        for pname, p in component.named_parameters()
-        if pname in trainable.declared[name]
-    }
-    return {name for name, p in module.named_parameters(remove_duplicate=False) if id(p) in kept_ids}
+    kept = {f"{component}.{name}" for component, names in trainable.declared.items() for name in names}
+    aliases: dict[int, set[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), set()).add(_clean_name(name))
+    for names in aliases.values():
+        if names & kept:
+            kept |= names
+    return kept
 
 
 def keep_trained_only(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -270,10 +283,21 @@ def keep_trained_only(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str
         to plain containers (:func:`make_weights_only_safe`).
     """
     make_weights_only_safe(checkpoint)
-    state = checkpoint["state_dict"]
+    state = checkpoint.get("state_dict")
+    if not state:
+        return {}  # the strategy saves the weights itself (DeepSpeed)
     components = list(module.trainable.components)
     keep = trained_keys(module)
-    buffers = {name for name, _ in module.named_buffers(remove_duplicate=False)}
+    absent = sorted(keep - set(state))
+    if absent:
+        # A sharded or renamed state dict: trimming could lose trained weights, so keep everything.
+        warnings.warn(
+            f"keep_trained_only: {len(absent)} trained parameter(s) are not in the checkpoint's state dict under "
+            f"their own names (e.g. {absent[0]}); saving the full state dict instead",
+            stacklevel=2,
+        )
+        return {}
+    buffers = {_clean_name(name) for name, _ in module.named_buffers(remove_duplicate=False)}
     dropped: dict[str, list[str]] = {}
     for key in state:
         component = _component_of(key, components)
@@ -320,7 +344,7 @@ def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
             and what differs), or the module lacks a dropped key, or it is on the meta device.
     """
     info = checkpoint.get("rsvlm")
-    if not info or not info.get("dropped"):
+    if not info or not info.get("dropped") or "state_dict" not in checkpoint:
         return
     if info.get("format", FORMAT_VERSION) > FORMAT_VERSION:
         raise CheckpointError(

@@ -273,3 +273,14 @@ def test_contract_batch_still_runs_after_restore(trained_checkpoint):
     model.load_state_dict(checkpoint["state_dict"])
     out = model(contract_batch(model.llm.formatter, size=32))
     assert torch.isfinite(out["mask_logits"]).all()
+
+
+def test_a_state_dict_without_the_trained_names_is_saved_whole():
+    # E.g. a sharded or prefixed state dict: trimming must never drop trained weights.
+    model = _model()
+    state = {f"wrapped.{k}": v for k, v in model.state_dict().items()}
+    checkpoint = {"state_dict": state}
+    with pytest.warns(UserWarning, match="saving the full state dict"):
+        assert keep_trained_only(model, checkpoint) == {}
+    assert checkpoint["state_dict"] is state and len(state) == len(model.state_dict())
+    restore_frozen(model, {"rsvlm": {"dropped": ["llm.x"]}})  # no state dict (DeepSpeed): nothing to fill
