@@ -1,8 +1,9 @@
 """``rsvlm summarize``: build a recipe's model on the meta device and count its parameters.
 
-No weights are read and nothing is downloaded: every ``pretrained`` flag is turned off, every
-checkpoint path dropped, and an LLM given by a Hugging Face id is built from the architecture
-config shipped with rsvlm (or the ``config.json`` of a local folder).
+No weights are read and nothing is downloaded: every ``pretrained`` flag is turned off and every
+checkpoint path dropped; on the meta device, :class:`rsvlm.llm.causal_lm.CausalLM` builds an LLM
+given by a Hugging Face id from the architecture config shipped with rsvlm (or the
+``config.json`` of a local folder).
 """
 
 from __future__ import annotations
@@ -60,29 +61,7 @@ def without_weights(node: Any) -> Any:
         for key in WEIGHT_PATH_KEYS:
             if init_args.get(key) is not None:
                 init_args[key] = None
-        if node["class_path"].endswith("CausalLM") and init_args.get("model"):
-            init_args.setdefault("config", llm_config_for(init_args["model"]))
-            if init_args.get("config") is None:
-                init_args["config"] = llm_config_for(init_args["model"])
-            init_args["model"] = None
-            init_args["tokenizer"] = None
     return {key: without_weights(value) for key, value in node.items()}
-
-
-def llm_config_for(model: str) -> str:
-    """The architecture config for an LLM id or folder: a local ``config.json`` or a shipped one."""
-    folder = Path(model).expanduser()
-    if (folder / "config.json").is_file():
-        return str(folder / "config.json")
-    from rsvlm.llm.causal_lm import shipped_config_names
-
-    name = model.rstrip("/").split("/")[-1].lower()
-    if name not in shipped_config_names():
-        raise KeyError(
-            f"no architecture config is shipped for LLM {model!r} (shipped: {sorted(shipped_config_names())}); "
-            f"give init_args.config as a path to its config.json"
-        )
-    return name
 
 
 def summary_table(model, title: str = "") -> str:

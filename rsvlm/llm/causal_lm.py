@@ -272,6 +272,8 @@ class CausalLM(nn.Module):
             trainable_ids = [self.special_token_ids[t] for t in new_tokens if t != image_token]
         if freeze:
             self.model.requires_grad_(False)
+        # Shown in the trainable-parameter table instead of a bare "partial".
+        self.trainable_mode = f"LoRA r={lora.r}" if lora is not None else None
         if lora is not None:
             self.model = apply_lora(self.model, lora, trainable_ids or None)
         elif freeze and trainable_ids:

@@ -20,11 +20,15 @@ class ComponentRow:
     kind: str
     total: int
     trainable: int
+    #: A component's own name for how it trains (e.g. "LoRA r=8"), used when it trains at all.
+    label: str | None = None
 
     @property
     def mode(self) -> str:
         if self.trainable == 0:
             return "frozen"
+        if self.label:
+            return self.label
         if self.trainable == self.total:
             return "trained"
         return "partial"
@@ -71,6 +75,7 @@ class TrainableSets:
                 kind=type(module).__name__,
                 total=sum(p.numel() for p in module.parameters()),
                 trainable=sum(p.numel() for p in module.parameters() if p.requires_grad),
+                label=getattr(module, "trainable_mode", None),
             )
             for name, module in self.components.items()
         ]
@@ -89,8 +94,8 @@ def format_parameter_table(rows: list[ComponentRow], title: str = "") -> str:
 
 
 def human_count(n: int) -> str:
-    """1536 → '1.54 K', 1_543_714_304 → '1.54 B' (exact count kept when below 1000)."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    """1536 → '1.54 K', 1_543_714_304 → '1.544 B' (exact count kept when below 1000)."""
+    for unit, scale, digits in (("B", 1e9, 3), ("M", 1e6, 2), ("K", 1e3, 2)):
         if n >= scale:
-            return f"{n / scale:.2f} {unit}"
+            return f"{n / scale:.{digits}f} {unit}"
     return str(n)
