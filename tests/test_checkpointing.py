@@ -284,3 +284,70 @@ def test_a_state_dict_without_the_trained_names_is_saved_whole():
         assert keep_trained_only(model, checkpoint) == {}
     assert checkpoint["state_dict"] is state and len(state) == len(model.state_dict())
     restore_frozen(model, {"rsvlm": {"dropped": ["llm.x"]}})  # no state dict (DeepSpeed): nothing to fill
+
+
+# ---------------------------------------------------------------------------- data position
+class _Indices(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _Pairs(torch.utils.data.Sampler):
+    """Like the datamodule's SeededSampler: (index, augmentation seed) pairs, reshuffled per epoch."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 10
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(100 + self.epoch)
+        return iter([(int(i), 7 * int(i) + self.epoch) for i in torch.randperm(10, generator=g)])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_restored_loader_yields_exactly_the_batches_not_yet_seen(workers):
+    from rsvlm.checkpointing import ResumableDataLoader, ResumableSampler
+
+    def loader():
+        return ResumableDataLoader(_Indices(), sampler=ResumableSampler(10, seed=3), batch_size=3, num_workers=workers)
+
+    first = loader()
+    first.sampler.set_epoch(2)
+    full = [b.tolist() for b in first]
+    assert sorted(sum(full, [])) == list(range(10))  # the epoch's permutation, in batches of 3
+    it = iter(first)
+    seen = [next(it).tolist() for _ in range(2)]  # workers prefetch ahead; the position counts batches returned
+    state = first.state_dict()
+    assert state["epoch"] == 2 and state["batches"] == 2
+
+    second = loader()
+    second.load_state_dict(state)
+    rest = [b.tolist() for b in second]
+    assert seen + rest == full
+    assert second.state_dict()["batches"] == len(full)
+    second.sampler.set_epoch(3)
+    assert len(list(second)) == len(full)  # the next epoch is whole again
+
+
+def test_sharded_resumable_sampler_splits_an_inner_order_between_ranks():
+    from rsvlm.checkpointing import ResumableSampler
+
+    shards = [ResumableSampler(inner=_Pairs(), num_replicas=2, rank=r) for r in (0, 1)]
+    for s in shards:
+        s.set_epoch(1)
+    items = [list(s) for s in shards]
+    inner = _Pairs()
+    inner.set_epoch(1)
+    whole = list(inner)
+    assert items[0] == whole[0::2] and items[1] == whole[1::2]
+    shards[1].skip_next(1, 2)
+    assert list(shards[1]) == whole[1::2][2:]
+    assert list(shards[1]) == whole[1::2]  # the skip applies to one pass only
