@@ -323,7 +323,10 @@ class SpieDataModule(L.LightningDataModule):
         categories: keep only these categories (e.g. ``[water]`` for a per-category stage).
         batch_size, num_workers, pin_memory: DataLoader settings (pinned memory only with CUDA;
             persistent workers when ``num_workers > 0``).
-        augment: random flips/rot90 on training samples.
+        augment: random flips/rot90 on training samples. Off by default: a flip moves the
+            regions but not the words, so the spectral prompt's and the response's locations
+            ("top-left", centroids, boxes) would contradict the flipped image. Turn it on only
+            for text without locations (e.g. ``template: plain`` with location-free responses).
         template: ``spectral`` (instruction with APG prompt) or ``plain`` (ablation).
         apg_style: ``paper`` or ``released`` APG format.
         predict_paths: GeoTIFFs for ``predict_dataloader``.
@@ -334,7 +337,7 @@ class SpieDataModule(L.LightningDataModule):
                  generate: GeneratedData | None = None, image_size: int = 512,
                  bands: list[str] | str = "demo", categories: list[str] | None = None,
                  batch_size: int = 2, num_workers: int = 0, pin_memory: bool = True,
-                 augment: bool = True, template: Literal["spectral", "plain"] = "spectral",
+                 augment: bool = False, template: Literal["spectral", "plain"] = "spectral",
                  apg_style: Literal["paper", "released"] = "paper",
                  predict_paths: list[str] | None = None, seed: int = 0) -> None:
         super().__init__()
