@@ -25,6 +25,15 @@ class RsvlmCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
 
+    def _parse_ckpt_path(self) -> None:
+        """The recipe and the command line define the model, also with ``--ckpt_path``.
+
+        Lightning's default re-applies the hyper-parameters stored in the checkpoint over the
+        command line, so ``--model.init_args.stage=mask --ckpt_path stage1.ckpt`` would silently
+        train stage ``text`` again. Here the checkpoint restores weights, optimiser and loop
+        state only; to start a new stage from old weights use ``--model.init_args.init_from``.
+        """
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer

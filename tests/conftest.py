@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: with other processes on a 2-core machine, two OpenMP threads per process
+# oversubscribe the cores and run many times slower.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -164,8 +164,6 @@ def test_empty_dataset_folder(tmp_path):
         list_scenes(SourceSpec("binary", str(empty), split="train", category="water"))
 
 
-@pytest.mark.xfail(strict=True, reason="build_spie on a source whose images/ and labels/ folders are empty "
-                                       "returns an empty build instead of an error naming the folder")
 def test_empty_images_folder_is_an_error(tmp_path):
     from rsvlm.data.spie import SourceSpec, build_spie
 
@@ -323,9 +321,6 @@ def test_pickled_training_checkpoint_is_refused(tmp_path):
         AtomicCheckpointIO().load_checkpoint(evil)
 
 
-@pytest.mark.xfail(strict=True, reason="SamMaskDecoderHead.load_sam_checkpoint refuses the pickle (weights_only) but "
-                                       "torch's message does not name the file; wrap it like "
-                                       "rsvlm.checkpointing.load_checkpoint")
 def test_pickled_sam_checkpoint_is_refused(tmp_path):
     from rsvlm.heads.sam_decoder import SamMaskDecoderHead
 

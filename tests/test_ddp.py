@@ -128,8 +128,6 @@ def test_test_metrics_equal_a_single_process_run(ddp_run):
         assert r0["metrics"][key] == pytest.approx(float(value), abs=1e-6), key
 
 
-@pytest.mark.xfail(strict=True, reason="SamMaskDecoderHead declares iou_prediction_head trainable but no loss uses "
-                   "it, so plain strategy='ddp' (find_unused_parameters=False) fails; the head should freeze it")
 def test_every_trainable_parameter_gets_a_gradient():
     from rsvlm.data.datamodule import SpieCollate
     from test_resume import TinySpie

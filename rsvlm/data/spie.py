@@ -482,6 +482,9 @@ def list_scenes(source: SourceSpec) -> list[Scene]:
                                 f"{', '.join(_IMAGE_DIRS)}) and a labels folder (one of "
                                 f"{', '.join(_LABEL_DIRS)}) with files paired by name")
     images, labels = _rasters(img_dir), _rasters(lab_dir)
+    if not images:
+        raise FileNotFoundError(f"{img_dir}: no rasters in the images folder of "
+                                f"SourceSpec({source.source_name()}); nothing to build")
     unpaired = sorted(set(images) - set(labels))
     if unpaired:
         raise ValueError(f"{img_dir}: {len(unpaired)} image(s) without a label of the same name in "

@@ -125,6 +125,10 @@ class SamMaskDecoderHead(MaskDecoder):
             self.load_sam_checkpoint(checkpoint)
         if freeze_prompt_encoder:
             self.prompt_encoder.requires_grad_(False)
+        if not multimask_output:
+            # With one mask no loss sees the IoU prediction; a trainable head without gradients
+            # would break DDP (unused parameters) and only carry optimiser state.
+            self.mask_decoder.iou_prediction_head.requires_grad_(False)
 
     def load_sam_checkpoint(self, path: str | Path) -> None:
         """Load ``mask_decoder.*`` and ``prompt_encoder.*`` from a SAM checkpoint, strictly.
@@ -142,7 +146,14 @@ class SamMaskDecoderHead(MaskDecoder):
                 f"({SAM_README}) and put it at {path.resolve()}, or set the head's `checkpoint` "
                 f"argument to where the file is."
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # an unpickling refusal or a truncated file: name the file
+            raise ValueError(
+                f"SAM checkpoint {path}: refused or unreadable as a weights-only checkpoint "
+                f"({type(err).__name__}: {str(err).splitlines()[0]}). Use an official SAM file or "
+                f"re-save its state dict (torch.save(model.state_dict(), ...))."
+            ) from err
         if isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
             # Fine-tuning scripts often nest the weights one level down.
             for key in ("model", "state_dict"):

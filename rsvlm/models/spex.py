@@ -75,6 +75,8 @@ class SpexModel(L.LightningModule):
         test_with_generation: test as in the paper (generate the description, pool the generated
             tokens); ``False`` tests with the reference response (teacher forcing), like validation.
         encoder_init: a checkpoint whose encoder weights initialise ``encoder`` (e.g. MVPNet's).
+        init_from: a SPEX checkpoint whose model weights (only) start this run, e.g. stage 2
+            from stage 1; unlike ``--ckpt_path`` it restores no optimiser, schedule or epoch.
         log_images: how many validation overlays to log per epoch (0 turns it off).
     """
 
@@ -94,6 +96,7 @@ class SpexModel(L.LightningModule):
         generation: GenerationSettings = GenerationSettings(),
         test_with_generation: bool = True,
         encoder_init: str | None = None,
+        init_from: str | None = None,
         log_images: int = 4,
     ) -> None:
         super().__init__()
@@ -122,6 +125,16 @@ class SpexModel(L.LightningModule):
         self.trainable.activate(self.stage_components[self.current_stage])
         self.val_metrics = BinarySegmentationMetrics()
         self.test_metrics = BinarySegmentationMetrics()
+        if init_from is not None:
+            self.load_weights(init_from)
+
+    def load_weights(self, path: str) -> None:
+        """Load the model weights of a SPEX checkpoint (trained-only or full), nothing else."""
+        from rsvlm.checkpointing import load_checkpoint, restore_frozen
+
+        checkpoint = load_checkpoint(path)
+        restore_frozen(self, checkpoint)
+        self.load_state_dict(checkpoint["state_dict"], strict=True)
 
     # ------------------------------------------------------------------ structure
     def components(self) -> dict[str, nn.Module]:
@@ -202,11 +215,17 @@ class SpexModel(L.LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            # DDP registers only parameters that need gradients when it wraps the model, which
+            # happens after setup: open every component some phase trains, so that a later
+            # stage's parameters stay synchronised across ranks.
+            self.trainable.activate(self._components_of_run())
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_text_formatter"):
             datamodule.set_text_formatter(self.llm.formatter)
 
     def on_fit_start(self) -> None:
+        # Runs after the strategy wrapped the model (see setup): now freeze for this epoch.
         self.set_stage(self.stage_at_epoch(self.current_epoch))
         if self.trainer.is_global_zero:
             print(self.parameter_table())
@@ -287,10 +306,14 @@ class SpexModel(L.LightningModule):
 
         restore_frozen(self, checkpoint)
 
+    def _components_of_run(self) -> set[str]:
+        """Components that some stage of this run (the schedule, or the single stage) trains."""
+        stages = {p.stage for p in self.schedule} or {self.current_stage}
+        return set().union(*(self.stage_components[s] for s in stages))
+
     def configure_optimizers(self):
         # Only components that some stage of this run trains get optimiser state.
-        stages = {p.stage for p in self.schedule} or {self.current_stage}
-        used = set().union(*(self.stage_components[s] for s in stages))
+        used = self._components_of_run()
         vision = [n for n in ("encoder", "fusion", "projector", "bridge", "decoder") if n in used]
         groups = {
             "vision": self.trainable.declared_parameters(vision),
