@@ -49,6 +49,7 @@ from rsvlm.data.indices import normalize_category
 from rsvlm.data.raster import RasterError, read_mask, read_raster
 from rsvlm.data.spie import RECORDS_NAME, SpieRecord, read_records
 from rsvlm.data.stats import load_stats, mean_std
+from rsvlm.checkpointing import ResumableDataLoader, ResumableSampler, TrainPosition
 from rsvlm.data.transforms import normalize, random_dihedral, resize_pad
 
 DEFAULT_GENERATED_ROOT = "~/.cache/rsvlm/generated-spie"
@@ -227,55 +228,6 @@ class SpieDataset(Dataset):
                 "meta": meta}
 
 
-class PredictDataset(Dataset):
-    """GeoTIFFs → prediction samples (image, valid, meta; plus APG text per category).
-
-    Args:
-        paths: image files with exactly ``bands``.
-        bands, mean, std, image_size: as :class:`SpieDataset`.
-        categories: when given, one sample per image and category with the APG instruction.
-        template, apg_style: instruction template and APG style.
-    """
-
-    def __init__(self, paths: Sequence[str], bands: BandSpec | str | Sequence[str],
-                 mean: np.ndarray, std: np.ndarray, image_size: int = 512,
-                 categories: Sequence[str] | None = None,
-                 template: Literal["spectral", "plain"] = "spectral",
-                 apg_style: Literal["paper", "released"] = "paper") -> None:
-        self.bands = band_spec(bands)
-        self.items = [(str(p), c) for p in paths for c in (categories or [None])]
-        self.mean, self.std = mean, std
-        self.image_size = image_size
-        self.template = template
-        self.apg_style = apg_style
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        from rsvlm.data.apg import instruction, spectral_prompt
-
-        path, category = self.items[index]
-        raster = read_raster(path, bands=self.bands)
-        if not raster.valid.any():
-            raise SampleError(f"{path}: every pixel is invalid (nodata / NaN)")
-        v = torch.from_numpy(raster.valid)[None]
-        image = normalize(torch.from_numpy(raster.data), v, self.mean, self.std)
-        image, _, v, info = resize_pad(image, None, v, self.image_size)
-        sample: dict[str, Any] = {
-            "image": image.contiguous(), "valid": v.contiguous(),
-            "meta": {"image": path, "index": index, **_georef_meta(raster), **info}}
-        if category is not None:
-            prompt = None
-            if self.template == "spectral":
-                filled = np.where(raster.valid[None], raster.data, 0)
-                prompt = spectral_prompt(filled, category, self.bands, style=self.apg_style,
-                                         valid=raster.valid)
-            sample.update(category=category, response="",
-                          instruction=instruction(category, prompt, template=self.template))
-        return sample
-
-
 class SpieCollate:
     """Stack tensors, keep strings and meta as lists, then add the text formatter's tensors.
 
@@ -329,7 +281,11 @@ class SpieDataModule(L.LightningDataModule):
             for text without locations (e.g. ``template: plain`` with location-free responses).
         template: ``spectral`` (instruction with APG prompt) or ``plain`` (ablation).
         apg_style: ``paper`` or ``released`` APG format.
-        predict_paths: GeoTIFFs for ``predict_dataloader``.
+        predict_paths: GeoTIFFs for ``predict_dataloader``, of any size: cut into
+            ``image_size`` tiles overlapping by ``predict_overlap`` pixels (see
+            :class:`rsvlm.predict.TiledPredictDataset`; :class:`rsvlm.predict.PredictionWriter`
+            stitches them back).
+        predict_overlap: pixels shared by neighbouring prediction tiles.
         seed: shuffling and augmentation seed.
     """
 
@@ -339,7 +295,8 @@ class SpieDataModule(L.LightningDataModule):
                  batch_size: int = 2, num_workers: int = 0, pin_memory: bool = True,
                  augment: bool = False, template: Literal["spectral", "plain"] = "spectral",
                  apg_style: Literal["paper", "released"] = "paper",
-                 predict_paths: list[str] | None = None, seed: int = 0) -> None:
+                 predict_paths: list[str] | None = None, seed: int = 0,
+                 predict_overlap: int = 64) -> None:
         super().__init__()
         if records is None and generate is None and stats is None:
             raise ValueError("SpieDataModule: give records= (a SPIE records file made by "
@@ -364,6 +321,10 @@ class SpieDataModule(L.LightningDataModule):
         self.template = template
         self.apg_style = apg_style
         self.predict_paths = predict_paths
+        self.predict_overlap = predict_overlap
+        # The training loader's position goes into checkpoints, so a killed run resumes
+        # mid-epoch at the next unseen batch.
+        self._position = TrainPosition()
         self.seed = seed
         self._formatter: TextFormatter | None = None
         self.datasets: dict[str, Dataset] = {}
@@ -462,9 +423,13 @@ class SpieDataModule(L.LightningDataModule):
         if stage == "predict":
             if not self.predict_paths:
                 raise ValueError("SpieDataModule: predict needs predict_paths= (GeoTIFFs)")
-            self.datasets["predict"] = PredictDataset(
-                self.predict_paths, self._spec, self._mean, self._std, self.image_size,
-                self.categories, self.template, self.apg_style)
+            from rsvlm.predict import TiledPredictDataset
+
+            self.datasets["predict"] = TiledPredictDataset(
+                self.predict_paths, list(self._spec.names), self._mean, self._std, tile=self.image_size,
+                # A tile never overlaps its neighbour by half or more of itself.
+                overlap=min(self.predict_overlap, self.image_size // 2), categories=self.categories, template=self.template,
+                apg_style=self.apg_style)
             return
         if records_path is None:
             raise ValueError(f"SpieDataModule: stage {stage!r} needs records= or generate=")
@@ -485,10 +450,10 @@ class SpieDataModule(L.LightningDataModule):
                              + (f" for categories {self.categories}" if self.categories else ""))
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None = None, loader_class: type = DataLoader) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"SpieDataModule: call setup() before the {split} dataloader")
-        return DataLoader(
+        return loader_class(
             self.datasets[split], batch_size=self.batch_size, sampler=sampler, shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -496,7 +461,14 @@ class SpieDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         n = len(self.datasets["train"]) if "train" in self.datasets else 0
-        return self._loader("train", SeededSampler(n, seed=self.seed, shuffle=True))
+        sampler = ResumableSampler(inner=SeededSampler(n, seed=self.seed, shuffle=True))
+        return self._position.attach(self._loader("train", sampler, ResumableDataLoader))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._position.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._position.load_state_dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

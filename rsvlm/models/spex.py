@@ -270,6 +270,11 @@ class SpexModel(L.LightningModule):
         self.test_metrics.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if "prompt_ids" not in batch:
+            raise ValueError(
+                "SPEX extracts one land-cover category at a time and needs an instruction: set "
+                "data.init_args.categories, e.g. --data.init_args.categories='[water]'"
+            )
         return {**self.predict_masks(batch), "meta": batch.get("meta")}
 
     @torch.no_grad()
