@@ -60,7 +60,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePath
@@ -422,27 +421,11 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
     Readers see either the previous file or the complete new one, never a partial write. The
     temporary name starts with ``.`` and ends with ``.tmp`` so checkpoint globbing skips it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # persist the rename itself
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    from rsvlm.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

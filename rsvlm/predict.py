@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window as RioWindow
 from torch.utils.data import Dataset
 
+from rsvlm.atomic import atomic_write_text
 from rsvlm.data.bands import BandError, band_spec
 
 #: (row offset, column offset, height, width) of a window in scene pixels.
@@ -332,16 +332,7 @@ def check_outputs(paths: dict[str, Path], inputs: set[Path], overwrite: bool) ->
 
 
 def _write_json(path: Path, payload: dict[str, Any], overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(payload, indent=1), overwrite=overwrite)
 
 
 def overlay_picture(

@@ -11,12 +11,13 @@ leaves a half-written picture; existing files are only replaced when asked.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from rsvlm.atomic import atomic_path
 from einops import rearrange
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -111,19 +112,9 @@ def overlay(rgb, mask, color: tuple[int, int, int] = (255, 0, 0), alpha: float =
 
 def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it to ``path``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path, overwrite) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def save_png(path: str | os.PathLike, array, overwrite: bool = False) -> Path:

@@ -74,7 +74,10 @@ def test_frozen_llm_base_is_dropped_and_everything_trained_is_kept(trained_check
     # By construction: the LLM's base weights are frozen (only LoRA trains), and so is SAM's prompt encoder.
     llm_base = {k for k in params if k.startswith("llm.") and "lora_" not in k}
     assert llm_base and llm_base <= expected_dropped
-    assert expected_dropped - llm_base <= {k for k in params if k.startswith("decoder.prompt_encoder.")}
+    # Besides the LLM base, only what the SAM head freezes: its prompt encoder and, with a
+    # single output mask, the IoU prediction head that no loss uses.
+    frozen_in_head = ("decoder.prompt_encoder.", "decoder.mask_decoder.iou_prediction_head.")
+    assert expected_dropped - llm_base <= {k for k in params if k.startswith(frozen_in_head)}
     assert set(checkpoint["rsvlm"]["frozen_bases"]) <= {"llm", "decoder"}
     assert kept == set(full) - expected_dropped
     assert any("lora_A" in k for k in kept) and any(k.startswith("decoder.") for k in kept)

@@ -23,7 +23,6 @@ with ``crs=None`` and ``transform=None``, and masks written on their grid carry 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+from rsvlm.atomic import atomic_path
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 
 PathLike = str | os.PathLike
@@ -310,17 +310,8 @@ def write_mask(path: PathLike, mask: np.ndarray, like: Raster, overwrite: bool =
         profile["crs"] = like.crs
     if like.transform is not None:
         profile["transform"] = like.transform
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.tif", dir=out.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(m.astype(np.uint8), 1)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(m.astype(np.uint8), 1)
     return out

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,6 +68,7 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from scipy.ndimage import gaussian_filter
 
+from rsvlm.atomic import atomic_write_text
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 
 CLASS_NAMES: dict[int, str] = {0: "bare soil", 1: "vegetation", 2: "water", 3: "building"}
@@ -312,8 +312,4 @@ def write_scene_folder(root: str | os.PathLike, n: int, size: int, bands: BandsL
                 "bands": list(spec.names), "seed": seed, "split_fractions": fractions,
                 "classes": {str(k): v for k, v in CLASS_NAMES.items()}, "scenes": scenes}
     path = root / "manifest.json"
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=root)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(manifest, indent=1))

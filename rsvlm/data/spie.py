@@ -79,6 +79,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from rsvlm.atomic import atomic_write_text
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.raster import Raster, RasterError, write_mask
 
@@ -306,16 +307,7 @@ def append_records(path: str | os.PathLike, records: Sequence[SpieRecord]) -> No
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def export_llava(records: Sequence[SpieRecord] | str | os.PathLike, path: str | os.PathLike,

@@ -31,7 +31,7 @@ from packaging.version import Version
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
 
-from rsvlm.llm.chat import IGNORE_INDEX, ChatFormatter, default_end_token, single_token_id
+from rsvlm.llm.chat import IGNORE_INDEX, ChatFormatter, single_token_id
 from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
 from rsvlm.llm.splice import splice_visual_tokens
 from rsvlm.llm.tokenizer import build_demo_tokenizer

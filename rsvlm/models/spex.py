@@ -13,7 +13,7 @@ stages (which components train), the losses, the optimiser and the evaluation.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
