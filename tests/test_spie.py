@@ -322,3 +322,30 @@ def test_real_chesapeake_patches(tmp_path):
         mask = _read(r.mask)[0][0]
         np.testing.assert_array_equal(mask, np.isin(label, [2, 3]).astype(np.uint8))
         assert "vegetation" in r.instruction and r.spectral_prompt
+
+
+def test_responses_from_the_dataset_take_precedence(tmp_path):
+    """A tile's response comes from the source's responses file when it gives one; the
+    describer fills in the rest."""
+    rng = np.random.default_rng(3)
+    h, w = 700, 500
+    image = rng.uniform(0.01, 0.5, size=(4, h, w)).astype(np.float32)
+    label = np.zeros((1, h, w), np.uint8)
+    label[0, 100:300, 50:200] = 1
+    label[0, 600:680, 400:490] = 1
+    transform = Affine(0.5, 0, 300_000.0, 0, -0.5, 4_000_000.0)
+    _write(tmp_path / "src/images/big.tif", image, transform, CRS.from_epsg(32618))
+    _write(tmp_path / "src/labels/big.tif", label, transform, CRS.from_epsg(32618))
+    given = {"big_r0_c0": {"water": "A reservoir fills the upper left of the tile."}}
+    (tmp_path / "responses.json").write_text(json.dumps(given))
+    build_spie([SourceSpec("binary", str(tmp_path / "src"), split="test", bands="gaofen2", category="water",
+                           responses=str(tmp_path / "responses.json"))], tmp_path / "out", tile=512, progress=False)
+    by_tile = {tuple(r.tile): r.response for r in read_records(tmp_path / "out/spie.jsonl")}
+    assert by_tile[(0, 0, 512, 500)] == "A reservoir fills the upper left of the tile."
+    second = by_tile[(512, 0, 188, 500)]
+    assert second and second != "A reservoir fills the upper left of the tile."
+
+    (tmp_path / "bad.json").write_text(json.dumps({"big_r0_c0": "not a mapping"}))
+    with pytest.raises(ValueError, match=r"bad\.json.*big_r0_c0"):
+        build_spie([SourceSpec("binary", str(tmp_path / "src"), split="test", bands="gaofen2", category="water",
+                               responses=str(tmp_path / "bad.json"))], tmp_path / "out2", tile=512, progress=False)

@@ -362,6 +362,10 @@ class SourceSpec:
         classes: category → label codes, replacing the kind's default merging.
         ignore: label codes meaning "no data", replacing the kind's default.
         name: source name used in records and output paths; default ``<kind>-<folder name>``.
+        responses: a JSON file of responses that come with the dataset,
+            ``{"<tile stem>": {"<category>": "<text>"}}`` (tile stem: the scene's file stem, or
+            ``<stem>_r<row>_c<col>`` for a tile of a large scene). They take precedence over the
+            response generator, which fills in what the file does not give.
     """
 
     kind: str
@@ -373,6 +377,7 @@ class SourceSpec:
     classes: dict[str, list[int]] | None = None
     ignore: list[int] | None = None
     name: str | None = None
+    responses: str | None = None
 
     def source_name(self) -> str:
         if self.name:
@@ -529,6 +534,7 @@ class TileTask:
     window: tuple[int, int, int, int] | None
     height: int
     width: int
+    responses: dict[str, str] = field(default_factory=dict)
 
 
 def _keep_empty(key: str, category: str, rate: float) -> bool:
@@ -642,7 +648,7 @@ def build_tile(task: TileTask, config: BuildConfig) -> list[SpieRecord]:
             image=str(image_path), mask=str(mask_path), category=category,
             bands=list(task.bands), spectral_prompt=prompt,
             instruction=instruction(category, prompt, template=config.template),
-            response=config.describer(image, mask, category, spec),
+            response=task.responses.get(category) or config.describer(image, mask, category, spec),
             split=task.split, source=task.source,
             tile=None if task.window is None else list(task.window)))
     return records
@@ -658,6 +664,7 @@ def plan_tiles(sources: Sequence[SourceSpec], tile: int) -> list[TileTask]:
                          f"SourceSpec.name values")
     for src in sources:
         src.validate()
+        given = load_responses(src.responses)
         spec = band_spec(src.bands)
         classes, ignore, name = src.class_map(), src.ignore_codes(), src.source_name()
         for scene in list_scenes(src):
@@ -681,8 +688,28 @@ def plan_tiles(sources: Sequence[SourceSpec], tile: int) -> list[TileTask]:
                 tasks.append(TileTask(
                     key=f"{name}/{scene.split}/{stem}", image=scene.image, label=scene.label,
                     split=scene.split, source=name, bands=spec.names, classes=classes,
-                    ignore=ignore, kind=src.kind, window=win, height=h, width=w))
+                    ignore=ignore, kind=src.kind, window=win, height=h, width=w,
+                    responses=dict(given.get(stem, {}))))
     return tasks
+
+
+def load_responses(path: str | None) -> dict[str, dict[str, str]]:
+    """Read a dataset's own responses (see :class:`SourceSpec`); ``{}`` when there is no file."""
+    if path is None:
+        return {}
+    file = Path(path).expanduser()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"SourceSpec.responses: {file} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"SourceSpec.responses: {file} is not valid JSON ({exc})") from exc
+    bad = [k for k, v in data.items() if not isinstance(v, dict) or not all(isinstance(t, str) for t in v.values())] \
+        if isinstance(data, dict) else ["<top level>"]
+    if bad:
+        raise ValueError(f"SourceSpec.responses: {file} must map tile stems to {{category: text}}; "
+                         f"bad entries: {bad[:5]}")
+    return data
 
 
 @dataclass
