@@ -41,9 +41,10 @@ class RsvlmCLI(LightningCLI):
             root = trainer.default_root_dir or "."
             # One version for both loggers, so that a run's logs share one folder.
             shared = {"save_dir": root, "name": "logs", "version": next_version(Path(root) / "logs")}
+            # CSV first: it warns about a non-empty folder, and TensorBoard writes there at once.
             trainer.logger = [
-                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": dict(shared)},
                 {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": dict(shared)},
+                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": dict(shared)},
             ]
         self._started = time.perf_counter()
 
