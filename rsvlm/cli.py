@@ -36,6 +36,7 @@ Options of a recipe can be overridden on the command line, e.g.
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP)
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in LIGHTNING_COMMANDS:
         from rsvlm.lightning_cli import run_lightning_cli
 
-        run_lightning_cli([command, *rest])
+        # From the shell, LightningCLI reads sys.argv itself (it warns when given both).
+        run_lightning_cli(None if from_command_line else [command, *rest])
         return 0
     if command == "summarize":
         from rsvlm.summarize import summarize_main

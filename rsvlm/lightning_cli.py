@@ -120,8 +120,8 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_lightning_cli(args: list[str]) -> RsvlmCLI:
-    """Run ``fit|validate|test|predict`` with rsvlm's CLI on ``args``."""
+def run_lightning_cli(args: list[str] | None) -> RsvlmCLI:
+    """Run ``fit|validate|test|predict`` with rsvlm's CLI on ``args`` (None: ``sys.argv``)."""
     return RsvlmCLI(
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
