@@ -41,6 +41,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from rsvlm.contracts import ContractError, Encoder
 from rsvlm.encoders.dcnv3 import DCNv3, channels_first_norm, channels_first_to_last_norm, channels_last_norm
 from rsvlm.encoders.timm_encoder import expand_stem_weight
+from rsvlm.state_dicts import compare_state_dicts
 
 
 @dataclass(frozen=True)
@@ -346,15 +347,10 @@ class InternImageEncoder(Encoder):
         key = "patch_embed.conv1.weight"
         if key in state and state[key].shape[1] == 3 and (self.in_bands != 3 or self.rgb_bands != [0, 1, 2]):
             state[key] = expand_stem_weight(state[key], self.in_bands, self.rgb_bands, self.extra_band_init)
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in own
-            if k in state and state[k].shape != own[k].shape
-        ]
-        if missing or unexpected or mismatched:
+        diff = compare_state_dicts(self.state_dict(), state)
+        missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
+        mismatched = diff.mismatch_lines("checkpoint", "model")
+        if not diff.ok:
             raise ValueError(
                 f"InternImageEncoder.checkpoint_path={path}: does not fit variant/config {self.config}.\n"
                 f"  missing ({len(missing)}): {missing[:10]}\n  unexpected ({len(unexpected)}): {unexpected[:10]}\n"

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from rsvlm.contracts import ContractError, Encoder
+from rsvlm.state_dicts import compare_state_dicts
 
 PYRAMID_REDUCTIONS = (4, 8, 16, 32)
 
@@ -194,14 +195,10 @@ class TimmEncoder(Encoder):
         if isinstance(classifiers, str):
             classifiers = (classifiers,)
         head = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
-        missing = [k for k in expected if k not in state and k not in head]
-        unexpected = [k for k in state if k not in expected and k not in head]
-        mismatched = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in expected.items()
-            if k in state and k not in head and tuple(state[k].shape) != tuple(v.shape)
-        ]
-        if missing or unexpected or mismatched:
+        diff = compare_state_dicts(expected, state, ignore=head)
+        missing, unexpected = diff.missing, diff.unexpected
+        mismatched = diff.mismatch_lines("file", "model")
+        if not diff.ok:
             raise ValueError(
                 f"TimmEncoder: checkpoint '{path}' is not a state dict of the 3-band timm model "
                 f"'{self.model_name}': missing keys {missing[:8]}{'…' if len(missing) > 8 else ''}, "

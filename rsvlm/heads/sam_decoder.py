@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from rsvlm.contracts import MaskDecoder
+from rsvlm.state_dicts import compare_state_dicts
 
 # The geometry every official SAM checkpoint was trained with (segment_anything.build_sam).
 SAM_PROMPT_DIM = 256
@@ -164,15 +165,10 @@ class SamMaskDecoderHead(MaskDecoder):
             raise ValueError(f"SAM checkpoint {path}: expected a state dict, got {type(state).__name__}")
         for prefix, module in (("mask_decoder.", self.mask_decoder), ("prompt_encoder.", self.prompt_encoder)):
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            own = module.state_dict()
-            missing = sorted(set(own) - set(sub))
-            unexpected = sorted(set(sub) - set(own))
-            mismatched = [
-                f"{prefix}{k}: file {tuple(sub[k].shape)} vs head {tuple(own[k].shape)}"
-                for k in sorted(set(sub) & set(own))
-                if sub[k].shape != own[k].shape
-            ]
-            if missing or unexpected or mismatched:
+            diff = compare_state_dicts(module.state_dict(), sub)
+            missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
+            mismatched = sorted(diff.mismatch_lines("file", "head", prefix))
+            if not diff.ok:
                 raise ValueError(
                     f"SAM checkpoint {path} does not fit SamMaskDecoderHead "
                     f"(prompt_dim={self.prompt_dim}; SAM uses prompt_dim={SAM_PROMPT_DIM}, "

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rsvlm.state_dicts import compare_state_dicts
+
 
 def load_component_state(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under ``prefix`` (e.g. ``"encoder."``) of a Lightning checkpoint or a plain
@@ -38,15 +40,10 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str = "en
     Raises ``ValueError`` listing missing, unexpected and wrongly shaped keys when they differ.
     """
     state = load_component_state(path, prefix)
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs encoder {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or mismatched:
+    diff = compare_state_dicts(encoder.state_dict(), state)
+    missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
+    mismatched = sorted(diff.mismatch_lines("checkpoint", "encoder"))
+    if not diff.ok:
         raise ValueError(
             f"encoder_init: {path} does not fit {type(encoder).__name__}:\n"
             f"  missing keys: {missing[:20]}{' …' if len(missing) > 20 else ''}\n"
