@@ -44,8 +44,13 @@ def build_model(recipe: Path, llm_layers: int | None):
 
     config = yaml.safe_load(recipe.read_text())
     model_config = without_weights(config["model"])
+    llm = model_config["init_args"]["llm"]["init_args"]
+    if llm.get("model") and not llm.get("config"):
+        # Random weights of the same architecture (shipped config), never a hub download; the
+        # offline demo tokenizer stands in for the real one (only the sequence length matters).
+        llm["config"] = llm.pop("model").rstrip("/").split("/")[-1].lower()
+        llm["tokenizer"] = "demo"
     if llm_layers is not None:
-        llm = model_config["init_args"]["llm"]["init_args"]
         cfg = llm.get("config")
         llm["config"] = {"base": cfg, "num_hidden_layers": llm_layers} if isinstance(cfg, str) else {**cfg, "num_hidden_layers": llm_layers}
     parser = ArgumentParser(exit_on_error=False)
