@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rsvlm.contracts import Bridge, ContractError, Encoder, Fusion, MaskDecoder, check_link
-from rsvlm.models.losses import LossWeights, bce_loss, dice_loss
+from rsvlm.models.losses import LossWeights, bce_loss, combine, dice_loss
 from rsvlm.models.metrics import BinarySegmentationMetrics
 from rsvlm.models.optim import OptimSettings, build_optimizer
 from rsvlm.models.trainable import TrainableSets, format_parameter_table
@@ -204,15 +204,12 @@ class SpexModel(L.LightningModule):
         return result
 
     def losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], with_mask: bool) -> dict[str, torch.Tensor]:
-        w = self.loss_weights
         losses = {"text": outputs["text_loss"]}
-        total = w.text * outputs["text_loss"]
         if with_mask:
             valid = batch.get("valid")
             losses["bce"] = bce_loss(outputs["mask_logits"], batch["mask"], valid)
             losses["dice"] = dice_loss(outputs["mask_logits"], batch["mask"], valid)
-            total = total + w.bce * losses["bce"] + w.dice * losses["dice"]
-        losses["total"] = total
+        losses["total"] = combine(self.loss_weights, **losses)
         return losses
 
     # ------------------------------------------------------------------ Lightning hooks
