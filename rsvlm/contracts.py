@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -26,12 +28,26 @@ class FusedFeatures:
 
     Attributes:
         map: ``B×D×h×w`` fused feature map (fed to a mask decoder).
-        tokens: ``B×N×D`` visual tokens, the map flattened row-major (N = h·w), fed to a
-            projector and then the LLM.
+        tokens: ``B×N×D`` visual tokens, the map flattened row-major (N = h·w), or the map
+            average-pooled by ``p`` first (N = ⌈h/p⌉·⌈w/p⌉), fed to a projector and then the LLM.
     """
 
     map: torch.Tensor
     tokens: torch.Tensor
+
+    @classmethod
+    def from_map(cls, fused: torch.Tensor, token_pool: int = 1) -> "FusedFeatures":
+        """The map ``B×D×h×w`` and its tokens ``B×N×D``, one per ``token_pool``×``token_pool``
+        block of cells (``ceil_mode``: a partial block at the edge is a token of its own)."""
+        pooled = fused if token_pool == 1 else F.avg_pool2d(fused, token_pool, ceil_mode=True)
+        return cls(map=fused, tokens=rearrange(pooled, "b d h w -> b (h w) d"))
+
+
+def check_token_pool(owner: str, token_pool: int) -> int:
+    """``token_pool`` if it is a valid pooling factor for :meth:`FusedFeatures.from_map`."""
+    if token_pool < 1:
+        raise ValueError(f"{owner}: token_pool must be >= 1, got {token_pool}")
+    return token_pool
 
 
 class Encoder(nn.Module):

@@ -26,16 +26,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from rsvlm.contracts import ContractError, FusedFeatures, Fusion
+from rsvlm.contracts import ContractError, FusedFeatures, Fusion, check_token_pool
 
 
 class MSAM(Fusion):
     """Pyramid maps ``[B×D_i×H/r_i×W/r_i]`` → :class:`FusedFeatures` with
     ``map: B×out_channels×h×w`` and ``tokens: B×(h·w)×out_channels`` (``h×w`` = the input
-    size / ``target_reduction``).
+    size / ``target_reduction``; ``⌈h/p⌉·⌈w/p⌉`` tokens with ``token_pool=p``).
 
     Args:
         in_channels: D_i of each pyramid level, in pyramid order (an encoder's ``channels``).
@@ -48,6 +47,9 @@ class MSAM(Fusion):
             with that reduction, since that level goes first.
         dropout: dropout probability after GELU (``"released"`` only; the paper form has none).
         num_groups: GroupNorm groups (``"released"`` only); must divide ``out_channels``.
+        token_pool: visual tokens are the map average-pooled by this factor (1, the paper:
+            one token per map cell; 2 keeps the decoder's map and gives the LLM a quarter of
+            the tokens).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class MSAM(Fusion):
         target_reduction: int = 16,
         dropout: float = 0.5,
         num_groups: int = 16,
+        token_pool: int = 1,
     ) -> None:
         super().__init__()
         in_channels = list(in_channels)
@@ -77,6 +80,7 @@ class MSAM(Fusion):
         self.out_channels = out_channels
         self.out_reduction = target_reduction
         self.form = form
+        self.token_pool = check_token_pool("MSAM", token_pool)
         # The level already on the target grid, if any; "released" concatenates it first.
         self.target_level = in_reductions.index(target_reduction) if target_reduction in in_reductions else None
 
@@ -139,7 +143,7 @@ class MSAM(Fusion):
 
     def forward(self, features: list[torch.Tensor]) -> FusedFeatures:
         """Fuse ``features`` (level i: ``B×in_channels[i]×h_i×w_i``) into ``B×out_channels×h×w``
-        and its tokens ``B×(h·w)×out_channels``."""
+        and its tokens ``B×N×out_channels``."""
         features = list(features)
         self._check(features)
         size = self.target_size(features)
@@ -151,4 +155,4 @@ class MSAM(Fusion):
             for feat in features
         ]
         fused = self.fuse_all(torch.cat([resized[i] for i in self.concat_order], dim=1))
-        return FusedFeatures(map=fused, tokens=rearrange(fused, "b d h w -> b (h w) d"))
+        return FusedFeatures.from_map(fused, self.token_pool)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from rsvlm.contracts import ContractError, FusedFeatures, Fusion
+from rsvlm.contracts import ContractError, FusedFeatures, Fusion, check_token_pool
 
 
 class SingleScaleFusion(Fusion):
@@ -24,6 +23,9 @@ class SingleScaleFusion(Fusion):
         out_channels: D of the fused map and tokens.
         level: which level to use; ``None`` picks the one whose stride is ``target_reduction``.
         target_reduction: stride of the output map.
+        token_pool: visual tokens are the map average-pooled by this factor (1, the paper:
+            one token per map cell; 2 keeps the decoder's map and gives the LLM a quarter of
+            the tokens).
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class SingleScaleFusion(Fusion):
         out_channels: int = 1024,
         level: int | None = None,
         target_reduction: int = 16,
+        token_pool: int = 1,
     ) -> None:
         super().__init__()
         self.in_channels = list(in_channels)
@@ -48,6 +51,7 @@ class SingleScaleFusion(Fusion):
         self.level = level % len(self.in_channels)
         self.out_channels = out_channels
         self.out_reduction = target_reduction
+        self.token_pool = check_token_pool("SingleScaleFusion", token_pool)
         self.proj = nn.Conv2d(self.in_channels[self.level], out_channels, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor]) -> FusedFeatures:
@@ -64,4 +68,4 @@ class SingleScaleFusion(Fusion):
             size = (max(1, int(x.shape[-2] * scale)), max(1, int(x.shape[-1] * scale)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         fused = self.proj(x)
-        return FusedFeatures(map=fused, tokens=rearrange(fused, "b d h w -> b (h w) d"))
+        return FusedFeatures.from_map(fused, self.token_pool)

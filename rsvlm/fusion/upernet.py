@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from transformers.models.upernet.modeling_upernet import UperNetHead
 
-from rsvlm.contracts import ContractError, FusedFeatures, Fusion
+from rsvlm.contracts import ContractError, FusedFeatures, Fusion, check_token_pool
 
 
 @dataclass
@@ -81,6 +80,9 @@ class UperNetFusion(Fusion):
         pool_scales: pyramid-pooling bin sizes.
         out_channels: width of the fused map and tokens (1024 in the paper, like MSAM).
         target_reduction: stride of the output map w.r.t. the image (16, like MSAM).
+        token_pool: visual tokens are the map average-pooled by this factor (1, the paper:
+            one token per map cell; 2 keeps the decoder's map and gives the LLM a quarter of
+            the tokens).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class UperNetFusion(Fusion):
         pool_scales: list[int] = [1, 2, 3, 6],  # noqa: B006
         out_channels: int = 1024,
         target_reduction: int = 16,
+        token_pool: int = 1,
     ) -> None:
         super().__init__()
         if len(in_reductions) != len(in_channels):
@@ -102,6 +105,7 @@ class UperNetFusion(Fusion):
         self.in_reductions = list(in_reductions)
         self.out_channels = out_channels
         self.out_reduction = target_reduction
+        self.token_pool = check_token_pool("UperNetFusion", token_pool)
         config = UperNetHeadConfig(hidden_size=hidden_size, pool_scales=list(pool_scales))
         self.head = build_upernet_head(self.in_channels, config)
         # the fused FPN map is the head's output without its classifier
@@ -123,7 +127,7 @@ class UperNetFusion(Fusion):
         if tuple(fused.shape[-2:]) != size:
             fused = F.interpolate(fused, size=size, mode="bilinear", align_corners=False)
         fused = self.proj(fused)
-        return FusedFeatures(map=fused, tokens=rearrange(fused, "b d h w -> b (h w) d"))
+        return FusedFeatures.from_map(fused, self.token_pool)
 
 
 class UperNetSegHead(nn.Module):
