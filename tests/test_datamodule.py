@@ -147,6 +147,27 @@ def test_same_batches_with_and_without_workers(dm):
     assert a["meta"] == b["meta"]
 
 
+def test_generated_empty_rate_controls_empty_target_records():
+    from rsvlm.data.raster import read_mask
+    from rsvlm.data.spie import read_records
+
+    def build(rate):
+        d = SpieDataModule(generate=GeneratedData(n_train=6, n_val=2, n_test=2, size=32, seed=4,
+                                                  empty_rate=rate), image_size=32)
+        d.prepare_data()
+        records = read_records(d.generated_dir() / "spie" / "spie.jsonl")
+        return d.generated_dir(), {(Path(r.image).name, r.category): bool(read_mask(r.mask)[0].any())
+                                   for r in records}
+
+    none_dir, none = build(0.0)
+    all_dir, every = build(1.0)
+    assert none_dir != all_dir                        # the rate is part of the cache key
+    assert none and all(none.values())                # only categories present in a scene
+    absent = {k for k, present in every.items() if not present}
+    assert absent and {k for k in every if k not in absent} == set(none)
+    assert len(every) == 3 * 10                       # every scene × category
+
+
 def test_validation_samples_are_normalised_records(generated):
     d = SpieDataModule(generate=generated, image_size=32, batch_size=2, augment=True)
     d.setup("fit")

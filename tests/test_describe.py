@@ -38,8 +38,29 @@ def test_single_region_and_empty_mask():
     one[10:30, 20:40] = True        # 400 px = 16.7% → "medium", centroid (29.5, 19.5) → center
     text = AttributeDescriber(mention_index=False)(img, one, "water", BANDS)
     assert "medium" in text and "the center" in text and "17%" in text
-    empty = AttributeDescriber()(img, np.zeros((40, 60), bool), "buildings", BANDS)
-    assert "no building" in empty.lower() or "not contain any building" in empty
+    empty = AttributeDescriber(category_first=False)(img, np.zeros((40, 60), bool), "buildings", BANDS)
+    assert "building" in empty and empty.split()[0] in {"No", "None", "Nowhere"}
+
+
+def test_empty_answers_open_unlike_any_other():
+    """Greedy decoding chooses the empty answer only when it is likelier than the single most
+    likely other opening, never against one number word of a split count."""
+    from rsvlm.data.describe import NUMBER_WORDS
+
+    img = _image()
+    rng = np.random.default_rng(5)
+    masks = [rng.random((40, 60)) > t for t in (0.5, 0.8, 0.95, 0.99, 0.997, 0.999)]
+    masks += [np.zeros((40, 60), bool)]
+    openings: dict[bool, set[str]] = {True: set(), False: set()}
+    for seed in range(12):
+        for mask in masks:
+            for category in ("vegetation", "water", "building"):
+                led = AttributeDescriber(seed=seed)(img, mask, category, BANDS)
+                openings[bool(mask.any())].add(led.split(", ", 1)[1].split()[0])
+    assert openings[False] == {"no", "none", "nowhere"}
+    assert len(openings[True]) >= 3
+    assert not openings[True] & openings[False], openings
+    assert not openings[True] & set(NUMBER_WORDS), openings[True]
 
 
 def test_deterministic_per_input_and_seed_varies_phrasing():
@@ -52,6 +73,23 @@ def test_deterministic_per_input_and_seed_varies_phrasing():
     other = [AttributeDescriber(seed=s)(img, masks[0], "water", BANDS) for s in range(1, 9)]
     assert len(set(other + first[:1])) > 1
     assert pickle.loads(pickle.dumps(d))(img, masks[1], "water", BANDS) == first[1]
+
+
+def test_category_comes_first_unless_turned_off():
+    img = _image()
+    rng = np.random.default_rng(4)
+    masks = [np.zeros((40, 60), bool)] + [rng.random((40, 60)) > t for t in (0.6, 0.9, 0.995)]
+    for category in ("vegetation", "water", "building"):
+        for mask in masks:
+            led = AttributeDescriber()(img, mask, category, BANDS)
+            plain = AttributeDescriber(category_first=False)(img, mask, category, BANDS)
+            # The category is the first content word; the rest is the plain text, lower-cased.
+            opening = led.split(",")[0]
+            assert opening in {f"As for {category}", f"Regarding {category}",
+                               f"Looking at {category}"}
+            assert category not in plain.split()[0]
+            rest = led[len(opening) + 2:]
+            assert rest == plain[0].lower() + plain[1:]
 
 
 def test_many_regions_mentions_the_rest():

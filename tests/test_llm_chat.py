@@ -77,6 +77,34 @@ def test_demo_tokenizer_is_deterministic_and_cached(tmp_path, tok_dir, monkeypat
         build_demo_tokenizer(tmp_path / "again")
 
 
+def test_demo_tokenizer_writes_spie_text_compactly(tok_dir) -> None:
+    """APG keys, the instruction's words and the describer's phrases are whole tokens."""
+    import numpy as np
+
+    from rsvlm.data.apg import format_prompt, instruction, region_attributes
+    from rsvlm.data.describe import AttributeDescriber
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    mask = np.zeros((40, 40), bool)
+    mask[5:20, 8:30] = True
+    mask[30:36, 2:6] = True
+    text = instruction("water", format_prompt(region_attributes(mask), "water"))
+    pieces = tok.tokenize(text)
+    for word in ("Size", "Centroid", "Location", "Bounding", "Ġattributes", "Ġwater", "Ġregions"):
+        assert word in pieces, word
+    image = np.random.default_rng(0).uniform(0.1, 0.3, (6, 40, 40)).astype(np.float32)
+    response = AttributeDescriber()(image, mask, "water", "demo")
+    ids = tok(response)["input_ids"]
+    assert tok.decode(ids) == response
+    # Every word of the response is one or two tokens (byte-level pieces would be ~4).
+    assert len(ids) <= 2 * len(response.split())
+    # A count is one token, so that writing it is one decision.
+    from rsvlm.data.describe import NUMBER_WORDS
+
+    for word in NUMBER_WORDS:
+        assert len(tok.tokenize(" " + word)) == 1, word
+
+
 def test_demo_tokenizer_refuses_foreign_folder(tmp_path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a demo tokenizer folder"):

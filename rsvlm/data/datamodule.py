@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.indices import normalize_category
 from rsvlm.data.raster import RasterError, read_mask, read_raster
-from rsvlm.data.spie import RECORDS_NAME, SpieRecord, read_records
+from rsvlm.data.spie import EMPTY_TARGET_RATE, RECORDS_NAME, SpieRecord, read_records
 from rsvlm.data.stats import load_stats, mean_std
 from rsvlm.checkpointing import ResumableDataLoader, ResumableSampler, TrainPosition
 from rsvlm.data.transforms import normalize, random_dihedral, resize_pad
@@ -55,8 +55,9 @@ from rsvlm.data.transforms import normalize, random_dihedral, resize_pad
 DEFAULT_GENERATED_ROOT = "~/.cache/rsvlm/generated-spie"
 CONTRACT_KEYS = ("image", "mask", "valid", "category", "instruction", "response", "meta")
 _SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
-# Bump when generated data changes meaning, so old caches are not reused.
-_GENERATED_VERSION = 1
+# Bump when generated data changes (2: responses open with the category; 3: empty answers
+# open with words of their own), so old caches are not reused.
+_GENERATED_VERSION = 3
 
 TextFormatter = Callable[[list[str], list[str]], Mapping[str, Tensor]]
 
@@ -78,6 +79,8 @@ class GeneratedData:
         prompt_regions: regions listed by each spectral prompt (the paper lists up to 10;
             fewer keep the demo's sequences short).
         response_regions: regions described by each generated response.
+        empty_rate: probability of an "empty target" record (a category absent from a scene,
+            response "no ... regions can be seen ..."); see :func:`rsvlm.data.spie.build_spie`.
     """
 
     root: str = DEFAULT_GENERATED_ROOT
@@ -88,6 +91,7 @@ class GeneratedData:
     seed: int = 0
     prompt_regions: int = 10
     response_regions: int = 4
+    empty_rate: float = EMPTY_TARGET_RATE
 
     def resolved_root(self) -> Path:
         if self.root == DEFAULT_GENERATED_ROOT and os.environ.get("RSVLM_CACHE"):
@@ -356,6 +360,7 @@ class SpieDataModule(L.LightningDataModule):
         params = {"version": _GENERATED_VERSION, "n_train": g.n_train, "n_val": g.n_val,
                   "n_test": g.n_test, "size": g.size, "seed": g.seed,
                   "prompt_regions": g.prompt_regions, "response_regions": g.response_regions,
+                  "empty_rate": g.empty_rate,
                   "bands": list(self._spec.names), "apg_style": self.apg_style}
         return g.resolved_root() / _hash(params)
 
@@ -382,6 +387,7 @@ class SpieDataModule(L.LightningDataModule):
                                          name="generated")],
                              out / "spie", tile=max(512, g.size), workers=0,
                              style=self.apg_style, progress=False, max_regions=g.prompt_regions,
+                             empty_rate=g.empty_rate,
                              describer=AttributeDescriber(max_regions=g.response_regions))
         records = read_records(summary.records_path)
         train = [r for r in records if r.split == "train"] or records

@@ -11,7 +11,8 @@ Two implementations:
 
 * :class:`AttributeDescriber` (default, offline, fast, deterministic): a fluent paragraph
   built from the true mask's connected regions (how many, how much of the scene, size bins
-  and 3×3-grid locations as in APG, and the mean spectral index inside vs outside).
+  and 3×3-grid locations as in APG, and the mean spectral index inside vs outside). By
+  default it names the category first ("As for water, ..."), see ``category_first``.
 * :class:`HFImageTextDescriber`: a Hugging Face image-text-to-text model (any checkpoint
   loadable with ``AutoProcessor`` + ``AutoModelForImageTextToText``) prompted with an RGB
   composite of the image and the true mask's attributes, sampled with temperature 0.8 and
@@ -55,13 +56,16 @@ _LOCATION_PHRASE = {
     "bottom-left": "the bottom-left corner", "bottom-center": "the lower part",
     "bottom-right": "the bottom-right corner",
 }
-_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                  "ten", "eleven", "twelve")
 
+# An empty answer opens with a word no other answer opens with ("There are no" against "There
+# are four" would be a choice between one token and a dozen number words: greedy decoding of a
+# small, unsure model then says "no" whenever its count is spread over several numbers).
 _EMPTY = (
-    "There are no {cat} regions in this image.",
-    "No {cat} areas can be seen in this image.",
-    "The image does not contain any {cat} regions.",
+    "No {cat} regions can be seen in this image.",
+    "None of this image is covered by {cat}.",
+    "Nowhere in this image is there any {cat}.",
 )
 # {pct} reads "about 13%" or "less than 1%".
 _ONE = (
@@ -75,7 +79,7 @@ _ONE = (
 _MANY = (
     "The image contains {n} separate {cat} regions, which together cover {pct} of the scene.",
     "There are {n} {cat} regions in this image, covering {pct} of it in total.",
-    "{N} distinct {cat} areas can be seen, together taking up {pct} of the image.",
+    "In total, {n} distinct {cat} areas can be seen, together taking up {pct} of the image.",
 )
 _LARGEST = (
     "The largest is {a_size} region in {loc}.",
@@ -87,6 +91,8 @@ _OTHERS = (
     "Further {cat} regions are {items}.",
     "Besides it, the image also shows {items}.",
 )
+# Openings that name the category before anything that must be read off the image.
+_LEAD = ("As for {cat}, ", "Regarding {cat}, ", "Looking at {cat}, ")
 _INDEX = (
     "These {cat} areas have a mean {index} of {inside:.2f}, compared with {outside:.2f} for "
     "the rest of the image.",
@@ -103,8 +109,13 @@ def _pct(fraction: float) -> str:
     return "less than 1%" if 0 < p < 1 else f"about {p:.0f}%"
 
 
+def _open(text: str, lead: str) -> str:
+    """``text`` after the opening ``lead`` (its first letter lowered when there is one)."""
+    return lead + text[0].lower() + text[1:] if lead else text
+
+
 def _number(n: int) -> str:
-    return _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
+    return NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else str(n)
 
 
 class AttributeDescriber(ResponseGenerator):
@@ -119,16 +130,22 @@ class AttributeDescriber(ResponseGenerator):
         max_regions: how many regions are described individually (largest first).
         mention_index: add the mean category index inside vs outside the mask when the
             image has the bands for it.
+        category_first: open with the category ("As for water, there are ..."). A model that
+            learns these responses then writes the category, which the instruction gives,
+            before the counts and sizes it must infer from the image; otherwise a small model
+            tends to pick the category from its own guessed count ("five distinct building
+            regions" for a vegetation prompt), and the mask decoder reads the wrong class.
     """
 
     def __init__(self, seed: int = 0, connectivity: int = 8, max_regions: int = 4,
-                 mention_index: bool = True) -> None:
+                 mention_index: bool = True, category_first: bool = True) -> None:
         if max_regions < 1:
             raise ValueError(f"AttributeDescriber: max_regions must be ≥ 1, got {max_regions}")
         self.seed = seed
         self.connectivity = connectivity
         self.max_regions = max_regions
         self.mention_index = mention_index
+        self.category_first = category_first
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, category: str,
                  bands: BandsLike) -> str:
@@ -146,8 +163,10 @@ class AttributeDescriber(ResponseGenerator):
 
         structure = ndimage.generate_binary_structure(2, 2 if self.connectivity == 8 else 1)
         n = int(ndimage.label(m, structure=structure)[1]) if m.any() else 0
+        # The opening is drawn last, so that the rest reads as without it.
+        lead = lambda: pick(_LEAD).format(cat=cat) if self.category_first else ""  # noqa: E731
         if n == 0:
-            return pick(_EMPTY).format(cat=cat)
+            return _open(pick(_EMPTY).format(cat=cat), lead())
         regions = region_attributes(m, style="paper", connectivity=self.connectivity,
                                     max_regions=self.max_regions)
         pct = _pct(float(m.mean()))
@@ -156,8 +175,7 @@ class AttributeDescriber(ResponseGenerator):
         if n == 1:
             parts = [pick(_ONE).format(cat=cat, size=size, a_size=_a(size), loc=loc, pct=pct)]
         else:
-            parts = [pick(_MANY).format(cat=cat, n=_number(n), N=_number(n).capitalize(),
-                                        pct=pct),
+            parts = [pick(_MANY).format(cat=cat, n=_number(n), pct=pct),
                      pick(_LARGEST).format(cat=cat, size=size, a_size=_a(size), loc=loc)]
             items = [f"{_a(r['Size of area'])} one in {_LOCATION_PHRASE[r['Location']]}"
                      for r in regions[1:]]
@@ -171,7 +189,7 @@ class AttributeDescriber(ResponseGenerator):
             note = self._index_note(img, m, cat, bands, pick)
             if note:
                 parts.append(note)
-        return " ".join(parts)
+        return _open(" ".join(parts), lead())
 
     @staticmethod
     def _index_note(image: np.ndarray, mask: np.ndarray, cat: str, bands: BandsLike,
