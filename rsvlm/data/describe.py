@@ -57,7 +57,7 @@ _LOCATION_PHRASE = {
     "bottom-right": "the bottom-right corner",
 }
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-                 "ten", "eleven", "twelve")
+                "ten", "eleven", "twelve")
 
 # An empty answer opens with a word no other answer opens with ("There are no" against "There
 # are four" would be a choice between one token and a dozen number words: greedy decoding of a
@@ -131,10 +131,10 @@ class AttributeDescriber(ResponseGenerator):
         mention_index: add the mean category index inside vs outside the mask when the
             image has the bands for it.
         category_first: open with the category ("As for water, there are ..."). A model that
-            learns these responses then writes the category, which the instruction gives,
-            before the counts and sizes it must infer from the image; otherwise a small model
-            tends to pick the category from its own guessed count ("five distinct building
-            regions" for a vegetation prompt), and the mask decoder reads the wrong class.
+            learns these responses makes copying the category, which the instruction gives,
+            its first decision, before the counts and sizes it must infer from the image; the
+            generated category word then reaches the mask decoder through TCP's pooled
+            prompts, where a wrong one makes the decoder extract the wrong class.
     """
 
     def __init__(self, seed: int = 0, connectivity: int = 8, max_regions: int = 4,
