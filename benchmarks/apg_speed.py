@@ -1,8 +1,8 @@
 """APG speed: time per 512×512 4-band patch, single thread, both prompt styles.
 
-Measures :func:`rsvlm.data.apg.spectral_prompt` end to end (index, Otsu over valid pixels,
+Measures :func:`rsvlm.data.spie.apg.spectral_prompt` end to end (index, Otsu over valid pixels,
 connected regions, attributes of the ≤ 10 largest regions, text) and, separately, its
-:func:`~rsvlm.data.apg.region_attributes` part, on
+:func:`~rsvlm.data.spie.apg.region_attributes` part, on
 
 * generated scenes (``rsvlm.data.scenes.generate_scene``, Gaofen-2 bands B, G, R, NIR);
 * real Chesapeake NAIP patches (R, G, B, NIR, 256² upsampled ×2 by pixel repetition);
@@ -28,9 +28,9 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rsvlm.data.apg import region_attributes, spectral_prompt  # noqa: E402
 from rsvlm.data.indices import coarse_mask  # noqa: E402
 from rsvlm.data.raster import read_raster  # noqa: E402
+from rsvlm.data.spie.apg import region_attributes, spectral_prompt  # noqa: E402
 
 cv2.setNumThreads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -40,15 +40,14 @@ def generated_patches(n: int) -> list[tuple[str, np.ndarray, str, np.ndarray | N
     from rsvlm.data.scenes import generate_scene
 
     rng = np.random.default_rng(0)
-    return [(f"generated #{i}", generate_scene(512, "gaofen2", rng)[0], "gaofen2", None)
-            for i in range(n)]
+    return [(f"generated #{i}", generate_scene(512, "gaofen2", rng)[0], "gaofen2", None) for i in range(n)]
 
 
 def real_patches(data: Path) -> list[tuple[str, np.ndarray, str, np.ndarray | None]]:
     out = []
     for p in sorted((data / "chesapeake-naip-geobench").glob("*_image.npy"))[:3]:
         img = np.load(p).astype(np.float32) / 255.0
-        img = np.repeat(np.repeat(img, 2, axis=1), 2, axis=2)        # 256² → 512²
+        img = np.repeat(np.repeat(img, 2, axis=1), 2, axis=2)  # 256² → 512²
         out.append((f"Chesapeake {p.stem.removesuffix('_image')} (×2)", img, "chesapeake", None))
     s2 = data / "sen1floods11-spain" / "Spain_7370579_S2Hand.tif"
     if s2.exists():
@@ -82,8 +81,10 @@ def main() -> None:
         print(f"(real data not found at {args.data}; generated scenes only)")
 
     print(f"APG time per 512×512 4-band patch, single thread, median (p90) of {args.repeats} runs")
-    print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-          f"NumPy {np.__version__}, OpenCV {cv2.__version__}\n")
+    print(
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"NumPy {np.__version__}, OpenCV {cv2.__version__}\n"
+    )
     print("| patch | category | regions | style | spectral_prompt ms | region_attributes ms |")
     print("|---|---|---:|---|---:|---:|")
     worst = 0.0
@@ -93,14 +94,14 @@ def main() -> None:
             mask = coarse_mask(img, cat, bands, valid)
             n_regions = len(region_attributes(mask, max_regions=10**9)) if mask.any() else 0
             for style in ("paper", "released"):
-                full = timeit(lambda: spectral_prompt(img, cat, bands, style=style, valid=valid),
-                              args.repeats)
+                full = timeit(lambda: spectral_prompt(img, cat, bands, style=style, valid=valid), args.repeats)
                 attrs = timeit(lambda: region_attributes(mask, style=style), args.repeats)
                 worst = max(worst, full[0])
-                print(f"| {name} | {cat} | {n_regions} | {style} | {full[0]:.1f} ({full[1]:.1f}) "
-                      f"| {attrs[0]:.1f} ({attrs[1]:.1f}) |")
-    print(f"\nslowest median: {worst:.1f} ms per patch (target < 20 ms); "
-          f"torch imported: {'torch' in sys.modules}")
+                print(
+                    f"| {name} | {cat} | {n_regions} | {style} | {full[0]:.1f} ({full[1]:.1f}) "
+                    f"| {attrs[0]:.1f} ({attrs[1]:.1f}) |"
+                )
+    print(f"\nslowest median: {worst:.1f} ms per patch (target < 20 ms); torch imported: {'torch' in sys.modules}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The model is built from ``recipes/spex.yaml`` with random weights (the same weig
 ``rsvlm summarize``: no downloads), so the numbers are those of the real layout. Rows:
 
 * full state dict: ``torch.save(model.state_dict())``;
-* rsvlm trained-only state dict: what :func:`rsvlm.checkpointing.keep_trained_only` keeps;
+* rsvlm trained-only state dict: what :func:`rsvlm.training.checkpoints.keep_trained_only` keeps;
 * the same plus AdamW state for the trained parameters (what a resumable Lightning checkpoint
   holds), against the full state dict plus AdamW state.
 
@@ -31,8 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rsvlm.checkpointing import human_bytes, keep_trained_only, save_atomically  # noqa: E402
-from rsvlm.summarize import without_weights  # noqa: E402
+from rsvlm.experiments.summarize import without_weights  # noqa: E402
+from rsvlm.training.checkpoints import human_bytes, keep_trained_only, save_atomically  # noqa: E402
 
 
 class ByteCounter:
@@ -100,15 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     start = time.perf_counter()
     model = build(Path(args.recipe), args.llm_dtype)
-    print(f"built {Path(args.recipe).name} with random weights in {time.perf_counter() - start:.0f} s "
-          f"(LLM dtype {args.llm_dtype or 'float32'})\n")
+    print(
+        f"built {Path(args.recipe).name} with random weights in {time.perf_counter() - start:.0f} s "
+        f"(LLM dtype {args.llm_dtype or 'float32'})\n"
+    )
 
     print("| component | parameters | declared trainable | in trained-only checkpoint |")
     print("|---|---:|---:|---|")
     for name, module in model.trainable.components.items():
         total = sum(p.numel() for p in module.parameters())
         declared = sum(p.numel() for p in model.trainable.declared_parameters([name]))
-        kept = "all" if declared == total else ("none (frozen base, identity recorded)" if declared == 0 else "trained part")
+        kept = (
+            "all"
+            if declared == total
+            else ("none (frozen base, identity recorded)" if declared == 0 else "trained part")
+        )
         print(f"| {name} | {total:,} | {declared:,} | {kept} |")
 
     full_bytes = saved_bytes(model.state_dict())
@@ -132,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|")
     for label, n in rows:
         print(f"| {label} | {human_bytes(n)} ({n:,} B) | {n / full_bytes:.1%} |")
-    frozen = ", ".join(f"{k}: {v['num_params']:,} params (source {v['source']!r})" for k, v in info["frozen_bases"].items())
+    frozen = ", ".join(
+        f"{k}: {v['num_params']:,} params (source {v['source']!r})" for k, v in info["frozen_bases"].items()
+    )
     print(f"\nfrozen bases dropped: {frozen}")
     return 0
 

@@ -28,8 +28,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-INSTRUCTION = ("Based on the provided image and the attributes of the water regions, please provide a detailed "
-               "description of them: [{'Size of area': 'small', 'Location': 'top left'}]")
+INSTRUCTION = (
+    "Based on the provided image and the attributes of the water regions, please provide a detailed "
+    "description of them: [{'Size of area': 'small', 'Location': 'top left'}]"
+)
 RESPONSE = "There is one small water region in the top left of the image, a narrow lake."
 
 
@@ -37,7 +39,7 @@ def build_model(recipe: Path):
     import lightning as L
     from jsonargparse import ArgumentParser
 
-    from rsvlm.summarize import without_weights
+    from rsvlm.experiments.summarize import without_weights
 
     config = yaml.safe_load(recipe.read_text())
     model_config = without_weights(config["model"])
@@ -60,8 +62,15 @@ class RandomSpie(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         g = torch.Generator().manual_seed(i)
         image = torch.randn(self.bands, self.size, self.size, generator=g)
-        return {"image": image, "mask": (image[:1] > 0).float(), "valid": torch.ones(1, self.size, self.size, dtype=torch.bool),
-                "category": "water", "instruction": INSTRUCTION, "response": RESPONSE, "meta": {"index": i}}
+        return {
+            "image": image,
+            "mask": (image[:1] > 0).float(),
+            "valid": torch.ones(1, self.size, self.size, dtype=torch.bool),
+            "category": "water",
+            "instruction": INSTRUCTION,
+            "response": RESPONSE,
+            "meta": {"index": i},
+        }
 
 
 def child(args) -> None:
@@ -69,7 +78,7 @@ def child(args) -> None:
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.strategies import DDPStrategy
 
-    from rsvlm.data.datamodule import SpieCollate
+    from rsvlm.data.spie.datamodule import SpieCollate
 
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.devices))
     torch.manual_seed(0)
@@ -91,22 +100,46 @@ def child(args) -> None:
 
     class Data(L.LightningDataModule):
         def train_dataloader(self):
-            return torch.utils.data.DataLoader(RandomSpie(steps * batch * args.devices, bands, size), batch_size=batch,
-                                               collate_fn=SpieCollate(model.llm.formatter))
+            return torch.utils.data.DataLoader(
+                RandomSpie(steps * batch * args.devices, bands, size),
+                batch_size=batch,
+                collate_fn=SpieCollate(model.llm.formatter),
+            )
 
     clock = Clock()
-    strategy = DDPStrategy(process_group_backend="gloo" if args.accelerator == "cpu" else "nccl",
-                           find_unused_parameters=True) if args.devices > 1 else "auto"
-    trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, strategy=strategy, max_steps=steps,
-                        logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, limit_val_batches=0, callbacks=[clock])
+    strategy = (
+        DDPStrategy(process_group_backend="gloo" if args.accelerator == "cpu" else "nccl", find_unused_parameters=True)
+        if args.devices > 1
+        else "auto"
+    )
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=strategy,
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        callbacks=[clock],
+    )
     trainer.fit(model, datamodule=Data())
     if trainer.is_global_zero:
         elapsed = clock.end - clock.start
-        Path(args.out).write_text(json.dumps({
-            "devices": args.devices, "threads_per_process": torch.get_num_threads(), "batch_per_process": batch,
-            "steps": args.steps, "seconds": elapsed, "samples_per_s": args.steps * batch * args.devices / elapsed,
-            "image": [bands, size, size]}))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "devices": args.devices,
+                    "threads_per_process": torch.get_num_threads(),
+                    "batch_per_process": batch,
+                    "steps": args.steps,
+                    "seconds": elapsed,
+                    "samples_per_s": args.steps * batch * args.devices / elapsed,
+                    "image": [bands, size, size],
+                }
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed optimisation steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per process (0: share the cores). 1 keeps the comparison fair on a busy "
-                             "machine, where several OpenMP threads per process spin-wait on each other")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process (0: share the cores). 1 keeps the comparison fair on a busy "
+        "machine, where several OpenMP threads per process spin-wait on each other",
+    )
     parser.add_argument("--devices", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -130,9 +167,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         for devices in (1, 2):
             out = Path(folder) / f"{devices}.json"
-            cmd = [sys.executable, __file__, "--recipe", args.recipe, "--steps", str(args.steps), "--warmup",
-                   str(args.warmup), "--accelerator", args.accelerator, "--threads", str(args.threads), "--devices", str(devices),
-                   "--out", str(out)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--recipe",
+                args.recipe,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--accelerator",
+                args.accelerator,
+                "--threads",
+                str(args.threads),
+                "--devices",
+                str(devices),
+                "--out",
+                str(out),
+            ]
             run = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if run.returncode != 0 or not out.exists():
                 print(run.stdout[-2000:], run.stderr[-4000:], file=sys.stderr)
@@ -141,14 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     base = results[0]["samples_per_s"]
     c, h, w = results[0]["image"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"demo SPEX ({Path(args.recipe).name}, stage joint), {c}×{h}×{w} images, {args.accelerator}, "
-          f"{os.cpu_count()} cores (load average {load:.1f} at the end), {args.steps} timed steps after "
-          f"{args.warmup} warm-up\n")
+    print(
+        f"demo SPEX ({Path(args.recipe).name}, stage joint), {c}×{h}×{w} images, {args.accelerator}, "
+        f"{os.cpu_count()} cores (load average {load:.1f} at the end), {args.steps} timed steps after "
+        f"{args.warmup} warm-up\n"
+    )
     print("| processes | threads/process | batch/process | samples/s | speed-up |")
     print("|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['devices']} | {r['threads_per_process']} | {r['batch_per_process']} | {r['samples_per_s']:.2f} | "
-              f"{r['samples_per_s'] / base:.2f}× |")
+        print(
+            f"| {r['devices']} | {r['threads_per_process']} | {r['batch_per_process']} | {r['samples_per_s']:.2f} | "
+            f"{r['samples_per_s'] / base:.2f}× |"
+        )
     return 0
 
 

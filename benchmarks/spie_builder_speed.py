@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from rsvlm.data.scenes import write_scene_folder
-from rsvlm.data.spie import SourceSpec, build_spie
+from rsvlm.data.spie.builder import SourceSpec, build_spie
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,8 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=48, help="scenes (= patches)")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--bands", default="demo")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
-                   help="worker counts to time (0: in the main process, no pool)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="worker counts to time (0: in the main process, no pool)",
+    )
     p.add_argument("--style", choices=("paper", "released"), default="paper")
     args = p.parse_args(argv)
 
@@ -35,12 +40,20 @@ def main(argv: list[str] | None = None) -> None:
         write_scene_folder(scenes, args.n, args.size, args.bands, seed=0)
         rows = []
         for w in args.workers:
-            s = build_spie([SourceSpec("generated", str(scenes))], Path(tmp) / f"out{w}",
-                           tile=args.size, workers=w, style=args.style, progress=False)
+            s = build_spie(
+                [SourceSpec("generated", str(scenes))],
+                Path(tmp) / f"out{w}",
+                tile=args.size,
+                workers=w,
+                style=args.style,
+                progress=False,
+            )
             rows.append((w, s.tiles_built, s.records_total, s.seconds))
-    print(f"SPIE builder, {args.n} generated {args.size}×{args.size} scenes, bands "
-          f"{args.bands}, APG style {args.style}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs\n")
+    print(
+        f"SPIE builder, {args.n} generated {args.size}×{args.size} scenes, bands "
+        f"{args.bands}, APG style {args.style}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
     print("| workers | patches | records | seconds | patches/s | records/s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for w, tiles, recs, sec in rows:

@@ -12,7 +12,6 @@ batches of the recipe's shape in the recipe's stage.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import resource
 import sys
@@ -25,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rsvlm.summarize import without_weights  # noqa: E402
+from rsvlm.experiments.summarize import without_weights  # noqa: E402
 
 INSTRUCTION = (
     "Based on the provided image and the attributes of the vegetation regions, please provide a detailed "
@@ -52,7 +51,11 @@ def build_model(recipe: Path, llm_layers: int | None):
         llm["tokenizer"] = "demo"
     if llm_layers is not None:
         cfg = llm.get("config")
-        llm["config"] = {"base": cfg, "num_hidden_layers": llm_layers} if isinstance(cfg, str) else {**cfg, "num_hidden_layers": llm_layers}
+        llm["config"] = (
+            {"base": cfg, "num_hidden_layers": llm_layers}
+            if isinstance(cfg, str)
+            else {**cfg, "num_hidden_layers": llm_layers}
+        )
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     model = parser.instantiate_classes(parser.parse_object({"model": model_config})).model
@@ -81,7 +84,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(recipe: Path, steps: int, warmup: int, llm_layers: int | None, batch_size: int | None, device: torch.device) -> dict:
+def measure(
+    recipe: Path, steps: int, warmup: int, llm_layers: int | None, batch_size: int | None, device: torch.device
+) -> dict:
     model, data, trainer = build_model(recipe, llm_layers)
     model.to(device).train()
     stage = model.current_stage
@@ -140,9 +145,15 @@ def main() -> None:
         recipe = REPO / name
         layers = args.llm_layers if "demo" not in recipe.name else None
         rows.append(measure(recipe, args.steps, args.warmup, layers, args.batch_size, device))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\nTraining step on {device_name}, torch {torch.__version__}, median of {args.steps} steps after {args.warmup} warm-up\n")
-    print("| recipe | stage | batch | image | params | trainable | step (s) | samples/s | peak memory (MB) | precision |")
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"\nTraining step on {device_name}, torch {torch.__version__}, median of {args.steps} steps after {args.warmup} warm-up\n"
+    )
+    print(
+        "| recipe | stage | batch | image | params | trainable | step (s) | samples/s | peak memory (MB) | precision |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(

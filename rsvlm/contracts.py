@@ -36,7 +36,7 @@ class FusedFeatures:
     tokens: torch.Tensor
 
     @classmethod
-    def from_map(cls, fused: torch.Tensor, token_pool: int = 1) -> "FusedFeatures":
+    def from_map(cls, fused: torch.Tensor, token_pool: int = 1) -> FusedFeatures:
         """The map ``B×D×h×w`` and its tokens ``B×N×D``, one per ``token_pool``×``token_pool``
         block of cells (``ceil_mode``: a partial block at the edge is a token of its own)."""
         pooled = fused if token_pool == 1 else F.avg_pool2d(fused, token_pool, ceil_mode=True)

@@ -12,7 +12,8 @@ import torch
 # oversubscribe the cores and run many times slower.
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -29,8 +29,18 @@ def _tif(path: Path, data: np.ndarray, nodata: float | None = None) -> Path:
     if data.ndim == 2:
         data = data[None]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0],
-                       dtype=data.dtype.name, crs="EPSG:32632", transform=TRANSFORM, nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=data.dtype.name,
+        crs="EPSG:32632",
+        transform=TRANSFORM,
+        nodata=nodata,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -47,14 +57,22 @@ def _mask(size: int = 16, values=(0, 1)) -> np.ndarray:
 
 
 def _record(tmp_path: Path, image: Path, mask: Path, bands=BANDS, split: str = "train") -> dict:
-    return {"image": str(image), "mask": str(mask), "category": "water", "bands": list(bands),
-            "spectral_prompt": "[]", "instruction": "Describe the water regions.", "response": "Some water.",
-            "split": split, "source": "test"}
+    return {
+        "image": str(image),
+        "mask": str(mask),
+        "category": "water",
+        "bands": list(bands),
+        "spectral_prompt": "[]",
+        "instruction": "Describe the water regions.",
+        "response": "Some water.",
+        "split": split,
+        "source": "test",
+    }
 
 
 def _dataset(records: list[dict]):
-    from rsvlm.data.datamodule import SpieDataset
-    from rsvlm.data.spie import SpieRecord
+    from rsvlm.data.spie.builder import SpieRecord
+    from rsvlm.data.spie.datamodule import SpieDataset
 
     recs = [SpieRecord.from_dict(r) for r in records]
     return SpieDataset(recs, BANDS, mean=np.full(4, 0.25, np.float32), std=np.full(4, 0.1, np.float32), image_size=16)
@@ -75,6 +93,7 @@ def test_wrong_band_count_for_the_recipe(tmp_path):
 
 def test_wrong_band_count_reaching_the_model_names_both_sides():
     from conftest import contract_batch, tiny_spex_components
+
     from rsvlm.contracts import ContractError
     from rsvlm.models.spex import SpexModel
 
@@ -103,7 +122,7 @@ def test_all_nodata_image_is_refused_in_training(tmp_path):
 
 
 def test_all_nodata_tiles_in_a_large_scene_are_a_documented_fallback(tmp_path):
-    from rsvlm.predict import TiledPredictDataset
+    from rsvlm.data.spie.predict_dataset import TiledPredictDataset
 
     data = _image(size=40)
     data[:, :20, :20] = 0  # one whole tile outside the footprint
@@ -146,7 +165,7 @@ def test_labels_outside_zero_one(tmp_path):
 
 
 def test_labels_outside_zero_one_reaching_the_metrics():
-    from rsvlm.models.metrics import BinarySegmentationMetrics
+    from rsvlm.training.metrics import BinarySegmentationMetrics
 
     target = torch.zeros(1, 1, 4, 4)
     target[0, 0, 0, 0] = 2
@@ -156,7 +175,7 @@ def test_labels_outside_zero_one_reaching_the_metrics():
 
 # ---------------------------------------------------------------------------- datasets
 def test_empty_dataset_folder(tmp_path):
-    from rsvlm.data.spie import SourceSpec, list_scenes
+    from rsvlm.data.spie.builder import SourceSpec, list_scenes
 
     empty = tmp_path / "my_dataset"
     empty.mkdir()
@@ -165,18 +184,21 @@ def test_empty_dataset_folder(tmp_path):
 
 
 def test_empty_images_folder_is_an_error(tmp_path):
-    from rsvlm.data.spie import SourceSpec, build_spie
+    from rsvlm.data.spie.builder import SourceSpec, build_spie
 
     root = tmp_path / "my_dataset"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     with pytest.raises((ValueError, FileNotFoundError), match=r"my_dataset.*(no|empty)"):
-        build_spie([SourceSpec("binary", str(root), split="train", category="water", bands=BANDS)],
-                   tmp_path / "out", progress=False)
+        build_spie(
+            [SourceSpec("binary", str(root), split="train", category="water", bands=BANDS)],
+            tmp_path / "out",
+            progress=False,
+        )
 
 
 def test_records_file_without_training_records(tmp_path):
-    from rsvlm.data.datamodule import SpieDataModule
+    from rsvlm.data.spie.datamodule import SpieDataModule
 
     image = _tif(tmp_path / "img.tif", _image())
     mask = _tif(tmp_path / "m.tif", _mask())
@@ -190,7 +212,7 @@ def test_records_file_without_training_records(tmp_path):
 
 
 def test_datamodule_without_band_statistics(tmp_path):
-    from rsvlm.data.datamodule import SpieDataModule
+    from rsvlm.data.spie.datamodule import SpieDataModule
     from rsvlm.data.stats import MissingStatsError
 
     image = _tif(tmp_path / "img.tif", _image())
@@ -203,7 +225,7 @@ def test_datamodule_without_band_statistics(tmp_path):
 
 
 def test_predict_without_inputs():
-    from rsvlm.predict import TiledPredictDataset
+    from rsvlm.data.spie.predict_dataset import TiledPredictDataset
 
     with pytest.raises(ValueError, match="predict_paths"):
         TiledPredictDataset([], BANDS, [0.0] * 4, [1.0] * 4)
@@ -215,26 +237,41 @@ RECIPE = {
     "model": {
         "class_path": "rsvlm.models.spex.SpexModel",
         "init_args": {
-            "encoder": {"class_path": "rsvlm.encoders.timm_encoder.TimmEncoder",
-                        "init_args": {"model_name": "resnet18", "in_bands": 4}},
-            "fusion": {"class_path": "rsvlm.fusion.msam.MSAM",
-                       "init_args": {"in_channels": [64, 128, 256, 512], "out_channels": 32}},
-            "projector": {"class_path": "rsvlm.fusion.projector.MLPProjector", "init_args": {"in_dim": 32, "out_dim": 32}},
-            "llm": {"class_path": "rsvlm.llm.causal_lm.CausalLM",
-                    "init_args": {"config": {"base": "qwen2.5-0.5b", "hidden_size": 32}, "tokenizer": "demo"}},
-            "bridge": {"class_path": "rsvlm.bridges.tcp.TokenCompressionProjector",
-                       "init_args": {"in_dim": 32, "out_dim": 32, "num_tokens": 2}},
-            "decoder": {"class_path": "rsvlm.heads.sam_decoder.SamMaskDecoderHead",
-                        "init_args": {"in_channels": 32, "prompt_dim": 32}},
+            "encoder": {
+                "class_path": "rsvlm.encoders.timm_encoder.TimmEncoder",
+                "init_args": {"model_name": "resnet18", "in_bands": 4},
+            },
+            "fusion": {
+                "class_path": "rsvlm.fusion.msam.MSAM",
+                "init_args": {"in_channels": [64, 128, 256, 512], "out_channels": 32},
+            },
+            "projector": {
+                "class_path": "rsvlm.fusion.projector.MLPProjector",
+                "init_args": {"in_dim": 32, "out_dim": 32},
+            },
+            "llm": {
+                "class_path": "rsvlm.llm.causal_lm.CausalLM",
+                "init_args": {"config": {"base": "qwen2.5-0.5b", "hidden_size": 32}, "tokenizer": "demo"},
+            },
+            "bridge": {
+                "class_path": "rsvlm.bridges.tcp.TokenCompressionProjector",
+                "init_args": {"in_dim": 32, "out_dim": 32, "num_tokens": 2},
+            },
+            "decoder": {
+                "class_path": "rsvlm.heads.sam_decoder.SamMaskDecoderHead",
+                "init_args": {"in_channels": 32, "prompt_dim": 32},
+            },
         },
     },
-    "data": {"class_path": "rsvlm.data.datamodule.SpieDataModule",
-             "init_args": {"records": "data/spie.jsonl", "bands": BANDS, "image_size": 32}},
+    "data": {
+        "class_path": "rsvlm.data.spie.datamodule.SpieDataModule",
+        "init_args": {"records": "data/spie.jsonl", "bands": BANDS, "image_size": 32},
+    },
 }
 
 
 def _parse(tmp_path: Path, recipe: dict, capsys) -> str:
-    from rsvlm.lightning_cli import run_lightning_cli
+    from rsvlm.cli.lightning import run_lightning_cli
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -294,6 +331,7 @@ def test_missing_encoder_weights(tmp_path):
 
 def test_missing_encoder_init_checkpoint(tmp_path):
     from conftest import tiny_spex_components
+
     from rsvlm.models.spex import SpexModel
 
     with pytest.raises(FileNotFoundError, match=r"encoder_init.*mvpnet_missing\.ckpt"):
@@ -301,7 +339,7 @@ def test_missing_encoder_init_checkpoint(tmp_path):
 
 
 def test_missing_resume_checkpoint(tmp_path):
-    from rsvlm.checkpointing import AtomicCheckpointIO
+    from rsvlm.training.checkpoints import AtomicCheckpointIO
 
     with pytest.raises(FileNotFoundError, match=r"gone\.ckpt"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "gone.ckpt")
@@ -314,7 +352,7 @@ def _evil(path: Path, payload: dict) -> Path:
 
 
 def test_pickled_training_checkpoint_is_refused(tmp_path):
-    from rsvlm.checkpointing import AtomicCheckpointIO, CheckpointError
+    from rsvlm.training.checkpoints import AtomicCheckpointIO, CheckpointError
 
     evil = _evil(tmp_path / "downloaded.ckpt", {"state_dict": {}})
     with pytest.raises(CheckpointError, match=r"refused to load checkpoint .*downloaded\.ckpt"):
@@ -331,6 +369,7 @@ def test_pickled_sam_checkpoint_is_refused(tmp_path):
 
 def test_pickled_encoder_init_is_refused(tmp_path):
     from conftest import tiny_spex_components
+
     from rsvlm.models.spex import SpexModel
 
     evil = _evil(tmp_path / "encoder_evil.ckpt", {"state_dict": {"encoder.x": torch.zeros(1)}})
@@ -340,15 +379,19 @@ def test_pickled_encoder_init_is_refused(tmp_path):
 
 def test_training_checkpoint_of_another_model_names_the_component(tmp_path):
     from conftest import TINY_LLM_CONFIG, tiny_spex_components
-    from rsvlm.checkpointing import CheckpointError, keep_trained_only, restore_frozen
+
     from rsvlm.llm.causal_lm import CausalLM, LoraSettings
     from rsvlm.models.spex import SpexModel
+    from rsvlm.training.checkpoints import CheckpointError, keep_trained_only, restore_frozen
 
     trained = SpexModel(**tiny_spex_components(lora=True))
     checkpoint = {"state_dict": trained.state_dict()}
     keep_trained_only(trained, checkpoint)
     parts = tiny_spex_components(lora=True)
-    parts["llm"] = CausalLM(config={**TINY_LLM_CONFIG, "intermediate_size": 48}, tokenizer="demo",
-                            lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    parts["llm"] = CausalLM(
+        config={**TINY_LLM_CONFIG, "intermediate_size": 48},
+        tokenizer="demo",
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+    )
     with pytest.raises(CheckpointError, match=r"component 'llm'"):
         restore_frozen(SpexModel(**parts), checkpoint)

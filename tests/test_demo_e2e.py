@@ -8,13 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 
 def test_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
     root = tmp_path / "run"
     args = [
-        sys.executable, "-m", "rsvlm.cli", "fit", "--config", str(REPO / "recipes" / "spex-demo.yaml"),
+        sys.executable,
+        "-m",
+        "rsvlm.cli",
+        "fit",
+        "--config",
+        str(REPO / "recipes" / "spex-demo.yaml"),
         f"--trainer.default_root_dir={root}",
         "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=3",

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
-from rsvlm.lightning_cli import run_lightning_cli
-from rsvlm.sweep import expand_grid, load_sweep, resolve_config
+from rsvlm.cli.lightning import run_lightning_cli
+from rsvlm.experiments.sweep import expand_grid, load_sweep, resolve_config
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = REPO / "recipes"
 
 
 def print_config(config: Path) -> dict:
@@ -33,7 +34,7 @@ def test_recipe_parses(recipe: Path):
     assert parsed["data"]["class_path"] == source["data"]["class_path"]
 
 
-@pytest.mark.parametrize("sweep", sorted((RECIPES / "ablations").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("sweep", sorted((RECIPES / "ablations").glob("*/*.yaml")), ids=lambda p: p.name)
 def test_every_ablation_cell_parses(sweep: Path, tmp_path: Path):
     spec = load_sweep(sweep, out=tmp_path)
     for run in expand_grid(spec):

@@ -97,6 +97,8 @@ class TokenCompressionProjector(Bridge):
     def forward(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``B×L×D_llm`` hidden states and ``B×L`` bool positions → ``B×K×out_dim`` prompts."""
         if hidden_states.shape[-1] != self.in_dim:
-            raise ValueError(f"TokenCompressionProjector: hidden width {hidden_states.shape[-1]} != in_dim {self.in_dim}")
+            raise ValueError(
+                f"TokenCompressionProjector: hidden width {hidden_states.shape[-1]} != in_dim {self.in_dim}"
+            )
         pooled = self.pool(hidden_states, positions)
         return self.proj(pooled.to(self.proj[0].weight.dtype))

@@ -27,11 +27,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CANONICAL_BANDS: tuple[str, ...] = (
-    "coastal", "blue", "green", "yellow", "red",
-    "rededge", "rededge1", "rededge2", "rededge3",
-    "nir", "nir08", "nir2", "water_vapour", "cirrus",
-    "swir1", "swir2", "thermal",
-    "vv", "vh", "hh", "hv",
+    "coastal",
+    "blue",
+    "green",
+    "yellow",
+    "red",
+    "rededge",
+    "rededge1",
+    "rededge2",
+    "rededge3",
+    "nir",
+    "nir08",
+    "nir2",
+    "water_vapour",
+    "cirrus",
+    "swir1",
+    "swir2",
+    "thermal",
+    "vv",
+    "vh",
+    "hh",
+    "hv",
 )
 
 
@@ -47,8 +63,9 @@ class BandError(KeyError):
         path: the file the image came from, if known.
     """
 
-    def __init__(self, message: str, *, band: str | None = None,
-                 spec: "BandSpec | None" = None, path: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, band: str | None = None, spec: BandSpec | None = None, path: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.band = band
@@ -79,13 +96,14 @@ class BandSpec:
 
     def __post_init__(self) -> None:
         if isinstance(self.names, str):
-            raise TypeError(f"BandSpec.names must be a sequence of band names, got the string "
-                            f"{self.names!r}; use band_spec({self.names!r}) for presets")
+            raise TypeError(
+                f"BandSpec.names must be a sequence of band names, got the string "
+                f"{self.names!r}; use band_spec({self.names!r}) for presets"
+            )
         names = tuple(self.names)
         for n in names:
             if not isinstance(n, str) or not n.strip():
-                raise ValueError(f"BandSpec.names: every band name must be a non-empty string, "
-                                 f"got {n!r} in {names!r}")
+                raise ValueError(f"BandSpec.names: every band name must be a non-empty string, got {n!r} in {names!r}")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"BandSpec.names: duplicate band names {dupes} in {names!r}")
@@ -118,9 +136,12 @@ class BandSpec:
             return self.names.index(name)
         except ValueError:
             where = f" of file {self.source}" if self.source else ""
-            raise BandError(f"band {name!r} is not in the band spec{where} "
-                            f"({', '.join(self.names)})",
-                            band=name, spec=self, path=self.source) from None
+            raise BandError(
+                f"band {name!r} is not in the band spec{where} ({', '.join(self.names)})",
+                band=name,
+                spec=self,
+                path=self.source,
+            ) from None
 
     def __getitem__(self, name: str) -> int:
         """``spec["nir"]`` is ``spec.index("nir")``."""
@@ -144,10 +165,11 @@ class BandSpec:
             p = path or self.source
             where = f"{p}: " if p else ""
             found = f"{count} bands" if count >= 0 else "an array that is not C×H×W"
-            raise BandError(f"{where}expected {len(self.names)} bands ({', '.join(self.names)}), "
-                            f"found {found}", spec=self, path=p)
+            raise BandError(
+                f"{where}expected {len(self.names)} bands ({', '.join(self.names)}), found {found}", spec=self, path=p
+            )
 
-    def with_source(self, path: str | None) -> "BandSpec":
+    def with_source(self, path: str | None) -> BandSpec:
         """The same spec, with ``path`` named in its error messages."""
         return BandSpec(self.names, source=path)
 
@@ -158,20 +180,34 @@ class BandSpec:
 PRESETS: dict[str, BandSpec] = {
     # Sentinel-2 L1C/L2A, 13 bands B1..B12 in Sen1Floods11 S2Hand order
     # (B1, B2, B3, B4, B5, B6, B7, B8, B8A, B9, B10, B11, B12).
-    "sentinel2": BandSpec(("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3",
-                           "nir", "nir08", "water_vapour", "cirrus", "swir1", "swir2")),
+    "sentinel2": BandSpec(
+        (
+            "coastal",
+            "blue",
+            "green",
+            "red",
+            "rededge1",
+            "rededge2",
+            "rededge3",
+            "nir",
+            "nir08",
+            "water_vapour",
+            "cirrus",
+            "swir1",
+            "swir2",
+        )
+    ),
     # The 10 surface bands (B2-B8A, B11, B12) used by most land-cover models.
-    "sentinel2-10band": BandSpec(("blue", "green", "red", "rededge1", "rededge2", "rededge3",
-                                  "nir", "nir08", "swir1", "swir2")),
+    "sentinel2-10band": BandSpec(
+        ("blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir1", "swir2")
+    ),
     # Sentinel-1 GRD as in Sen1Floods11 S1Hand.
     "sentinel1": BandSpec(("vv", "vh")),
     # Landsat 8/9 OLI reflective bands B1-B7 (+ TIRS B10).
     "landsat8": BandSpec(("coastal", "blue", "green", "red", "nir", "swir1", "swir2")),
     "landsat9": BandSpec(("coastal", "blue", "green", "red", "nir", "swir1", "swir2")),
-    "landsat8-thermal": BandSpec(("coastal", "blue", "green", "red", "nir", "swir1", "swir2",
-                                  "thermal")),
-    "landsat9-thermal": BandSpec(("coastal", "blue", "green", "red", "nir", "swir1", "swir2",
-                                  "thermal")),
+    "landsat8-thermal": BandSpec(("coastal", "blue", "green", "red", "nir", "swir1", "swir2", "thermal")),
+    "landsat9-thermal": BandSpec(("coastal", "blue", "green", "red", "nir", "swir1", "swir2", "thermal")),
     # Gaofen-2 PMS multispectral (GID-15 order).
     "gaofen2": BandSpec(("blue", "green", "red", "nir")),
     # NAIP / Chesapeake Land Cover: R, G, B, NIR.
@@ -179,15 +215,14 @@ PRESETS: dict[str, BandSpec] = {
     "chesapeake": BandSpec(("red", "green", "blue", "nir")),
     # WorldView-3 8-band multispectral as in SpaceNet (MS): coastal, blue, green, yellow,
     # red, red edge, NIR1, NIR2.
-    "worldview3": BandSpec(("coastal", "blue", "green", "yellow", "red", "rededge", "nir",
-                            "nir2")),
+    "worldview3": BandSpec(("coastal", "blue", "green", "yellow", "red", "rededge", "nir", "nir2")),
     "rgb": BandSpec(("red", "green", "blue")),
     # Generated demo scenes.
     "demo": BandSpec(("blue", "green", "red", "nir", "swir1", "swir2")),
 }
 
 
-def band_spec(name_or_list: "str | Sequence[str] | BandSpec") -> BandSpec:
+def band_spec(name_or_list: str | Sequence[str] | BandSpec) -> BandSpec:
     """Build a :class:`BandSpec` from a preset name, a list of band names or a spec.
 
     Args:
@@ -206,7 +241,9 @@ def band_spec(name_or_list: "str | Sequence[str] | BandSpec") -> BandSpec:
             return PRESETS[key]
         if "," in key:
             return BandSpec(tuple(n.strip() for n in key.split(",")))
-        raise BandError(f"unknown band preset {name_or_list!r}; known presets: "
-                        f"{', '.join(sorted(PRESETS))} (or give a list of band names)",
-                        band=None)
+        raise BandError(
+            f"unknown band preset {name_or_list!r}; known presets: "
+            f"{', '.join(sorted(PRESETS))} (or give a list of band names)",
+            band=None,
+        )
     return BandSpec(tuple(name_or_list))

@@ -5,7 +5,7 @@
 valid pixels). :meth:`IndexBaseline.evaluate` scores it like the learned models: one
 confusion matrix accumulated over all pixels of all images (not a mean of per-image scores),
 F1 / Recall / Precision / OA / IoU of the target class, 0 where a denominator is 0
-(sklearn's ``zero_division=0``, as :class:`rsvlm.models.metrics.BinarySegmentationMetrics`).
+(sklearn's ``zero_division=0``, as :class:`rsvlm.training.metrics.BinarySegmentationMetrics`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from rsvlm.data.indices import INDEX_FOR_CATEGORY, coarse_mask, normalize_catego
 METRIC_NAMES = ("F1", "Recall", "Precision", "OA", "IoU")
 
 
-def confusion_counts(pred: np.ndarray, target: np.ndarray,
-                     valid: np.ndarray | None = None) -> dict[str, int]:
+def confusion_counts(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> dict[str, int]:
     """TP / FP / FN / TN of binary H×W masks over the valid pixels.
 
     Raises:
@@ -102,8 +101,7 @@ class IndexBaseline:
         return {**scores(total), **total, "images": n}
 
     def __repr__(self) -> str:
-        return (f"IndexBaseline(category={self.category!r}, bands={list(self.bands.names)!r}) "
-                f"[{self.index_name} > Otsu]")
+        return f"IndexBaseline(category={self.category!r}, bands={list(self.bands.names)!r}) [{self.index_name} > Otsu]"
 
 
 def _unpack(sample: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -113,5 +111,7 @@ def _unpack(sample: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if isinstance(sample, Sequence) and len(sample) in (2, 3):
         valid = sample[2] if len(sample) == 3 else None
         return np.asarray(sample[0]), np.asarray(sample[1]), valid
-    raise TypeError("IndexBaseline.evaluate: each sample must be (image, target[, valid]) or a "
-                    f"mapping with 'image', 'mask' and optional 'valid'; got {type(sample)}")
+    raise TypeError(
+        "IndexBaseline.evaluate: each sample must be (image, target[, valid]) or a "
+        f"mapping with 'image', 'mask' and optional 'valid'; got {type(sample)}"
+    )

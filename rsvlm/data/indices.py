@@ -47,8 +47,10 @@ def normalize_category(category: str) -> str:
     c = category.strip().lower()
     c = _CATEGORY_ALIASES.get(c, c)
     if c not in INDEX_FOR_CATEGORY:
-        raise ValueError(f"unknown land-cover category {category!r}; expected one of "
-                         f"{', '.join(INDEX_FOR_CATEGORY)} (or 'buildings')")
+        raise ValueError(
+            f"unknown land-cover category {category!r}; expected one of "
+            f"{', '.join(INDEX_FOR_CATEGORY)} (or 'buildings')"
+        )
     return c
 
 
@@ -120,8 +122,7 @@ def otsu_threshold(values: np.ndarray, valid: np.ndarray | None = None) -> float
     if valid is not None:
         valid = np.asarray(valid, dtype=bool)
         if valid.shape != v.shape:
-            raise ValueError(f"otsu_threshold: valid has shape {valid.shape} but values "
-                             f"have shape {v.shape}")
+            raise ValueError(f"otsu_threshold: valid has shape {valid.shape} but values have shape {v.shape}")
         keep &= valid
     sel = v[keep]
     if sel.size == 0:
@@ -129,8 +130,7 @@ def otsu_threshold(values: np.ndarray, valid: np.ndarray | None = None) -> float
     return float(threshold_otsu(sel))
 
 
-def coarse_mask(image: np.ndarray, category: str, bands: BandsLike,
-                valid: np.ndarray | None = None) -> np.ndarray:
+def coarse_mask(image: np.ndarray, category: str, bands: BandsLike, valid: np.ndarray | None = None) -> np.ndarray:
     """SPEX's coarse land-cover mask: category index > Otsu threshold of the valid pixels.
 
     Args:
@@ -152,8 +152,7 @@ def coarse_mask(image: np.ndarray, category: str, bands: BandsLike,
     if valid is not None:
         valid = np.asarray(valid, dtype=bool)
         if valid.shape != idx.shape:
-            raise ValueError(f"coarse_mask: valid has shape {valid.shape}, image is "
-                             f"{idx.shape}")
+            raise ValueError(f"coarse_mask: valid has shape {valid.shape}, image is {idx.shape}")
         ok &= valid
     if not ok.any():
         return np.zeros(idx.shape, dtype=bool)

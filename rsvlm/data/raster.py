@@ -34,8 +34,8 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
-from rsvlm.atomic import atomic_path
 from rsvlm.data.bands import BandError, BandSpec, band_spec
+from rsvlm.io.atomic import atomic_path
 
 PathLike = str | os.PathLike
 
@@ -70,11 +70,14 @@ class Raster:
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
-            raise RasterError(f"Raster.data must be C×H×W, got shape {self.data.shape}"
-                              + (f" ({self.path})" if self.path else ""))
+            raise RasterError(
+                f"Raster.data must be C×H×W, got shape {self.data.shape}" + (f" ({self.path})" if self.path else "")
+            )
         if self.valid.shape != self.data.shape[1:]:
-            raise RasterError(f"Raster.valid must be H×W = {self.data.shape[1:]}, got "
-                              f"{self.valid.shape}" + (f" ({self.path})" if self.path else ""))
+            raise RasterError(
+                f"Raster.valid must be H×W = {self.data.shape[1:]}, got "
+                f"{self.valid.shape}" + (f" ({self.path})" if self.path else "")
+            )
         if self.bands is not None:
             self.bands.check_count(self.data.shape[0], path=self.path)
         if not self.sources and self.path is not None:
@@ -101,8 +104,11 @@ class Raster:
     def band(self, name: str) -> np.ndarray:
         """The H×W plane of band ``name`` (requires ``bands``)."""
         if self.bands is None:
-            raise BandError(f"{self.path or 'raster'}: has no band spec, cannot look up band "
-                            f"{name!r}; pass bands= when reading", band=name, path=self.path)
+            raise BandError(
+                f"{self.path or 'raster'}: has no band spec, cannot look up band {name!r}; pass bands= when reading",
+                band=name,
+                path=self.path,
+            )
         return self.bands.take(self.data, name)
 
 
@@ -156,7 +162,7 @@ def _read_one(path: PathLike) -> tuple[np.ndarray, np.ndarray, Any, Affine | Non
     return data, valid, crs, transform, (None if nodata is None else float(nodata))
 
 
-def read_raster(path: PathLike, bands: "BandSpec | str | Sequence[str] | None" = None) -> Raster:
+def read_raster(path: PathLike, bands: BandSpec | str | Sequence[str] | None = None) -> Raster:
     """Read a raster file of any band count and dtype.
 
     Args:
@@ -180,11 +186,10 @@ def read_raster(path: PathLike, bands: "BandSpec | str | Sequence[str] | None" =
     if bands is not None:
         spec = band_spec(bands).with_source(p)
         spec.check_count(data.shape[0], path=p)
-    return Raster(data=data, valid=valid, bands=spec, crs=crs, transform=transform, path=p,
-                  nodata=nodata)
+    return Raster(data=data, valid=valid, bands=spec, crs=crs, transform=transform, path=p, nodata=nodata)
 
 
-def read_stack(paths: Sequence[PathLike], bands: "BandSpec | str | Sequence[str]") -> Raster:
+def read_stack(paths: Sequence[PathLike], bands: BandSpec | str | Sequence[str]) -> Raster:
     """Read a one-file-per-band set (e.g. 38-Cloud ``red_…``, ``green_…`` TIFFs).
 
     Args:
@@ -203,34 +208,50 @@ def read_stack(paths: Sequence[PathLike], bands: "BandSpec | str | Sequence[str]
     ps = [os.fspath(p) for p in paths]
     spec = band_spec(bands)
     if len(ps) != len(spec):
-        raise BandError(f"read_stack: {len(ps)} files given for band spec "
-                        f"({', '.join(spec.names)}) of {len(spec)} bands", spec=spec)
+        raise BandError(
+            f"read_stack: {len(ps)} files given for band spec ({', '.join(spec.names)}) of {len(spec)} bands", spec=spec
+        )
     planes, valid = [], None
     first: tuple[str, Any, Affine | None, float | None, tuple[int, int]] | None = None
     for p, name in zip(ps, spec.names):
         data, v, crs, transform, nodata = _read_one(p)
         if data.shape[0] != 1:
-            raise BandError(f"{p}: expected a single-band file for band {name!r}, found "
-                            f"{data.shape[0]} bands", band=name, spec=spec, path=p)
+            raise BandError(
+                f"{p}: expected a single-band file for band {name!r}, found {data.shape[0]} bands",
+                band=name,
+                spec=spec,
+                path=p,
+            )
         if first is None:
             first = (p, crs, transform, nodata, data.shape[1:])
         else:
             if data.shape[1:] != first[4]:
-                raise RasterError(f"{p} is {data.shape[1]}×{data.shape[2]} but {first[0]} is "
-                                  f"{first[4][0]}×{first[4][1]}; stacked bands must share a grid")
+                raise RasterError(
+                    f"{p} is {data.shape[1]}×{data.shape[2]} but {first[0]} is "
+                    f"{first[4][0]}×{first[4][1]}; stacked bands must share a grid"
+                )
             if crs != first[1] or transform != first[2]:
-                raise RasterError(f"{p} and {first[0]} have different georeferencing "
-                                  f"({crs}, {transform} vs {first[1]}, {first[2]})")
+                raise RasterError(
+                    f"{p} and {first[0]} have different georeferencing ({crs}, {transform} vs {first[1]}, {first[2]})"
+                )
         planes.append(data[0])
         valid = v if valid is None else (valid & v)
     assert first is not None and valid is not None
-    return Raster(data=np.stack(planes), valid=valid, bands=spec.with_source(first[0]),
-                  crs=first[1], transform=first[2], path=first[0], nodata=first[3],
-                  sources=tuple(ps))
+    return Raster(
+        data=np.stack(planes),
+        valid=valid,
+        bands=spec.with_source(first[0]),
+        crs=first[1],
+        transform=first[2],
+        path=first[0],
+        nodata=first[3],
+        sources=tuple(ps),
+    )
 
 
-def read_mask(path: PathLike, like: Raster | None = None,
-              invalid_values: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+def read_mask(
+    path: PathLike, like: Raster | None = None, invalid_values: Sequence[int] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """Read a single-band label raster.
 
     Validity: a label pixel is invalid when it is the declared nodata value, is not finite,
@@ -256,16 +277,19 @@ def read_mask(path: PathLike, like: Raster | None = None,
         raise RasterError(f"{p}: a label raster must have 1 band, found {data.shape[0]}")
     values = data[0]
     if like is not None and values.shape != like.shape:
-        raise RasterError(f"label {p} is {values.shape[0]}×{values.shape[1]} but image "
-                          f"{like.path or '(in memory)'} is {like.height}×{like.width}")
+        raise RasterError(
+            f"label {p} is {values.shape[0]}×{values.shape[1]} but image "
+            f"{like.path or '(in memory)'} is {like.height}×{like.width}"
+        )
     valid = valid & (values >= 0)
     for v in invalid_values:
         valid &= values != v
     good = values[valid]
     if good.size and (good.max() > 255 or np.any(good != np.round(good))):
-        raise RasterError(f"{p}: labels must be integers in 0..255, found values in "
-                          f"[{good.min()}, {good.max()}]"
-                          + (" with fractions" if np.any(good != np.round(good)) else ""))
+        raise RasterError(
+            f"{p}: labels must be integers in 0..255, found values in "
+            f"[{good.min()}, {good.max()}]" + (" with fractions" if np.any(good != np.round(good)) else "")
+        )
     out = np.where(valid, values, 0).astype(np.uint8)
     return out, valid
 
@@ -299,13 +323,12 @@ def write_mask(path: PathLike, mask: np.ndarray, like: Raster, overwrite: bool =
         raise RasterError(f"{out} already exists; pass overwrite=True to replace it")
     m = np.asarray(mask)
     if m.shape != like.shape:
-        raise RasterError(f"mask for {out} is {m.shape} but raster "
-                          f"{like.path or '(in memory)'} is {like.shape}")
+        raise RasterError(f"mask for {out} is {m.shape} but raster {like.path or '(in memory)'} is {like.shape}")
     if m.dtype != np.bool_ and m.size and (m.min() < 0 or m.max() > 255):
-        raise RasterError(f"mask for {out} must hold values in 0..255, found "
-                          f"[{m.min()}, {m.max()}]")
-    profile: dict[str, Any] = dict(driver="GTiff", height=m.shape[0], width=m.shape[1], count=1,
-                                   dtype="uint8", compress="deflate")
+        raise RasterError(f"mask for {out} must hold values in 0..255, found [{m.min()}, {m.max()}]")
+    profile: dict[str, Any] = dict(
+        driver="GTiff", height=m.shape[0], width=m.shape[1], count=1, dtype="uint8", compress="deflate"
+    )
     if like.crs is not None:
         profile["crs"] = like.crs
     if like.transform is not None:

@@ -68,8 +68,8 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from scipy.ndimage import gaussian_filter
 
-from rsvlm.atomic import atomic_write_text
 from rsvlm.data.bands import BandError, BandSpec, band_spec
+from rsvlm.io.atomic import atomic_write_text
 
 CLASS_NAMES: dict[int, str] = {0: "bare soil", 1: "vegetation", 2: "water", 3: "building"}
 CATEGORY_CODES: dict[str, int] = {"vegetation": 1, "water": 2, "building": 3}
@@ -80,24 +80,31 @@ ABSENT_RATE: float = 0.2
 # Centre wavelength (nm) per canonical band name (bands.py). Sentinel-2 MSI where it has the
 # band; WorldView-3 for yellow, its single red edge and NIR2.
 BAND_CENTRES_NM: dict[str, float] = {
-    "coastal": 443.0, "blue": 490.0, "green": 560.0, "yellow": 608.0, "red": 665.0,
-    "rededge": 724.0, "rededge1": 705.0, "rededge2": 740.0, "rededge3": 783.0,
-    "nir": 842.0, "nir08": 865.0, "nir2": 949.0, "water_vapour": 945.0, "cirrus": 1375.0,
-    "swir1": 1610.0, "swir2": 2190.0,
+    "coastal": 443.0,
+    "blue": 490.0,
+    "green": 560.0,
+    "yellow": 608.0,
+    "red": 665.0,
+    "rededge": 724.0,
+    "rededge1": 705.0,
+    "rededge2": 740.0,
+    "rededge3": 783.0,
+    "nir": 842.0,
+    "nir08": 865.0,
+    "nir2": 949.0,
+    "water_vapour": 945.0,
+    "cirrus": 1375.0,
+    "swir1": 1610.0,
+    "swir2": 2190.0,
 }
 
-SIGNATURE_NM: tuple[float, ...] = (443, 490, 560, 608, 665, 705, 740, 783, 842, 865, 945, 1375,
-                                   1610, 2190)
+SIGNATURE_NM: tuple[float, ...] = (443, 490, 560, 608, 665, 705, 740, 783, 842, 865, 945, 1375, 1610, 2190)
 # Rows follow the class codes; see the module docstring for the sources.
 SIGNATURES: dict[str, tuple[float, ...]] = {
-    "bare soil": (0.07, 0.09, 0.13, 0.17, 0.20, 0.22, 0.23, 0.24, 0.26, 0.27, 0.28, 0.30, 0.36,
-                  0.33),
-    "vegetation": (0.03, 0.04, 0.09, 0.07, 0.04, 0.10, 0.30, 0.42, 0.46, 0.47, 0.45, 0.12, 0.24,
-                   0.11),
-    "water": (0.07, 0.07, 0.06, 0.04, 0.03, 0.02, 0.015, 0.012, 0.010, 0.010, 0.008, 0.004, 0.005,
-              0.003),
-    "building": (0.20, 0.22, 0.25, 0.26, 0.27, 0.27, 0.28, 0.28, 0.29, 0.29, 0.29, 0.30, 0.33,
-                 0.30),
+    "bare soil": (0.07, 0.09, 0.13, 0.17, 0.20, 0.22, 0.23, 0.24, 0.26, 0.27, 0.28, 0.30, 0.36, 0.33),
+    "vegetation": (0.03, 0.04, 0.09, 0.07, 0.04, 0.10, 0.30, 0.42, 0.46, 0.47, 0.45, 0.12, 0.24, 0.11),
+    "water": (0.07, 0.07, 0.06, 0.04, 0.03, 0.02, 0.015, 0.012, 0.010, 0.010, 0.008, 0.004, 0.005, 0.003),
+    "building": (0.20, 0.22, 0.25, 0.26, 0.27, 0.27, 0.28, 0.28, 0.29, 0.29, 0.29, 0.30, 0.33, 0.30),
 }
 
 TEXTURE_SHARED = 0.08
@@ -120,7 +127,9 @@ def band_centres(bands: BandsLike) -> np.ndarray:
             raise BandError(
                 f"cannot generate band {name!r}: generated scenes model reflective bands only "
                 f"(400–2500 nm) and know the centres of {', '.join(BAND_CENTRES_NM)}",
-                band=name, spec=spec)
+                band=name,
+                spec=spec,
+            )
         out.append(BAND_CENTRES_NM[name])
     return np.asarray(out, dtype=np.float64)
 
@@ -129,8 +138,7 @@ def signature_matrix(bands: BandsLike) -> np.ndarray:
     """Reflectance of each class at each band centre: float32 (4 classes, C)."""
     centres = band_centres(bands)
     nm = np.asarray(SIGNATURE_NM, dtype=np.float64)
-    rows = [np.interp(centres, nm, np.asarray(SIGNATURES[CLASS_NAMES[k]]))
-            for k in sorted(CLASS_NAMES)]
+    rows = [np.interp(centres, nm, np.asarray(SIGNATURES[CLASS_NAMES[k]])) for k in sorted(CLASS_NAMES)]
     return np.stack(rows).astype(np.float32)
 
 
@@ -149,11 +157,15 @@ def _vegetation(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _river(rng: np.random.Generator, size: int) -> np.ndarray:
     cols = np.arange(size, dtype=np.float64)
-    centre = (rng.uniform(0.25, 0.75) * size
-              + rng.uniform(0.05, 0.15) * size * np.sin(2 * np.pi * cols / (size * rng.uniform(0.6, 1.4))
-                                                        + rng.uniform(0, 2 * np.pi))
-              + rng.uniform(0.02, 0.06) * size * np.sin(2 * np.pi * cols / (size * rng.uniform(0.2, 0.4))
-                                                        + rng.uniform(0, 2 * np.pi)))
+    centre = (
+        rng.uniform(0.25, 0.75) * size
+        + rng.uniform(0.05, 0.15)
+        * size
+        * np.sin(2 * np.pi * cols / (size * rng.uniform(0.6, 1.4)) + rng.uniform(0, 2 * np.pi))
+        + rng.uniform(0.02, 0.06)
+        * size
+        * np.sin(2 * np.pi * cols / (size * rng.uniform(0.2, 0.4)) + rng.uniform(0, 2 * np.pi))
+    )
     half_width = max(1.0, rng.uniform(0.025, 0.06) * size)
     rows = np.arange(size, dtype=np.float64)[:, None]
     river = np.abs(rows - centre[None, :]) <= half_width
@@ -176,7 +188,7 @@ def _buildings(rng: np.random.Generator, size: int, blocked: np.ndarray) -> np.n
             h, w = rng.integers(lo, hi + 1, size=2)
             y = int(np.clip(cy + rng.normal(0, size / 8) - h / 2, 0, size - h))
             x = int(np.clip(cx + rng.normal(0, size / 8) - w / 2, 0, size - w))
-            out[y:y + h, x:x + w] = True
+            out[y : y + h, x : x + w] = True
     return out & ~blocked
 
 
@@ -197,10 +209,10 @@ def generate_layout(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def render(classes: np.ndarray, bands: BandsLike, rng: np.random.Generator) -> np.ndarray:
     """Reflectance image C×H×W float32 in [0, 1] for an H×W class map."""
-    sig = signature_matrix(bands)                       # K×C
+    sig = signature_matrix(bands)  # K×C
     c = sig.shape[1]
     h, w = classes.shape
-    base = np.moveaxis(sig[classes], -1, 0)             # C×H×W
+    base = np.moveaxis(sig[classes], -1, 0)  # C×H×W
     shared = _smooth_noise(rng, (h, w), sigma=max(1.0, min(h, w) / 32))
     per_band = _smooth_noise(rng, (c, h, w), sigma=(0, 1.5, 1.5)) if c else 0.0
     texture = 1.0 + TEXTURE_SHARED * shared[None] + TEXTURE_PER_BAND * per_band
@@ -208,8 +220,7 @@ def render(classes: np.ndarray, bands: BandsLike, rng: np.random.Generator) -> n
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def generate_scene(size: int, bands: BandsLike,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def generate_scene(size: int, bands: BandsLike, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One generated scene.
 
     Args:
@@ -229,11 +240,19 @@ def generate_scene(size: int, bands: BandsLike,
     return render(classes, spec, rng), classes
 
 
-def _write_tif(path: Path, array: np.ndarray, transform: Any, crs: CRS,
-               descriptions: Sequence[str] | None = None) -> None:
-    profile = dict(driver="GTiff", height=array.shape[1], width=array.shape[2],
-                   count=array.shape[0], dtype=array.dtype.name, crs=crs, transform=transform,
-                   compress="deflate")
+def _write_tif(
+    path: Path, array: np.ndarray, transform: Any, crs: CRS, descriptions: Sequence[str] | None = None
+) -> None:
+    profile = dict(
+        driver="GTiff",
+        height=array.shape[1],
+        width=array.shape[2],
+        count=array.shape[0],
+        dtype=array.dtype.name,
+        crs=crs,
+        transform=transform,
+        compress="deflate",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", **profile) as dst:
@@ -248,8 +267,7 @@ def _split_of(n: int, fractions: Mapping[str, float], seed: int) -> list[str]:
     if not fractions:
         raise ValueError("split_fractions must name at least one split")
     if any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
-        raise ValueError(f"split_fractions must be non-negative with a positive sum, got "
-                         f"{dict(fractions)}")
+        raise ValueError(f"split_fractions must be non-negative with a positive sum, got {dict(fractions)}")
     total = sum(fractions.values())
     names = list(fractions)
     # Cumulative rounding keeps the counts summing to n.
@@ -263,9 +281,14 @@ def _split_of(n: int, fractions: Mapping[str, float], seed: int) -> list[str]:
     return [str(x) for x in labels]
 
 
-def write_scene_folder(root: str | os.PathLike, n: int, size: int, bands: BandsLike,
-                       seed: int = 0,
-                       split_fractions: Mapping[str, float] | None = None) -> Path:
+def write_scene_folder(
+    root: str | os.PathLike,
+    n: int,
+    size: int,
+    bands: BandsLike,
+    seed: int = 0,
+    split_fractions: Mapping[str, float] | None = None,
+) -> Path:
     """Write ``n`` generated scenes as GeoTIFFs plus a manifest.
 
     Layout::
@@ -306,10 +329,25 @@ def write_scene_folder(root: str | os.PathLike, n: int, size: int, bands: BandsL
         _write_tif(root / "images" / f"{stem}.tif", image, transform, crs, spec.names)
         _write_tif(root / "labels" / f"{stem}.tif", classes[None], transform, crs, ("class",))
         present = [CLASS_NAMES[k] for k in sorted(CATEGORY_CODES.values()) if (classes == k).any()]
-        scenes.append({"id": stem, "image": f"images/{stem}.tif", "label": f"labels/{stem}.tif",
-                       "split": splits[i], "present": present})
-    manifest = {"kind": "generated", "version": 1, "n": n, "size": size,
-                "bands": list(spec.names), "seed": seed, "split_fractions": fractions,
-                "classes": {str(k): v for k, v in CLASS_NAMES.items()}, "scenes": scenes}
+        scenes.append(
+            {
+                "id": stem,
+                "image": f"images/{stem}.tif",
+                "label": f"labels/{stem}.tif",
+                "split": splits[i],
+                "present": present,
+            }
+        )
+    manifest = {
+        "kind": "generated",
+        "version": 1,
+        "n": n,
+        "size": size,
+        "bands": list(spec.names),
+        "seed": seed,
+        "split_fractions": fractions,
+        "classes": {str(k): v for k, v in CLASS_NAMES.items()},
+        "scenes": scenes,
+    }
     path = root / "manifest.json"
     return atomic_write_text(path, json.dumps(manifest, indent=1))

@@ -29,7 +29,7 @@ statistic leaks from the evaluation splits. ``stats=`` names a ``stats.json``
 written there, so a large dataset is read for statistics once.
 
 Augmentation (train only, ``augment``): a random left-right and a random up-down flip per
-sample, drawn from a per-sample seed given by :class:`rsvlm.data.datamodule.SeededSampler`
+sample, drawn from a per-sample seed given by :class:`rsvlm.data.spie.datamodule.SeededSampler`
 (reproducible for ``seed``, different every epoch, independent of the number of workers).
 Rotations are left out so that non-square tiles keep their shape.
 """
@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rsvlm.data.bands import BandError, BandSpec, band_spec
-from rsvlm.data.datamodule import SeededSampler
+from rsvlm.data.spie.datamodule import SeededSampler
 from rsvlm.data.stats import BandAccumulator
 from rsvlm.data.transforms import normalize, resize_pad
 
@@ -144,9 +144,7 @@ def discover(source: SegmentationSource, index: int = 0) -> tuple[list[_Item], B
             )
         found = [(i, lab, forced) for i, lab in _pairs(root / "images", root / "labels")]
     else:
-        raise SegmentationDataError(
-            f"{where}: expected manifest.json, {{train,val,test}}/images/ or images/ + labels/"
-        )
+        raise SegmentationDataError(f"{where}: expected manifest.json, {{train,val,test}}/images/ or images/ + labels/")
     if not found:
         raise SegmentationDataError(f"{where}: no image/label GeoTIFF pairs found")
     bands = source.bands if source.bands is not None else manifest_bands
@@ -242,7 +240,8 @@ class SegmentationDataset(Dataset):
             raise BandError(
                 f"{item.image}: band(s) {missing} requested by the datamodule are not among the "
                 f"source's bands ({', '.join(spec.names)})",
-                band=missing[0], path=item.image,
+                band=missing[0],
+                path=item.image,
             )
         data = raster.data[[spec.index(b) for b in self.bands.names]]
         if self.scales[item.source] != 1.0:
@@ -414,8 +413,10 @@ class SceneSegmentationDataModule(L.LightningDataModule):
                 f"bands without valid pixels {empty}, constant bands {flat}"
             )
         stats = {
-            "bands": {n: {"mean": float(m), "std": float(s), "count": int(c)}
-                      for n, m, s, c in zip(self._spec.names, acc.mean, std, acc.count)},
+            "bands": {
+                n: {"mean": float(m), "std": float(s), "count": int(c)}
+                for n, m, s, c in zip(self._spec.names, acc.mean, std, acc.count)
+            },
             "images": len(train),
         }
         if path is not None:
@@ -426,9 +427,14 @@ class SceneSegmentationDataModule(L.LightningDataModule):
         """Build the three splits and compute (or load) the band statistics from train."""
         if self.datasets:
             return
-        common = dict(bands=self._spec, mean=np.zeros(self.num_bands, np.float32),
-                      std=np.ones(self.num_bands, np.float32), num_classes=self.num_classes,
-                      image_size=self.image_size, seed=self.seed)
+        common = dict(
+            bands=self._spec,
+            mean=np.zeros(self.num_bands, np.float32),
+            std=np.ones(self.num_bands, np.float32),
+            num_classes=self.num_classes,
+            image_size=self.image_size,
+            seed=self.seed,
+        )
         if self.sources is None:
             scenes = self._generated()
             datasets = {s: SegmentationDataset(arrays=scenes[s], **common) for s in SPLITS}
@@ -442,8 +448,14 @@ class SceneSegmentationDataModule(L.LightningDataModule):
                 ignore.append(list(src.ignore_values))
                 scales.append(float(src.scale))
             datasets = {
-                s: SegmentationDataset(items=[it for it in items if it.split == s], specs=specs, luts=luts,
-                                       ignore=ignore, scales=scales, **common)
+                s: SegmentationDataset(
+                    items=[it for it in items if it.split == s],
+                    specs=specs,
+                    luts=luts,
+                    ignore=ignore,
+                    scales=scales,
+                    **common,
+                )
                 for s in SPLITS
             }
         self.mean, self.std = self._statistics(datasets["train"])
@@ -459,9 +471,15 @@ class SceneSegmentationDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"SceneSegmentationDataModule: call setup() before the {split} dataloader")
         return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, sampler=sampler, shuffle=False,
-            num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0, collate_fn=collate, drop_last=drop_last,
+            self.datasets[split],
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -50,7 +50,7 @@ class BandAccumulator:
 
     def update(self, data: np.ndarray, valid: np.ndarray) -> None:
         """Add the valid pixels of a C×H×W image (``valid`` H×W bool)."""
-        x = data[:, valid].astype(np.float64)            # C×N
+        x = data[:, valid].astype(np.float64)  # C×N
         n = x.shape[1]
         if n == 0:
             return
@@ -59,7 +59,7 @@ class BandAccumulator:
         total = self.count + n
         delta = mean_b - self.mean
         self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2_b + delta ** 2 * (self.count * n / total)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.count * n / total)
         self.count = total
 
     @property
@@ -76,12 +76,13 @@ def _paths(items: Iterable[Any]) -> list[str]:
     return list(seen)
 
 
-def compute_band_stats(items: Iterable[Any], bands: BandSpec | str | Sequence[str] | None = None,
-                       progress: bool = False) -> dict[str, Any]:
+def compute_band_stats(
+    items: Iterable[Any], bands: BandSpec | str | Sequence[str] | None = None, progress: bool = False
+) -> dict[str, Any]:
     """Per-band mean/std over the valid pixels of images.
 
     Args:
-        items: :class:`~rsvlm.data.spie.SpieRecord` objects (their ``image``) or image paths;
+        items: :class:`~rsvlm.data.spie.builder.SpieRecord` objects (their ``image``) or image paths;
             duplicates are read once.
         bands: the band spec of the images; for records, None takes each record's ``bands``
             (which must then agree across records).
@@ -99,8 +100,10 @@ def compute_band_stats(items: Iterable[Any], bands: BandSpec | str | Sequence[st
     if spec is None:
         names = {tuple(getattr(it, "bands", ()) or ()) for it in items}
         if len(names) != 1 or not next(iter(names)):
-            raise BandError(f"compute_band_stats: give bands=; the items carry "
-                            f"{'no band names' if not any(names) else f'different band lists {sorted(names)}'}")
+            raise BandError(
+                f"compute_band_stats: give bands=; the items carry "
+                f"{'no band names' if not any(names) else f'different band lists {sorted(names)}'}"
+            )
         spec = BandSpec(next(iter(names)))
     paths = _paths(items)
     if not paths:
@@ -111,17 +114,20 @@ def compute_band_stats(items: Iterable[Any], bands: BandSpec | str | Sequence[st
         acc.update(raster.data, raster.valid)
     empty = [n for n, c in zip(spec.names, acc.count) if c == 0]
     if empty:
-        raise ValueError(f"compute_band_stats: band(s) {empty} have no valid pixel in "
-                         f"{len(paths)} image(s)")
+        raise ValueError(f"compute_band_stats: band(s) {empty} have no valid pixel in {len(paths)} image(s)")
     std = acc.std
-    return {"bands": {n: {"mean": float(m), "std": float(s), "count": int(c)}
-                      for n, m, s, c in zip(spec.names, acc.mean, std, acc.count)},
-            "images": len(paths)}
+    return {
+        "bands": {
+            n: {"mean": float(m), "std": float(s), "count": int(c)}
+            for n, m, s, c in zip(spec.names, acc.mean, std, acc.count)
+        },
+        "images": len(paths),
+    }
 
 
 def save_stats(stats: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write statistics as JSON (atomically: temporary file, then rename)."""
-    from rsvlm.data.spie import _atomic_write_text
+    from rsvlm.data.spie.builder import _atomic_write_text
 
     out = Path(path)
     _check(stats, str(out))
@@ -131,8 +137,7 @@ def save_stats(stats: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def _check(stats: Any, where: str) -> None:
     if not isinstance(stats, Mapping) or not isinstance(stats.get("bands"), Mapping):
-        raise StatsError(f"{where}: expected an object with a 'bands' object "
-                         f"(band name → {{mean, std}})")
+        raise StatsError(f"{where}: expected an object with a 'bands' object (band name → {{mean, std}})")
     for name, s in stats["bands"].items():
         if not isinstance(s, Mapping) or not {"mean", "std"} <= set(s):
             raise StatsError(f"{where}: bands.{name} must have 'mean' and 'std'")
@@ -158,8 +163,9 @@ def load_stats(path: str | os.PathLike, records: str | os.PathLike | None = None
     p = Path(path)
     if not p.exists():
         cmd = STATS_COMMAND.format(records=records or "RECORDS.jsonl", out=p)
-        raise MissingStatsError(f"band statistics file not found: {p}. A datamodule needs "
-                                f"per-band statistics; create them with `{cmd}`")
+        raise MissingStatsError(
+            f"band statistics file not found: {p}. A datamodule needs per-band statistics; create them with `{cmd}`"
+        )
     try:
         stats = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
@@ -168,8 +174,9 @@ def load_stats(path: str | os.PathLike, records: str | os.PathLike | None = None
     return stats
 
 
-def mean_std(stats: Mapping[str, Any], bands: BandSpec | str | Sequence[str],
-             where: str = "statistics") -> tuple[np.ndarray, np.ndarray]:
+def mean_std(
+    stats: Mapping[str, Any], bands: BandSpec | str | Sequence[str], where: str = "statistics"
+) -> tuple[np.ndarray, np.ndarray]:
     """float32 (C,) means and stds of ``bands``, in the spec's order.
 
     Raises:
@@ -179,12 +186,13 @@ def mean_std(stats: Mapping[str, Any], bands: BandSpec | str | Sequence[str],
     table = stats["bands"]
     missing = [n for n in spec.names if n not in table]
     if missing:
-        raise StatsError(f"{where}: no statistics for band(s) {missing} (it has "
-                         f"{', '.join(table)}); recompute them for bands {', '.join(spec.names)}")
+        raise StatsError(
+            f"{where}: no statistics for band(s) {missing} (it has "
+            f"{', '.join(table)}); recompute them for bands {', '.join(spec.names)}"
+        )
     zero = [n for n in spec.names if table[n]["std"] == 0]
     if zero:
-        raise StatsError(f"{where}: band(s) {zero} have std 0 (a constant band cannot be "
-                         f"normalised)")
+        raise StatsError(f"{where}: band(s) {zero} have std 0 (a constant band cannot be normalised)")
     mean = np.asarray([table[n]["mean"] for n in spec.names], dtype=np.float32)
     std = np.asarray([table[n]["std"] for n in spec.names], dtype=np.float32)
     return mean, std

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def normalize(image: Tensor, valid: Tensor, mean: Tensor | np.ndarray,
-              std: Tensor | np.ndarray) -> Tensor:
+def normalize(image: Tensor, valid: Tensor, mean: Tensor | np.ndarray, std: Tensor | np.ndarray) -> Tensor:
     """(image − mean) / std per band; invalid pixels → 0.
 
     Args:
@@ -36,15 +35,17 @@ def normalize(image: Tensor, valid: Tensor, mean: Tensor | np.ndarray,
     m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
     if m.shape[0] != image.shape[0] or s.shape[0] != image.shape[0]:
-        raise ValueError(f"normalize: image has {image.shape[0]} bands but statistics have "
-                         f"{m.shape[0]} means / {s.shape[0]} stds")
+        raise ValueError(
+            f"normalize: image has {image.shape[0]} bands but statistics have {m.shape[0]} means / {s.shape[0]} stds"
+        )
     out = (image.float() - m) / s
     v = valid.reshape(1, *image.shape[-2:]).bool()
     return torch.where(v, out, torch.zeros((), dtype=out.dtype))
 
 
-def resize_pad(image: Tensor, mask: Tensor | None, valid: Tensor, size: int
-               ) -> tuple[Tensor, Tensor | None, Tensor, dict[str, Any]]:
+def resize_pad(
+    image: Tensor, mask: Tensor | None, valid: Tensor, size: int
+) -> tuple[Tensor, Tensor | None, Tensor, dict[str, Any]]:
     """Resize so the longer side is ``size`` (aspect kept), then pad bottom/right to a square.
 
     The image is resized bilinearly (antialiased when shrinking); mask and validity by
@@ -65,8 +66,9 @@ def resize_pad(image: Tensor, mask: Tensor | None, valid: Tensor, size: int
     scale = size / max(h0, w0)
     h, w = max(1, round(h0 * scale)), max(1, round(w0 * scale))
     if (h, w) != (h0, w0):
-        image = F.interpolate(image[None].float(), size=(h, w), mode="bilinear",
-                              align_corners=False, antialias=scale < 1)[0]
+        image = F.interpolate(
+            image[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=scale < 1
+        )[0]
         valid = F.interpolate(valid[None].float(), size=(h, w), mode="nearest-exact")[0] > 0.5
         if mask is not None:
             mask = F.interpolate(mask[None].float(), size=(h, w), mode="nearest-exact")[0]
@@ -82,8 +84,9 @@ def resize_pad(image: Tensor, mask: Tensor | None, valid: Tensor, size: int
     return image, mask, valid, info
 
 
-def random_dihedral(image: Tensor, mask: Tensor | None, valid: Tensor,
-                    generator: torch.Generator) -> tuple[Tensor, Tensor | None, Tensor, dict[str, int]]:
+def random_dihedral(
+    image: Tensor, mask: Tensor | None, valid: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor | None, Tensor, dict[str, int]]:
     """One of the 8 flips/rotations, the same for image, mask and validity.
 
     ``k`` quarter turns counter-clockwise (``torch.rot90``), then a left-right flip when
@@ -99,5 +102,4 @@ def random_dihedral(image: Tensor, mask: Tensor | None, valid: Tensor,
         x = torch.rot90(x, k, dims=(-2, -1)) if k else x
         return torch.flip(x, dims=(-1,)) if flip else x
 
-    return (apply(image), None if mask is None else apply(mask), apply(valid),
-            {"rot90": k, "flip": flip})
+    return (apply(image), None if mask is None else apply(mask), apply(valid), {"rot90": k, "flip": flip})

@@ -97,7 +97,7 @@ class ClipPyramidEncoder(Encoder):
         in_bands: int = 3,
         layers: list[int] | None = None,
         out_channels: int = 256,
-        rgb_bands: list[int] | None = [0, 1, 2],  # noqa: B006 - copied, never mutated
+        rgb_bands: list[int] | None = [0, 1, 2],
         extra_band_init: Literal["mean", "zeros"] = "mean",
         freeze_backbone: bool = True,
         local_files_only: bool = False,
@@ -187,7 +187,9 @@ class ClipPyramidEncoder(Encoder):
         """``B×in_bands×H×W`` → 4 maps ``B×out_channels×H//r×W//r``, r = 4, 8, 16, 32."""
         height, width = image.shape[-2:]
         maps = []
-        for grid, resample, proj, r in zip(self.forward_grids(image), self.resample, self.proj, self.reductions, strict=True):
+        for grid, resample, proj, r in zip(
+            self.forward_grids(image), self.resample, self.proj, self.reductions, strict=True
+        ):
             level = proj(resample(grid))
             size = (height // r, width // r)
             if tuple(level.shape[-2:]) != size:

@@ -73,8 +73,19 @@ def dcnv3_core(
     dtype = torch.promote_types(torch.promote_types(value.dtype, offset.dtype), torch.float32)
     device = value.device
     with torch.autocast(device_type=device.type, enabled=False):
-        out = _aggregate(value.to(dtype), offset.to(dtype), mask.to(dtype), k, stride, pad, dilation, group,
-                         offset_scale, h_out, w_out)
+        out = _aggregate(
+            value.to(dtype),
+            offset.to(dtype),
+            mask.to(dtype),
+            k,
+            stride,
+            pad,
+            dilation,
+            group,
+            offset_scale,
+            h_out,
+            w_out,
+        )
     return out.to(out_dtype)
 
 

@@ -41,7 +41,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from rsvlm.contracts import ContractError, Encoder
 from rsvlm.encoders.dcnv3 import DCNv3, channels_first_norm, channels_first_to_last_norm, channels_last_norm
 from rsvlm.encoders.timm_encoder import expand_stem_weight
-from rsvlm.state_dicts import compare_state_dicts
+from rsvlm.io.state_dicts import compare_state_dicts
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ class InternImageEncoder(Encoder):
         channels: int | None = None,
         depths: list[int] | None = None,
         groups: list[int] | None = None,
-        rgb_bands: list[int] | None = [0, 1, 2],  # noqa: B006 - copied, never mutated
+        rgb_bands: list[int] | None = [0, 1, 2],
         extra_band_init: Literal["mean", "zeros"] = "mean",
     ) -> None:
         super().__init__()
@@ -323,7 +323,7 @@ class InternImageEncoder(Encoder):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def train(self, mode: bool = True) -> "InternImageEncoder":
+    def train(self, mode: bool = True) -> InternImageEncoder:
         """A frozen encoder stays in eval mode (no drop-path)."""
         return super().train(mode and not self.freeze)
 
@@ -388,7 +388,9 @@ def read_internimage_state_dict(path: str) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(container), dict):
             state = state[container]
     if not isinstance(state, dict):
-        raise ValueError(f"InternImageEncoder.checkpoint_path={path}: expected a state dict, got {type(state).__name__}")
+        raise ValueError(
+            f"InternImageEncoder.checkpoint_path={path}: expected a state dict, got {type(state).__name__}"
+        )
     state = {key.removeprefix("module."): value for key, value in state.items()}
     # mmseg/mmdet checkpoints hold the whole detector: keep only its backbone
     if any(key.startswith("backbone.") for key in state):

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from rsvlm.contracts import ContractError, Encoder
-from rsvlm.state_dicts import compare_state_dicts
+from rsvlm.io.state_dicts import compare_state_dicts
 
 PYRAMID_REDUCTIONS = (4, 8, 16, 32)
 
@@ -49,9 +49,7 @@ def expand_stem_weight(
     ``"zeros"`` is then refused since the stem would ignore the whole input.
     """
     if rgb_weight.ndim != 4 or rgb_weight.shape[1] != 3:
-        raise ValueError(
-            f"expand_stem_weight: expected an O×3×k×k RGB kernel, got shape {tuple(rgb_weight.shape)}"
-        )
+        raise ValueError(f"expand_stem_weight: expected an O×3×k×k RGB kernel, got shape {tuple(rgb_weight.shape)}")
     if extra_band_init not in ("mean", "zeros"):
         raise ValueError(f"extra_band_init must be 'mean' or 'zeros', got {extra_band_init!r}")
     if rgb_bands is None and extra_band_init == "zeros":

@@ -100,9 +100,7 @@ class MSAM(Fusion):
                     f"(in_reductions={in_reductions}); the released form concatenates that level first"
                 )
             if out_channels % num_groups:
-                raise ValueError(
-                    f"MSAM: num_groups={num_groups} must divide out_channels={out_channels} for GroupNorm"
-                )
+                raise ValueError(f"MSAM: num_groups={num_groups} must divide out_channels={out_channels} for GroupNorm")
             rest = [i for i in range(len(in_channels)) if i != self.target_level]
             self.concat_order = [self.target_level, *rest]
             self.fuse_all = nn.Sequential(
@@ -132,9 +130,7 @@ class MSAM(Fusion):
             )
         for i, (feat, expected) in enumerate(zip(features, self.in_channels)):
             if feat.ndim != 4:
-                raise ContractError(
-                    f"MSAM level {i}: expected a B×D×h×w map, got shape {tuple(feat.shape)}"
-                )
+                raise ContractError(f"MSAM level {i}: expected a B×D×h×w map, got shape {tuple(feat.shape)}")
             if feat.shape[1] != expected:
                 raise ContractError(
                     f"MSAM level {i}: got {feat.shape[1]} channels, expected {expected} "

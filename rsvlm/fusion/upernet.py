@@ -88,9 +88,9 @@ class UperNetFusion(Fusion):
     def __init__(
         self,
         in_channels: list[int],
-        in_reductions: list[int] = [4, 8, 16, 32],  # noqa: B006 - copied, never mutated
+        in_reductions: list[int] = [4, 8, 16, 32],
         hidden_size: int = 512,
-        pool_scales: list[int] = [1, 2, 3, 6],  # noqa: B006
+        pool_scales: list[int] = [1, 2, 3, 6],
         out_channels: int = 1024,
         target_reduction: int = 16,
         token_pool: int = 1,
@@ -146,7 +146,7 @@ class UperNetSegHead(nn.Module):
         in_channels: list[int],
         num_classes: int,
         hidden_size: int = 512,
-        pool_scales: list[int] = [1, 2, 3, 6],  # noqa: B006 - copied, never mutated
+        pool_scales: list[int] = [1, 2, 3, 6],
     ) -> None:
         super().__init__()
         self.in_channels = list(in_channels)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from rsvlm.contracts import MaskDecoder
-from rsvlm.state_dicts import compare_state_dicts
+from rsvlm.io.state_dicts import compare_state_dicts
 
 # The geometry every official SAM checkpoint was trained with (segment_anything.build_sam).
 SAM_PROMPT_DIM = 256
@@ -251,8 +251,7 @@ class SamMaskDecoderHead(MaskDecoder):
         """
         if feature_map.ndim != 4 or feature_map.shape[1] != self.in_channels:
             raise ValueError(
-                f"SamMaskDecoderHead: feature_map must be B×{self.in_channels}×h×w, "
-                f"got {tuple(feature_map.shape)}"
+                f"SamMaskDecoderHead: feature_map must be B×{self.in_channels}×h×w, got {tuple(feature_map.shape)}"
             )
         b, _, h, w = feature_map.shape
         embedding = self.neck(feature_map)

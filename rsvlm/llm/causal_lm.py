@@ -38,7 +38,12 @@ from rsvlm.llm.tokenizer import build_demo_tokenizer
 
 log = logging.getLogger(__name__)
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # transformers renamed from_pretrained's ``torch_dtype`` to ``dtype`` in 4.56.
 _DTYPE_KW = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
@@ -135,8 +140,7 @@ def build_config(values: dict[str, Any], trust_remote_code: bool = False) -> Pre
     model_type = values.pop("model_type", None)
     if model_type is None:
         raise ValueError(
-            "LLM config needs 'model_type' (e.g. 'qwen2') or a 'base' (e.g. 'qwen2.5-0.5b'); got keys "
-            f"{sorted(values)}"
+            f"LLM config needs 'model_type' (e.g. 'qwen2') or a 'base' (e.g. 'qwen2.5-0.5b'); got keys {sorted(values)}"
         )
     for key in ("architectures", "transformers_version", "_name_or_path"):
         values.pop(key, None)
@@ -254,7 +258,10 @@ class CausalLM(nn.Module):
                         values[key] = getattr(self._tokenizer, key, None)
             hf_config = build_config(values, trust_remote_code)
             self.model = AutoModelForCausalLM.from_config(
-                hf_config, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **{_DTYPE_KW: dtype}
+                hf_config,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
+                **{_DTYPE_KW: dtype},
             )
 
         if self._tokenizer is not None:
@@ -363,7 +370,9 @@ class CausalLM(nn.Module):
     def image_token_id(self) -> int:
         """Id of ``image_token`` in the tokenizer."""
         if self.image_token not in self.special_token_ids:
-            raise RuntimeError("this CausalLM was built without a tokenizer, so it has no image token id; pass `tokenizer`")
+            raise RuntimeError(
+                "this CausalLM was built without a tokenizer, so it has no image token id; pass `tokenizer`"
+            )
         return self.special_token_ids[self.image_token]
 
     @property
@@ -389,7 +398,9 @@ class CausalLM(nn.Module):
             if (input_ids == self.image_token_id).any():
                 raise ValueError(f"input_ids hold {self.image_token!r} but no visual_tokens were given")
             return embeds, attention_mask, labels, response_mask
-        s = splice_visual_tokens(embeds, input_ids, self.image_token_id, visual_tokens, attention_mask, labels, response_mask)
+        s = splice_visual_tokens(
+            embeds, input_ids, self.image_token_id, visual_tokens, attention_mask, labels, response_mask
+        )
         return s.embeds, s.attention_mask, s.labels, s.response_mask
 
     # ------------------------------------------------------------------ forward
@@ -413,7 +424,9 @@ class CausalLM(nn.Module):
         Returns:
             :class:`LMOutput` over the spliced length ``L' = L + N - 1``.
         """
-        embeds, mask, labels, response_mask = self._splice(input_ids, attention_mask, visual_tokens, labels, response_mask)
+        embeds, mask, labels, response_mask = self._splice(
+            input_ids, attention_mask, visual_tokens, labels, response_mask
+        )
         out = self.model(
             inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False, return_dict=True
         )
@@ -456,7 +469,9 @@ class CausalLM(nn.Module):
             tokens, so they equal a teacher-forced pass over the same text.
         """
         embeds, mask, _, _ = self._splice(prompt_ids, prompt_attention_mask, visual_tokens)
-        stop_ids = sorted({self.end_token_id, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])})
+        stop_ids = sorted(
+            {self.end_token_id, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])}
+        )
         settings: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": do_sample,

@@ -34,7 +34,9 @@ class Spliced:
     image_positions: torch.Tensor
 
 
-def image_token_positions(input_ids: torch.Tensor, image_token_id: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def image_token_positions(
+    input_ids: torch.Tensor, image_token_id: int, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Index of the single image token of each sample (``B×L`` → ``B``).
 
     Raises:
@@ -80,9 +82,7 @@ def splice_visual_tokens(
     """
     b, length, d = embeds.shape
     if visual_tokens.dim() != 3 or visual_tokens.shape[0] != b or visual_tokens.shape[2] != d:
-        raise ValueError(
-            f"visual_tokens must be B×N×D = {b}×N×{d} (the LLM width), got {tuple(visual_tokens.shape)}"
-        )
+        raise ValueError(f"visual_tokens must be B×N×D = {b}×N×{d} (the LLM width), got {tuple(visual_tokens.shape)}")
     n = visual_tokens.shape[1]
     pos = image_token_positions(input_ids, image_token_id, attention_mask)[:, None]  # B×1
     j = torch.arange(length + n - 1, device=embeds.device)[None, :]  # 1×L'

@@ -49,20 +49,62 @@ CHATML_TEMPLATE = (
 _DONE_MARKER = "rsvlm-demo-tokenizer.done"
 
 _CLASSES = [
-    "vegetation", "water", "buildings", "roads", "bare soil", "farmland", "forest", "grassland",
-    "river", "lake", "wetland", "cloud", "shadow", "snow", "impervious surface", "cropland",
-    "trees", "shrubs", "urban area", "coastline", "sand", "rock", "ice", "parking lot",
+    "vegetation",
+    "water",
+    "buildings",
+    "roads",
+    "bare soil",
+    "farmland",
+    "forest",
+    "grassland",
+    "river",
+    "lake",
+    "wetland",
+    "cloud",
+    "shadow",
+    "snow",
+    "impervious surface",
+    "cropland",
+    "trees",
+    "shrubs",
+    "urban area",
+    "coastline",
+    "sand",
+    "rock",
+    "ice",
+    "parking lot",
 ]
 _SIZES = ["tiny", "small", "medium", "large", "very large", "narrow", "wide", "elongated", "compact"]
 _LOCATIONS = [
-    "top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom",
-    "bottom-right", "upper left", "upper right", "lower left", "lower right", "middle",
+    "top-left",
+    "top",
+    "top-right",
+    "left",
+    "center",
+    "right",
+    "bottom-left",
+    "bottom",
+    "bottom-right",
+    "upper left",
+    "upper right",
+    "lower left",
+    "lower right",
+    "middle",
 ]
 _SHAPES = ["patch", "region", "strip", "cluster", "area", "band", "block", "belt", "pond", "field"]
 _SPECTRAL = [
-    "high NDVI", "low NDVI", "high NDWI", "low NDWI", "strong near-infrared reflectance",
-    "weak red reflectance", "high reflectance in the green band", "low reflectance in the SWIR band",
-    "a bright signature", "a dark signature", "a uniform texture", "a rough texture",
+    "high NDVI",
+    "low NDVI",
+    "high NDWI",
+    "low NDWI",
+    "strong near-infrared reflectance",
+    "weak red reflectance",
+    "high reflectance in the green band",
+    "low reflectance in the SWIR band",
+    "a bright signature",
+    "a dark signature",
+    "a uniform texture",
+    "a rough texture",
 ]
 _INSTRUCTIONS = [
     "Please segment the {c} in this image.",
@@ -116,7 +158,7 @@ def demo_corpus(seed: int = 0, sentences_per_template: int = 400) -> list[str]:
             )
     lines.extend(spie_corpus(seed))
     # Counts are written as words; each one a whole token keeps a count one decision.
-    from rsvlm.data.describe import NUMBER_WORDS
+    from rsvlm.data.spie.describe import NUMBER_WORDS
 
     lines.extend([" ".join(NUMBER_WORDS), " ".join(w.capitalize() for w in NUMBER_WORDS)] * 50)
     # The chat template's own words, so that the prompt scaffolding costs few tokens.
@@ -137,8 +179,8 @@ def spie_corpus(seed: int = 0, masks: int = 120, size: int = 32) -> list[str]:
     """
     import numpy as np
 
-    from rsvlm.data.apg import format_prompt, instruction, region_attributes
-    from rsvlm.data.describe import AttributeDescriber
+    from rsvlm.data.spie.apg import format_prompt, instruction, region_attributes
+    from rsvlm.data.spie.describe import AttributeDescriber
 
     rng = np.random.default_rng(seed)
     describers = [AttributeDescriber(seed=s, max_regions=3) for s in range(3)]
@@ -148,7 +190,7 @@ def spie_corpus(seed: int = 0, masks: int = 120, size: int = 32) -> list[str]:
         for _ in range(int(rng.integers(0, 6))):
             y, x = rng.integers(0, size, 2)
             h, w = rng.integers(1, size // 2, 2)
-            mask[y:y + h, x:x + w] = True
+            mask[y : y + h, x : x + w] = True
         category = ("vegetation", "water", "building")[i % 3]
         # A 6-band demo image whose index is high inside the mask, as in real scenes.
         image = rng.uniform(0.05, 0.3, (6, size, size)).astype(np.float32)

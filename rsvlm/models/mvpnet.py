@@ -24,7 +24,7 @@ MVPNet is also a baseline row in SPEX's tables (Table XI: MVPNet vs SPEX), which
 binary mask per category. So, for each target category (vegetation, water, building by
 default, see ``target_categories``), the prediction is turned one-vs-rest into a binary mask
 (predicted class in the category's classes) and scored against the one-vs-rest target with
-:class:`rsvlm.models.metrics.BinarySegmentationMetrics`, the metric SPEX uses (global
+:class:`rsvlm.training.metrics.BinarySegmentationMetrics`, the metric SPEX uses (global
 confusion matrix over the split). They are logged as ``{val,test}/<category>/<metric>`` and,
 averaged over the categories with equal weight, under SPEX's names ``test/F1``,
 ``test/Recall``, ``test/Precision``, ``test/OA`` and ``test/IoU`` (and ``val/...``), which
@@ -45,8 +45,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from rsvlm.contracts import ContractError, Encoder, check_link
 from rsvlm.fusion.upernet import UperNetSegHead
-from rsvlm.models.metrics import METRIC_NAMES, BinarySegmentationMetrics
-from rsvlm.models.optim import OptimSettings, build_optimizer
+from rsvlm.training.metrics import METRIC_NAMES, BinarySegmentationMetrics
+from rsvlm.training.optim import OptimSettings, build_optimizer
 
 IGNORE_INDEX = 255
 #: SPEX's target categories; matched against ``class_names`` when ``target_categories`` is None.
@@ -124,7 +124,9 @@ class MVPNet(L.LightningModule):
         self.metrics = nn.ModuleDict({stage: self._multiclass_metrics() for stage in ("val", "test")})
         self.binary = nn.ModuleDict(
             {
-                stage: nn.ModuleDict({_key(c): BinarySegmentationMetrics(from_logits=False) for c in self.target_categories})
+                stage: nn.ModuleDict(
+                    {_key(c): BinarySegmentationMetrics(from_logits=False) for c in self.target_categories}
+                )
                 for stage in ("val", "test")
             }
         )
@@ -256,8 +258,12 @@ class MVPNet(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         band_names = list(getattr(datamodule, "band_names", []) or []) or None
         grid = class_map_grid(
-            batch["image"], logits.argmax(dim=1), self.targets(batch["classes"], batch.get("valid")),
-            self.num_classes, band_names, self.hparams.log_images,
+            batch["image"],
+            logits.argmax(dim=1),
+            self.targets(batch["classes"], batch.get("valid")),
+            self.num_classes,
+            band_names,
+            self.hparams.log_images,
         )
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
@@ -285,7 +291,7 @@ def class_map_grid(
     """Rows of [colour composite | predicted classes | target classes] for the first ``limit``
     samples of ``image`` ``B×C×H×W``, ``preds`` and ``target`` ``B×H×W``: an
     ``(rows·H)×(3·W)×3`` uint8 array; target pixels 255 (invalid) are black."""
-    from rsvlm.viz import composite, stretch
+    from rsvlm.io.pictures import composite, stretch
 
     colours = palette(num_classes)
     rows = []

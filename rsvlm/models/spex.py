@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from rsvlm.contracts import Bridge, ContractError, Encoder, Fusion, MaskDecoder, check_link
-from rsvlm.models.losses import LossWeights, bce_loss, combine, dice_loss
-from rsvlm.models.metrics import BinarySegmentationMetrics
-from rsvlm.models.optim import OptimSettings, build_optimizer
 from rsvlm.models.trainable import TrainableSets, format_parameter_table
+from rsvlm.training.losses import LossWeights, bce_loss, combine, dice_loss
+from rsvlm.training.metrics import BinarySegmentationMetrics
+from rsvlm.training.optim import OptimSettings, build_optimizer
 
 Stage = Literal["text", "mask", "joint"]
 
@@ -132,7 +132,7 @@ class SpexModel(L.LightningModule):
 
     def load_weights(self, path: str) -> None:
         """Load the model weights of a SPEX checkpoint (trained-only or full), nothing else."""
-        from rsvlm.checkpointing import load_checkpoint, restore_frozen
+        from rsvlm.training.checkpoints import load_checkpoint, restore_frozen
 
         checkpoint = load_checkpoint(path)
         restore_frozen(self, checkpoint)
@@ -203,7 +203,9 @@ class SpexModel(L.LightningModule):
             result["mask_logits"] = self.decode_mask(fused.map, out.hidden_states, out.response_mask, image.shape[-2:])
         return result
 
-    def losses(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], with_mask: bool) -> dict[str, torch.Tensor]:
+    def losses(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], with_mask: bool
+    ) -> dict[str, torch.Tensor]:
         losses = {"text": outputs["text_loss"]}
         if with_mask:
             valid = batch.get("valid")
@@ -308,12 +310,12 @@ class SpexModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A frozen multi-billion-parameter LLM is not copied into every checkpoint.
-        from rsvlm.checkpointing import keep_trained_only
+        from rsvlm.training.checkpoints import keep_trained_only
 
         keep_trained_only(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from rsvlm.checkpointing import restore_frozen
+        from rsvlm.training.checkpoints import restore_frozen
 
         restore_frozen(self, checkpoint)
 
@@ -334,7 +336,7 @@ class SpexModel(L.LightningModule):
 
     # ------------------------------------------------------------------ pictures
     def _log_overlays(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
-        from rsvlm.models.logging import log_mask_overlays
+        from rsvlm.training.image_logging import log_mask_overlays
 
         log_mask_overlays(self, batch, logits, limit=self.log_images, tag="val/overlays")
 

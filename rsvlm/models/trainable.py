@@ -62,10 +62,7 @@ class TrainableSets:
     def declared_parameters(self, names: list[str]) -> list[nn.Parameter]:
         """Parameters that the named components declared trainable (whatever the current stage)."""
         return [
-            p
-            for name in names
-            for pname, p in self.components[name].named_parameters()
-            if pname in self.declared[name]
+            p for name in names for pname, p in self.components[name].named_parameters() if pname in self.declared[name]
         ]
 
     def rows(self) -> list[ComponentRow]:

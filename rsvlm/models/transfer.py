@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsvlm.state_dicts import compare_state_dicts
+from rsvlm.io.state_dicts import compare_state_dicts
 
 
 def load_component_state(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -27,7 +27,7 @@ def load_component_state(path: str | Path, prefix: str) -> dict[str, torch.Tenso
         except Exception as err:  # an unpickling error names what was refused
             raise ValueError(f"encoder_init: {path} is not a weights-only checkpoint: {err}") from err
         state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
-    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not picked:
         sample = ", ".join(list(state)[:8])
         raise KeyError(f"encoder_init: {path} has no keys starting with {prefix!r} (first keys: {sample})")

@@ -1,0 +1,132 @@
+"""LightningCLI for rsvlm recipes: ``fit`` also tests, and every run leaves a record.
+
+A recipe names its LightningModule and LightningDataModule by ``class_path`` (any importable
+class, including one in the user's own module). After ``fit`` the best checkpoint is tested
+(``--test_after_fit false`` turns that off) and the test metrics, runtime, peak memory and
+parameter counts are written as ``metrics.json`` next to the logs, so that ``rsvlm sweep``
+and ``rsvlm table`` can collect them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+
+class RsvlmCLI(LightningCLI):
+    """LightningCLI with rsvlm's defaults: TensorBoard + CSV loggers under
+    ``default_root_dir``, test after fit, and a run record."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
+
+    def _parse_ckpt_path(self) -> None:
+        """The recipe and the command line define the model, also with ``--ckpt_path``.
+
+        Lightning's default re-applies the hyper-parameters stored in the checkpoint over the
+        command line, so ``--model.init_args.stage=mask --ckpt_path stage1.ckpt`` would silently
+        train stage ``text`` again. Here the checkpoint restores weights, optimiser and loop
+        state only; to start a new stage from old weights use ``--model.init_args.init_from``.
+        """
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.logger in (None, True):
+            root = trainer.default_root_dir or "."
+            # One version for both loggers, so that a run's logs share one folder.
+            shared = {"save_dir": root, "name": "logs", "version": next_version(Path(root) / "logs")}
+            # CSV first: it warns about a non-empty folder, and TensorBoard writes there at once.
+            trainer.logger = [
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": dict(shared)},
+                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": dict(shared)},
+            ]
+        self._started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        config = self.config[self.subcommand]
+        metrics: dict[str, Any] = {}
+        if config.get("test_after_fit", True) and _has_test_data(self.datamodule):
+            ckpt = _best_checkpoint(self.trainer)
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        self._write_record(metrics)
+
+    def after_test(self) -> None:
+        self._write_record({k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
+
+    def _write_record(self, metrics: dict[str, Any]) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        from rsvlm.experiments.runrecord import write_run_record
+
+        extra = {
+            "runtime_s": round(time.perf_counter() - getattr(self, "_started", time.perf_counter()), 2),
+            "peak_memory_mb": _peak_memory_mb(),
+            "params_total": sum(p.numel() for p in self.model.parameters()),
+            "params_trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "global_step": self.trainer.global_step,
+        }
+        config = self.parser.dump(self.config, skip_none=False) if self.config else None
+        config_dict = _yaml_to_dict(config)
+        folders = [Path(self.trainer.log_dir or self.trainer.default_root_dir)]
+        root = Path(self.trainer.default_root_dir)
+        # The run folder's own record is written once and never replaced (sweeps rely on it).
+        if not (root / "metrics.json").exists():
+            folders.append(root)
+        for folder in dict.fromkeys(folders):
+            write_run_record(folder, metrics, config_dict, extra)
+        print(f"run record: {folders[0] / 'metrics.json'}")
+
+
+def next_version(folder: Path) -> int:
+    """The first ``N`` for which ``folder/version_N`` does not exist yet."""
+    taken = {int(p.name.split("_")[1]) for p in folder.glob("version_*") if p.name.split("_")[1].isdigit()}
+    return max(taken, default=-1) + 1
+
+
+def _yaml_to_dict(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _has_test_data(datamodule) -> bool:
+    if datamodule is None:
+        return False
+    return type(datamodule).test_dataloader is not L.LightningDataModule.test_dataloader
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "best_model_path", ""):
+        return callback.best_model_path
+    return None
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_lightning_cli(args: list[str] | None) -> RsvlmCLI:
+    """Run ``fit|validate|test|predict`` with rsvlm's CLI on ``args`` (None: ``sys.argv``)."""
+    return RsvlmCLI(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": False},
+    )

@@ -1,0 +1,1 @@
+"""SPIE: the SPEX instruction data (APG spectral prompts, descriptions, records, datamodule)."""

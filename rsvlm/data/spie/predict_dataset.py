@@ -1,0 +1,176 @@
+"""Tiles of GeoTIFFs of any size with their SPIE instruction, for prediction."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window as RioWindow
+from torch.utils.data import Dataset
+
+from rsvlm.data.bands import BandError, band_spec
+from rsvlm.data.tiling import Window, tile_windows
+
+
+@dataclass
+class _SceneInfo:
+    path: str
+    height: int
+    width: int
+    crs: str | None
+    transform: list[float] | None
+    windows: list[Window] = field(default_factory=list)
+
+
+def _open_info(path: str, num_bands: int, band_names: Sequence[str]) -> _SceneInfo:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"predict input not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                count, height, width = src.count, src.height, src.width
+                crs = None if src.crs is None else src.crs.to_string()
+                transform = None if src.crs is None and src.transform.is_identity else list(src.transform)[:6]
+    except RasterioError as err:
+        raise ValueError(f"cannot read predict input {path}: {err}") from err
+    if count != num_bands:
+        raise BandError(
+            f"{path}: has {count} bands but the model's band spec 'bands' has {num_bands} ({', '.join(band_names)})",
+            path=path,
+        )
+    return _SceneInfo(path, height, width, crs, transform)
+
+
+class TiledPredictDataset(Dataset):
+    """Tiles of GeoTIFFs for prediction, read with rasterio windows (a scene is never loaded whole).
+
+    Args:
+        paths: GeoTIFFs whose bands are exactly ``bands``, in that order.
+        bands: the band spec (preset name or list of names).
+        mean, std: ``(C,)`` band statistics in the order of ``bands``.
+        tile: model input side; scenes are cut into ``tile``×``tile`` windows.
+        overlap: pixels shared by neighbouring tiles.
+        categories: one pass per category, each tile with its APG instruction; None: no text.
+        template: ``"spectral"`` (instruction with the tile's APG prompt) or ``"plain"``.
+        apg_style: ``"paper"`` or ``"released"``.
+
+    Samples follow the datamodule's predict contract: ``image`` ``C×T×T`` float32 (normalised,
+    invalid and padding pixels 0), ``valid`` ``1×T×T`` bool, ``category``, ``instruction``,
+    ``response`` (empty), and ``meta``: ``image`` (path), ``window`` ``[row, col, h, w]``,
+    ``scene_size`` ``[H, W]``, ``tile_index``, ``num_tiles``, ``crs``, ``transform``,
+    ``bands``, ``category``, ``categories``, ``pad`` ``[top, left, bottom, right]``.
+
+    A tile without a single valid pixel (outside a scene's footprint) is still yielded, with
+    an empty-region prompt; its pixels are invalid and written as 0 in the mask. A scene
+    without any valid pixel is an error naming the file.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        bands: Sequence[str] | str,
+        mean: np.ndarray | Sequence[float],
+        std: np.ndarray | Sequence[float],
+        tile: int = 512,
+        overlap: int = 64,
+        categories: Sequence[str] | None = None,
+        template: Literal["spectral", "plain"] = "spectral",
+        apg_style: Literal["paper", "released"] = "paper",
+    ) -> None:
+        if not paths:
+            raise ValueError("TiledPredictDataset: no input paths given (field 'predict_paths' is empty)")
+        self.bands = band_spec(bands)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        if self.mean.shape != (len(self.bands),) or self.std.shape != (len(self.bands),):
+            raise ValueError(
+                f"TiledPredictDataset: mean/std must have one value per band ({len(self.bands)}), "
+                f"got {self.mean.shape} / {self.std.shape}"
+            )
+        self.tile, self.overlap = tile, overlap
+        self.categories = list(categories) if categories else [None]
+        self.template, self.apg_style = template, apg_style
+        self.scenes = [_open_info(str(p), len(self.bands), self.bands.names) for p in paths]
+        self.items: list[tuple[int, int, str | None]] = []
+        for s, scene in enumerate(self.scenes):
+            scene.windows = tile_windows(scene.height, scene.width, tile, overlap)
+            for category in self.categories:
+                self.items += [(s, t, category) for t in range(len(scene.windows))]
+
+    def outputs(self) -> list[tuple[str, str | None, bool]]:
+        """``(path, category, several categories)`` of every scene pass, for output names."""
+        many = len(self.categories) > 1
+        return [(scene.path, c, many) for scene in self.scenes for c in self.categories]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, scene: _SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        r, c, h, w = window
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(scene.path) as src:
+                    rio = RioWindow(c, r, w, h)
+                    data = src.read(window=rio).astype(np.float32)
+                    masks = src.read_masks(window=rio)
+        except RasterioError as err:
+            raise ValueError(f"cannot read window {list(window)} of {scene.path}: {err}") from err
+        valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+        return data, valid
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from rsvlm.data.spie.apg import instruction, spectral_prompt
+        from rsvlm.data.transforms import normalize
+
+        s, t, category = self.items[index]
+        scene = self.scenes[s]
+        window = scene.windows[t]
+        data, valid = self._read(scene, window)
+        if t == 0 and not valid.any() and self._scene_all_invalid(scene):
+            raise ValueError(f"{scene.path}: every pixel is invalid (nodata / NaN); nothing to predict")
+        v = torch.from_numpy(valid)[None]
+        image = normalize(torch.from_numpy(data), v, self.mean, self.std)
+        _, _, h, w = window
+        pad = [0, 0, self.tile - h, self.tile - w]
+        if pad[2] or pad[3]:
+            image = F.pad(image, (0, pad[3], 0, pad[2]), value=0.0)
+            v = F.pad(v, (0, pad[3], 0, pad[2]), value=False)
+        sample: dict[str, Any] = {
+            "image": image.contiguous(),
+            "valid": v.contiguous(),
+            "meta": {
+                "image": scene.path,
+                "window": list(window),
+                "scene_size": [scene.height, scene.width],
+                "tile_index": t,
+                "num_tiles": len(scene.windows),
+                "crs": scene.crs,
+                "transform": scene.transform,
+                "bands": list(self.bands.names),
+                "category": category,
+                "categories": [c for c in self.categories if c is not None],
+                "pad": pad,
+            },
+        }
+        if category is not None:
+            prompt = None
+            if self.template == "spectral":
+                filled = np.where(valid[None], data, 0)
+                prompt = spectral_prompt(filled, category, self.bands, style=self.apg_style, valid=valid)
+            sample.update(
+                category=category, response="", instruction=instruction(category, prompt, template=self.template)
+            )
+        return sample
+
+    def _scene_all_invalid(self, scene: _SceneInfo) -> bool:
+        return not any(self._read(scene, w)[1].any() for w in scene.windows)

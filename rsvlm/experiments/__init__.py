@@ -1,0 +1,1 @@
+"""experiments: ablation sweeps, paper tables, run records and meta-device summaries."""

@@ -1,0 +1,395 @@
+"""Predict on GeoTIFFs of any size: tiles with overlap, stitched logits, files users can open.
+
+Tiling
+------
+:func:`tile_windows` covers an H×W scene with ``tile``×``tile`` windows whose starts are
+``tile − overlap`` apart; the last window of a row/column is moved back to end exactly at
+the scene's edge, so every window lies inside the scene and is full size (a scene smaller
+than a tile is one window of the scene's size, padded to the tile by the dataset).
+
+Stitching
+---------
+:class:`Stitcher` averages the tiles' logits where they overlap, weighted per pixel:
+
+* ``blend="cosine"`` (default): weight ``sin²(π·(i + ½)/n)`` along each axis of a tile of
+  side n (a Hann window sampled between its zeros), so pixels near a tile's border, where
+  the model sees the least context, count least; the weight is never 0, so pixels that only
+  one tile covers (near the scene's border) keep that tile's logit.
+* ``blend="mean"``: plain average.
+
+Both are weighted averages, so stitching tiles of one known logit field gives that field back
+(up to float rounding). Accumulators are float32 ``H×W`` (two per scene in memory).
+
+Outputs (:class:`PredictionWriter`), per input GeoTIFF and category
+-------------------------------------------------------------------
+* ``<out>/<stem>.mask.tif``: uint8 0/1 mask on the source's grid (its CRS and transform),
+  via :func:`rsvlm.data.raster.write_mask`; pixels invalid in the source (nodata / NaN) are 0;
+* ``<out>/<stem>.overlay.png``: the mask in red over a true-colour (red, green, blue) or,
+  failing that, false-colour (nir, red, green) composite, or the first band in grey; scenes
+  larger than ``overlay_max_side`` are drawn downsampled;
+* ``<out>/<stem>.json``: the generated description of each tile, the category, threshold,
+  tiling and the paths written.
+
+With several categories per image the stem is ``<stem>.<category>``. Inputs are never
+overwritten, and existing outputs only with ``overwrite=True`` (the error names the file).
+Predict on one device: the tiles of a scene must reach the same writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
+from rasterio.errors import NotGeoreferencedWarning
+
+from rsvlm.data.bands import BandError
+from rsvlm.data.spie.predict_dataset import TiledPredictDataset
+from rsvlm.data.tiling import Window, tile_windows
+from rsvlm.io.atomic import atomic_write_text
+
+Blend = Literal["cosine", "mean"]
+
+
+def blend_weights(height: int, width: int, blend: Blend = "cosine") -> np.ndarray:
+    """Per-pixel weight ``height``×``width`` (float32, all > 0) of one tile (see module docstring)."""
+    if blend == "mean":
+        return np.ones((height, width), dtype=np.float32)
+    if blend != "cosine":
+        raise ValueError(f"blend must be 'cosine' or 'mean', got {blend!r}")
+
+    def axis(n: int) -> np.ndarray:
+        return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
+
+    return np.outer(axis(height), axis(width)).astype(np.float32)
+
+
+class Stitcher:
+    """Weighted average of tile logits over a scene.
+
+    Args:
+        height, width: scene size.
+        blend: ``"cosine"`` or ``"mean"``.
+    """
+
+    def __init__(self, height: int, width: int, blend: Blend = "cosine") -> None:
+        self.height, self.width, self.blend = height, width, blend
+        self._sum = np.zeros((height, width), dtype=np.float32)
+        self._weight = np.zeros((height, width), dtype=np.float32)
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def add(self, window: Window, logits: np.ndarray | torch.Tensor) -> None:
+        """Add ``h×w`` logits of the window ``(row, col, h, w)``."""
+        r, c, h, w = window
+        x = (
+            logits.detach().float().cpu().numpy()
+            if isinstance(logits, torch.Tensor)
+            else np.asarray(logits, np.float32)
+        )
+        if x.shape != (h, w):
+            raise ValueError(f"Stitcher.add: logits of window {window} must be {h}×{w}, got {x.shape}")
+        if r < 0 or c < 0 or r + h > self.height or c + w > self.width:
+            raise ValueError(f"Stitcher.add: window {window} lies outside the {self.height}×{self.width} scene")
+        if (h, w) not in self._cache:
+            self._cache[(h, w)] = blend_weights(h, w, self.blend)
+        weight = self._cache[(h, w)]
+        self._sum[r : r + h, c : c + w] += weight * x
+        self._weight[r : r + h, c : c + w] += weight
+
+    @property
+    def covered(self) -> np.ndarray:
+        """``H×W`` bool: pixels that some tile covered."""
+        return self._weight > 0
+
+    def result(self) -> np.ndarray:
+        """``H×W`` float32 stitched logits; raises if a pixel was not covered."""
+        if not self.covered.all():
+            missing = int((~self.covered).sum())
+            raise ValueError(f"Stitcher: {missing} pixel(s) of the {self.height}×{self.width} scene have no tile")
+        return self._sum / self._weight
+
+
+# ---------------------------------------------------------------------------- dataset
+# ---------------------------------------------------------------------------- writing
+def output_stem(out_dir: str | os.PathLike, image: str, category: str | None, several: bool) -> Path:
+    """``<out_dir>/<stem>`` or ``<out_dir>/<stem>.<category>`` (several categories per image)."""
+    stem = Path(image).name
+    for suffix in (".tiff", ".tif", ".TIFF", ".TIF"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if several and category:
+        stem = f"{stem}.{category}"
+    return Path(out_dir) / stem
+
+
+def output_paths(out_dir: str | os.PathLike, image: str, category: str | None, several: bool) -> dict[str, Path]:
+    """The three files written for one image (and category): ``mask``, ``overlay``, ``json``."""
+    base = output_stem(out_dir, image, category, several)
+    return {
+        "mask": base.with_name(base.name + ".mask.tif"),
+        "overlay": base.with_name(base.name + ".overlay.png"),
+        "json": base.with_name(base.name + ".json"),
+    }
+
+
+def check_outputs(paths: dict[str, Path], inputs: set[Path], overwrite: bool) -> None:
+    """Refuse to write over an input, or over an existing output unless ``overwrite``."""
+    for kind, path in paths.items():
+        if path.resolve() in inputs:
+            raise FileExistsError(f"refusing to write the {kind} output over the input file {path}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True (PredictionWriter) to replace it")
+
+
+def _write_json(path: Path, payload: dict[str, Any], overwrite: bool) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=1), overwrite=overwrite)
+
+
+def overlay_picture(
+    path: str,
+    mask: np.ndarray,
+    band_names: Sequence[str] | None,
+    max_side: int = 4096,
+    composite_kind: Literal["auto", "true", "false"] = "auto",
+    color: tuple[int, int, int] = (255, 0, 0),
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """``h×w×3`` uint8: ``mask`` (scene ``H×W``) over a composite of the scene at ``path``.
+
+    The scene is read decimated when its longer side exceeds ``max_side``.
+    """
+    from rsvlm.io.pictures import COMPOSITES, composite, overlay, stretch
+
+    height, width = mask.shape
+    scale = min(1.0, max_side / max(height, width))
+    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            data = src.read(out_shape=(src.count, out_h, out_w)).astype(np.float32)
+            masks = src.read_masks(out_shape=(src.count, out_h, out_w))
+    data[:, ~np.all(masks > 0, axis=0)] = np.nan
+    names = [n.lower() for n in band_names] if band_names else []
+    kinds = ["true", "false"] if composite_kind == "auto" else [composite_kind]
+    kind = next((k for k in kinds if all(b in names for b in COMPOSITES[k])), None)
+    if kind is None and composite_kind != "auto":
+        raise BandError(
+            f"{path}: a {composite_kind}-colour composite needs bands {COMPOSITES[composite_kind]}, "
+            f"the band spec has {list(band_names or [])}",
+            path=path,
+        )
+    rgb = composite(data, names, kind) if kind else stretch(data[:1])
+    if (out_h, out_w) != (height, width):
+        rows = np.arange(out_h) * height // out_h
+        cols = np.arange(out_w) * width // out_w
+        mask = mask[rows][:, cols]
+    return overlay(rgb, mask.astype(bool), color=color, alpha=alpha)
+
+
+@dataclass
+class _SceneState:
+    meta: dict[str, Any]
+    stitcher: Stitcher
+    valid: np.ndarray
+    descriptions: list[dict[str, Any]] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Stitch predicted tiles and write mask GeoTIFF, overlay PNG and JSON per input (see module docstring).
+
+    Args:
+        output_dir: folder for the outputs (created).
+        threshold: a pixel is in the mask when ``sigmoid(logit) > threshold``.
+        blend: ``"cosine"`` or ``"mean"`` stitching of overlapping tiles.
+        overwrite: replace existing outputs (inputs are never replaced).
+        composite: overlay background: ``"auto"`` (true colour, else false colour, else grey),
+            ``"true"`` or ``"false"``.
+        bands: band names for the composite when the batches' meta does not carry them.
+        overlay_max_side: longer side of the overlay PNG at most (larger scenes are downsampled).
+
+    Works with :class:`TiledPredictDataset` batches (meta ``window``/``scene_size``/``num_tiles``)
+    and with whole-image batches resized to the model input (meta ``original_size``,
+    ``resized_size``, ``pad``), which are resized back to the scene's size.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        threshold: float = 0.5,
+        blend: Blend = "cosine",
+        overwrite: bool = False,
+        composite: Literal["auto", "true", "false"] = "auto",
+        bands: list[str] | None = None,
+        overlay_max_side: int = 4096,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"PredictionWriter: threshold must be in (0, 1), got {threshold}")
+        if blend not in ("cosine", "mean"):
+            raise ValueError(f"PredictionWriter: blend must be 'cosine' or 'mean', got {blend!r}")
+        self.output_dir = Path(output_dir)
+        self.threshold = threshold
+        self.blend = blend
+        self.overwrite = overwrite
+        self.composite = composite
+        self.bands = bands
+        self.overlay_max_side = overlay_max_side
+        self._scenes: dict[tuple[str, str | None], _SceneState] = {}
+        self._inputs: set[Path] = set()
+        self.written: list[dict[str, str]] = []
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:
+            raise RuntimeError(
+                "PredictionWriter stitches every tile of a scene in one process; predict with one device "
+                "(--trainer.devices 1)"
+            )
+        self._scenes.clear()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        datasets = []
+        loaders = trainer.predict_dataloaders
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            datasets.append(getattr(loader, "dataset", None))
+        for dataset in datasets:
+            if hasattr(dataset, "outputs"):
+                plan = dataset.outputs()
+                self._inputs |= {Path(p).resolve() for p, _, _ in plan}
+                # Refuse before any prediction runs.
+                for image, category, several in plan:
+                    check_outputs(output_paths(self.output_dir, image, category, several), self._inputs, self.overwrite)
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ) -> None:
+        logits = prediction["mask_logits"]
+        texts = prediction.get("texts") or [None] * logits.shape[0]
+        metas = prediction.get("meta") or batch.get("meta")
+        valid = batch.get("valid")
+        if metas is None:
+            raise KeyError("PredictionWriter: batches need 'meta' (image path and window) to place predictions")
+        for i, meta in enumerate(metas):
+            v = valid[i, 0] if valid is not None else torch.ones(logits.shape[-2:], dtype=torch.bool)
+            self.add(meta, logits[i, 0], v, texts[i])
+
+    # ------------------------------------------------------------------ stitching
+    def add(self, meta: dict[str, Any], logits: torch.Tensor, valid: torch.Tensor, text: str | None) -> Path | None:
+        """Add one sample's ``T×T`` logits; writes the scene's files when its last tile arrives.
+
+        Returns the mask path when the scene was written, else None.
+        """
+        image = str(meta["image"])
+        category = meta.get("category")
+        key = (image, category)
+        if "window" in meta:
+            window: Window = tuple(int(x) for x in meta["window"])  # type: ignore[assignment]
+            height, width = (int(x) for x in meta["scene_size"])
+            num_tiles, index = int(meta["num_tiles"]), int(meta["tile_index"])
+            _, _, h, w = window
+            tile_logits, tile_valid = logits[:h, :w], valid[:h, :w]
+        elif "original_size" in meta:
+            height, width = (int(x) for x in meta["original_size"])
+            rh, rw = (int(x) for x in meta["resized_size"])
+            window, num_tiles, index = (0, 0, height, width), 1, 0
+            crop = logits[:rh, :rw].float()[None, None]
+            tile_logits = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+            crop_valid = valid[:rh, :rw].float()[None, None]
+            tile_valid = F.interpolate(crop_valid, size=(height, width), mode="nearest-exact")[0, 0] > 0.5
+        else:
+            raise KeyError(f"PredictionWriter: meta of {image} has neither 'window' nor 'original_size'")
+        state = self._scenes.get(key)
+        if state is None:
+            self._inputs.add(Path(image).resolve())
+            several = len(meta.get("categories") or []) > 1
+            check_outputs(output_paths(self.output_dir, image, category, several), self._inputs, self.overwrite)
+            state = _SceneState(
+                meta={**meta, "several": several},
+                stitcher=Stitcher(height, width, self.blend),
+                valid=np.zeros((height, width), dtype=bool),
+            )
+            self._scenes[key] = state
+        if index in state.seen:
+            raise ValueError(f"PredictionWriter: tile {index} of {image} arrived twice")
+        state.seen.add(index)
+        state.stitcher.add(window, tile_logits)
+        r, c, h, w = window
+        state.valid[r : r + h, c : c + w] |= tile_valid.cpu().numpy().astype(bool)
+        state.descriptions.append({"tile_index": index, "window": list(window), "description": text})
+        if len(state.seen) == num_tiles:
+            del self._scenes[key]
+            return self._write_scene(state)
+        return None
+
+    def _write_scene(self, state: _SceneState) -> Path:
+        from rsvlm.data.raster import Raster, write_mask
+        from rsvlm.io.pictures import save_png
+
+        meta = state.meta
+        image, category = str(meta["image"]), meta.get("category")
+        paths = output_paths(self.output_dir, image, category, meta["several"])
+        check_outputs(paths, self._inputs, self.overwrite)
+        logits = state.stitcher.result()
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        mask = (probs > self.threshold) & state.valid
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(image) as src:
+                crs = src.crs
+                transform = None if src.crs is None and src.transform.is_identity else src.transform
+        height, width = mask.shape
+        # write_mask needs only the grid and the source path of `like`, not its pixels.
+        like = Raster(
+            data=np.broadcast_to(np.float32(0), (1, height, width)),
+            valid=np.broadcast_to(True, (height, width)),
+            crs=crs,
+            transform=transform,
+            path=image,
+        )
+        write_mask(paths["mask"], mask.astype(np.uint8), like, overwrite=self.overwrite)
+        bands = meta.get("bands") or self.bands
+        picture = overlay_picture(image, mask, bands, self.overlay_max_side, self.composite)
+        save_png(paths["overlay"], picture, overwrite=self.overwrite)
+        payload = {
+            "image": image,
+            "category": category,
+            "threshold": self.threshold,
+            "blend": self.blend,
+            "scene_size": [height, width],
+            "crs": None if crs is None else crs.to_string(),
+            "transform": None if transform is None else list(transform)[:6],
+            "positive_fraction": float(mask.sum() / max(state.valid.sum(), 1)),
+            "tiles": sorted(state.descriptions, key=lambda d: d["tile_index"]),
+            "outputs": {k: str(v) for k, v in paths.items()},
+        }
+        _write_json(paths["json"], payload, self.overwrite)
+        self.written.append({k: str(v) for k, v in paths.items()})
+        return paths["mask"]
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self._scenes:
+            missing = {f"{img} ({cat})": f"{len(s.seen)} tiles" for (img, cat), s in self._scenes.items()}
+            raise RuntimeError(f"PredictionWriter: prediction ended before every tile arrived: {missing}")
+
+
+__all__ = [
+    "PredictionWriter",
+    "Stitcher",
+    "TiledPredictDataset",
+    "blend_weights",
+    "check_outputs",
+    "output_paths",
+    "overlay_picture",
+    "tile_windows",
+]

@@ -1,0 +1,205 @@
+"""Picture helpers: band composites, mask overlays, PNG files, mask figures and curves.
+
+Arrays: images are ``C×H×W`` (bands first, as in the datasets and models), pictures are
+``H×W×3`` uint8 (as image files and matplotlib want them), masks are ``H×W`` bool.
+Tensors are accepted wherever arrays are. Figures are drawn with matplotlib's Agg canvas on
+their own ``Figure`` objects (no pyplot global state), and every file is written to a
+temporary file beside its target and moved into place with ``os.replace``, so a crash never
+leaves a half-written picture; existing files are only replaced when asked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from einops import rearrange
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from rsvlm.io.atomic import atomic_path
+
+COMPOSITES: dict[str, tuple[str, str, str]] = {
+    "true": ("red", "green", "blue"),
+    "false": ("nir", "red", "green"),
+}
+
+
+def _numpy(array) -> np.ndarray:
+    """A numpy view of an array or (CPU/GPU, grad or not) tensor."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def stretch(bands, percentiles: tuple[float, float] = (2, 98)) -> np.ndarray:
+    """Percentile-stretch 1 or 3 bands ``C×H×W`` to a picture ``H×W×3`` uint8.
+
+    Each band is mapped linearly so that its low percentile becomes 0 and its high one 255,
+    clipping outside. Non-finite pixels are left out of the percentiles and drawn black; a
+    constant band is drawn black. One band is repeated to grey.
+    """
+    x = _numpy(bands).astype(np.float64)
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"stretch: bands must be C×H×W with C = 1 or 3, got shape {x.shape}")
+    lo_p, hi_p = percentiles
+    if not 0 <= lo_p < hi_p <= 100:
+        raise ValueError(f"stretch: percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    out = np.zeros(x.shape, dtype=np.float64)
+    for i, band in enumerate(x):
+        finite = np.isfinite(band)
+        if not finite.any():
+            continue
+        lo, hi = np.percentile(band[finite], [lo_p, hi_p])
+        if hi > lo:
+            out[i] = np.where(finite, np.clip((band - lo) / (hi - lo), 0.0, 1.0), 0.0)
+    if out.shape[0] == 1:
+        out = np.repeat(out, 3, axis=0)
+    return rearrange(np.rint(out * 255).astype(np.uint8), "c h w -> h w c")
+
+
+def composite(
+    image,
+    band_names: Sequence[str],
+    kind: Literal["true", "false"] = "true",
+    percentiles: tuple[float, float] = (2, 98),
+) -> np.ndarray:
+    """True-colour (red, green, blue) or false-colour (nir, red, green) picture ``H×W×3`` uint8.
+
+    Args:
+        image: ``C×H×W`` bands.
+        band_names: the C band names, in order; matched case-insensitively.
+        kind: ``"true"`` or ``"false"``.
+        percentiles: passed to :func:`stretch`.
+    """
+    x = _numpy(image)
+    if kind not in COMPOSITES:
+        raise ValueError(f"composite: kind must be one of {sorted(COMPOSITES)}, got {kind!r}")
+    if x.ndim != 3 or x.shape[0] != len(band_names):
+        raise ValueError(
+            f"composite: image must be C×H×W with C = len(band_names) = {len(band_names)}, got shape {x.shape}"
+        )
+    lookup = {name.lower(): i for i, name in enumerate(band_names)}
+    picks = []
+    for name in COMPOSITES[kind]:
+        if name not in lookup:
+            raise ValueError(
+                f"composite: a {kind}-colour composite needs band {name!r}, but band_names are {list(band_names)}"
+            )
+        picks.append(lookup[name])
+    return stretch(x[picks], percentiles)
+
+
+def overlay(rgb, mask, color: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.45) -> np.ndarray:
+    """Blend ``color`` into ``rgb`` (``H×W×3`` uint8) where ``mask`` (``H×W`` bool) is True.
+
+    Masked pixels become ``round((1 − alpha)·rgb + alpha·color)``; others are unchanged.
+    """
+    rgb, mask = _numpy(rgb), _numpy(mask)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"overlay: rgb must be H×W×3 uint8, got {rgb.dtype} {rgb.shape}")
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"overlay: mask shape {mask.shape} must equal the picture's H×W {rgb.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
+    mask = mask.astype(bool)
+    blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * np.asarray(color, dtype=np.float64)
+    out = rgb.copy()
+    out[mask] = np.clip(np.rint(blended[mask]), 0, 255).astype(np.uint8)
+    return out
+
+
+def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it to ``path``."""
+    with atomic_path(path, overwrite) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def save_png(path: str | os.PathLike, array, overwrite: bool = False) -> Path:
+    """Write a picture ``H×W×3``/``H×W×4`` uint8, or a mask/grey ``H×W`` (bool or uint8), as PNG.
+
+    Bool masks are written as 0/255. Refuses to replace an existing file unless ``overwrite``.
+    """
+    x = _numpy(array)
+    if x.dtype == bool:
+        x = x.astype(np.uint8) * 255
+    if x.dtype != np.uint8 or not (x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4))):
+        raise ValueError(f"save_png: {path}: expected H×W, H×W×3 or H×W×4 uint8 (or H×W bool), got {x.dtype} {x.shape}")
+    return _write_atomically(path, lambda tmp: Image.fromarray(x).save(tmp, format="PNG"), overwrite)
+
+
+def _save_figure(path: str | os.PathLike, fig: Figure, overwrite: bool) -> Path:
+    FigureCanvasAgg(fig)
+    return _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite)
+
+
+def save_mask_figure(
+    path: str | os.PathLike,
+    rgb,
+    pred,
+    target=None,
+    overwrite: bool = False,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> Path:
+    """Side-by-side panels: the picture, the prediction overlay (red) and the target overlay (green).
+
+    Args:
+        path: PNG file to write.
+        rgb: ``H×W×3`` uint8 picture (e.g. from :func:`composite`).
+        pred: ``H×W`` bool predicted mask.
+        target: optional ``H×W`` bool reference mask (its panel is left out when None).
+        overwrite: replace an existing file.
+        panel_inches: width and height of each panel; the file is
+            ``round(n_panels·panel_inches·dpi) × round(panel_inches·dpi)`` pixels.
+        dpi: dots per inch.
+    """
+    panels = [("image", _numpy(rgb)), ("prediction", overlay(rgb, pred, color=(255, 0, 0)))]
+    if target is not None:
+        panels.append(("target", overlay(rgb, target, color=(0, 255, 0))))
+    fig = Figure(figsize=(panel_inches * len(panels), panel_inches), dpi=dpi)
+    for i, (title, picture) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_axis_off()
+    return _save_figure(path, fig, overwrite)
+
+
+def plot_curves(
+    path: str | os.PathLike,
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    overwrite: bool = False,
+    figsize: tuple[float, float] = (6.0, 4.0),
+    dpi: int = 100,
+) -> Path:
+    """Line plot of several named series over shared ``xs`` (e.g. loss or F1 per epoch), as PNG.
+
+    The file is ``round(figsize[0]·dpi) × round(figsize[1]·dpi)`` pixels.
+    """
+    if not series:
+        raise ValueError(f"plot_curves: {path}: no series to plot")
+    for name, ys in series.items():
+        if len(ys) != len(xs):
+            raise ValueError(f"plot_curves: {path}: series {name!r} has {len(ys)} values but xs has {len(xs)}")
+    fig = Figure(figsize=figsize, dpi=dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, ys in series.items():
+        ax.plot(list(xs), list(ys), label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save_figure(path, fig, overwrite)

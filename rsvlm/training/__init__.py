@@ -1,0 +1,1 @@
+"""training: losses, metrics, optimisers, callbacks, checkpoint IO and picture logging used by the models."""

@@ -1,0 +1,59 @@
+"""The `rsvlm` command: a fast help that imports no LLM stack, and `summarize` on the paper recipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from rsvlm.experiments.summarize import build_on_meta, summary_table, without_weights
+
+
+def test_help_imports_no_heavy_stack():
+    code = (
+        "import sys, io, contextlib\n"
+        "from rsvlm.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out: rc = main(['--help'])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'lightning') if m in sys.modules]\n"
+        "print(rc, heavy, 'sweep' in out.getvalue())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "0 [] True"
+
+
+def test_unknown_command_fails_with_usage(capsys):
+    from rsvlm.cli import main
+
+    assert main(["fitt"]) == 2
+    assert "unknown command 'fitt'" in capsys.readouterr().err
+
+
+def test_without_weights_drops_every_weight_source():
+    node = {
+        "class_path": "x.Model",
+        "init_args": {
+            "encoder": {"class_path": "x.Enc", "init_args": {"pretrained": True, "checkpoint_path": "a.pth"}},
+            "decoder": {"class_path": "x.Dec", "init_args": {"checkpoint": "sam.pth"}},
+            "encoder_init": "mvpnet.ckpt",
+        },
+    }
+    clean = without_weights(node)
+    assert clean["init_args"]["encoder"]["init_args"] == {"pretrained": False, "checkpoint_path": None}
+    assert clean["init_args"]["decoder"]["init_args"]["checkpoint"] is None
+    assert clean["init_args"]["encoder_init"] is None
+    assert node["init_args"]["encoder"]["init_args"]["pretrained"] is True  # the input is untouched
+
+
+def test_summarize_paper_recipe_on_meta_device():
+    model = build_on_meta(REPO / "recipes" / "spex.yaml")
+    assert all(p.is_meta for p in model.parameters())
+    rows = {row.name: row for row in model.trainable.rows()}
+    llm = rows["llm"]
+    base = llm.total - llm.trainable  # LoRA adapters are the LLM's only trainable weights
+    assert base == pytest.approx(1.54e9, rel=0.01)  # Qwen2.5-1.5B
+    assert 0 < llm.trainable < 0.01 * base
+    table = summary_table(model, title="spex")
+    assert "| llm | CausalLM | 1.546 B |" in table
+    assert "InternImageEncoder" in table

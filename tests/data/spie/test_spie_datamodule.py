@@ -1,0 +1,351 @@
+"""Transforms and SpieDataModule: batch contract, determinism, subsets, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from rsvlm.data.bands import BandError
+from rsvlm.data.spie.builder import append_records, read_records
+from rsvlm.data.spie.datamodule import (
+    GeneratedData,
+    SampleError,
+    SeededSampler,
+    SpieDataModule,
+)
+from rsvlm.data.stats import MissingStatsError, StatsError, load_stats
+from rsvlm.data.transforms import normalize, random_dihedral, resize_pad
+
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+CONTRACT = {"image", "mask", "valid", "category", "instruction", "response", "meta"}
+
+
+class LengthFormatter:
+    """Stand-in for the chat formatter: picklable, returns tensors keyed like it."""
+
+    def __call__(self, instructions, responses):
+        return {
+            "input_ids": torch.tensor([[len(i), len(r)] for i, r in zip(instructions, responses)]),
+            "attention_mask": torch.ones(len(instructions), 2, dtype=torch.long),
+        }
+
+
+# ------------------------------------------------------------------ transforms
+
+
+def test_resize_pad_keeps_aspect_and_marks_padding_invalid():
+    image = torch.rand(3, 40, 20)
+    mask = (torch.rand(1, 40, 20) > 0.5).float()
+    valid = torch.ones(1, 40, 20, dtype=torch.bool)
+    out, m, v, info = resize_pad(image, mask, valid, 64)
+    assert out.shape == (3, 64, 64) and m.shape == (1, 64, 64) and v.shape == (1, 64, 64)
+    assert info["resized_size"] == [64, 32] and info["pad"] == [0, 0, 0, 32]
+    assert v[:, :, :32].all() and not v[:, :, 32:].any()
+    assert (out[:, :, 32:] == 0).all() and (m[:, :, 32:] == 0).all()
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    # Nearest-neighbour upsampling by 1.6: every output pixel copies an input pixel.
+    rows = np.minimum(np.floor((np.arange(64) + 0.5) * 40 / 64), 39).astype(int)
+    cols = np.minimum(np.floor((np.arange(32) + 0.5) * 20 / 32), 19).astype(int)
+    np.testing.assert_array_equal(m[0, :, :32].numpy(), mask[0].numpy()[np.ix_(rows, cols)])
+
+
+def test_normalize_sets_invalid_to_zero():
+    image = torch.tensor([[[1.0, 3.0]], [[10.0, float("nan")]]])
+    valid = torch.tensor([[True, False]])
+    out = normalize(image, valid, np.array([1.0, 4.0]), np.array([2.0, 3.0]))
+    assert out.tolist() == [[[0.0, 0.0]], [[2.0, 0.0]]]
+
+
+def test_dihedral_moves_image_mask_and_valid_together():
+    h, w = 6, 9
+    image = torch.zeros(2, h, w)
+    image[:, 1, 2] = torch.tensor([5.0, 7.0])
+    mask = torch.zeros(1, h, w)
+    mask[0, 1, 2] = 1
+    valid = torch.ones(1, h, w, dtype=torch.bool)
+    valid[0, 1, 2] = False
+    seen = set()
+    for seed in range(60):
+        im, m, v, aug = random_dihedral(image, mask, valid, torch.Generator().manual_seed(seed))
+        seen.add((aug["rot90"], aug["flip"]))
+        ref = np.rot90(np.zeros((h, w)) + (np.arange(h * w).reshape(h, w) == 1 * w + 2), aug["rot90"])
+        ref = np.fliplr(ref) if aug["flip"] else ref
+        marker = tuple(np.argwhere(ref)[0])
+        assert tuple(torch.nonzero(im[0]).tolist()[0]) == marker
+        assert tuple(torch.nonzero(m[0]).tolist()[0]) == marker
+        assert tuple(torch.nonzero(~v[0]).tolist()[0]) == marker
+        assert im[1][marker].item() == 7.0
+    assert len(seen) == 8
+
+
+def test_seeded_sampler_is_deterministic_and_varies_by_epoch():
+    a, b = SeededSampler(10, seed=3), SeededSampler(10, seed=3)
+    e0, e1 = list(a), list(a)
+    assert e0 == list(b) and e0 != e1
+    assert sorted(i for i, _ in e0) == list(range(10))
+    b.set_epoch(1)
+    assert list(b) == e1
+
+
+# ------------------------------------------------------------------ datamodule
+
+
+@pytest.fixture(scope="module")
+def generated():
+    # Default root: RSVLM_CACHE (set by conftest) keeps the build inside the test session.
+    return GeneratedData(n_train=6, n_val=2, n_test=2, size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dm(generated):
+    d = SpieDataModule(generate=generated, image_size=40, batch_size=3, seed=1)
+    d.prepare_data()
+    d.setup("fit")
+    d.set_text_formatter(LengthFormatter())
+    return d
+
+
+def _first(loader):
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_contract(dm, workers):
+    dm.num_workers = workers
+    try:
+        batch = _first(dm.train_dataloader())
+    finally:
+        dm.num_workers = 0
+    assert set(batch) == CONTRACT | {"input_ids", "attention_mask"}
+    assert batch["image"].shape == (3, 6, 40, 40) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (3, 1, 40, 40) and batch["mask"].dtype == torch.float32
+    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert batch["valid"].shape == (3, 1, 40, 40) and batch["valid"].dtype == torch.bool
+    assert torch.isfinite(batch["image"]).all()
+    for key in ("category", "instruction", "response", "meta"):
+        assert isinstance(batch[key], list) and len(batch[key]) == 3
+    meta = batch["meta"][0]
+    assert {"image", "mask", "index", "crs", "transform", "original_size", "pad"} <= set(meta)
+    assert meta["original_size"] == [32, 32] and meta["crs"] == "EPSG:32632"
+    assert batch["input_ids"][0].tolist() == [len(batch["instruction"][0]), len(batch["response"][0])]
+    assert dm.num_bands == 6 and dm.band_names == ["blue", "green", "red", "nir", "swir1", "swir2"]
+
+
+def test_same_batches_with_and_without_workers(dm):
+    dm.num_workers = 0
+    a = _first(dm.train_dataloader())
+    dm.num_workers = 2
+    try:
+        b = _first(dm.train_dataloader())
+    finally:
+        dm.num_workers = 0
+    torch.testing.assert_close(a["image"], b["image"])
+    assert a["meta"] == b["meta"]
+
+
+def test_generated_empty_rate_controls_empty_target_records():
+    from rsvlm.data.raster import read_mask
+    from rsvlm.data.spie.builder import read_records
+
+    def build(rate):
+        d = SpieDataModule(
+            generate=GeneratedData(n_train=6, n_val=2, n_test=2, size=32, seed=4, empty_rate=rate), image_size=32
+        )
+        d.prepare_data()
+        records = read_records(d.generated_dir() / "spie" / "spie.jsonl")
+        return d.generated_dir(), {(Path(r.image).name, r.category): bool(read_mask(r.mask)[0].any()) for r in records}
+
+    none_dir, none = build(0.0)
+    all_dir, every = build(1.0)
+    assert none_dir != all_dir  # the rate is part of the cache key
+    assert none and all(none.values())  # only categories present in a scene
+    absent = {k for k, present in every.items() if not present}
+    assert absent and {k for k in every if k not in absent} == set(none)
+    assert len(every) == 3 * 10  # every scene × category
+
+
+def test_validation_samples_are_normalised_records(generated):
+    d = SpieDataModule(generate=generated, image_size=32, batch_size=2, augment=True)
+    d.setup("fit")
+    batch = _first(d.val_dataloader())
+    stats = load_stats(Path(d.generated_dir()) / "spie" / "stats.json")
+    mean = np.array([stats["bands"][b]["mean"] for b in d.band_names])
+    std = np.array([stats["bands"][b]["std"] for b in d.band_names])
+    for i, meta in enumerate(batch["meta"]):
+        assert meta["augment"] is None  # no augmentation outside training
+        with rasterio.open(meta["image"]) as src:
+            raw = src.read()
+        with rasterio.open(meta["mask"]) as src:
+            mask = src.read(1)
+        expected = (raw - mean[:, None, None]) / std[:, None, None]
+        np.testing.assert_allclose(batch["image"][i].numpy(), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(batch["mask"][i, 0].numpy(), mask)
+    # Normalised training pixels are centred with unit spread.
+    train = torch.cat([b["image"] for b in d.train_dataloader()])
+    assert train.mean(dim=(0, 2, 3)).abs().max() < 0.15
+    assert (train.std(dim=(0, 2, 3)) - 1).abs().max() < 0.15
+
+
+def test_prepare_is_idempotent(dm):
+    marker = Path(dm.generated_dir()) / "complete.json"
+    records = Path(dm.generated_dir()) / "spie" / "spie.jsonl"
+    before = (marker.stat().st_mtime_ns, records.read_bytes())
+    dm.prepare_data()
+    assert (marker.stat().st_mtime_ns, records.read_bytes()) == before
+
+
+def test_category_subset_and_plain_template(generated):
+    d = SpieDataModule(generate=generated, image_size=32, categories=["water"], template="plain")
+    d.setup("fit")
+    cats = {r.category for ds in d.datasets.values() for r in ds.records}
+    assert cats == {"water"}
+    sample = d.datasets["train"][0]
+    assert sample["instruction"] == (
+        "Based on the provided image, please provide a detailed description of the water regions."
+    )
+
+
+def test_predict_batches(dm):
+    paths = sorted({r.image for r in dm.datasets["test"].records})
+    # Prediction needs only the statistics and the images.
+    d = SpieDataModule(
+        stats=str(Path(dm.generated_dir()) / "spie" / "stats.json"),
+        image_size=48,
+        predict_paths=paths,
+        categories=["water"],
+        batch_size=8,
+    )
+    d.set_text_formatter(LengthFormatter())
+    d.setup("predict")
+    batch = _first(d.predict_dataloader())
+    assert batch["image"].shape == (len(paths), 6, 48, 48)
+    assert "mask" not in batch
+    # Scenes smaller than a tile are one tile each; the padding around them is invalid.
+    for valid, meta in zip(batch["valid"], batch["meta"]):
+        height, width = meta["scene_size"]
+        assert valid[0, :height, :width].all() and not valid[0, height:, :].any() and not valid[0, :, width:].any()
+    assert [m["image"] for m in batch["meta"]] == paths
+    assert all(
+        i.startswith("Based on the provided image and the attributes of the water") for i in batch["instruction"]
+    )
+    assert "input_ids" in batch
+
+
+def test_fit_with_lightning_calls_formatter(generated):
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def setup(self, stage):
+            self.trainer.datamodule.set_text_formatter(LengthFormatter())
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(set(batch))
+            return (self.w * batch["image"].mean()).sum() + self.w**2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    model = Model()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=SpieDataModule(generate=generated, image_size=32, batch_size=2))
+    assert len(model.seen) == 2 and all("input_ids" in s for s in model.seen)
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.fixture()
+def copy(dm, tmp_path):
+    """A private copy of the generated build (records + stats + tiles)."""
+    src = Path(dm.generated_dir()) / "spie"
+    shutil.copytree(src, tmp_path / "spie")
+    return tmp_path / "spie"
+
+
+def _rewrite(folder: Path, change) -> list:
+    recs = read_records(folder / "spie.jsonl")
+    recs = [change(r) if i == 0 else r for i, r in enumerate(recs)]
+    (folder / "spie.jsonl").unlink()
+    append_records(folder / "spie.jsonl", recs)
+    return recs
+
+
+def _first_train_sample(folder: Path, **kw):
+    d = SpieDataModule(records=str(folder / "spie.jsonl"), image_size=32, augment=False, **kw)
+    d.setup("fit")
+    ds = d.datasets[read_records(folder / "spie.jsonl")[0].split]
+    return ds[0]
+
+
+def test_missing_stats_names_file_and_command(copy):
+    (copy / "stats.json").unlink()
+    with pytest.raises(MissingStatsError, match=r"spie/stats\.json.*rsvlm data stats --records"):
+        SpieDataModule(records=str(copy / "spie.jsonl")).setup("fit")
+
+
+def test_band_mismatch_errors(copy):
+    with pytest.raises(StatsError, match="'thermal'"):
+        SpieDataModule(records=str(copy / "spie.jsonl"), bands=["red", "nir", "thermal"]).setup("fit")
+    stats = json.loads((copy / "stats.json").read_text())
+    stats["bands"]["thermal"] = {"mean": 300.0, "std": 5.0}
+    (copy / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(BandError, match=r"\['thermal'\].*field 'bands'"):
+        _first_train_sample(copy, bands=["red", "nir", "thermal"])
+    _rewrite(copy, lambda r: replace(r, bands=r.bands[:5]))
+    with pytest.raises(SampleError, match=r"has 6 bands but field 'bands'.*lists 5"):
+        _first_train_sample(copy, bands=["red", "nir"])
+
+
+def test_mask_errors(copy, tmp_path):
+    recs = read_records(copy / "spie.jsonl")
+    with rasterio.open(recs[0].mask) as src:
+        profile, mask = src.profile, src.read()
+    small = tmp_path / "small.tif"
+    with rasterio.open(small, "w", **{**profile, "height": 16, "width": 16}) as dst:
+        dst.write(mask[:, :16, :16])
+    _rewrite(copy, lambda r: replace(r, mask=str(small)))
+    with pytest.raises(SampleError, match=r"field 'mask'.*small\.tif is 16×16"):
+        _first_train_sample(copy)
+    three = tmp_path / "three.tif"
+    with rasterio.open(three, "w", **profile) as dst:
+        dst.write(np.full_like(mask, 2))
+    _rewrite(copy, lambda r: replace(r, mask=str(three)))
+    with pytest.raises(SampleError, match=r"three\.tif.*binary 0/1 mask, found values \[2\]"):
+        _first_train_sample(copy)
+
+
+def test_all_invalid_tile(copy, tmp_path):
+    recs = read_records(copy / "spie.jsonl")
+    with rasterio.open(recs[0].image) as src:
+        profile, data = src.profile, src.read()
+    nan = tmp_path / "nan.tif"
+    with rasterio.open(nan, "w", **profile) as dst:
+        dst.write(np.full_like(data, np.nan))
+    _rewrite(copy, lambda r: replace(r, image=str(nan)))
+    with pytest.raises(SampleError, match=r"nan\.tif: every pixel is invalid"):
+        _first_train_sample(copy)
+
+
+def test_needs_records_or_generate():
+    with pytest.raises(ValueError, match="records=.*generate="):
+        SpieDataModule()
