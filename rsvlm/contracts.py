@@ -18,7 +18,15 @@ from einops import rearrange
 from torch import nn
 
 
-class ContractError(ValueError):
+class RsvlmError(Exception):
+    """Base of rsvlm's own errors: bad input or configuration that a user can fix.
+
+    Its message names the file and the field and says what was expected; the ``rsvlm`` command
+    prints it as one line (no traceback) and exits with status 2.
+    """
+
+
+class ContractError(RsvlmError, ValueError):
     """Two neighbouring components disagree on a width, stride or band count."""
 
 

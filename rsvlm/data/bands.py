@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rsvlm.contracts import RsvlmError
+
 CANONICAL_BANDS: tuple[str, ...] = (
     "coastal",
     "blue",
@@ -51,7 +53,7 @@ CANONICAL_BANDS: tuple[str, ...] = (
 )
 
 
-class BandError(KeyError):
+class BandError(RsvlmError, KeyError):
     """A band is missing from a spec, or an image's band count does not match its spec.
 
     A ``KeyError`` subclass so that ``except KeyError`` keeps working, but its message is

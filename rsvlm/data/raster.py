@@ -34,13 +34,14 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.io.atomic import atomic_path
 
 PathLike = str | os.PathLike
 
 
-class RasterError(ValueError):
+class RasterError(RsvlmError, ValueError):
     """A raster cannot be read or written, or does not match the raster it must match."""
 
 

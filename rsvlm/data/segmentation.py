@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.spie.datamodule import SeededSampler
 from rsvlm.data.stats import BandAccumulator
@@ -59,7 +60,7 @@ _SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "tes
 _RASTER_SUFFIXES = (".tif", ".tiff")
 
 
-class SegmentationDataError(ValueError):
+class SegmentationDataError(RsvlmError, ValueError):
     """A segmentation source or sample does not fit the datamodule (names the file and field)."""
 
 

@@ -26,17 +26,18 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.raster import read_raster
 
 STATS_COMMAND = "rsvlm data stats --records {records} --out {out}"
 
 
-class MissingStatsError(FileNotFoundError):
+class MissingStatsError(RsvlmError, FileNotFoundError):
     """The band statistics file a datamodule needs does not exist."""
 
 
-class StatsError(ValueError):
+class StatsError(RsvlmError, ValueError):
     """A statistics file is malformed or lacks a band (names the file and band)."""
 
 

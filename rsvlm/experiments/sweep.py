@@ -76,6 +76,7 @@ from typing import Any, Optional, TextIO
 
 import yaml
 
+from rsvlm.contracts import RsvlmError
 from rsvlm.experiments.runrecord import METRICS_FILE, atomic_write_json, atomic_write_text
 
 MANIFEST_FILE = "sweep.json"
@@ -104,7 +105,7 @@ _LOG_TAIL_LINES = 40
 _MAX_NAME = 180
 
 
-class SweepError(ValueError):
+class SweepError(RsvlmError, ValueError):
     """A sweep file, its base recipe or an output folder is not what the sweep expects."""
 
 

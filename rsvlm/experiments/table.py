@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from rsvlm.contracts import RsvlmError
 from rsvlm.experiments.runrecord import atomic_write_text, read_run_record
 from rsvlm.experiments.sweep import MANIFEST_FILE, SweepError, failure_info, load_sweep, run_status, sanitize
 
@@ -43,7 +44,7 @@ DEFAULT_METRICS: tuple[str, ...] = ("F1", "Recall", "Precision", "OA", "IoU")
 _EXTRA_KEYS = ("runtime_s", "peak_memory_mb", "params_total", "params_trainable")
 
 
-class TableError(ValueError):
+class TableError(RsvlmError, ValueError):
     """The sweep folder, its runs or the requested layout do not fit together."""
 
 

@@ -23,8 +23,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from rsvlm.contracts import RsvlmError
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(RsvlmError, RuntimeError):
     """The training loss became NaN or infinite (names the step, the batch and its files)."""
 
 

@@ -66,6 +66,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from rsvlm.contracts import RsvlmError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -94,7 +96,7 @@ _VOLATILE_CONFIG_KEYS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RsvlmError, RuntimeError):
     """A checkpoint cannot be read, is refused, or does not fit the model (names file/component)."""
 
 

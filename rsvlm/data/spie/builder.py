@@ -79,6 +79,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.raster import Raster, RasterError, write_mask
 from rsvlm.io.atomic import atomic_write_text
@@ -117,7 +118,7 @@ _LABEL_DIRS = ("labels", "label", "masks", "mask", "gt", "annotations")
 _RASTER_EXTS = (".tif", ".tiff")
 
 
-class RecordError(ValueError):
+class RecordError(RsvlmError, ValueError):
     """A records file or record is malformed (the message names the file, line and field)."""
 
 

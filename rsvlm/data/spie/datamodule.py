@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.indices import normalize_category
 from rsvlm.data.loaders import ResumableDataLoader, ResumableSampler, TrainPosition
@@ -62,7 +63,7 @@ _GENERATED_VERSION = 3
 TextFormatter = Callable[[list[str], list[str]], Mapping[str, Tensor]]
 
 
-class SampleError(ValueError):
+class SampleError(RsvlmError, ValueError):
     """A sample's files do not fit its record or the datamodule (names the file and field)."""
 
 
