@@ -66,19 +66,12 @@ def without_weights(node: Any) -> Any:
 
 def summary_table(model, title: str = "") -> str:
     """Markdown table of total and trainable parameters per component."""
-    from rsvlm.models.trainable import ComponentRow, format_parameter_table
+    from rsvlm.models.trainable import TrainableSets, format_parameter_table
 
     if hasattr(model, "trainable"):
-        rows = model.trainable.rows()
-    else:
-        rows = [
-            ComponentRow(
-                name=name,
-                kind=type(child).__name__,
-                total=sum(p.numel() for p in child.parameters()),
-                trainable=sum(p.numel() for p in child.parameters() if p.requires_grad),
-            )
-            for name, child in model.named_children()
-            if any(True for _ in child.parameters())
-        ]
-    return format_parameter_table(rows, title=title)
+        sets = model.trainable
+    else:  # a model without declared components: one row per direct child that holds parameters
+        sets = TrainableSets(
+            {name: child for name, child in model.named_children() if any(True for _ in child.parameters())}
+        )
+    return format_parameter_table(sets.rows(), title=title)

@@ -210,6 +210,18 @@ def test_layout_errors(components):
     assert metric_key({"F1": 1}, "IoU") is None
 
 
+def test_a_missing_or_broken_manifest_is_a_table_error(tmp_path):
+    with pytest.raises(TableError, match="no sweep manifest"):
+        collect(tmp_path)
+    (tmp_path / "sweep.json").write_text("{not json")
+    with pytest.raises(TableError, match="not valid JSON"):
+        collect(tmp_path)
+    (tmp_path / "sweep.json").write_text('{"name": "x"}')
+    with pytest.raises(TableError, match="`runs` list"):
+        collect(tmp_path)
+    assert table_main([str(tmp_path)]) == 2
+
+
 def test_plot_and_table_main(tmp_path, monkeypatch, capsys):
     axes = {
         "fusion": {label: {} for label in FUSION},
