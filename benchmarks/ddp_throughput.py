@@ -78,7 +78,7 @@ def child(args) -> None:
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.strategies import DDPStrategy
 
-    from rsvlm.data.spie.datamodule import SpieCollate
+    from rsvlm.data.spie.dataset import SpieCollate
 
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.devices))
     torch.manual_seed(0)

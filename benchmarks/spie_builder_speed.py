@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from rsvlm.data.scenes import write_scene_folder
-from rsvlm.data.spie.builder import SourceSpec, build_spie
+from rsvlm.data.spie.builder import build_spie
+from rsvlm.data.spie.sources import SourceSpec
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,9 @@
 """``rsvlm data build-spie | stats | generate``: argparse entry points.
 
 Each ``*_main(argv) -> int`` parses its own arguments, prints progress and a summary, and
-returns a process exit code (0 success, 2 bad arguments or input).
+returns a process exit code (0 success, 2 bad arguments or input). rsvlm's own errors
+(:class:`~rsvlm.contracts.RsvlmError`) propagate to :func:`rsvlm.cli.main.main`, which prints
+them as one line or, under ``--debug``, with their traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rsvlm.data.bands import BandError
+from rsvlm.contracts import RsvlmError
 
 _SOURCE_HELP = (
     "KIND:FOLDER:SPLIT:BANDS, e.g. gid15:/data/GID/train:train:gaofen2 or "
@@ -22,11 +24,11 @@ _SOURCE_HELP = (
 
 
 def parse_source(text: str):
-    """``KIND:FOLDER:SPLIT:BANDS`` → :class:`~rsvlm.data.spie.builder.SourceSpec`.
+    """``KIND:FOLDER:SPLIT:BANDS`` → :class:`~rsvlm.data.spie.sources.SourceSpec`.
 
     FOLDER may itself contain ``:``; KIND is the first field and SPLIT, BANDS the last two.
     """
-    from rsvlm.data.spie.builder import SourceSpec
+    from rsvlm.data.spie.sources import SourceSpec
 
     parts = text.split(":")
     if len(parts) < 4:
@@ -68,8 +70,8 @@ def build_spie_main(argv: list[str]) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    from rsvlm.data.raster import RasterError
-    from rsvlm.data.spie.builder import EMPTY_TARGET_RATE, build_spie, export_llava
+    from rsvlm.data.spie.builder import EMPTY_TARGET_RATE, build_spie
+    from rsvlm.data.spie.records import export_llava
 
     try:
         summary = build_spie(
@@ -83,7 +85,9 @@ def build_spie_main(argv: list[str]) -> int:
             progress=not args.no_progress,
             empty_rate=EMPTY_TARGET_RATE if args.empty_rate is None else args.empty_rate,
         )
-    except (ValueError, BandError, RasterError, FileNotFoundError) as exc:
+    except RsvlmError:
+        raise  # `rsvlm` prints it as one line (or with its traceback under --debug)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"rsvlm data build-spie: {exc}", file=sys.stderr)
         return 2
     print(summary)
@@ -111,8 +115,7 @@ def stats_main(argv: list[str]) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    from rsvlm.data.raster import RasterError
-    from rsvlm.data.spie.builder import read_records
+    from rsvlm.data.spie.records import read_records
     from rsvlm.data.stats import compute_band_stats, save_stats
 
     out = Path(args.out) if args.out else Path(args.records).parent / "stats.json"
@@ -123,7 +126,9 @@ def stats_main(argv: list[str]) -> int:
             if not records:
                 raise ValueError(f"{args.records}: no records of split {args.split!r} (use --split all)")
         stats = compute_band_stats(records, args.bands, progress=not args.no_progress)
-    except (ValueError, BandError, RasterError, FileNotFoundError) as exc:
+    except RsvlmError:
+        raise  # `rsvlm` prints it as one line (or with its traceback under --debug)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"rsvlm data stats: {exc}", file=sys.stderr)
         return 2
     stats["source"] = str(args.records)
@@ -164,7 +169,9 @@ def generate_main(argv: list[str]) -> int:
         manifest = write_scene_folder(
             args.out, args.n, args.size, args.bands, seed=args.seed, split_fractions=fractions
         )
-    except (ValueError, BandError) as exc:
+    except RsvlmError:
+        raise  # `rsvlm` prints it as one line (or with its traceback under --debug)
+    except ValueError as exc:
         print(f"rsvlm data generate: {exc}", file=sys.stderr)
         return 2
     import json

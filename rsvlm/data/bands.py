@@ -161,15 +161,28 @@ class BandSpec:
         self.check_count(image.shape[-3] if len(image.shape) >= 3 else -1)
         return image[..., self.index(name), :, :]
 
-    def check_count(self, count: int, path: str | None = None) -> None:
-        """Raise :class:`BandError` unless ``count`` equals the number of bands."""
-        if count != len(self.names):
-            p = path or self.source
-            where = f"{p}: " if p else ""
+    def check_count(self, count: int, path: str | None = None, declared_by: str | None = None) -> None:
+        """Raise :class:`BandError` unless ``count`` equals the number of bands.
+
+        The one band-count check of rsvlm's data: every reader and dataset calls it.
+
+        Args:
+            count: the number of bands found (-1: the array is not C×H×W).
+            path: the file the count comes from (default: the spec's ``source``).
+            declared_by: what declares this spec, e.g. ``"field 'bands' of record 3"``; the
+                message then reads "<file>: has N bands but <declared_by> lists M (...)".
+        """
+        if count == len(self.names):
+            return
+        p = path or self.source
+        where = f"{p}: " if p else ""
+        names = ", ".join(self.names)
+        if declared_by is not None and count >= 0:
+            message = f"{where}has {count} bands but {declared_by} lists {len(self.names)} ({names})"
+        else:
             found = f"{count} bands" if count >= 0 else "an array that is not C×H×W"
-            raise BandError(
-                f"{where}expected {len(self.names)} bands ({', '.join(self.names)}), found {found}", spec=self, path=p
-            )
+            message = f"{where}expected {len(self.names)} bands ({names}), found {found}"
+        raise BandError(message, spec=self, path=p)
 
     def with_source(self, path: str | None) -> BandSpec:
         """The same spec, with ``path`` named in its error messages."""

@@ -2,7 +2,8 @@
 
 :class:`ResumableSampler` and :class:`ResumableDataLoader` let a run killed mid-epoch resume with
 the next unseen batch instead of restarting the epoch; :class:`TrainPosition` carries that
-position between a datamodule and the checkpoint (see their docstrings).
+position between a datamodule and the checkpoint (see their docstrings). :class:`SeededSampler`
+gives each sample of an epoch its own augmentation seed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,34 @@ def _dist_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0
+
+
+class SeededSampler(Sampler):
+    """Yields ``(index, augmentation seed)`` pairs, shuffled or in order.
+
+    Each epoch draws a permutation and per-sample seeds from ``seed`` and the epoch, so
+    training is reproducible whatever the number of workers (the sampler runs in the main
+    process). Lightning calls :meth:`set_epoch`; without it the epoch advances per pass.
+    """
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(self.length, generator=g) if self.shuffle else torch.arange(self.length)
+        seeds = torch.randint(0, 2**31 - 1, (self.length,), generator=g)
+        yield from zip(order.tolist(), seeds.tolist())
 
 
 class ResumableSampler(DistributedSampler):
@@ -125,7 +154,7 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, dataset, sampler: ResumableSampler, batch_size: int = 1, **kwargs: Any) -> None:
         if not isinstance(sampler, ResumableSampler):
             raise TypeError(
-                f"ResumableDataLoader: sampler must be a rsvlm.training.checkpoints.ResumableSampler, got {type(sampler).__name__}"
+                f"ResumableDataLoader: sampler must be a rsvlm.data.loaders.ResumableSampler, got {type(sampler).__name__}"
             )
         if kwargs.get("batch_sampler") is not None:
             raise TypeError("ResumableDataLoader: a custom batch_sampler is not supported; give batch_size")

@@ -2,10 +2,11 @@
 
 * :func:`read_raster` reads any GDAL raster (GeoTIFF first of all) of any band count and
   dtype into a float32 C×H×W array plus an H×W validity mask.
-* :func:`read_stack` reads one-file-per-band sets (e.g. 38-Cloud) into one raster.
+* :func:`read_window` / :func:`read_header` read one window / only the header of a file
+  (:func:`rsvlm.data.stack.read_stack` reads one-file-per-band sets such as 38-Cloud).
 * :func:`read_mask` reads a label raster as H×W uint8 values plus validity.
-* :func:`write_mask` writes an H×W mask as a GeoTIFF on the grid of a source raster,
-  atomically and never over an input.
+* :func:`write_geotiff` writes any C×H×W array atomically (every GeoTIFF rsvlm writes);
+  :func:`write_mask` writes an H×W mask on the grid of a source raster, never over an input.
 
 Validity: a pixel is valid when, in **every** band, it is not the declared nodata value
 (nor masked by an internal GDAL mask / alpha band) and is finite. Invalid pixels keep their
@@ -33,9 +34,11 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window as RioWindow
 
 from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
+from rsvlm.data.tiling import Window
 from rsvlm.io.atomic import atomic_path
 
 PathLike = str | os.PathLike
@@ -131,36 +134,99 @@ def _reason(exc: BaseException) -> str:
     return " <- ".join(m for m in msgs if m)
 
 
-def _georef(src: Any) -> tuple[Any, Affine | None]:
-    crs = src.crs
-    transform = src.transform
+def _georef(crs: Any, transform: Affine) -> tuple[Any, Affine | None]:
     # GDAL reports the identity transform for files without a geotransform.
     if crs is None and transform == Affine.identity():
-        transform = None
+        return None, None
     return crs, transform
 
 
-def _read_one(path: PathLike) -> tuple[np.ndarray, np.ndarray, Any, Affine | None, float | None]:
-    """Read one file → (float32 C×H×W, valid H×W, crs, transform, nodata)."""
+def read_window(
+    path: PathLike, window: Window | None = None
+) -> tuple[np.ndarray, np.ndarray, Any, Affine | None, float | None]:
+    """Read a whole raster file or one window of it.
+
+    Args:
+        path: the raster.
+        window: ``(row, col, h, w)`` in pixels, or None for the whole file.
+
+    Returns:
+        ``(data, valid, crs, transform, nodata)``: float32 C×h×w (complex → amplitude), bool
+        h×w validity, the CRS, the window's own pixel → CRS transform (None when the file has no
+        georeferencing) and the declared nodata value.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RasterError: the file (or window) cannot be read; names the path and rasterio's reason.
+    """
     p = os.fspath(path)
     _check_exists(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(p) as src:
-                raw = src.read()
-                masks = src.read_masks()
-                crs, transform = _georef(src)
+                win = None if window is None else RioWindow(window[1], window[0], window[3], window[2])
+                raw = src.read(window=win)
+                masks = src.read_masks(window=win)
+                # The window shares the file's pixel size; its origin is the window's corner.
+                transform = (
+                    src.transform if win is None else src.transform @ Affine.translation(win.col_off, win.row_off)
+                )
+                crs, transform = _georef(src.crs, transform)
                 nodata = src.nodata
     except RasterioError as exc:
-        raise RasterError(f"cannot read raster {p}: {_reason(exc)}") from exc
-    if np.iscomplexobj(raw):
-        data = np.abs(raw).astype(np.float32, copy=False)
-    else:
-        data = raw.astype(np.float32, copy=False)
+        where = "" if window is None else f" window {list(window)}"
+        raise RasterError(f"cannot read raster {p}{where}: {_reason(exc)}") from exc
+    data = (np.abs(raw) if np.iscomplexobj(raw) else raw).astype(np.float32, copy=False)
     # read_masks covers declared nodata (incl. NaN) and internal mask/alpha bands.
     valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
     return data, valid, crs, transform, (None if nodata is None else float(nodata))
+
+
+@dataclass(frozen=True)
+class RasterHeader:
+    """What a raster file declares, read without its pixels."""
+
+    path: str
+    count: int
+    height: int
+    width: int
+    crs: Any
+    transform: Affine | None
+
+
+def read_header(path: PathLike) -> RasterHeader:
+    """Band count, size and georeferencing of a raster file (pixels are not read).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RasterError: the file cannot be opened (names the path).
+    """
+    p = os.fspath(path)
+    _check_exists(p)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(p) as src:
+                count, height, width = src.count, src.height, src.width
+                crs, transform = _georef(src.crs, src.transform)
+    except RasterioError as exc:
+        raise RasterError(f"cannot open raster {p}: {_reason(exc)}") from exc
+    return RasterHeader(p, count, height, width, crs, transform)
+
+
+def georef_meta(crs: Any, transform: Affine | None) -> dict[str, Any]:
+    """JSON-friendly georeferencing: the CRS as a string and the first 6 transform numbers."""
+    return {
+        "crs": None if crs is None else crs.to_string(),
+        "transform": None if transform is None else list(transform)[:6],
+    }
+
+
+def check_single_band(count: int, path: str) -> None:
+    """Raise :class:`RasterError` unless a label raster has exactly one band."""
+    if count != 1:
+        raise RasterError(f"{path}: a label raster must have 1 band, found {count}")
 
 
 def read_raster(path: PathLike, bands: BandSpec | str | Sequence[str] | None = None) -> Raster:
@@ -182,72 +248,12 @@ def read_raster(path: PathLike, bands: BandSpec | str | Sequence[str] | None = N
             spec and the count found).
     """
     p = os.fspath(path)
-    data, valid, crs, transform, nodata = _read_one(p)
+    data, valid, crs, transform, nodata = read_window(p)
     spec = None
     if bands is not None:
         spec = band_spec(bands).with_source(p)
         spec.check_count(data.shape[0], path=p)
     return Raster(data=data, valid=valid, bands=spec, crs=crs, transform=transform, path=p, nodata=nodata)
-
-
-def read_stack(paths: Sequence[PathLike], bands: BandSpec | str | Sequence[str]) -> Raster:
-    """Read a one-file-per-band set (e.g. 38-Cloud ``red_…``, ``green_…`` TIFFs).
-
-    Args:
-        paths: one single-band file per band, in the order of ``bands``.
-        bands: the band spec (preset name, list of names or ``BandSpec``) of the stack.
-
-    Returns:
-        A :class:`Raster` with C = len(paths); ``valid`` is the AND of every file's validity;
-        CRS/transform/nodata from the first file; ``sources`` lists every file.
-
-    Raises:
-        BandError: the number of files differs from the spec, or a file has more than one band.
-        RasterError: a file is unreadable, or files differ in size or georeferencing
-            (names both files).
-    """
-    ps = [os.fspath(p) for p in paths]
-    spec = band_spec(bands)
-    if len(ps) != len(spec):
-        raise BandError(
-            f"read_stack: {len(ps)} files given for band spec ({', '.join(spec.names)}) of {len(spec)} bands", spec=spec
-        )
-    planes, valid = [], None
-    first: tuple[str, Any, Affine | None, float | None, tuple[int, int]] | None = None
-    for p, name in zip(ps, spec.names):
-        data, v, crs, transform, nodata = _read_one(p)
-        if data.shape[0] != 1:
-            raise BandError(
-                f"{p}: expected a single-band file for band {name!r}, found {data.shape[0]} bands",
-                band=name,
-                spec=spec,
-                path=p,
-            )
-        if first is None:
-            first = (p, crs, transform, nodata, data.shape[1:])
-        else:
-            if data.shape[1:] != first[4]:
-                raise RasterError(
-                    f"{p} is {data.shape[1]}×{data.shape[2]} but {first[0]} is "
-                    f"{first[4][0]}×{first[4][1]}; stacked bands must share a grid"
-                )
-            if crs != first[1] or transform != first[2]:
-                raise RasterError(
-                    f"{p} and {first[0]} have different georeferencing ({crs}, {transform} vs {first[1]}, {first[2]})"
-                )
-        planes.append(data[0])
-        valid = v if valid is None else (valid & v)
-    assert first is not None and valid is not None
-    return Raster(
-        data=np.stack(planes),
-        valid=valid,
-        bands=spec.with_source(first[0]),
-        crs=first[1],
-        transform=first[2],
-        path=first[0],
-        nodata=first[3],
-        sources=tuple(ps),
-    )
 
 
 def read_mask(
@@ -273,9 +279,8 @@ def read_mask(
             H×W different from ``like`` (names both files).
     """
     p = os.fspath(path)
-    data, valid, _, _, _ = _read_one(p)
-    if data.shape[0] != 1:
-        raise RasterError(f"{p}: a label raster must have 1 band, found {data.shape[0]}")
+    data, valid, _, _, _ = read_window(p)
+    check_single_band(data.shape[0], p)
     values = data[0]
     if like is not None and values.shape != like.shape:
         raise RasterError(
@@ -327,15 +332,40 @@ def write_mask(path: PathLike, mask: np.ndarray, like: Raster, overwrite: bool =
         raise RasterError(f"mask for {out} is {m.shape} but raster {like.path or '(in memory)'} is {like.shape}")
     if m.dtype != np.bool_ and m.size and (m.min() < 0 or m.max() > 255):
         raise RasterError(f"mask for {out} must hold values in 0..255, found [{m.min()}, {m.max()}]")
+    return write_geotiff(out, m.astype(np.uint8)[None], like.crs, like.transform, compress="deflate")
+
+
+def write_geotiff(
+    path: PathLike,
+    data: np.ndarray,
+    crs: Any = None,
+    transform: Affine | None = None,
+    band_names: Sequence[str] = (),
+    nodata: float | None = None,
+    compress: str | None = None,
+) -> Path:
+    """Write a C×H×W array as a GeoTIFF, atomically (:func:`rsvlm.io.atomic.atomic_path`).
+
+    Every GeoTIFF rsvlm writes goes through here, so a crash never leaves a half-written one.
+
+    Args:
+        path: output file (its folder is created; an existing file is replaced).
+        data: C×H×W array; its dtype is the file's.
+        crs, transform: georeferencing; None writes none.
+        band_names: band descriptions, one per band (or none).
+        nodata: the declared nodata value (e.g. NaN), or None.
+        compress: GDAL compression (e.g. ``"deflate"``), or None.
+    """
+    out = Path(path)
     profile: dict[str, Any] = dict(
-        driver="GTiff", height=m.shape[0], width=m.shape[1], count=1, dtype="uint8", compress="deflate"
+        driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0], dtype=data.dtype.name
     )
-    if like.crs is not None:
-        profile["crs"] = like.crs
-    if like.transform is not None:
-        profile["transform"] = like.transform
+    optional = {"nodata": nodata, "compress": compress, "crs": crs, "transform": transform}
+    profile.update({key: value for key, value in optional.items() if value is not None})
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(m.astype(np.uint8), 1)
+            dst.write(data)
+            for i, name in enumerate(band_names, start=1):
+                dst.set_band_description(i, name)
     return out

@@ -56,19 +56,16 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning
 from scipy.ndimage import gaussian_filter
 
 from rsvlm.data.bands import BandError, BandSpec, band_spec
+from rsvlm.data.raster import write_geotiff
 from rsvlm.io.atomic import atomic_write_text
 
 CLASS_NAMES: dict[int, str] = {0: "bare soil", 1: "vegetation", 2: "water", 3: "building"}
@@ -240,28 +237,6 @@ def generate_scene(size: int, bands: BandsLike, rng: np.random.Generator) -> tup
     return render(classes, spec, rng), classes
 
 
-def _write_tif(
-    path: Path, array: np.ndarray, transform: Any, crs: CRS, descriptions: Sequence[str] | None = None
-) -> None:
-    profile = dict(
-        driver="GTiff",
-        height=array.shape[1],
-        width=array.shape[2],
-        count=array.shape[0],
-        dtype=array.dtype.name,
-        crs=crs,
-        transform=transform,
-        compress="deflate",
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(array)
-            if descriptions:
-                for i, d in enumerate(descriptions, start=1):
-                    dst.set_band_description(i, d)
-
-
 def _split_of(n: int, fractions: Mapping[str, float], seed: int) -> list[str]:
     """Assign n scenes to splits in the given proportions, shuffled by ``seed``."""
     if not fractions:
@@ -326,8 +301,8 @@ def write_scene_folder(
         image, classes = generate_scene(size, spec, np.random.default_rng([seed, i]))
         transform = Affine(10.0, 0.0, 500_000 + i * (size + 16) * 10.0, 0.0, -10.0, 5_300_000.0)
         stem = f"scene_{i:05d}"
-        _write_tif(root / "images" / f"{stem}.tif", image, transform, crs, spec.names)
-        _write_tif(root / "labels" / f"{stem}.tif", classes[None], transform, crs, ("class",))
+        write_geotiff(root / "images" / f"{stem}.tif", image, crs, transform, spec.names, compress="deflate")
+        write_geotiff(root / "labels" / f"{stem}.tif", classes[None], crs, transform, ("class",), compress="deflate")
         present = [CLASS_NAMES[k] for k in sorted(CATEGORY_CODES.values()) if (classes == k).any()]
         scenes.append(
             {

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.raster import read_raster
+from rsvlm.io.atomic import atomic_write_text
 
 STATS_COMMAND = "rsvlm data stats --records {records} --out {out}"
 
@@ -83,7 +84,7 @@ def compute_band_stats(
     """Per-band mean/std over the valid pixels of images.
 
     Args:
-        items: :class:`~rsvlm.data.spie.builder.SpieRecord` objects (their ``image``) or image paths;
+        items: :class:`~rsvlm.data.spie.records.SpieRecord` objects (their ``image``) or image paths;
             duplicates are read once.
         bands: the band spec of the images; for records, None takes each record's ``bands``
             (which must then agree across records).
@@ -116,23 +117,29 @@ def compute_band_stats(
     empty = [n for n, c in zip(spec.names, acc.count) if c == 0]
     if empty:
         raise ValueError(f"compute_band_stats: band(s) {empty} have no valid pixel in {len(paths)} image(s)")
-    std = acc.std
+    return stats_table(spec, acc, len(paths))
+
+
+def stats_table(spec: BandSpec, acc: BandAccumulator, images: int) -> dict[str, Any]:
+    """The statistics of ``acc`` as a statistics file holds them.
+
+    Returns:
+        ``{"bands": {name: {"mean", "std", "count"}}, "images": images}``, bands in ``spec`` order.
+    """
     return {
         "bands": {
             n: {"mean": float(m), "std": float(s), "count": int(c)}
-            for n, m, s, c in zip(spec.names, acc.mean, std, acc.count)
+            for n, m, s, c in zip(spec.names, acc.mean, acc.std, acc.count)
         },
-        "images": len(paths),
+        "images": images,
     }
 
 
 def save_stats(stats: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write statistics as JSON (atomically: temporary file, then rename)."""
-    from rsvlm.data.spie.builder import _atomic_write_text
-
     out = Path(path)
     _check(stats, str(out))
-    _atomic_write_text(out, json.dumps(stats, indent=1))
+    atomic_write_text(out, json.dumps(stats, indent=1))
     return out
 
 

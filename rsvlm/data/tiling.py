@@ -1,35 +1,51 @@
 """Windows that cover a scene of any size with fixed-size tiles.
 
 :func:`tile_windows` covers an H×W scene with ``tile``×``tile`` windows whose starts are
-``tile − overlap`` apart; the last window of a row/column is moved back to end exactly at the
-scene's edge, so every window lies inside the scene and is full size (a scene smaller than a
-tile is one window of the scene's size, padded to the tile by the dataset that reads it).
+``tile − overlap`` apart, row-major. What happens at the bottom / right edge is ``edge``:
+
+* ``"shift"`` (prediction): the last window of a row/column is moved back to end exactly at the
+  scene's edge, so every window lies inside the scene and is full size;
+* ``"pad"`` (SPIE builder): windows keep their regular starts and the last ones are cut at the
+  edge; ``h``/``w`` are the parts inside the scene and the reader pads the rest of the tile.
+
+Either way a scene side smaller than a tile gives one window of the scene's size there (padded
+to the tile by the dataset that reads it).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 #: (row offset, column offset, height, width) of a window in scene pixels.
 Window = tuple[int, int, int, int]
 
 
-def _starts(n: int, tile: int, stride: int) -> list[int]:
+def _spans(n: int, tile: int, stride: int, overlap: int, edge: str) -> list[tuple[int, int]]:
+    """(start, length) of the windows along one side of ``n`` pixels."""
     if n <= tile:
-        return [0]
+        return [(0, n)]
+    if edge == "pad":
+        # A window that would only repeat the previous one's overlap is not started.
+        return [(s, min(tile, n - s)) for s in range(0, n - overlap, stride)]
     starts = list(range(0, n - tile, stride))
-    return starts + [n - tile]
+    return [(s, tile) for s in [*starts, n - tile]]
 
 
-def tile_windows(height: int, width: int, tile: int, overlap: int = 0) -> list[Window]:
+def tile_windows(
+    height: int, width: int, tile: int, overlap: int = 0, edge: Literal["shift", "pad"] = "shift"
+) -> list[Window]:
     """Windows covering an ``height``×``width`` scene, row-major.
 
     Args:
         height, width: scene size in pixels.
         tile: window side (the model input size).
-        overlap: pixels shared by neighbouring windows (at least; the last window of a row or
-            column may overlap more, to end at the edge). ``0 <= overlap < tile``.
+        overlap: pixels shared by neighbouring windows (at least; with ``edge="shift"`` the last
+            window of a row or column may overlap more, to end at the edge). ``0 <= overlap < tile``.
+        edge: ``"shift"`` the last windows back inside the scene, or cut them (``"pad"``).
 
     Returns:
-        ``(row, col, h, w)`` windows; ``h = min(tile, height)``, ``w = min(tile, width)``.
+        ``(row, col, h, w)`` windows. ``"shift"``: ``h = min(tile, height)``, ``w = min(tile,
+        width)``; ``"pad"``: ``h``, ``w`` are the parts of each window inside the scene.
     """
     if height < 1 or width < 1:
         raise ValueError(f"tile_windows: scene size must be positive, got {height}×{width}")
@@ -37,6 +53,8 @@ def tile_windows(height: int, width: int, tile: int, overlap: int = 0) -> list[W
         raise ValueError(f"tile_windows: tile must be >= 1, got {tile}")
     if not 0 <= overlap < tile:
         raise ValueError(f"tile_windows: overlap must satisfy 0 <= overlap < tile={tile}, got {overlap}")
+    if edge not in ("shift", "pad"):
+        raise ValueError(f"tile_windows: edge must be 'shift' or 'pad', got {edge!r}")
     stride = tile - overlap
-    h, w = min(tile, height), min(tile, width)
-    return [(r, c, h, w) for r in _starts(height, tile, stride) for c in _starts(width, tile, stride)]
+    rows, cols = _spans(height, tile, stride, overlap, edge), _spans(width, tile, stride, overlap, edge)
+    return [(r, c, h, w) for r, h in rows for c, w in cols]

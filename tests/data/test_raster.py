@@ -1,6 +1,7 @@
 """Raster IO: nodata/NaN validity, band-count errors, stacks, labels, atomic mask writing."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 
 from rsvlm.data.bands import BandError, band_spec
-from rsvlm.data.raster import Raster, RasterError, read_mask, read_raster, read_stack, write_mask
+from rsvlm.data.raster import Raster, RasterError, read_mask, read_raster, write_mask
+from rsvlm.data.stack import read_stack
 
 CRS_UTM = CRS.from_epsg(32631)
 TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5750000.0)
@@ -80,7 +82,7 @@ def test_missing_band_error_names_file(tmp_path):
 @pytest.mark.parametrize("kind", ["truncated", "garbage"])
 def test_corrupt_file_is_a_raster_error_naming_the_path(tmp_path, kind):
     good = _write(tmp_path / "good.tif", np.random.default_rng(0).random((3, 64, 64)).astype(np.float32))
-    raw = good.read_bytes()
+    raw = Path(good).read_bytes()
     bad = tmp_path / f"{kind}.tif"
     bad.write_bytes(raw[: len(raw) // 2] if kind == "truncated" else b"not a tiff at all")
     with pytest.raises(RasterError, match=str(bad)):

@@ -15,8 +15,9 @@ from conftest import SHARED_DATA
 
 from rsvlm.data.bands import BandError, band_spec
 from rsvlm.data.baseline import IndexBaseline
-from rsvlm.data.raster import read_mask, read_raster, read_stack
+from rsvlm.data.raster import read_mask, read_raster
 from rsvlm.data.spie.apg import KEYS, region_attributes, spectral_prompt
+from rsvlm.data.stack import read_stack
 
 DATA = SHARED_DATA
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real sample data not found at {DATA} (../shared/data)")

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 
 from rsvlm.data.bands import BandError
-from rsvlm.data.spie.builder import SpieRecord
+from rsvlm.data.spie.records import SpieRecord
 from rsvlm.data.stats import (
     BandAccumulator,
     MissingStatsError,

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import rasterio
 import torch
 import torch.nn.functional as F
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.windows import Window as RioWindow
 from torch.utils.data import Dataset
 
-from rsvlm.data.bands import BandError, band_spec
+from rsvlm.data.bands import BandSpec, band_spec
+from rsvlm.data.raster import georef_meta, read_header, read_window
 from rsvlm.data.tiling import Window, tile_windows
 
 
@@ -30,24 +27,12 @@ class _SceneInfo:
     windows: list[Window] = field(default_factory=list)
 
 
-def _open_info(path: str, num_bands: int, band_names: Sequence[str]) -> _SceneInfo:
+def _open_info(path: str, bands: BandSpec) -> _SceneInfo:
     if not os.path.exists(path):
         raise FileNotFoundError(f"predict input not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                count, height, width = src.count, src.height, src.width
-                crs = None if src.crs is None else src.crs.to_string()
-                transform = None if src.crs is None and src.transform.is_identity else list(src.transform)[:6]
-    except RasterioError as err:
-        raise ValueError(f"cannot read predict input {path}: {err}") from err
-    if count != num_bands:
-        raise BandError(
-            f"{path}: has {count} bands but the model's band spec 'bands' has {num_bands} ({', '.join(band_names)})",
-            path=path,
-        )
-    return _SceneInfo(path, height, width, crs, transform)
+    header = read_header(path)
+    bands.check_count(header.count, path=path, declared_by="the model's band spec 'bands'")
+    return _SceneInfo(path, header.height, header.width, **georef_meta(header.crs, header.transform))
 
 
 class TiledPredictDataset(Dataset):
@@ -99,7 +84,7 @@ class TiledPredictDataset(Dataset):
         self.tile, self.overlap = tile, overlap
         self.categories = list(categories) if categories else [None]
         self.template, self.apg_style = template, apg_style
-        self.scenes = [_open_info(str(p), len(self.bands), self.bands.names) for p in paths]
+        self.scenes = [_open_info(str(p), self.bands) for p in paths]
         self.items: list[tuple[int, int, str | None]] = []
         for s, scene in enumerate(self.scenes):
             scene.windows = tile_windows(scene.height, scene.width, tile, overlap)
@@ -115,17 +100,8 @@ class TiledPredictDataset(Dataset):
         return len(self.items)
 
     def _read(self, scene: _SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        r, c, h, w = window
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(scene.path) as src:
-                    rio = RioWindow(c, r, w, h)
-                    data = src.read(window=rio).astype(np.float32)
-                    masks = src.read_masks(window=rio)
-        except RasterioError as err:
-            raise ValueError(f"cannot read window {list(window)} of {scene.path}: {err}") from err
-        valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+        """One window of a scene → (float32 C×h×w, valid h×w)."""
+        data, valid, _, _, _ = read_window(scene.path, window)
         return data, valid
 
     def __getitem__(self, index: int) -> dict[str, Any]:

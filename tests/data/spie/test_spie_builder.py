@@ -1,4 +1,4 @@
-"""SPIE records: JSON-lines IO, builder (class merging, tiling, resume, workers), LLaVA export."""
+"""SPIE builder: class merging, tiling, resume, workers, LLaVA export of the built records."""
 
 from __future__ import annotations
 
@@ -17,18 +17,10 @@ from rsvlm.data.bands import BandError, band_spec
 from rsvlm.data.raster import RasterError
 from rsvlm.data.scenes import write_scene_folder
 from rsvlm.data.spie.apg import instruction, spectral_prompt
-from rsvlm.data.spie.builder import (
-    RecordError,
-    SourceSpec,
-    SpieRecord,
-    append_records,
-    build_spie,
-    export_llava,
-    read_records,
-    repair_jsonl,
-    tile_windows,
-)
+from rsvlm.data.spie.builder import build_spie
 from rsvlm.data.spie.describe import AttributeDescriber
+from rsvlm.data.spie.records import export_llava, read_records
+from rsvlm.data.spie.sources import SourceSpec
 
 CODES = {"vegetation": 1, "water": 2, "building": 3}
 # Test rasters without georeferencing are deliberate.
@@ -66,61 +58,6 @@ def built(scenes, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("spie")
     build_spie([SourceSpec("generated", str(scenes))], out, progress=False)
     return out
-
-
-def _record(tmp_path: Path, i: int, tile=None) -> SpieRecord:
-    return SpieRecord(
-        image=str(tmp_path / "images" / f"t{i}.tif"),
-        mask=str(tmp_path / "masks" / f"t{i}_water.tif"),
-        category="water",
-        bands=["blue", "green"],
-        spectral_prompt=f"[{{'Size of area': 'small'}}] {i}",
-        instruction=f"instr ü {i}",
-        response=f"resp\n{i}",
-        split="train",
-        source="s",
-        tile=tile,
-    )
-
-
-# ------------------------------------------------------------------ JSON lines
-
-
-def test_records_round_trip(tmp_path):
-    recs = [_record(tmp_path, 0), _record(tmp_path, 1, tile=[0, 512, 512, 100])]
-    recs[1].mask = "/elsewhere/m.tif"  # outside the folder: stays absolute
-    path = tmp_path / "spie.jsonl"
-    append_records(path, recs[:1])
-    append_records(path, recs[1:])
-    assert read_records(path) == recs
-    lines = [json.loads(x) for x in path.read_text().splitlines()]
-    assert lines[0]["image"] == "images/t0.tif"  # stored relative to the file's folder
-    assert lines[1]["mask"] == "/elsewhere/m.tif"
-
-
-def test_truncated_last_line_is_ignored_and_repaired(tmp_path):
-    path = tmp_path / "spie.jsonl"
-    append_records(path, [_record(tmp_path, i) for i in range(3)])
-    text = path.read_text()
-    path.write_text(text[: len(text) - 25])  # crash in the middle of line 3
-    with pytest.warns(UserWarning, match="half-written"):
-        assert len(read_records(path)) == 2
-    append_records(path, [_record(tmp_path, 7)])
-    recs = read_records(path)
-    assert [r.response for r in recs] == ["resp\n0", "resp\n1", "resp\n7"]
-    assert repair_jsonl(path) == 0
-
-
-def test_malformed_line_names_file_and_line(tmp_path):
-    path = tmp_path / "spie.jsonl"
-    append_records(path, [_record(tmp_path, 0)])
-    with open(path, "a") as f:
-        f.write("{not json\n")
-    with pytest.raises(RecordError, match=r"spie.jsonl:2"):
-        read_records(path)
-    path.write_text(json.dumps({"image": "a.tif"}) + "\n")
-    with pytest.raises(RecordError, match="missing field"):
-        read_records(path)
 
 
 # ------------------------------------------------------------------ builder
@@ -214,14 +151,6 @@ def test_export_llava(built, tmp_path):
 
 
 # ------------------------------------------------------------------ tiling and merging
-
-
-def test_tile_windows():
-    assert tile_windows(300, 512, 512) == [None]
-    assert tile_windows(700, 500, 512) == [(0, 0, 512, 500), (512, 0, 188, 500)]
-    assert tile_windows(1030, 1100, 512) == [
-        (r, c, min(512, 1030 - r), min(512, 1100 - c)) for r in (0, 512, 1024) for c in (0, 512, 1024)
-    ]
 
 
 def test_tiling_700x500_keeps_georeferencing_and_pads(tmp_path):
