@@ -119,6 +119,29 @@ class MaskDecoder(nn.Module):
         raise NotImplementedError
 
 
+def check_image_bands(owner: str, image: torch.Tensor, in_bands: int) -> None:
+    """Raise :class:`ContractError` unless ``image`` is ``B×in_bands×H×W``; the message names
+    ``owner`` and its ``in_bands`` field."""
+    if image.ndim != 4 or image.shape[1] != in_bands:
+        raise ContractError(
+            f"{owner} expects images B×{in_bands}×H×W (in_bands={in_bands}), got shape {tuple(image.shape)}"
+        )
+
+
+def check_pyramid(owner: str, features: list[torch.Tensor], in_channels: list[int]) -> None:
+    """Raise :class:`ContractError` unless ``features`` are ``len(in_channels)`` maps
+    ``B×in_channels[i]×h_i×w_i``; the message names ``owner``, the level and its ``in_channels``."""
+    expected = list(in_channels)
+    hint = f"(in_channels={expected}; set {owner}.in_channels to the encoder's channels)"
+    if len(features) != len(expected):
+        raise ContractError(f"{owner} got {len(features)} feature maps, expected {len(expected)} {hint}")
+    for level, (feature, width) in enumerate(zip(features, expected, strict=True)):
+        if feature.ndim != 4:
+            raise ContractError(f"{owner} level {level}: expected a B×D×h×w map, got shape {tuple(feature.shape)}")
+        if feature.shape[1] != width:
+            raise ContractError(f"{owner} level {level}: got {feature.shape[1]} channels, expected {width} {hint}")
+
+
 def check_link(producer: nn.Module, produced: object, consumer: nn.Module, expected: object, what: str) -> None:
     """Raise :class:`ContractError` naming both components when ``produced != expected``."""
     a = list(produced) if isinstance(produced, (list, tuple)) else produced

@@ -22,16 +22,16 @@ Input size: any multiple of the patch size; the position embeddings are interpol
 
 Bands: the patch-embedding conv is rebuilt for ``in_bands`` when pretrained weights are
 loaded: the bands in ``rgb_bands`` get CLIP's R, G, B filters bit for bit, the others the
-mean of the RGB filters (or zeros), by the timm encoder's rule
-(:func:`rsvlm.encoders.timm_encoder.expand_stem_weight`).
+mean of the RGB filters (or zeros), by every encoder's rule
+(:func:`rsvlm.encoders._stem.expand_stem_weight`).
 
-``freeze_backbone`` (default) freezes the whole ViT, the rebuilt patch embedding included,
-and keeps it in eval mode; the resampling layers always train.
+``freeze`` (default) freezes the whole ViT, the rebuilt patch embedding included, and keeps it
+in eval mode; the resampling layers always train.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,14 @@ from timm.layers import LayerNorm2d
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from rsvlm.contracts import ContractError, Encoder
-from rsvlm.encoders.timm_encoder import expand_stem_weight
+from rsvlm.contracts import check_image_bands
+from rsvlm.encoders._stem import (
+    ExtraBandInit,
+    FreezableEncoder,
+    check_band_arguments,
+    needs_widening,
+    widen_stem_conv,
+)
 
 REDUCTIONS = [4, 8, 16, 32]
 
@@ -71,7 +77,7 @@ def _resampler(dim: int, level: int) -> tuple[nn.Module, int]:
     return nn.MaxPool2d(kernel_size=2, stride=2), dim
 
 
-class ClipPyramidEncoder(Encoder):
+class ClipPyramidEncoder(FreezableEncoder):
     """CLIP ViT → maps ``B×out_channels×H/r×W/r`` for r = 4, 8, 16, 32.
 
     Args:
@@ -86,7 +92,8 @@ class ClipPyramidEncoder(Encoder):
         rgb_bands: input bands that receive CLIP's R, G, B filters, in that order; ``None``
             when no band holds R, G, B (all bands get the mean filter).
         extra_band_init: filters of the other bands: ``"mean"`` of the RGB filters or ``"zeros"``.
-        freeze_backbone: no gradients into the ViT, which also stays in eval mode.
+        freeze: no gradients into the ViT, which also stays in eval mode (the resampling layers
+            always train).
         local_files_only: never contact the hub when resolving ``model``.
     """
 
@@ -98,23 +105,15 @@ class ClipPyramidEncoder(Encoder):
         layers: list[int] | None = None,
         out_channels: int = 256,
         rgb_bands: list[int] | None = [0, 1, 2],
-        extra_band_init: Literal["mean", "zeros"] = "mean",
-        freeze_backbone: bool = True,
+        extra_band_init: ExtraBandInit = "mean",
+        freeze: bool = True,
         local_files_only: bool = False,
     ) -> None:
         super().__init__()
         if (model is None) == (config is None):
             raise ValueError("ClipPyramidEncoder: give exactly one of `model` (id or folder) and `config` (dict)")
-        if rgb_bands is not None and (
-            len(rgb_bands) != 3 or len(set(rgb_bands)) != 3 or not all(0 <= b < in_bands for b in rgb_bands)
-        ):
-            raise ValueError(
-                f"ClipPyramidEncoder.rgb_bands={list(rgb_bands)}: need three distinct band indices in "
-                f"[0, {in_bands}) holding R, G, B, or None when no band does"
-            )
         self.in_bands = in_bands
-        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
-        self.freeze_backbone = freeze_backbone
+        self.rgb_bands = check_band_arguments("ClipPyramidEncoder", in_bands, rgb_bands, extra_band_init)
 
         if model is not None:
             try:
@@ -124,8 +123,9 @@ class ClipPyramidEncoder(Encoder):
                     f"ClipPyramidEncoder.model={model!r}: could not load a CLIP vision model ({error}). Give a "
                     "local folder saved with save_pretrained, or download the Hugging Face id first."
                 ) from error
-            if in_bands != 3 or self.rgb_bands != [0, 1, 2]:
-                self._expand_patch_embedding(extra_band_init)
+            if needs_widening(in_bands, self.rgb_bands):
+                widen_stem_conv(self.vit.get_input_embeddings(), in_bands, self.rgb_bands, extra_band_init)
+                self.vit.config.num_channels = in_bands
         else:
             fields = dict(config.get("vision_config", config))
             fields["num_channels"] = in_bands
@@ -148,32 +148,12 @@ class ClipPyramidEncoder(Encoder):
         self.channels = [out_channels] * 4
         self.reductions = list(REDUCTIONS)
 
-        if freeze_backbone:
-            self.vit.requires_grad_(False)
-            self.vit.eval()
-
-    @torch.no_grad()
-    def _expand_patch_embedding(self, extra_band_init: Literal["mean", "zeros"]) -> None:
-        conv = self.vit.get_input_embeddings()
-        weight = expand_stem_weight(conv.weight.detach(), self.in_bands, self.rgb_bands, extra_band_init)
-        conv.weight = nn.Parameter(weight)
-        conv.in_channels = self.in_bands
-        self.vit.config.num_channels = self.in_bands
-
-    def train(self, mode: bool = True) -> ClipPyramidEncoder:
-        """Set train/eval mode; a frozen ViT stays in eval mode."""
-        super().train(mode)
-        if self.freeze_backbone:
-            self.vit.eval()
-        return self
+        if freeze:
+            self.freeze_part("vit")
 
     def forward_grids(self, image: torch.Tensor) -> list[torch.Tensor]:
         """The hidden states of ``layers`` as grids ``B×D×H/p×W/p`` (before resampling)."""
-        if image.ndim != 4 or image.shape[1] != self.in_bands:
-            raise ContractError(
-                f"ClipPyramidEncoder expects images B×{self.in_bands}×H×W (in_bands={self.in_bands}), "
-                f"got {tuple(image.shape)}"
-            )
+        check_image_bands("ClipPyramidEncoder", image, self.in_bands)
         height, width = image.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(

@@ -18,8 +18,8 @@ may be a bare state dict or wrapped in ``model`` (classification releases) or ``
 Any band count: the stem's first conv (``patch_embed.conv1``) is built for ``in_bands``;
 when an RGB checkpoint is loaded, the bands listed in ``rgb_bands`` receive the checkpoint's
 R, G, B filters bit for bit and every other band the mean of the three RGB filters
-(``extra_band_init="mean"``) or zeros (``"zeros"``) — the timm encoder's rule,
-:func:`rsvlm.encoders.timm_encoder.expand_stem_weight`.
+(``extra_band_init="mean"``) or zeros (``"zeros"``) — every encoder's rule,
+:func:`rsvlm.encoders._stem.expand_stem_weight`.
 
 Outputs: 4 maps ``B×[C, 2C, 4C, 8C]×H/r×W/r`` at strides 4, 8, 16, 32, each taken after its
 level's blocks (and level norm) and before the downsampling, as the official
@@ -38,10 +38,16 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from rsvlm.contracts import ContractError, Encoder
+from rsvlm.contracts import check_image_bands
+from rsvlm.encoders._stem import (
+    ExtraBandInit,
+    FreezableEncoder,
+    check_band_arguments,
+    expand_stem_weight,
+    needs_widening,
+)
 from rsvlm.encoders.dcnv3 import DCNv3, channels_first_norm, channels_first_to_last_norm, channels_last_norm
-from rsvlm.encoders.timm_encoder import expand_stem_weight
-from rsvlm.io.state_dicts import compare_state_dicts
+from rsvlm.io.state_dicts import check_state_dict, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,7 @@ class _Level(nn.Module):
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 
-class InternImageEncoder(Encoder):
+class InternImageEncoder(FreezableEncoder):
     """InternImage backbone as a 4-level encoder: ``B×in_bands×H×W`` → maps
     ``B×[C, 2C, 4C, 8C]×H/r×W/r`` at r = 4, 8, 16, 32.
 
@@ -223,14 +229,15 @@ class InternImageEncoder(Encoder):
             ``weights_only=True``, or ``.safetensors``); head keys are ignored, an RGB stem is
             adapted to ``in_bands`` (see module docstring).
         drop_path_rate: stochastic depth, increasing linearly over all blocks to this value.
-        freeze: no gradients for any parameter and drop-path off.
+        freeze: no gradients for any parameter, and eval mode (drop-path off) even when
+            ``train()`` is called.
         with_cp: activation checkpointing per block (memory for compute).
         channels, depths, groups: override the variant's C, blocks per level and DCN groups
             per level (``groups[i]`` must divide ``C·2^i``).
         rgb_bands: the input bands that receive the checkpoint's R, G, B filters, in that
             order; ``None`` when no band holds R, G, B (every band then gets the mean filter).
         extra_band_init: filters of the other bands: mean of the RGB filters, or zeros
-            (:func:`rsvlm.encoders.timm_encoder.expand_stem_weight`).
+            (:func:`rsvlm.encoders._stem.expand_stem_weight`).
     """
 
     def __init__(
@@ -245,7 +252,7 @@ class InternImageEncoder(Encoder):
         depths: list[int] | None = None,
         groups: list[int] | None = None,
         rgb_bands: list[int] | None = [0, 1, 2],
-        extra_band_init: Literal["mean", "zeros"] = "mean",
+        extra_band_init: ExtraBandInit = "mean",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -266,22 +273,12 @@ class InternImageEncoder(Encoder):
                 raise ValueError(
                     f"InternImageEncoder.groups[{i}]={g} must divide the level width {cfg.channels * 2**i}"
                 )
-        if in_bands < 1:
-            raise ValueError(f"InternImageEncoder.in_bands must be >= 1, got {in_bands}")
+        self.rgb_bands = check_band_arguments("InternImageEncoder", in_bands, rgb_bands, extra_band_init)
+        self.extra_band_init = extra_band_init
         self.config = cfg
         self.in_bands = in_bands
         self.channels = [cfg.channels * 2**i for i in range(4)]
         self.reductions = [4, 8, 16, 32]
-        if rgb_bands is not None and (
-            len(rgb_bands) != 3 or len(set(rgb_bands)) != 3 or not all(0 <= b < in_bands for b in rgb_bands)
-        ):
-            raise ValueError(
-                f"InternImageEncoder.rgb_bands={list(rgb_bands)}: need three distinct band indices in "
-                f"[0, {in_bands}) holding R, G, B, or None when no band does"
-            )
-        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
-        self.extra_band_init = extra_band_init
-        self.freeze = freeze
 
         self.patch_embed = _Stem(in_bands, cfg.channels)
         total = sum(cfg.depths)
@@ -309,8 +306,7 @@ class InternImageEncoder(Encoder):
         if checkpoint_path is not None:
             self.load_checkpoint(checkpoint_path)
         if freeze:
-            self.requires_grad_(False)
-            self.eval()
+            self.freeze_part()
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -323,17 +319,9 @@ class InternImageEncoder(Encoder):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def train(self, mode: bool = True) -> InternImageEncoder:
-        """A frozen encoder stays in eval mode (no drop-path)."""
-        return super().train(mode and not self.freeze)
-
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         """``B×in_bands×H×W`` → 4 maps ``B×channels[i]×⌈H/r_i⌉×⌈W/r_i⌉``."""
-        if image.ndim != 4 or image.shape[1] != self.in_bands:
-            raise ContractError(
-                f"InternImageEncoder expects images B×{self.in_bands}×H×W (in_bands={self.in_bands}), "
-                f"got {tuple(image.shape)}"
-            )
+        check_image_bands("InternImageEncoder", image, self.in_bands)
         x = self.patch_embed(image)
         outs = []
         for level in self.levels:
@@ -345,58 +333,27 @@ class InternImageEncoder(Encoder):
         """Load an official InternImage checkpoint (see the module docstring for the formats)."""
         state = read_internimage_state_dict(path)
         key = "patch_embed.conv1.weight"
-        if key in state and state[key].shape[1] == 3 and (self.in_bands != 3 or self.rgb_bands != [0, 1, 2]):
+        if key in state and state[key].shape[1] == 3 and needs_widening(self.in_bands, self.rgb_bands):
             state[key] = expand_stem_weight(state[key], self.in_bands, self.rgb_bands, self.extra_band_init)
-        diff = compare_state_dicts(self.state_dict(), state)
-        missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
-        mismatched = diff.mismatch_lines("checkpoint", "model")
-        if not diff.ok:
-            raise ValueError(
-                f"InternImageEncoder.checkpoint_path={path}: does not fit variant/config {self.config}.\n"
-                f"  missing ({len(missing)}): {missing[:10]}\n  unexpected ({len(unexpected)}): {unexpected[:10]}\n"
-                f"  shape mismatches ({len(mismatched)}): {mismatched[:10]}"
-            )
+        header = f"InternImageEncoder.checkpoint_path={path}: does not fit variant/config {self.config}:"
+        check_state_dict(self.state_dict(), state, header)
         self.load_state_dict(state)
 
 
-def read_internimage_state_dict(path: str) -> dict[str, torch.Tensor]:
+def read_internimage_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an InternImage checkpoint into a flat state dict of encoder keys.
 
-    Unwraps ``model``/``state_dict``/``module`` containers, strips a ``module.`` prefix, keeps
-    only the ``backbone.`` part of a whole-detector checkpoint, and drops classification-head
-    keys (:data:`HEAD_PREFIXES`).
+    Reads it safely and unwraps its containers (:func:`rsvlm.io.state_dicts.read_state_dict`),
+    keeps only the ``backbone.`` part of a whole-detector checkpoint, and drops
+    classification-head keys (:data:`HEAD_PREFIXES`).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"InternImageEncoder.checkpoint_path={path}: no such file. Download an official checkpoint "
-            "(e.g. internimage_l_22k_192to384.pth from huggingface.co/OpenGVLab/InternImage) and give its path."
-        )
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: object = load_file(str(file))
-    else:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickles with arbitrary objects are refused by weights_only
-            raise ValueError(
-                f"InternImageEncoder.checkpoint_path={path}: could not be read with torch.load(weights_only=True) "
-                f"({error}). Re-save only its state dict (torch.save(ckpt['model'], ...)) or convert it to safetensors."
-            ) from error
-    for container in ("model", "state_dict", "module"):
-        if isinstance(state, dict) and isinstance(state.get(container), dict):
-            state = state[container]
-    if not isinstance(state, dict):
-        raise ValueError(
-            f"InternImageEncoder.checkpoint_path={path}: expected a state dict, got {type(state).__name__}"
-        )
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = read_state_dict(
+        path,
+        "InternImageEncoder.checkpoint_path",
+        missing_hint="Download an official checkpoint (e.g. internimage_l_22k_192to384.pth from "
+        "huggingface.co/OpenGVLab/InternImage) and give its path.",
+    )
     # mmseg/mmdet checkpoints hold the whole detector: keep only its backbone
     if any(key.startswith("backbone.") for key in state):
         state = {key.removeprefix("backbone."): v for key, v in state.items() if key.startswith("backbone.")}
-    return {
-        key: value
-        for key, value in state.items()
-        if isinstance(value, torch.Tensor) and not key.startswith(HEAD_PREFIXES)
-    }
+    return {key: value for key, value in state.items() if not key.startswith(HEAD_PREFIXES)}

@@ -3,6 +3,6 @@
 from rsvlm.fusion.msam import MSAM
 from rsvlm.fusion.projector import MLPProjector
 from rsvlm.fusion.single_scale import SingleScaleFusion
-from rsvlm.fusion.upernet import UperNetFusion, UperNetSegHead
+from rsvlm.fusion.upernet import UperNetFusion
 
-__all__ = ["MSAM", "MLPProjector", "SingleScaleFusion", "UperNetFusion", "UperNetSegHead"]
+__all__ = ["MSAM", "MLPProjector", "SingleScaleFusion", "UperNetFusion"]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsvlm.contracts import ContractError, FusedFeatures, Fusion, check_token_pool
+from rsvlm.contracts import FusedFeatures, Fusion, check_pyramid, check_token_pool
 
 
 class MSAM(Fusion):
@@ -122,26 +122,11 @@ class MSAM(Fusion):
             max(1, int(w0) * scale // self.out_reduction),
         )
 
-    def _check(self, features: list[torch.Tensor]) -> None:
-        if len(features) != len(self.in_channels):
-            raise ContractError(
-                f"MSAM got {len(features)} feature maps, expected {len(self.in_channels)} "
-                f"(in_channels={self.in_channels})"
-            )
-        for i, (feat, expected) in enumerate(zip(features, self.in_channels)):
-            if feat.ndim != 4:
-                raise ContractError(f"MSAM level {i}: expected a B×D×h×w map, got shape {tuple(feat.shape)}")
-            if feat.shape[1] != expected:
-                raise ContractError(
-                    f"MSAM level {i}: got {feat.shape[1]} channels, expected {expected} "
-                    f"(in_channels={self.in_channels})"
-                )
-
     def forward(self, features: list[torch.Tensor]) -> FusedFeatures:
         """Fuse ``features`` (level i: ``B×in_channels[i]×h_i×w_i``) into ``B×out_channels×h×w``
         and its tokens ``B×N×out_channels``."""
         features = list(features)
-        self._check(features)
+        check_pyramid("MSAM", features, self.in_channels)
         size = self.target_size(features)
         align_corners = self.form == "released"
         resized = [

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsvlm.contracts import ContractError, FusedFeatures, Fusion, check_token_pool
+from rsvlm.contracts import FusedFeatures, Fusion, check_pyramid, check_token_pool
 
 
 class SingleScaleFusion(Fusion):
@@ -55,13 +55,10 @@ class SingleScaleFusion(Fusion):
         self.proj = nn.Conv2d(self.in_channels[self.level], out_channels, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor]) -> FusedFeatures:
-        if len(features) != len(self.in_channels):
-            raise ContractError(f"SingleScaleFusion expects {len(self.in_channels)} levels, got {len(features)}")
+        """Level ``level`` (``B×in_channels[level]×h×w``) resized to the output stride and projected:
+        map ``B×out_channels×H/t×W/t`` and its tokens."""
+        check_pyramid("SingleScaleFusion", features, self.in_channels)
         x = features[self.level]
-        if x.shape[1] != self.in_channels[self.level]:
-            raise ContractError(
-                f"SingleScaleFusion level {self.level}: got {x.shape[1]} channels, expected {self.in_channels[self.level]}"
-            )
         stride = self.in_reductions[self.level]
         if stride != self.out_reduction:
             scale = stride / self.out_reduction

@@ -1,6 +1,6 @@
-"""UperNet (pyramid pooling + FPN) over an encoder pyramid, as a fusion and as a seg head.
+"""UperNet (pyramid pooling + FPN) over an encoder pyramid, as a fusion.
 
-Both classes wrap ``transformers.models.upernet.modeling_upernet.UperNetHead`` (the
+:class:`UperNetFusion` and :class:`rsvlm.heads.upernet.UperNetSegHead` wrap ``transformers.models.upernet.modeling_upernet.UperNetHead`` (the
 mmsegmentation-derived head of Hugging Face's ``UperNetForSemanticSegmentation``); this file
 is only glue: a small config object with the fields that head reads, checks of the input
 widths, and the output layout rsvlm's contracts ask for.
@@ -8,9 +8,8 @@ widths, and the output layout rsvlm's contracts ask for.
 * :class:`UperNetFusion` — usable in place of MSAM (the paper's Table IX): the head's fused
   FPN map (``fpn_bottleneck`` output at the finest level, before its classifier) resized to
   1/``target_reduction`` of the image and projected by a 1×1 conv to ``out_channels``.
-* :class:`UperNetSegHead` — the full head with its 1×1 classifier: per-class logits at the
-  finest level (1/4 of the image for a stride-4 pyramid); :meth:`UperNetSegHead.upsample`
-  resizes them to the image, as ``UperNetForSemanticSegmentation`` does.
+* :class:`rsvlm.heads.upernet.UperNetSegHead` — the full head with its 1×1 classifier (built
+  by :func:`build_upernet_head` here): per-class logits at the finest level.
 
 Weights are initialised as transformers initialises ``UperNetForSemanticSegmentation``:
 convs ``N(0, initializer_range)`` with zero bias, batch norms at identity. The head uses
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.upernet.modeling_upernet import UperNetHead
 
-from rsvlm.contracts import ContractError, FusedFeatures, Fusion, check_token_pool
+from rsvlm.contracts import FusedFeatures, Fusion, check_pyramid, check_token_pool
 
 
 @dataclass
@@ -53,18 +52,6 @@ def build_upernet_head(in_channels: list[int], config: UperNetHeadConfig) -> Upe
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
     return head
-
-
-def check_pyramid(owner: str, features: list[torch.Tensor], in_channels: list[int]) -> None:
-    """Raise :class:`ContractError` unless ``features`` are ``len(in_channels)`` maps
-    ``B×in_channels[i]×h_i×w_i``."""
-    widths = [f.shape[1] if f.ndim == 4 else None for f in features]
-    if widths != list(in_channels):
-        raise ContractError(
-            f"{owner} expects {len(in_channels)} maps B×D×h×w with D={list(in_channels)} (its in_channels), "
-            f"got widths {widths} (shapes {[tuple(f.shape) for f in features]}). "
-            f"Set {owner}.in_channels to the encoder's channels."
-        )
 
 
 class UperNetFusion(Fusion):
@@ -128,38 +115,3 @@ class UperNetFusion(Fusion):
             fused = F.interpolate(fused, size=size, mode="bilinear", align_corners=False)
         fused = self.proj(fused)
         return FusedFeatures.from_map(fused, self.token_pool)
-
-
-class UperNetSegHead(nn.Module):
-    """UperNet segmentation head: maps ``B×in_channels[i]×H/r_i×W/r_i`` → logits
-    ``B×num_classes×H/r_0×W/r_0`` (the transformers head including its classifier).
-
-    Args:
-        in_channels: encoder widths, finest level first.
-        num_classes: number of output classes.
-        hidden_size: width of the head.
-        pool_scales: pyramid-pooling bin sizes.
-    """
-
-    def __init__(
-        self,
-        in_channels: list[int],
-        num_classes: int,
-        hidden_size: int = 512,
-        pool_scales: list[int] = [1, 2, 3, 6],
-    ) -> None:
-        super().__init__()
-        self.in_channels = list(in_channels)
-        self.num_classes = num_classes
-        config = UperNetHeadConfig(hidden_size=hidden_size, pool_scales=list(pool_scales), num_labels=num_classes)
-        self.head = build_upernet_head(self.in_channels, config)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Logits ``B×num_classes×h_0×w_0`` at the finest level's resolution."""
-        check_pyramid(type(self).__name__, features, self.in_channels)
-        return self.head(list(features))
-
-    @staticmethod
-    def upsample(logits: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """Bilinear resize of ``B×K×h×w`` logits to ``B×K×H×W`` (as transformers' UperNet)."""
-        return F.interpolate(logits, size=tuple(image_size), mode="bilinear", align_corners=False)

@@ -14,7 +14,7 @@ size, K prompt tokens.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from rsvlm.contracts import MaskDecoder
-from rsvlm.io.state_dicts import compare_state_dicts
+from rsvlm.io.state_dicts import check_state_dict, read_state_dict
 
 # The geometry every official SAM checkpoint was trained with (segment_anything.build_sam).
 SAM_PROMPT_DIM = 256
@@ -139,46 +139,28 @@ class SamMaskDecoderHead(MaskDecoder):
             ValueError: keys or shapes differ from this head's decoder / prompt encoder.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"SAM checkpoint not found: {path}. Download one of {', '.join(SAM_CHECKPOINTS)} "
-                f"(the decoder weights are the same kind in all three; use the one your recipe "
-                f"names) from the model-checkpoint links in the segment-anything README "
-                f"({SAM_README}) and put it at {path.resolve()}, or set the head's `checkpoint` "
-                f"argument to where the file is."
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # an unpickling refusal or a truncated file: name the file
-            raise ValueError(
-                f"SAM checkpoint {path}: refused or unreadable as a weights-only checkpoint "
-                f"({type(err).__name__}: {str(err).splitlines()[0]}). Use an official SAM file or "
-                f"re-save its state dict (torch.save(model.state_dict(), ...))."
-            ) from err
-        if isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-            # Fine-tuning scripts often nest the weights one level down.
-            for key in ("model", "state_dict"):
-                if isinstance(state.get(key), Mapping):
-                    state = state[key]
-                    break
-        if not isinstance(state, Mapping):
-            raise ValueError(f"SAM checkpoint {path}: expected a state dict, got {type(state).__name__}")
-        for prefix, module in (("mask_decoder.", self.mask_decoder), ("prompt_encoder.", self.prompt_encoder)):
-            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            diff = compare_state_dicts(module.state_dict(), sub)
-            missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
-            mismatched = sorted(diff.mismatch_lines("file", "head", prefix))
-            if not diff.ok:
-                raise ValueError(
-                    f"SAM checkpoint {path} does not fit SamMaskDecoderHead "
-                    f"(prompt_dim={self.prompt_dim}; SAM uses prompt_dim={SAM_PROMPT_DIM}, "
-                    f"decoder_depth={SAM_DECODER_DEPTH}, decoder_mlp_dim={SAM_DECODER_MLP_DIM}, "
-                    f"decoder_heads={SAM_DECODER_HEADS}). "
-                    f"Missing keys: {[prefix + k for k in missing]}; "
-                    f"unexpected keys: {[prefix + k for k in unexpected]}; "
-                    f"shape mismatches: {mismatched}"
-                )
-            module.load_state_dict(sub, strict=True)
+        state = read_state_dict(
+            path,
+            "SamMaskDecoderHead.checkpoint",
+            missing_hint=f"Download one of {', '.join(SAM_CHECKPOINTS)} (the decoder weights are the same kind "
+            f"in all three; use the one your recipe names) from the model-checkpoint links in the "
+            f"segment-anything README ({SAM_README}) and put it at {path.resolve()}, or set the head's "
+            f"`checkpoint` argument to where the file is.",
+        )
+        parts = {"mask_decoder.": self.mask_decoder, "prompt_encoder.": self.prompt_encoder}
+        expected = {prefix + k: v for prefix, module in parts.items() for k, v in module.state_dict().items()}
+        # the image encoder's weights are in the file too and are not this head's business
+        given = {k: v for k, v in state.items() if k.startswith(tuple(parts))}
+        check_state_dict(
+            expected,
+            given,
+            f"SamMaskDecoderHead.checkpoint: {path} does not fit this head (prompt_dim={self.prompt_dim}; SAM "
+            f"uses prompt_dim={SAM_PROMPT_DIM}, decoder_depth={SAM_DECODER_DEPTH}, "
+            f"decoder_mlp_dim={SAM_DECODER_MLP_DIM}, decoder_heads={SAM_DECODER_HEADS}):",
+            module_name="head",
+        )
+        for prefix, module in parts.items():
+            module.load_state_dict({k[len(prefix) :]: v for k, v in given.items() if k.startswith(prefix)})
 
     def dense_positional_encoding(self, size: tuple[int, int]) -> torch.Tensor:
         """Positional encoding ``1×D×h×w`` (float32) of an h×w grid (SAM's ``get_dense_pe`` at 64×64)."""

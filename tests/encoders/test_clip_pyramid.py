@@ -49,7 +49,7 @@ def test_grids_equal_direct_hidden_states(saved_clip: tuple[Path, CLIPVisionMode
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (96, 128), (48, 80)])
 def test_pyramid_shapes_and_strides(height: int, width: int) -> None:
     torch.manual_seed(1)
-    encoder = ClipPyramidEncoder(config=TINY, out_channels=24, freeze_backbone=False)
+    encoder = ClipPyramidEncoder(config=TINY, out_channels=24, freeze=False)
     maps = encoder(torch.randn(2, 3, height, width))
     assert encoder.channels == [24] * 4 and encoder.reductions == [4, 8, 16, 32]
     for feature, r in zip(maps, encoder.reductions, strict=True):
@@ -79,7 +79,7 @@ def test_four_bands_keep_rgb_filters(saved_clip: tuple[Path, CLIPVisionModel]) -
         encoder(torch.randn(1, 3, 64, 64))
 
 
-def test_freeze_backbone_trains_only_resampling() -> None:
+def test_freeze_trains_only_resampling() -> None:
     torch.manual_seed(3)
     encoder = ClipPyramidEncoder(config=TINY, out_channels=8)
     encoder.train()

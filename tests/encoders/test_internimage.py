@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from safetensors.torch import save_file
 from scipy.ndimage import map_coordinates
 
 from rsvlm.contracts import ContractError
@@ -187,7 +188,7 @@ def _with_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**state, "conv_head.0.weight": torch.randn(4, 128, 1, 1), "head.weight": torch.randn(10, 4)}
 
 
-@pytest.mark.parametrize("layout", ["classification", "mmseg", "bare"])
+@pytest.mark.parametrize("layout", ["classification", "mmseg", "bare", "dataparallel", "safetensors"])
 def test_checkpoint_round_trip(tmp_path: Path, layout: str) -> None:
     torch.manual_seed(6)
     source = InternImageEncoder("tiny-test").eval()
@@ -203,9 +204,15 @@ def test_checkpoint_round_trip(tmp_path: Path, layout: str) -> None:
             }
         },
         "bare": state,
+        "dataparallel": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
+        "safetensors": state,
     }[layout]
-    path = tmp_path / "ckpt.pth"
-    torch.save(wrapped, path)
+    if layout == "safetensors":
+        path = tmp_path / "ckpt.safetensors"
+        save_file({k: v.contiguous() for k, v in wrapped.items()}, str(path))
+    else:
+        path = tmp_path / "ckpt.pth"
+        torch.save(wrapped, path)
     loaded = InternImageEncoder("tiny-test", checkpoint_path=str(path)).eval()
     for key, value in state.items():
         assert torch.equal(loaded.state_dict()[key], value), key

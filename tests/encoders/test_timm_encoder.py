@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from rsvlm.contracts import ContractError
-from rsvlm.encoders.timm_encoder import TimmEncoder, expand_stem_weight
+from rsvlm.encoders._stem import expand_stem_weight
+from rsvlm.encoders.timm_encoder import TimmEncoder
 
 # Small members of the two families: stem key in the saved model, and in timm's feature
 # wrapper (which flattens the first Sequential level, so 'stem.0' becomes 'stem_0').

@@ -9,7 +9,8 @@ from transformers import UperNetConfig
 from transformers.models.upernet.modeling_upernet import UperNetHead
 
 from rsvlm.contracts import ContractError, FusedFeatures
-from rsvlm.fusion.upernet import UperNetFusion, UperNetSegHead
+from rsvlm.fusion.upernet import UperNetFusion
+from rsvlm.heads.upernet import UperNetSegHead
 
 IN_CHANNELS = [8, 16, 24, 32]
 HIDDEN = 16

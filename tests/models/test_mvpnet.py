@@ -22,7 +22,7 @@ from rsvlm.data.segmentation import (
     SegmentationSource,
 )
 from rsvlm.encoders.timm_encoder import TimmEncoder
-from rsvlm.fusion.upernet import UperNetSegHead
+from rsvlm.heads.upernet import UperNetSegHead
 from rsvlm.models.mvpnet import MVPNet, class_map_grid, default_target_categories, palette
 from rsvlm.models.transfer import load_encoder_weights
 
@@ -325,14 +325,14 @@ def test_spex_encoder_init_takes_mvpnet_encoder(fitted):
     from conftest import tiny_spex_components
 
     from rsvlm.fusion.msam import MSAM
-    from rsvlm.models.spex import SpexModel
+    from rsvlm.models.vlm import VisionLanguageModel
 
     model, _, ckpt, _, _, _ = fitted
     components = tiny_spex_components(bands=BANDS)
     # SPEX built with the same encoder arguments as the MVPNet run (what the recipes must do)
     components["encoder"] = TimmEncoder(model_name=ENCODER, in_bands=BANDS)
     components["fusion"] = MSAM(in_channels=components["encoder"].channels, out_channels=32, form="paper")
-    spex = SpexModel(**components, encoder_init=str(ckpt))
+    spex = VisionLanguageModel(**components, encoder_init=str(ckpt))
     for key, value in model.encoder.state_dict().items():
         assert torch.equal(spex.encoder.state_dict()[key], value), key
 

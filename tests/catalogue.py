@@ -1,0 +1,95 @@
+"""Every public component of rsvlm at its tiny size: name → zero-argument builder.
+
+``tests/test_contracts.py`` builds each entry (on CPU and on the meta device), runs forward and
+backward on a tiny input chosen by its kind, checks the widths it declares against the tensors
+it returns, and fails when a public ``nn.Module`` of a component package has no entry here.
+
+A name is the class name, or ``Class[variant]`` when one class has several forms. Builders are
+``functools.partial(Class, ...)`` where possible, so the class is known without building.
+The tiny pyramid is ``PYRAMID_CHANNELS`` at strides 4, 8, 16, 32: fusions and heads take it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import nn
+
+from rsvlm.bridges.seg_token import SegTokenBridge
+from rsvlm.bridges.tcp import TokenCompressionProjector
+from rsvlm.encoders.clip_pyramid import ClipPyramidEncoder
+from rsvlm.encoders.internimage import InternImageEncoder
+from rsvlm.encoders.timm_encoder import TimmEncoder
+from rsvlm.fusion.msam import MSAM
+from rsvlm.fusion.projector import MLPProjector
+from rsvlm.fusion.single_scale import SingleScaleFusion
+from rsvlm.fusion.upernet import UperNetFusion
+from rsvlm.heads.sam_decoder import SamMaskDecoderHead
+from rsvlm.heads.upernet import UperNetSegHead
+
+BANDS = 4
+PYRAMID_CHANNELS = [16, 32, 64, 128]
+PYRAMID_REDUCTIONS = [4, 8, 16, 32]
+FUSED = 24  # fusion output width = projector input width = decoder input width
+LLM_WIDTH = 32  # TINY_LLM_CONFIG's hidden_size = projector output = bridge input
+PROMPT = 32  # decoder prompt width = bridge output
+
+TINY_CLIP = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=32, patch_size=8
+)
+
+
+def tiny_llm() -> nn.Module:
+    """The tiny causal LM of the SPEX tests (``TINY_LLM_CONFIG``, the offline demo tokenizer)."""
+    from conftest import TINY_LLM_CONFIG
+
+    from rsvlm.data.spie.corpus import SpieDemoTokenizer
+    from rsvlm.llm.causal_lm import CausalLM
+
+    return CausalLM(config=TINY_LLM_CONFIG, tokenizer=SpieDemoTokenizer(), freeze=False)
+
+
+CATALOGUE: dict[str, Callable[[], nn.Module]] = {
+    # ------------------------------------------------ encoders: image B×BANDS×H×W → pyramid
+    "TimmEncoder": partial(TimmEncoder, model_name="resnet18", in_bands=BANDS),
+    "InternImageEncoder": partial(InternImageEncoder, variant="tiny-test", in_bands=BANDS, rgb_bands=[2, 1, 0]),
+    "ClipPyramidEncoder": partial(ClipPyramidEncoder, config=TINY_CLIP, in_bands=BANDS, out_channels=16),
+    # new encoders go here
+    # ------------------------------------------------ fusion: PYRAMID_CHANNELS maps → FusedFeatures
+    "MSAM[paper]": partial(MSAM, in_channels=PYRAMID_CHANNELS, out_channels=FUSED, form="paper"),
+    "MSAM[released]": partial(MSAM, in_channels=PYRAMID_CHANNELS, out_channels=FUSED, form="released", num_groups=4),
+    "UperNetFusion": partial(
+        UperNetFusion, in_channels=PYRAMID_CHANNELS, hidden_size=16, pool_scales=[1, 2], out_channels=FUSED
+    ),
+    "SingleScaleFusion": partial(SingleScaleFusion, in_channels=PYRAMID_CHANNELS, out_channels=FUSED, token_pool=2),
+    # new fusion modules go here
+    # ------------------------------------------------ projector: visual tokens → LLM width
+    "MLPProjector": partial(MLPProjector, in_dim=FUSED, out_dim=LLM_WIDTH),
+    # ------------------------------------------------ LLM: ids (+ visual tokens) → hidden states
+    "CausalLM": tiny_llm,
+    # ------------------------------------------------ bridges: hidden states + positions → prompts
+    "TokenCompressionProjector": partial(TokenCompressionProjector, in_dim=LLM_WIDTH, out_dim=PROMPT, num_tokens=2),
+    "SegTokenBridge": partial(SegTokenBridge, in_dim=LLM_WIDTH, out_dim=PROMPT, num_tokens=2),
+    # new bridges go here
+    # ------------------------------------------------ heads: map + prompts → masks; pyramid → classes
+    "SamMaskDecoderHead": partial(
+        SamMaskDecoderHead, in_channels=FUSED, prompt_dim=PROMPT, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2
+    ),
+    "UperNetSegHead": partial(
+        UperNetSegHead, in_channels=PYRAMID_CHANNELS, num_classes=3, hidden_size=16, pool_scales=[1, 2]
+    ),
+    # new heads, visual-prompt encoders and croppers go here
+}
+
+#: Public ``nn.Module`` classes of the component packages that are building blocks of a
+#: component, not components a recipe names (each with the reason).
+INTERNAL_BLOCKS = {
+    "rsvlm.encoders.dcnv3.DCNv3",  # InternImage's deformable-conv layer
+    "rsvlm.encoders._stem.FreezableEncoder",  # the base class of encoders that freeze their backbone
+}
+
+
+def class_of(name: str) -> str:
+    """The class name in a catalogue name (``"MSAM[paper]"`` → ``"MSAM"``)."""
+    return name.split("[", 1)[0]

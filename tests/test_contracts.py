@@ -1,0 +1,208 @@
+"""Every component of ``tests/catalogue.py``: builds, runs forward and backward on a tiny input
+of its kind, returns the widths it declares, builds on the meta device; and every public
+component of rsvlm is in the catalogue."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import pkgutil
+
+import pytest
+import torch
+from catalogue import BANDS, CATALOGUE, INTERNAL_BLOCKS, PYRAMID_CHANNELS, PYRAMID_REDUCTIONS, class_of
+from torch import nn
+
+from rsvlm.contracts import Bridge, Encoder, FusedFeatures, Fusion, MaskDecoder
+from rsvlm.fusion.projector import MLPProjector
+from rsvlm.fusion.single_scale import SingleScaleFusion
+from rsvlm.heads.upernet import UperNetSegHead
+
+COMPONENT_PACKAGES = (
+    "rsvlm.encoders",
+    "rsvlm.fusion",
+    "rsvlm.bridges",
+    "rsvlm.heads",
+    "rsvlm.llm",
+    "rsvlm.prompts",
+    "rsvlm.crops",
+)
+BATCH, IMAGE = 2, 64
+
+
+def public_modules() -> dict[str, type]:
+    """``module.Class`` → class for every public ``nn.Module`` subclass defined in a component package."""
+    found: dict[str, type] = {}
+    for package_name in COMPONENT_PACKAGES:
+        if importlib.util.find_spec(package_name) is None:
+            continue  # a kind of component that has no code yet
+        package = importlib.import_module(package_name)
+        names = [package_name] + [m.name for m in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}.")]
+        for module_name in names:
+            module = importlib.import_module(module_name)
+            for class_name, cls in inspect.getmembers(module, inspect.isclass):
+                if cls.__module__ == module_name and not class_name.startswith("_") and issubclass(cls, nn.Module):
+                    found[f"{module_name}.{class_name}"] = cls
+    return found
+
+
+def missing_from_catalogue(names: list[str]) -> list[str]:
+    """Paths of the public components (less :data:`INTERNAL_BLOCKS`) that no name in ``names`` covers."""
+    catalogued = {class_of(name) for name in names}
+    return sorted(
+        path for path, cls in public_modules().items() if path not in INTERNAL_BLOCKS and cls.__name__ not in catalogued
+    )
+
+
+def test_every_public_component_is_in_the_catalogue() -> None:
+    missing = missing_from_catalogue(list(CATALOGUE))
+    assert not missing, (
+        f"public components missing from tests/catalogue.py: {missing}. Add a tiny builder to CATALOGUE "
+        "(or, for a building block that no recipe names, its path to INTERNAL_BLOCKS with the reason)"
+    )
+    # names are how the catalogue refers to classes: they must be unambiguous and real
+    public = public_modules()
+    names = [cls.__name__ for path, cls in public.items() if path not in INTERNAL_BLOCKS]
+    assert len(names) == len(set(names)), f"two public components share a class name: {sorted(names)}"
+    stale = sorted({class_of(name) for name in CATALOGUE} - set(names))
+    assert not stale, f"catalogue entries name no public component: {stale}"
+    gone = sorted(INTERNAL_BLOCKS - set(public))
+    assert not gone, f"INTERNAL_BLOCKS names classes that no longer exist: {gone}"
+
+
+def test_a_component_left_out_of_the_catalogue_is_reported() -> None:
+    without_msam = [name for name in CATALOGUE if class_of(name) != "MSAM"]
+    assert missing_from_catalogue(without_msam) == ["rsvlm.fusion.msam.MSAM"]
+
+
+# ---------------------------------------------------------------------------- tiny inputs
+def pyramid(channels: list[int], reductions: list[int], requires_grad: bool = True) -> list[torch.Tensor]:
+    """Maps ``B×channels[i]×IMAGE/r_i×IMAGE/r_i``."""
+    return [
+        torch.randn(BATCH, c, IMAGE // r, IMAGE // r, requires_grad=requires_grad)
+        for c, r in zip(channels, reductions, strict=True)
+    ]
+
+
+def positions(length: int, count: int) -> torch.Tensor:
+    """``B×length`` bool with ``count`` True per sample, at different places per sample."""
+    mask = torch.zeros(BATCH, length, dtype=torch.bool)
+    for b in range(BATCH):
+        mask[b, torch.randperm(length)[:count]] = True
+    return mask
+
+
+def run_encoder(encoder: Encoder) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    image = torch.randn(BATCH, encoder.in_bands, IMAGE, IMAGE, requires_grad=True)
+    maps = encoder(image)
+    assert len(maps) == len(encoder.channels) == len(encoder.reductions)
+    for level, (feature, width, r) in enumerate(zip(maps, encoder.channels, encoder.reductions, strict=True)):
+        assert tuple(feature.shape) == (BATCH, width, IMAGE // r, IMAGE // r), f"level {level}"
+    return maps, [image]
+
+
+def run_fusion(fusion: Fusion) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    maps = pyramid(fusion.in_channels, PYRAMID_REDUCTIONS)
+    out = fusion(maps)
+    assert isinstance(out, FusedFeatures)
+    side = IMAGE // fusion.out_reduction
+    assert tuple(out.map.shape) == (BATCH, fusion.out_channels, side, side)
+    tokens = math.ceil(side / fusion.token_pool) ** 2
+    assert tuple(out.tokens.shape) == (BATCH, tokens, fusion.out_channels)
+    # the single-scale ablation reads one level by design: only that one gets a gradient
+    read = [maps[fusion.level]] if isinstance(fusion, SingleScaleFusion) else maps
+    return [out.map, out.tokens], read
+
+
+def run_projector(projector: MLPProjector) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    tokens = torch.randn(BATCH, 5, projector.in_dim, requires_grad=True)
+    out = projector(tokens)
+    assert tuple(out.shape) == (BATCH, 5, projector.out_dim)
+    return [out], [tokens]
+
+
+def run_bridge(bridge: Bridge) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    hidden = torch.randn(BATCH, 9, bridge.in_dim, requires_grad=True)
+    out = bridge(hidden, positions(9, bridge.num_tokens))
+    assert tuple(out.shape) == (BATCH, bridge.num_tokens, bridge.out_dim)
+    return [out], [hidden]
+
+
+def run_decoder(decoder: MaskDecoder) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    feature_map = torch.randn(BATCH, decoder.in_channels, 8, 8, requires_grad=True)
+    prompts = torch.randn(BATCH, 2, decoder.prompt_dim, requires_grad=True)
+    out = decoder(feature_map, prompts, (IMAGE, IMAGE))
+    assert tuple(out.shape) == (BATCH, 1, IMAGE, IMAGE)
+    return [out], [feature_map, prompts]
+
+
+def run_seg_head(head: UperNetSegHead) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    maps = pyramid(head.in_channels, PYRAMID_REDUCTIONS)
+    out = head(maps)
+    assert tuple(out.shape) == (BATCH, head.num_classes, IMAGE // PYRAMID_REDUCTIONS[0], IMAGE // PYRAMID_REDUCTIONS[0])
+    return [out], maps
+
+
+def run_llm(llm: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    vocab = llm.model.get_input_embeddings().weight.shape[0]
+    length, visual = 7, 3
+    ids = torch.randint(0, vocab, (BATCH, length))
+    ids[ids == llm.image_token_id] = 0
+    ids[:, 2] = llm.image_token_id  # one image placeholder per sample
+    tokens = torch.randn(BATCH, visual, llm.hidden_size, requires_grad=True)
+    out = llm(ids, torch.ones_like(ids), visual_tokens=tokens)
+    spliced = length + visual - 1
+    assert tuple(out.hidden_states.shape) == (BATCH, spliced, llm.hidden_size)
+    assert tuple(out.logits.shape) == (BATCH, spliced, vocab)
+    return [out.hidden_states, out.logits], [tokens]
+
+
+def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Forward on a tiny input of the component's kind, checking the declared widths;
+    returns (outputs, inputs that should receive gradients)."""
+    if isinstance(component, Encoder):
+        assert component.in_bands == BANDS
+        return run_encoder(component)
+    if isinstance(component, Fusion):
+        assert component.in_channels == PYRAMID_CHANNELS
+        return run_fusion(component)
+    if isinstance(component, Bridge):
+        return run_bridge(component)
+    if isinstance(component, MaskDecoder):
+        return run_decoder(component)
+    if isinstance(component, MLPProjector):
+        return run_projector(component)
+    if isinstance(component, UperNetSegHead):
+        return run_seg_head(component)
+    if hasattr(component, "hidden_size") and hasattr(component, "image_token_id"):
+        return run_llm(component)
+    raise AssertionError(f"test_contracts has no tiny input for {type(component).__name__}: add a run_<kind>")
+
+
+# ---------------------------------------------------------------------------- the checks
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_builds_runs_forward_and_backward_with_declared_widths(name: str) -> None:
+    torch.manual_seed(0)
+    component = CATALOGUE[name]().train()
+    assert type(component).__name__ == class_of(name), f"{name} builds a {type(component).__name__}"
+    outputs, inputs = run(component)
+    sum(out.float().square().mean() for out in outputs).backward()
+    for i, tensor in enumerate(inputs):
+        assert tensor.grad is not None and torch.isfinite(tensor.grad).all(), f"input {i} got no finite gradient"
+    trained = [p for p in component.parameters() if p.requires_grad]
+    if trained:  # a frozen component passes gradients to its input and keeps none itself
+        grads = [p.grad for p in trained if p.grad is not None]
+        assert grads, f"{name}: no trainable parameter received a gradient"
+        assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_builds_on_the_meta_device(name: str) -> None:
+    with torch.device("meta"):
+        component = CATALOGUE[name]()
+    tensors = [*component.parameters(), *component.buffers()]
+    assert tensors, f"{name} has no parameters"
+    off_meta = [t.shape for t in tensors if t.device.type != "meta"]
+    assert not off_meta, f"{name} allocated real tensors on the meta device: {off_meta[:5]}"
