@@ -4,7 +4,7 @@ The model is built from ``recipes/spex.yaml`` with random weights (the same weig
 ``rsvlm summarize``: no downloads), so the numbers are those of the real layout. Rows:
 
 * full state dict: ``torch.save(model.state_dict())``;
-* rsvlm trained-only state dict: what :func:`rsvlm.training.checkpoints.keep_trained_only` keeps;
+* rsvlm trained-only state dict: what :func:`rsvlm.training.trained_only.keep_trained_only` keeps;
 * the same plus AdamW state for the trained parameters (what a resumable Lightning checkpoint
   holds), against the full state dict plus AdamW state.
 
@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rsvlm.experiments.summarize import without_weights  # noqa: E402
-from rsvlm.training.checkpoints import human_bytes, keep_trained_only, save_atomically  # noqa: E402
+from rsvlm.training.checkpoints import save_atomically  # noqa: E402
+from rsvlm.training.trained_only import human_bytes, keep_trained_only  # noqa: E402
 
 
 class ByteCounter:
@@ -63,7 +64,7 @@ def build(recipe: Path, llm_dtype: str | None):
     llm = config["model"]["init_args"]["llm"]["init_args"]
     if llm.get("model") and not llm.get("config"):
         # An LLM given by hub id: its architecture from the config shipped with rsvlm, no weights.
-        from rsvlm.llm.causal_lm import shipped_configs
+        from rsvlm.llm.configs import shipped_configs
 
         name = str(llm["model"]).rstrip("/").split("/")[-1].lower()
         if name not in shipped_configs():

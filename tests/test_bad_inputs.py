@@ -71,8 +71,8 @@ def _record(tmp_path: Path, image: Path, mask: Path, bands=BANDS, split: str = "
 
 
 def _dataset(records: list[dict]):
-    from rsvlm.data.spie.builder import SpieRecord
-    from rsvlm.data.spie.datamodule import SpieDataset
+    from rsvlm.data.spie.dataset import SpieDataset
+    from rsvlm.data.spie.records import SpieRecord
 
     recs = [SpieRecord.from_dict(r) for r in records]
     return SpieDataset(recs, BANDS, mean=np.full(4, 0.25, np.float32), std=np.full(4, 0.1, np.float32), image_size=16)
@@ -95,9 +95,9 @@ def test_wrong_band_count_reaching_the_model_names_both_sides():
     from conftest import contract_batch, tiny_spex_components
 
     from rsvlm.contracts import ContractError
-    from rsvlm.models.spex import SpexModel
+    from rsvlm.models.vlm import VisionLanguageModel
 
-    model = SpexModel(**tiny_spex_components())
+    model = VisionLanguageModel(**tiny_spex_components())
     with pytest.raises(ContractError, match=r"'image' has 3 bands.*in_bands=4"):
         model(contract_batch(model.llm.formatter, bands=3, size=32))
 
@@ -175,7 +175,7 @@ def test_labels_outside_zero_one_reaching_the_metrics():
 
 # ---------------------------------------------------------------------------- datasets
 def test_empty_dataset_folder(tmp_path):
-    from rsvlm.data.spie.builder import SourceSpec, list_scenes
+    from rsvlm.data.spie.sources import SourceSpec, list_scenes
 
     empty = tmp_path / "my_dataset"
     empty.mkdir()
@@ -184,7 +184,8 @@ def test_empty_dataset_folder(tmp_path):
 
 
 def test_empty_images_folder_is_an_error(tmp_path):
-    from rsvlm.data.spie.builder import SourceSpec, build_spie
+    from rsvlm.data.spie.builder import build_spie
+    from rsvlm.data.spie.sources import SourceSpec
 
     root = tmp_path / "my_dataset"
     (root / "images").mkdir(parents=True)
@@ -235,7 +236,7 @@ def test_predict_without_inputs():
 RECIPE = {
     "trainer": {"accelerator": "cpu", "max_epochs": 1},
     "model": {
-        "class_path": "rsvlm.models.spex.SpexModel",
+        "class_path": "rsvlm.models.vlm.VisionLanguageModel",
         "init_args": {
             "encoder": {
                 "class_path": "rsvlm.encoders.timm_encoder.TimmEncoder",
@@ -251,7 +252,10 @@ RECIPE = {
             },
             "llm": {
                 "class_path": "rsvlm.llm.causal_lm.CausalLM",
-                "init_args": {"config": {"base": "qwen2.5-0.5b", "hidden_size": 32}, "tokenizer": "demo"},
+                "init_args": {
+                    "config": {"base": "qwen2.5-0.5b", "hidden_size": 32},
+                    "tokenizer": {"class_path": "rsvlm.data.spie.corpus.SpieDemoTokenizer"},
+                },
             },
             "bridge": {
                 "class_path": "rsvlm.bridges.tcp.TokenCompressionProjector",
@@ -316,10 +320,11 @@ def test_missing_sam_checkpoint(tmp_path):
 
 
 def test_missing_llm_folder(tmp_path):
+    from rsvlm.data.spie.corpus import SpieDemoTokenizer
     from rsvlm.llm.causal_lm import CausalLM
 
     with pytest.raises(FileNotFoundError, match=r"no_such_llm"):
-        CausalLM(model=str(tmp_path / "no_such_llm"), tokenizer="demo")
+        CausalLM(model=str(tmp_path / "no_such_llm"), tokenizer=SpieDemoTokenizer())
 
 
 def test_missing_encoder_weights(tmp_path):
@@ -332,10 +337,10 @@ def test_missing_encoder_weights(tmp_path):
 def test_missing_encoder_init_checkpoint(tmp_path):
     from conftest import tiny_spex_components
 
-    from rsvlm.models.spex import SpexModel
+    from rsvlm.models.vlm import VisionLanguageModel
 
     with pytest.raises(FileNotFoundError, match=r"encoder_init.*mvpnet_missing\.ckpt"):
-        SpexModel(**tiny_spex_components(), encoder_init=str(tmp_path / "mvpnet_missing.ckpt"))
+        VisionLanguageModel(**tiny_spex_components(), encoder_init=str(tmp_path / "mvpnet_missing.ckpt"))
 
 
 def test_missing_resume_checkpoint(tmp_path):
@@ -370,28 +375,30 @@ def test_pickled_sam_checkpoint_is_refused(tmp_path):
 def test_pickled_encoder_init_is_refused(tmp_path):
     from conftest import tiny_spex_components
 
-    from rsvlm.models.spex import SpexModel
+    from rsvlm.models.vlm import VisionLanguageModel
 
     evil = _evil(tmp_path / "encoder_evil.ckpt", {"state_dict": {"encoder.x": torch.zeros(1)}})
     with pytest.raises(Exception, match=r"encoder_evil\.ckpt"):
-        SpexModel(**tiny_spex_components(), encoder_init=str(evil))
+        VisionLanguageModel(**tiny_spex_components(), encoder_init=str(evil))
 
 
 def test_training_checkpoint_of_another_model_names_the_component(tmp_path):
     from conftest import TINY_LLM_CONFIG, tiny_spex_components
 
+    from rsvlm.data.spie.corpus import SpieDemoTokenizer
     from rsvlm.llm.causal_lm import CausalLM, LoraSettings
-    from rsvlm.models.spex import SpexModel
-    from rsvlm.training.checkpoints import CheckpointError, keep_trained_only, restore_frozen
+    from rsvlm.models.vlm import VisionLanguageModel
+    from rsvlm.training.checkpoints import CheckpointError
+    from rsvlm.training.trained_only import keep_trained_only, restore_frozen
 
-    trained = SpexModel(**tiny_spex_components(lora=True))
+    trained = VisionLanguageModel(**tiny_spex_components(lora=True))
     checkpoint = {"state_dict": trained.state_dict()}
     keep_trained_only(trained, checkpoint)
     parts = tiny_spex_components(lora=True)
     parts["llm"] = CausalLM(
         config={**TINY_LLM_CONFIG, "intermediate_size": 48},
-        tokenizer="demo",
+        tokenizer=SpieDemoTokenizer(),
         lora=LoraSettings(r=4, alpha=8, dropout=0.0),
     )
     with pytest.raises(CheckpointError, match=r"component 'llm'"):
-        restore_frozen(SpexModel(**parts), checkpoint)
+        restore_frozen(VisionLanguageModel(**parts), checkpoint)

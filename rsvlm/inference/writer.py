@@ -1,27 +1,11 @@
-"""Predict on GeoTIFFs of any size: tiles with overlap, stitched logits, files users can open.
+"""Prediction outputs users can open: a mask GeoTIFF, an overlay PNG and a JSON per input.
 
-Tiling
-------
-:func:`tile_windows` covers an H×W scene with ``tile``×``tile`` windows whose starts are
-``tile − overlap`` apart; the last window of a row/column is moved back to end exactly at
-the scene's edge, so every window lies inside the scene and is full size (a scene smaller
-than a tile is one window of the scene's size, padded to the tile by the dataset).
+:class:`PredictionWriter` collects the predicted tiles of each scene, stitches them
+(:class:`rsvlm.inference.stitch.Stitcher`) and writes the scene's files when its last tile
+arrives.
 
-Stitching
----------
-:class:`Stitcher` averages the tiles' logits where they overlap, weighted per pixel:
-
-* ``blend="cosine"`` (default): weight ``sin²(π·(i + ½)/n)`` along each axis of a tile of
-  side n (a Hann window sampled between its zeros), so pixels near a tile's border, where
-  the model sees the least context, count least; the weight is never 0, so pixels that only
-  one tile covers (near the scene's border) keep that tile's logit.
-* ``blend="mean"``: plain average.
-
-Both are weighted averages, so stitching tiles of one known logit field gives that field back
-(up to float rounding). Accumulators are float32 ``H×W`` (two per scene in memory).
-
-Outputs (:class:`PredictionWriter`), per input GeoTIFF and category
--------------------------------------------------------------------
+Outputs, per input GeoTIFF and category
+---------------------------------------
 * ``<out>/<stem>.mask.tif``: uint8 0/1 mask on the source's grid (its CRS and transform),
   via :func:`rsvlm.data.raster.write_mask`; pixels invalid in the source (nodata / NaN) are 0;
 * ``<out>/<stem>.overlay.png``: the mask in red over a true-colour (red, green, blue) or,
@@ -43,7 +27,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -53,73 +37,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from rasterio.errors import NotGeoreferencedWarning
 
 from rsvlm.data.bands import BandError
-from rsvlm.data.spie.predict_dataset import TiledPredictDataset
-from rsvlm.data.tiling import Window, tile_windows
+from rsvlm.data.raster import Raster, write_mask
+from rsvlm.data.tiling import Window
+from rsvlm.inference.stitch import BLENDS, Blend, Stitcher
 from rsvlm.io.atomic import atomic_write_text
-
-Blend = Literal["cosine", "mean"]
-
-
-def blend_weights(height: int, width: int, blend: Blend = "cosine") -> np.ndarray:
-    """Per-pixel weight ``height``×``width`` (float32, all > 0) of one tile (see module docstring)."""
-    if blend == "mean":
-        return np.ones((height, width), dtype=np.float32)
-    if blend != "cosine":
-        raise ValueError(f"blend must be 'cosine' or 'mean', got {blend!r}")
-
-    def axis(n: int) -> np.ndarray:
-        return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
-
-    return np.outer(axis(height), axis(width)).astype(np.float32)
+from rsvlm.io.pictures import CompositeKind, composite_or_stretch, overlay, save_png
 
 
-class Stitcher:
-    """Weighted average of tile logits over a scene.
-
-    Args:
-        height, width: scene size.
-        blend: ``"cosine"`` or ``"mean"``.
-    """
-
-    def __init__(self, height: int, width: int, blend: Blend = "cosine") -> None:
-        self.height, self.width, self.blend = height, width, blend
-        self._sum = np.zeros((height, width), dtype=np.float32)
-        self._weight = np.zeros((height, width), dtype=np.float32)
-        self._cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def add(self, window: Window, logits: np.ndarray | torch.Tensor) -> None:
-        """Add ``h×w`` logits of the window ``(row, col, h, w)``."""
-        r, c, h, w = window
-        x = (
-            logits.detach().float().cpu().numpy()
-            if isinstance(logits, torch.Tensor)
-            else np.asarray(logits, np.float32)
-        )
-        if x.shape != (h, w):
-            raise ValueError(f"Stitcher.add: logits of window {window} must be {h}×{w}, got {x.shape}")
-        if r < 0 or c < 0 or r + h > self.height or c + w > self.width:
-            raise ValueError(f"Stitcher.add: window {window} lies outside the {self.height}×{self.width} scene")
-        if (h, w) not in self._cache:
-            self._cache[(h, w)] = blend_weights(h, w, self.blend)
-        weight = self._cache[(h, w)]
-        self._sum[r : r + h, c : c + w] += weight * x
-        self._weight[r : r + h, c : c + w] += weight
-
-    @property
-    def covered(self) -> np.ndarray:
-        """``H×W`` bool: pixels that some tile covered."""
-        return self._weight > 0
-
-    def result(self) -> np.ndarray:
-        """``H×W`` float32 stitched logits; raises if a pixel was not covered."""
-        if not self.covered.all():
-            missing = int((~self.covered).sum())
-            raise ValueError(f"Stitcher: {missing} pixel(s) of the {self.height}×{self.width} scene have no tile")
-        return self._sum / self._weight
-
-
-# ---------------------------------------------------------------------------- dataset
-# ---------------------------------------------------------------------------- writing
+# ---------------------------------------------------------------------------- output files
 def output_stem(out_dir: str | os.PathLike, image: str, category: str | None, several: bool) -> Path:
     """``<out_dir>/<stem>`` or ``<out_dir>/<stem>.<category>`` (several categories per image)."""
     stem = Path(image).name
@@ -151,25 +76,24 @@ def check_outputs(paths: dict[str, Path], inputs: set[Path], overwrite: bool) ->
             raise FileExistsError(f"{path} already exists; pass overwrite=True (PredictionWriter) to replace it")
 
 
-def _write_json(path: Path, payload: dict[str, Any], overwrite: bool) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1), overwrite=overwrite)
-
-
 def overlay_picture(
     path: str,
     mask: np.ndarray,
     band_names: Sequence[str] | None,
     max_side: int = 4096,
-    composite_kind: Literal["auto", "true", "false"] = "auto",
+    composite_kind: CompositeKind = "auto",
     color: tuple[int, int, int] = (255, 0, 0),
     alpha: float = 0.45,
 ) -> np.ndarray:
     """``h×w×3`` uint8: ``mask`` (scene ``H×W``) over a composite of the scene at ``path``.
 
-    The scene is read decimated when its longer side exceeds ``max_side``.
-    """
-    from rsvlm.io.pictures import COMPOSITES, composite, overlay, stretch
+    The background is :func:`rsvlm.io.pictures.composite_or_stretch` of the scene (invalid
+    pixels black). The scene is read decimated when its longer side exceeds ``max_side``.
 
+    Raises:
+        BandError: ``composite_kind`` is ``"true"`` or ``"false"`` and ``band_names`` lack a
+            band it needs (names the file).
+    """
     height, width = mask.shape
     scale = min(1.0, max_side / max(height, width))
     out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -179,16 +103,10 @@ def overlay_picture(
             data = src.read(out_shape=(src.count, out_h, out_w)).astype(np.float32)
             masks = src.read_masks(out_shape=(src.count, out_h, out_w))
     data[:, ~np.all(masks > 0, axis=0)] = np.nan
-    names = [n.lower() for n in band_names] if band_names else []
-    kinds = ["true", "false"] if composite_kind == "auto" else [composite_kind]
-    kind = next((k for k in kinds if all(b in names for b in COMPOSITES[k])), None)
-    if kind is None and composite_kind != "auto":
-        raise BandError(
-            f"{path}: a {composite_kind}-colour composite needs bands {COMPOSITES[composite_kind]}, "
-            f"the band spec has {list(band_names or [])}",
-            path=path,
-        )
-    rgb = composite(data, names, kind) if kind else stretch(data[:1])
+    try:
+        rgb = composite_or_stretch(data, band_names, composite_kind)
+    except ValueError as err:
+        raise BandError(f"{path}: {err}", path=path) from err
     if (out_h, out_w) != (height, width):
         rows = np.arange(out_h) * height // out_h
         cols = np.arange(out_w) * width // out_w
@@ -198,6 +116,8 @@ def overlay_picture(
 
 @dataclass
 class _SceneState:
+    """One scene (and category) being stitched: its first tile's meta, logits, valid ``H×W`` pixels, tiles seen."""
+
     meta: dict[str, Any]
     stitcher: Stitcher
     valid: np.ndarray
@@ -218,9 +138,10 @@ class PredictionWriter(BasePredictionWriter):
         bands: band names for the composite when the batches' meta does not carry them.
         overlay_max_side: longer side of the overlay PNG at most (larger scenes are downsampled).
 
-    Works with :class:`TiledPredictDataset` batches (meta ``window``/``scene_size``/``num_tiles``)
-    and with whole-image batches resized to the model input (meta ``original_size``,
-    ``resized_size``, ``pad``), which are resized back to the scene's size.
+    Works with :class:`rsvlm.data.spie.predict_dataset.TiledPredictDataset` batches (meta
+    ``window``/``scene_size``/``num_tiles``) and with whole-image batches resized to the model
+    input (meta ``original_size``, ``resized_size``, ``pad``), which are resized back to the
+    scene's size.
     """
 
     def __init__(
@@ -229,14 +150,14 @@ class PredictionWriter(BasePredictionWriter):
         threshold: float = 0.5,
         blend: Blend = "cosine",
         overwrite: bool = False,
-        composite: Literal["auto", "true", "false"] = "auto",
+        composite: CompositeKind = "auto",
         bands: list[str] | None = None,
         overlay_max_side: int = 4096,
     ) -> None:
         super().__init__(write_interval="batch")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"PredictionWriter: threshold must be in (0, 1), got {threshold}")
-        if blend not in ("cosine", "mean"):
+        if blend not in BLENDS:
             raise ValueError(f"PredictionWriter: blend must be 'cosine' or 'mean', got {blend!r}")
         self.output_dir = Path(output_dir)
         self.threshold = threshold
@@ -332,9 +253,6 @@ class PredictionWriter(BasePredictionWriter):
         return None
 
     def _write_scene(self, state: _SceneState) -> Path:
-        from rsvlm.data.raster import Raster, write_mask
-        from rsvlm.io.pictures import save_png
-
         meta = state.meta
         image, category = str(meta["image"]), meta.get("category")
         paths = output_paths(self.output_dir, image, category, meta["several"])
@@ -373,7 +291,7 @@ class PredictionWriter(BasePredictionWriter):
             "tiles": sorted(state.descriptions, key=lambda d: d["tile_index"]),
             "outputs": {k: str(v) for k, v in paths.items()},
         }
-        _write_json(paths["json"], payload, self.overwrite)
+        atomic_write_text(paths["json"], json.dumps(payload, indent=1), overwrite=self.overwrite)
         self.written.append({k: str(v) for k, v in paths.items()})
         return paths["mask"]
 
@@ -385,11 +303,8 @@ class PredictionWriter(BasePredictionWriter):
 
 __all__ = [
     "PredictionWriter",
-    "Stitcher",
-    "TiledPredictDataset",
-    "blend_weights",
     "check_outputs",
     "output_paths",
+    "output_stem",
     "overlay_picture",
-    "tile_windows",
 ]

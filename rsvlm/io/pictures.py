@@ -3,15 +3,19 @@
 Arrays: images are ``C×H×W`` (bands first, as in the datasets and models), pictures are
 ``H×W×3`` uint8 (as image files and matplotlib want them), masks are ``H×W`` bool.
 Tensors are accepted wherever arrays are. Figures are drawn with matplotlib's Agg canvas on
-their own ``Figure`` objects (no pyplot global state), and every file is written to a
-temporary file beside its target and moved into place with ``os.replace``, so a crash never
-leaves a half-written picture; existing files are only replaced when asked.
+their own ``Figure`` objects (no pyplot global state), and every file is written with
+:func:`rsvlm.io.atomic.atomic_write` (a temporary file beside its target, moved into place with
+``os.replace``), so a crash never leaves a half-written picture; existing files are only
+replaced when asked.
+
+:func:`composite_or_stretch` is the one place that decides how an image of named bands is shown:
+true colour when the bands allow it, else false colour, else the first band in grey.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -21,12 +25,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from rsvlm.io.atomic import atomic_path
+from rsvlm.io.atomic import atomic_write
 
 COMPOSITES: dict[str, tuple[str, str, str]] = {
     "true": ("red", "green", "blue"),
     "false": ("nir", "red", "green"),
 }
+CompositeKind = Literal["auto", "true", "false"]
 
 
 def _numpy(array) -> np.ndarray:
@@ -94,6 +99,48 @@ def composite(
     return stretch(x[picks], percentiles)
 
 
+def composite_kind(band_names: Sequence[str] | None, kind: CompositeKind = "auto") -> str | None:
+    """The composite ``band_names`` allow: ``"true"``, else ``"false"`` (``kind="auto"``), else None.
+
+    With ``kind="true"`` or ``"false"`` that composite is required: a missing band raises
+    ``ValueError`` naming it. Band names are matched case-insensitively.
+    """
+    if kind != "auto" and kind not in COMPOSITES:
+        raise ValueError(f"composite kind must be 'auto' or one of {sorted(COMPOSITES)}, got {kind!r}")
+    names = {name.lower() for name in band_names or []}
+    for candidate in ("true", "false") if kind == "auto" else (kind,):
+        if all(band in names for band in COMPOSITES[candidate]):
+            return candidate
+    if kind != "auto":
+        missing = [band for band in COMPOSITES[kind] if band not in names]
+        raise ValueError(
+            f"a {kind}-colour composite needs bands {COMPOSITES[kind]}; {missing} missing from {list(band_names or [])}"
+        )
+    return None
+
+
+def composite_or_stretch(
+    image,
+    band_names: Sequence[str] | None,
+    kind: CompositeKind = "auto",
+    percentiles: tuple[float, float] = (2, 98),
+) -> np.ndarray:
+    """Picture ``H×W×3`` uint8 of an image ``C×H×W``: true colour, else false colour, else grey.
+
+    Args:
+        image: ``C×H×W`` bands.
+        band_names: the C band names, in order, or None (unknown bands: the first band in grey).
+        kind: ``"auto"`` falls back from true colour (red, green, blue) to false colour (nir,
+            red, green) to a grey stretch of the first band; ``"true"`` / ``"false"`` require
+            that composite (``ValueError`` naming the missing band otherwise).
+        percentiles: passed to :func:`stretch`.
+    """
+    chosen = composite_kind(band_names, kind)
+    if chosen is None:
+        return stretch(_numpy(image)[:1], percentiles)
+    return composite(image, list(band_names or []), chosen, percentiles)
+
+
 def overlay(rgb, mask, color: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.45) -> np.ndarray:
     """Blend ``color`` into ``rgb`` (``H×W×3`` uint8) where ``mask`` (``H×W`` bool) is True.
 
@@ -113,13 +160,6 @@ def overlay(rgb, mask, color: tuple[int, int, int] = (255, 0, 0), alpha: float =
     return out
 
 
-def _write_atomically(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it to ``path``."""
-    with atomic_path(path, overwrite) as tmp:
-        write(tmp)
-    return Path(path)
-
-
 def save_png(path: str | os.PathLike, array, overwrite: bool = False) -> Path:
     """Write a picture ``H×W×3``/``H×W×4`` uint8, or a mask/grey ``H×W`` (bool or uint8), as PNG.
 
@@ -130,12 +170,13 @@ def save_png(path: str | os.PathLike, array, overwrite: bool = False) -> Path:
         x = x.astype(np.uint8) * 255
     if x.dtype != np.uint8 or not (x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (3, 4))):
         raise ValueError(f"save_png: {path}: expected H×W, H×W×3 or H×W×4 uint8 (or H×W bool), got {x.dtype} {x.shape}")
-    return _write_atomically(path, lambda tmp: Image.fromarray(x).save(tmp, format="PNG"), overwrite)
+    return atomic_write(path, lambda tmp: Image.fromarray(x).save(tmp, format="PNG"), overwrite)
 
 
-def _save_figure(path: str | os.PathLike, fig: Figure, overwrite: bool) -> Path:
+def save_figure(path: str | os.PathLike, fig: Figure, overwrite: bool = False) -> Path:
+    """Write a matplotlib ``Figure`` (built without pyplot) as PNG, atomically."""
     FigureCanvasAgg(fig)
-    return _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite)
 
 
 def save_mask_figure(
@@ -168,7 +209,7 @@ def save_mask_figure(
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
-    return _save_figure(path, fig, overwrite)
+    return save_figure(path, fig, overwrite)
 
 
 def plot_curves(
@@ -202,4 +243,4 @@ def plot_curves(
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save_figure(path, fig, overwrite)
+    return save_figure(path, fig, overwrite)

@@ -8,20 +8,23 @@ import lightning as L
 import numpy as np
 import torch
 
+from rsvlm.io.pictures import composite_or_stretch, overlay
+
 
 def overlay_grid(batch: dict[str, Any], logits: torch.Tensor, band_names: list[str] | None, limit: int) -> np.ndarray:
     """Rows of [image | prediction overlay | target overlay] for the first ``limit`` samples.
 
-    Returns an ``(rows·H)×(3·W)×3`` uint8 array. Prediction in red, target in green.
+    ``batch["image"]`` is ``B×C×H×W``, ``batch["mask"]`` and ``logits`` are ``B×1×H×W``. The
+    image is drawn by :func:`rsvlm.io.pictures.composite_or_stretch` (true colour, else false
+    colour, else the first band in grey). Returns an ``(rows·H)×(3·W)×3`` uint8 array.
+    Prediction in red, target in green.
     """
-    from rsvlm.io.pictures import composite, overlay, stretch
-
     images = batch["image"][:limit].detach().float().cpu().numpy()
     preds = (logits[:limit].detach().float().cpu() > 0).numpy()[:, 0]
     targets = batch["mask"][:limit].detach().cpu().numpy()[:, 0] > 0.5
     rows = []
     for image, pred, target in zip(images, preds, targets):
-        rgb = composite(image, band_names) if band_names else stretch(image[:3])
+        rgb = composite_or_stretch(image, band_names)
         rows.append(np.concatenate([rgb, overlay(rgb, pred, (255, 0, 0)), overlay(rgb, target, (0, 255, 0))], axis=1))
     return np.concatenate(rows, axis=0)
 
@@ -29,7 +32,7 @@ def overlay_grid(batch: dict[str, Any], logits: torch.Tensor, band_names: list[s
 def log_mask_overlays(
     module: L.LightningModule, batch: dict[str, Any], logits: torch.Tensor, limit: int, tag: str
 ) -> None:
-    """Send an overlay grid to every logger that takes images (TensorBoard); others are skipped."""
+    """Send an overlay grid (:func:`overlay_grid`) to the loggers, from the main process, outside sanity checks."""
     if module.trainer is None or module.trainer.sanity_checking or not module.trainer.is_global_zero:
         return
     datamodule = getattr(module.trainer, "datamodule", None)
@@ -38,7 +41,12 @@ def log_mask_overlays(
         grid = overlay_grid(batch, logits, band_names, limit)
     except (KeyError, ValueError):
         grid = overlay_grid(batch, logits, None, limit)
+    send_picture(module, tag, grid)
+
+
+def send_picture(module: L.LightningModule, tag: str, picture: np.ndarray) -> None:
+    """Send an ``H×W×3`` uint8 picture to every logger that takes images (TensorBoard); skip the others."""
     for logger in module.loggers:
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_image"):
-            experiment.add_image(tag, grid, module.global_step, dataformats="HWC")
+            experiment.add_image(tag, picture, module.global_step, dataformats="HWC")

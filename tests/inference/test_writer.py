@@ -1,4 +1,4 @@
-"""Tiled prediction: windows cover scenes, stitching reproduces logits, outputs keep georeferencing."""
+"""Prediction outputs: masks keep georeferencing and nodata, overlays and JSON are written, files are protected."""
 
 from __future__ import annotations
 
@@ -13,15 +13,10 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from rsvlm.inference.predict import (
-    PredictionWriter,
-    Stitcher,
-    TiledPredictDataset,
-    blend_weights,
-    check_outputs,
-    output_paths,
-    tile_windows,
-)
+from rsvlm.data.bands import BandError
+from rsvlm.data.spie.predict_dataset import TiledPredictDataset
+from rsvlm.data.tiling import tile_windows
+from rsvlm.inference.writer import PredictionWriter, check_outputs, output_paths, overlay_picture
 
 BANDS = ["blue", "green", "red", "nir"]
 CRS_UTM = CRS.from_epsg(32633)
@@ -49,59 +44,6 @@ def write_scene(path: Path, height: int, width: int, nodata_box: tuple[int, int,
     ) as dst:
         dst.write(data)
     return data
-
-
-@pytest.mark.parametrize(
-    "height,width,tile,overlap",
-    [(70, 90, 32, 8), (64, 64, 32, 0), (20, 50, 32, 4), (33, 97, 16, 15), (5, 5, 8, 2), (512, 1000, 256, 64)],
-)
-def test_windows_cover_every_pixel_inside_the_scene(height, width, tile, overlap):
-    windows = tile_windows(height, width, tile, overlap)
-    cover = np.zeros((height, width), dtype=int)
-    for r, c, h, w in windows:
-        assert r >= 0 and c >= 0 and r + h <= height and c + w <= width
-        assert (h, w) == (min(tile, height), min(tile, width))
-        cover[r : r + h, c : c + w] += 1
-    assert (cover >= 1).all()
-    # Neighbouring starts are at most tile - overlap apart, so neighbours share >= overlap pixels.
-    for axis in (0, 1):
-        starts = sorted({w[axis] for w in windows})
-        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
-    assert len(windows) == len(set(windows))
-
-
-def test_bad_tiling_arguments_are_errors():
-    with pytest.raises(ValueError, match="overlap"):
-        tile_windows(10, 10, 8, 8)
-    with pytest.raises(ValueError, match="scene size"):
-        tile_windows(0, 10, 8, 0)
-
-
-@pytest.mark.parametrize("blend", ["cosine", "mean"])
-def test_stitching_tiles_of_a_known_field_gives_it_back(blend):
-    rng = np.random.default_rng(1)
-    field = rng.normal(size=(70, 90)).astype(np.float32) * 5
-    stitcher = Stitcher(70, 90, blend)
-    for r, c, h, w in tile_windows(70, 90, 32, 8):
-        stitcher.add((r, c, h, w), torch.from_numpy(field[r : r + h, c : c + w]))
-    np.testing.assert_allclose(stitcher.result(), field, rtol=1e-5, atol=1e-5)
-
-
-def test_overlaps_are_weighted_averages():
-    # Two tiles of constant logits 0 and 1 overlapping by 4 columns: the overlap gets the
-    # weighted mean with the sin² window of each tile evaluated at its own column index.
-    stitcher = Stitcher(8, 12, "cosine")
-    stitcher.add((0, 0, 8, 8), np.zeros((8, 8)))
-    stitcher.add((0, 4, 8, 8), np.ones((8, 8)))
-    out = stitcher.result()
-    weight = np.sin(np.pi * (np.arange(8) + 0.5) / 8) ** 2
-    for col in range(4, 8):
-        expected = weight[col - 4] / (weight[col] + weight[col - 4])
-        np.testing.assert_allclose(out[:, col], expected, rtol=1e-6)
-    assert (out[:, :4] == 0).all() and (out[:, 8:] == 1).all()
-    assert (blend_weights(5, 7) > 0).all()
-    with pytest.raises(ValueError, match="no tile"):
-        Stitcher(4, 4).result()
 
 
 def _feed(writer: PredictionWriter, dataset: TiledPredictDataset, field: np.ndarray) -> None:
@@ -148,6 +90,22 @@ def test_written_outputs_keep_georeferencing_and_honour_nodata(tmp_path):
     assert src.read_bytes()  # input untouched
     with rasterio.open(src) as again:
         np.testing.assert_array_equal(again.read(), data)
+
+
+def test_overlay_picture_draws_the_mask_over_true_colour_and_names_missing_bands(tmp_path):
+    src = tmp_path / "scene.tif"
+    data = write_scene(src, 12, 10).astype(np.float64)
+    mask = np.zeros((12, 10), dtype=bool)
+    mask[3:7, 2:5] = True
+    channels = []
+    for band in data[[2, 1, 0]]:  # red, green, blue of BANDS
+        lo, hi = np.percentile(band, [2, 98])
+        channels.append(np.rint(np.clip((band - lo) / (hi - lo), 0, 1) * 255))
+    rgb = np.stack(channels, axis=-1)
+    expected = np.where(mask[..., None], np.rint(0.55 * rgb + 0.45 * np.array([255.0, 0.0, 0.0])), rgb)
+    np.testing.assert_array_equal(overlay_picture(str(src), mask, BANDS), expected.astype(np.uint8))
+    with pytest.raises(BandError, match=r"scene\.tif.*false-colour composite.*'nir'"):
+        overlay_picture(str(src), mask, ["blue", "green", "red", "swir1"], composite_kind="false")
 
 
 def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
@@ -210,10 +168,10 @@ def test_predict_with_the_model_through_lightning(tmp_path):
     from conftest import tiny_spex_components
     from torch.utils.data import DataLoader
 
-    from rsvlm.data.spie.datamodule import SpieCollate
-    from rsvlm.models.spex import SpexModel
+    from rsvlm.data.spie.dataset import SpieCollate
+    from rsvlm.models.vlm import VisionLanguageModel
 
-    model = SpexModel(**tiny_spex_components())
+    model = VisionLanguageModel(**tiny_spex_components())
     model.generation.max_new_tokens = 3
     src = tmp_path / "scene.tif"
     write_scene(src, 40, 48)

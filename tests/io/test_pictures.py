@@ -10,7 +10,15 @@ import torch
 from conftest import SHARED_DATA
 from PIL import Image
 
-from rsvlm.io.pictures import composite, overlay, plot_curves, save_mask_figure, save_png, stretch
+from rsvlm.io.pictures import (
+    composite,
+    composite_or_stretch,
+    overlay,
+    plot_curves,
+    save_mask_figure,
+    save_png,
+    stretch,
+)
 
 DATA = SHARED_DATA
 NAIP = DATA / "chesapeake-naip-geobench" / "id_000051_image.npy"
@@ -72,6 +80,39 @@ def test_composite_picks_named_bands():
         composite(image[:3], ["red", "green", "blue"], "false")
     with pytest.raises(ValueError, match="len\\(band_names\\)"):
         composite(image, ["red", "green", "blue"], "true")
+
+
+def _reference_stretch(bands: np.ndarray) -> np.ndarray:
+    """Brute-force 2–98 % stretch of each band to uint8, bands last (one band repeated to grey)."""
+    channels = []
+    for band in bands.astype(np.float64):
+        lo, hi = np.percentile(band, [2, 98])
+        channels.append(np.rint(np.clip((band - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8))
+    if len(channels) == 1:
+        channels *= 3
+    return np.stack(channels, axis=-1)
+
+
+def test_composite_or_stretch_falls_back_from_true_to_false_colour_to_grey():
+    rng = np.random.default_rng(5)
+    image = rng.normal(1000.0, 200.0, size=(5, 9, 7))
+    # True colour whenever red, green and blue are named (any order, any case).
+    names = ["NIR", "blue", "SWIR1", "Red", "green"]
+    np.testing.assert_array_equal(composite_or_stretch(image, names), _reference_stretch(image[[3, 4, 1]]))
+    # No blue: false colour (nir, red, green).
+    names = ["nir", "swir1", "red", "green", "swir2"]
+    np.testing.assert_array_equal(composite_or_stretch(image, names), _reference_stretch(image[[0, 2, 3]]))
+    # Neither, or unknown bands: the first band in grey.
+    grey = _reference_stretch(image[:1])
+    np.testing.assert_array_equal(composite_or_stretch(image, ["vv", "vh", "a", "b", "c"]), grey)
+    np.testing.assert_array_equal(composite_or_stretch(torch.from_numpy(image), None), grey)
+    # A required composite names the missing band instead of falling back.
+    with pytest.raises(ValueError, match="true-colour composite needs bands.*'blue'"):
+        composite_or_stretch(image, ["nir", "swir1", "red", "green", "swir2"], kind="true")
+    np.testing.assert_array_equal(
+        composite_or_stretch(image, ["blue", "green", "red", "nir", "x"], kind="false"),
+        _reference_stretch(image[[3, 2, 1]]),
+    )
 
 
 def test_save_png_round_trip_and_refuses_overwrite(tmp_path):

@@ -145,7 +145,7 @@ def test_test_metrics_equal_a_single_process_run(ddp_run):
 def test_every_trainable_parameter_gets_a_gradient():
     from test_resume import TinySpie
 
-    from rsvlm.data.spie.datamodule import SpieCollate
+    from rsvlm.data.spie.dataset import SpieCollate
 
     model = build_model()
     data = TinySpie(2)

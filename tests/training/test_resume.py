@@ -42,27 +42,36 @@ KILL_AFTER = 5
 def build_model():
     """Tiny SPEX: a small timm encoder, MSAM, tiny Qwen2-style LM with LoRA, TCP, SAM head."""
     from rsvlm.bridges.tcp import TokenCompressionProjector
+    from rsvlm.data.spie.corpus import SpieDemoTokenizer
     from rsvlm.encoders.timm_encoder import TimmEncoder
     from rsvlm.fusion.msam import MSAM
     from rsvlm.fusion.projector import MLPProjector
     from rsvlm.heads.sam_decoder import SamMaskDecoderHead
     from rsvlm.llm.causal_lm import CausalLM, LoraSettings
-    from rsvlm.models.spex import SpexModel
+    from rsvlm.models.base import OptimizerGroup
+    from rsvlm.models.vlm import VisionLanguageModel
     from rsvlm.training.optim import OptimSettings
 
     torch.manual_seed(0)
     encoder = TimmEncoder(model_name="test_efficientnet", in_bands=4)
-    return SpexModel(
+    return VisionLanguageModel(
         encoder=encoder,
         fusion=MSAM(in_channels=encoder.channels, out_channels=32, form="paper"),
         projector=MLPProjector(in_dim=32, out_dim=32),
         llm=CausalLM(
-            config=TINY_LLM_CONFIG, tokenizer="demo", freeze=True, lora=LoraSettings(r=4, alpha=8, dropout=0.0)
+            config=TINY_LLM_CONFIG,
+            tokenizer=SpieDemoTokenizer(),
+            freeze=True,
+            lora=LoraSettings(r=4, alpha=8, dropout=0.0),
         ),
         bridge=TokenCompressionProjector(in_dim=32, out_dim=32, num_tokens=2),
         decoder=SamMaskDecoderHead(in_channels=32, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2),
         stage="joint",
-        optim=OptimSettings(vision_lr=1e-3, llm_lr=1e-3, warmup_steps=1),
+        optimizer_groups={
+            "vision": OptimizerGroup(["encoder", "fusion", "projector", "bridge", "decoder"], lr=1e-3),
+            "llm": OptimizerGroup(["llm"], lr=1e-3),
+        },
+        optim=OptimSettings(warmup_steps=1),
         test_with_generation=False,
         log_images=0,
     )
@@ -119,7 +128,7 @@ class TinyDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         from rsvlm.data.loaders import ResumableDataLoader, ResumableSampler
-        from rsvlm.data.spie.datamodule import SpieCollate
+        from rsvlm.data.spie.dataset import SpieCollate
 
         sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=11)
         loader = ResumableDataLoader(
@@ -128,7 +137,7 @@ class TinyDataModule(L.LightningDataModule):
         return self._position.attach(loader)
 
     def test_dataloader(self):
-        from rsvlm.data.spie.datamodule import SpieCollate
+        from rsvlm.data.spie.dataset import SpieCollate
 
         return DataLoader(self.test_set, batch_size=BATCH, shuffle=False, collate_fn=SpieCollate(self._formatter))
 
