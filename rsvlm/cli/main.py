@@ -3,15 +3,24 @@
 ``fit | validate | test | predict`` are LightningCLI subcommands driven by YAML recipes; the
 other subcommands are rsvlm's own. The dispatcher imports nothing heavy, so ``rsvlm --help``
 stays fast and never loads an LLM stack.
+
+rsvlm's own errors (subclasses of :class:`rsvlm.contracts.RsvlmError`: bad band counts,
+unreadable rasters, refused checkpoints, ...) already name the file and the field, so the
+command prints them as one line and exits with status 2; ``--debug`` or ``RSVLM_DEBUG=1``
+shows the traceback instead. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "RSVLM_DEBUG"
+ERROR_EXIT_CODE = 2
 
-HELP = """usage: rsvlm COMMAND [options]
+HELP = """usage: rsvlm COMMAND [options] [--debug]
 
 Train and evaluate (LightningCLI; see `rsvlm fit --help`):
   fit --config RECIPE.yaml        train, validate, then test the best checkpoint
@@ -32,12 +41,55 @@ Data:
 
 Options of a recipe can be overridden on the command line, e.g.
   rsvlm fit --config recipes/spex-demo.yaml --model.init_args.bridge.init_args.num_tokens=2
+
+Errors:
+  rsvlm's own errors (wrong band count, unreadable raster, refused checkpoint, bad sweep, ...)
+  print one line, `rsvlm: error: MESSAGE`, and exit with status 2.
+  --debug (anywhere on the command line) or the environment variable RSVLM_DEBUG=1 shows the
+  full traceback instead.
 """
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``rsvlm ARGV`` (None: ``sys.argv[1:]``) and return the exit status."""
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or debug_from_environment()
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    if from_command_line:
+        # LightningCLI parses sys.argv itself when run from the shell; it must not see --debug.
+        sys.argv[1:] = argv
+    try:
+        return dispatch(argv, from_command_line)
+    except Exception as exc:
+        if debug or not is_rsvlm_error(exc):
+            raise
+        print(f"rsvlm: error: {one_line(str(exc))}", file=sys.stderr)
+        return ERROR_EXIT_CODE
+
+
+def debug_from_environment() -> bool:
+    """True when ``RSVLM_DEBUG`` is set to anything but empty, ``0``, ``false`` or ``no``."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def is_rsvlm_error(exc: BaseException) -> bool:
+    """True for rsvlm's own errors (:class:`rsvlm.contracts.RsvlmError` and its subclasses).
+
+    ``rsvlm.contracts`` imports torch, so it is looked up rather than imported: an
+    ``RsvlmError`` can only have been raised once that module was loaded.
+    """
+    contracts = sys.modules.get("rsvlm.contracts")
+    return contracts is not None and isinstance(exc, contracts.RsvlmError)
+
+
+def one_line(message: str) -> str:
+    """``message`` with its lines stripped and joined by spaces (blank lines dropped)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def dispatch(argv: list[str], from_command_line: bool = False) -> int:
+    """Run the subcommand ``argv[0]`` on ``argv[1:]``; return the exit status."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP)
         return 0
@@ -68,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "data":
         return data_main(rest)
     print(f"rsvlm: unknown command {command!r}\n\n{HELP}", file=sys.stderr)
-    return 2
+    return ERROR_EXIT_CODE
 
 
 def data_main(argv: list[str]) -> int:
@@ -82,5 +134,5 @@ def data_main(argv: list[str]) -> int:
     }
     if not argv or argv[0] not in handlers:
         print(f"usage: rsvlm data {{{','.join(handlers)}}} [options]", file=sys.stderr)
-        return 2
+        return ERROR_EXIT_CODE
     return handlers[argv[0]](argv[1:])

@@ -1,0 +1,173 @@
+"""rsvlm's own errors reach the user as one line and exit status 2; ``--debug`` shows the traceback.
+
+Every case runs the real ``rsvlm`` entry point on a real bad input (a 1-band GeoTIFF where the
+records or the recipe expect 4 or 6 bands): in-process through ``main([...])``, and from a shell
+through ``python -m rsvlm.cli``, where LightningCLI reads ``sys.argv`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import REPO
+from rasterio.transform import from_origin
+
+from rsvlm.cli.main import main
+from rsvlm.contracts import ContractError, RsvlmError
+from rsvlm.data.bands import BandError, band_spec
+
+RECORD_BANDS = ["blue", "green", "red", "nir"]
+
+
+def _one_band_tif(folder: Path) -> Path:
+    path = folder / "one_band.tif"
+    pixels = np.random.default_rng(0).uniform(0.01, 0.5, size=(1, 32, 32)).astype(np.float32)
+    profile = dict(driver="GTiff", height=32, width=32, count=1, dtype="float32", crs="EPSG:32632")
+    with rasterio.open(path, "w", transform=from_origin(300000.0, 5000000.0, 10.0, 10.0), **profile) as dst:
+        dst.write(pixels)
+    return path
+
+
+@pytest.fixture
+def bad_records(tmp_path) -> Path:
+    """A SPIE records file whose one record claims 4 bands for a 1-band GeoTIFF."""
+    image = _one_band_tif(tmp_path)
+    record = {
+        "image": str(image),
+        "mask": str(image),
+        "category": "water",
+        "bands": RECORD_BANDS,
+        "spectral_prompt": "[]",
+        "instruction": "Describe the water regions.",
+        "response": "Some water.",
+        "split": "train",
+        "source": "test",
+    }
+    path = tmp_path / "spie.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    return path
+
+
+def _stats_args(records: Path) -> list[str]:
+    return ["data", "stats", "--records", str(records), "--out", str(records.parent / "stats.json"), "--no-progress"]
+
+
+def _predict_args(tmp_path: Path) -> list[str]:
+    """``rsvlm predict`` of the 6-band demo recipe on a 1-band GeoTIFF (statistics only, no data build)."""
+    image = _one_band_tif(tmp_path)
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"bands": {n: {"mean": 0.2, "std": 0.1} for n in band_spec("demo").names}}))
+    return [
+        "predict",
+        "--config",
+        str(REPO / "recipes" / "spex-demo.yaml"),
+        "--data.init_args.generate=null",
+        f"--data.init_args.stats={stats}",
+        f"--data.init_args.predict_paths=[{image}]",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ]
+
+
+def _run_rsvlm(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "rsvlm.cli", *args], capture_output=True, text=True, cwd=REPO, env=environment
+    )
+
+
+def _assert_one_error_line(stderr: str, named: str) -> None:
+    assert "Traceback" not in stderr
+    naming = [line for line in stderr.splitlines() if named in line]
+    assert len(naming) == 1, stderr
+    assert naming[0].startswith("rsvlm: error: ")
+
+
+# ----------------------------------------------------------------------- rsvlm's own subcommands
+def test_band_count_error_is_one_line_and_status_2(bad_records, capsys, monkeypatch):
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    assert main(_stats_args(bad_records)) == 2
+    err = capsys.readouterr().err
+    _assert_one_error_line(err, "one_band.tif")
+    assert len(err.splitlines()) == 1, err  # nothing else on stderr
+    assert re.search(r"one_band\.tif.*\b4 bands\b.*\b1\b", err), err  # names the file and both counts
+
+
+def test_debug_flag_anywhere_shows_the_exception(bad_records, monkeypatch):
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    args = _stats_args(bad_records)
+    with pytest.raises(BandError, match=r"one_band\.tif"):
+        main([*args[:2], "--debug", *args[2:]])  # removed before `data stats` parses its arguments
+
+
+@pytest.mark.parametrize("value, shown", [("1", True), ("true", True), ("0", False), ("", False)])
+def test_debug_environment_variable(bad_records, monkeypatch, capsys, value, shown):
+    monkeypatch.setenv("RSVLM_DEBUG", value)
+    if shown:
+        with pytest.raises(BandError):
+            main(_stats_args(bad_records))
+    else:
+        assert main(_stats_args(bad_records)) == 2
+        _assert_one_error_line(capsys.readouterr().err, "one_band.tif")
+
+
+def test_multi_line_message_is_folded_into_one_line(monkeypatch, capsys):
+    import rsvlm.experiments.summarize as summarize
+
+    def fail(argv):
+        raise ContractError("fusion: in_channels [64, 128]\n   but the encoder gives\n\n [32, 64]")
+
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    monkeypatch.setattr(summarize, "summarize_main", fail)
+    assert main(["summarize", "--config", "x.yaml"]) == 2
+    expected = "fusion: in_channels [64, 128] but the encoder gives [32, 64]"
+    assert capsys.readouterr().err == f"rsvlm: error: {expected}\n"
+
+
+def test_other_exceptions_keep_their_traceback(monkeypatch):
+    import rsvlm.experiments.summarize as summarize
+
+    def fail(argv):
+        raise RuntimeError("a bug, not a user error")
+
+    monkeypatch.setattr(summarize, "summarize_main", fail)
+    assert not issubclass(RuntimeError, RsvlmError)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["summarize", "--config", "x.yaml"])
+
+
+def test_from_the_shell_one_line_then_traceback_with_debug(bad_records):
+    plain = _run_rsvlm(_stats_args(bad_records), RSVLM_DEBUG="")
+    assert plain.returncode == 2
+    _assert_one_error_line(plain.stderr, "one_band.tif")
+    assert len(plain.stderr.splitlines()) == 1, plain.stderr
+
+    debug = _run_rsvlm([*_stats_args(bad_records), "--debug"], RSVLM_DEBUG="")
+    assert debug.returncode not in (0, 2)
+    assert "Traceback" in debug.stderr
+    assert "BandError" in debug.stderr and "one_band.tif" in debug.stderr
+
+
+# ----------------------------------------------------------------------- LightningCLI subcommands
+def test_predict_with_a_one_band_geotiff_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    assert main(_predict_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    _assert_one_error_line(err, "one_band.tif")
+    assert re.search(r"one_band\.tif.*\b1 bands?\b.*\b6\b", err), err  # names the file and both counts
+
+
+def test_predict_from_the_shell_with_debug_shows_the_traceback(tmp_path):
+    # From the shell LightningCLI parses sys.argv itself: had --debug stayed there, jsonargparse
+    # would refuse it as an unknown option instead of reaching the band-count error.
+    result = _run_rsvlm(["--debug", *_predict_args(tmp_path)], RSVLM_DEBUG="")
+    assert result.returncode not in (0, 2)
+    assert "Traceback" in result.stderr
+    assert "BandError" in result.stderr and "one_band.tif" in result.stderr
