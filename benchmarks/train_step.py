@@ -48,7 +48,7 @@ def build_model(recipe: Path, llm_layers: int | None):
         # Random weights of the same architecture (shipped config), never a hub download; the
         # offline demo tokenizer stands in for the real one (only the sequence length matters).
         llm["config"] = llm.pop("model").rstrip("/").split("/")[-1].lower()
-        llm["tokenizer"] = "demo"
+        llm["tokenizer"] = {"class_path": "rsvlm.data.spie.corpus.SpieDemoTokenizer"}
     if llm_layers is not None:
         cfg = llm.get("config")
         llm["config"] = (

@@ -43,9 +43,10 @@ TINY_LLM_CONFIG = {
 }
 
 
-def tiny_spex_components(bands: int = 4, lora: bool = False) -> dict:
+def tiny_spex_components(bands: int = 4, lora: bool = False, special_tokens: tuple[str, ...] = ("<image>",)) -> dict:
     """The SPEX wiring at toy widths (built in Python with the recipes' arguments)."""
     from rsvlm.bridges.tcp import TokenCompressionProjector
+    from rsvlm.data.spie.corpus import SpieDemoTokenizer
     from rsvlm.encoders.timm_encoder import TimmEncoder
     from rsvlm.fusion.msam import MSAM
     from rsvlm.fusion.projector import MLPProjector
@@ -60,8 +61,9 @@ def tiny_spex_components(bands: int = 4, lora: bool = False) -> dict:
         projector=MLPProjector(in_dim=32, out_dim=32),
         llm=CausalLM(
             config=TINY_LLM_CONFIG,
-            tokenizer="demo",
+            tokenizer=SpieDemoTokenizer(),
             freeze=lora,
+            special_tokens=list(special_tokens),
             lora=LoraSettings(r=4, alpha=8, dropout=0.0) if lora else None,
         ),
         bridge=TokenCompressionProjector(in_dim=32, out_dim=32, num_tokens=2),

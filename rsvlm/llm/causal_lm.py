@@ -1,4 +1,4 @@
-"""A Hugging Face causal LM that reads visual tokens spliced at an ``<image>`` placeholder.
+"""A Hugging Face causal LM that reads embeddings spliced at placeholder tokens (``<image>``, ...).
 
 :class:`CausalLM` loads a model from a Hugging Face id or a local folder (or builds a randomly
 initialised one from an architecture config: a name shipped with rsvlm such as
@@ -10,170 +10,37 @@ full, optionally the new token rows), and runs:
 * :meth:`CausalLM.generate` — decoding from left-padded prompts, returning the generated tokens'
   last-layer hidden states for a bridge such as TCP.
 
+Both splice visual tokens at ``image_token`` and, through ``placeholders``, any number of other
+placeholder kinds and counts (see :mod:`rsvlm.llm.splice`).
+
 Built from a config inside ``with torch.device("meta"):`` it allocates nothing, which is how
 ``rsvlm summarize`` counts the parameters of the paper's models without weights.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from dataclasses import dataclass
-from importlib import resources
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import transformers
-from packaging.version import Version
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 from rsvlm.llm.chat import IGNORE_INDEX, ChatFormatter, single_token_id
+from rsvlm.llm.configs import build_config, config_source_for, load_config_dict
+from rsvlm.llm.loading import DTYPE_KW, load_pretrained, load_tokenizer, on_meta_device, parse_dtype
 from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
-from rsvlm.llm.splice import splice_visual_tokens
-from rsvlm.llm.tokenizer import build_demo_tokenizer
+from rsvlm.llm.outputs import Generation, LMOutput, generation_masks
+from rsvlm.llm.splice import PlaceholderEmbeds, Spliced, image_token_positions, splice_placeholders
+from rsvlm.llm.tokenizer import TokenizerSource
 
-log = logging.getLogger(__name__)
-
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-# transformers renamed from_pretrained's ``torch_dtype`` to ``dtype`` in 4.56.
-_DTYPE_KW = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+__all__ = ["CausalLM", "Generation", "LMOutput", "LoraSettings", "generation_masks", "load_config_dict"]
 
 
-@dataclass
-class LMOutput:
-    """Result of :meth:`CausalLM.forward`; L' is the spliced length (L + N - 1 with N visual tokens).
-
-    Attributes:
-        loss: mean cross-entropy of the next-token predictions on labelled positions (response
-            tokens and the closing token); None without labels.
-        logits: ``B×L'×V``.
-        hidden_states: ``B×L'×D`` last-layer hidden states.
-        attention_mask: ``B×L'``.
-        response_mask: ``B×L'`` bool, True on response tokens (None when not given).
-    """
-
-    loss: torch.Tensor | None
-    logits: torch.Tensor
-    hidden_states: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor | None
-
-
-@dataclass
-class Generation:
-    """Result of :meth:`CausalLM.generate`; T is the number of generated steps.
-
-    Attributes:
-        sequences: ``B×T`` new token ids (padding after a sample's end token).
-        texts: decoded responses, without special tokens.
-        hidden_states: ``B×T×D`` last-layer hidden states at the generated tokens' positions.
-        mask: ``B×T`` bool, True up to and including the end token, False after.
-        response_mask: ``B×T`` bool, ``mask`` without the end token (the response tokens, as in training).
-    """
-
-    sequences: torch.Tensor
-    texts: list[str]
-    hidden_states: torch.Tensor
-    mask: torch.Tensor
-    response_mask: torch.Tensor
-
-
-def generation_masks(sequences: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which generated tokens count: ``B×T`` ids → (``mask``, ``response_mask``), both ``B×T`` bool.
-
-    ``mask`` is True up to and including each row's first stop token and False after it (the
-    padding generate() appends); ``response_mask`` is ``mask`` without the stop token.
-    """
-    is_stop = torch.isin(sequences, torch.tensor(stop_ids, device=sequences.device))
-    after_stop = (is_stop.long().cumsum(dim=1) - is_stop.long()) > 0
-    mask = ~after_stop
-    return mask, mask & ~is_stop
-
-
-# ---------------------------------------------------------------------------- configs
-def shipped_configs() -> dict[str, Path]:
-    """Architecture configs shipped with rsvlm: name → path of the ``config.json`` copy."""
-    folder = resources.files("rsvlm.llm") / "configs"
-    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".json")}
-
-
-def load_config_dict(source: str | dict[str, Any]) -> dict[str, Any]:
-    """Resolve ``source`` to a plain config dict.
-
-    Args:
-        source: a shipped name (``"qwen2.5-1.5b"``), a path to a ``config.json`` or to a folder
-            holding one, or a dict; a dict may name ``"base"`` (shipped name or path) whose values
-            its other keys override.
-    """
-    if isinstance(source, dict):
-        overrides = dict(source)
-        base = overrides.pop("base", None)
-        merged = load_config_dict(base) if base is not None else {}
-        merged.update(overrides)
-        return merged
-    shipped = shipped_configs()
-    key = str(source).lower().removesuffix(".json")
-    if key in shipped:
-        return json.loads(shipped[key].read_text())
-    path = Path(source).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    raise FileNotFoundError(
-        f"LLM config {source!r} is neither a shipped config ({sorted(shipped)}) nor a config.json file or folder"
-    )
-
-
-def build_config(values: dict[str, Any], trust_remote_code: bool = False) -> PretrainedConfig:
-    """A transformers config from a plain dict holding ``model_type``."""
-    values = dict(values)
-    model_type = values.pop("model_type", None)
-    if model_type is None:
-        raise ValueError(
-            f"LLM config needs 'model_type' (e.g. 'qwen2') or a 'base' (e.g. 'qwen2.5-0.5b'); got keys {sorted(values)}"
-        )
-    for key in ("architectures", "transformers_version", "_name_or_path"):
-        values.pop(key, None)
-    return AutoConfig.for_model(model_type, trust_remote_code=trust_remote_code, **values)
-
-
-def _shipped_name_for(model_id: str) -> str | None:
-    name = model_id.rstrip("/").split("/")[-1].lower()
-    return name if name in shipped_configs() else None
-
-
-def _on_meta_device() -> bool:
-    # Inside ``with torch.device("meta")`` factory functions allocate on meta.
-    return torch.empty(0).device.type == "meta"
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("RSVLM_CACHE", Path.home() / ".cache" / "rsvlm")).expanduser()
-
-
-def _dtype(name: str | None) -> torch.dtype | None:
-    """``"bfloat16"`` → ``torch.bfloat16``; None stays None."""
-    if name is None:
-        return None
-    value = getattr(torch, name.removeprefix("torch."), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"torch_dtype {name!r} is not a torch dtype (use e.g. 'bfloat16', 'float16', 'float32')")
-    return value
-
-
-# ---------------------------------------------------------------------------- the module
 class CausalLM(nn.Module):
-    """A causal LM with visual-token splicing, special tokens, LoRA and declared freezing.
+    """A causal LM with placeholder splicing (visual tokens and more), special tokens, LoRA and declared freezing.
 
     Args:
         model: Hugging Face id or local folder with weights. When constructed on the meta device
@@ -184,9 +51,10 @@ class CausalLM(nn.Module):
             hold ``"base"``, a shipped name, plus overrides). A dict without its own ``vocab_size``
             gets the tokenizer's size; a name or path keeps its ``vocab_size`` (grown if the
             tokenizer is larger, never shrunk).
-        tokenizer: Hugging Face id, folder, or ``"demo"`` (the offline demo tokenizer, built once
-            into ``$RSVLM_CACHE/demo-tokenizer``, default ``~/.cache/rsvlm``). Default: ``model``.
-        special_tokens: tokens added as special tokens (embeddings resized to fit).
+        tokenizer: Hugging Face id, folder, or a :class:`~rsvlm.llm.tokenizer.TokenizerSource` (e.g.
+            ``rsvlm.data.spie.corpus.SpieDemoTokenizer``, the offline demo tokenizer). Default: ``model``.
+        special_tokens: tokens added as special tokens (embeddings resized to fit), found with
+            ``convert_tokens_to_ids``: ``[SEG]``, ``<region>``, ...
         image_token: placeholder replaced by the visual tokens; added if missing above.
         lora: LoRA settings; the base model is then frozen and only the adapters train.
         freeze: freeze the base model (without LoRA: nothing of the LLM trains).
@@ -205,7 +73,7 @@ class CausalLM(nn.Module):
         self,
         model: str | None = None,
         config: str | dict | None = None,
-        tokenizer: str | None = None,
+        tokenizer: str | TokenizerSource | None = None,
         special_tokens: list[str] = ["<image>"],
         image_token: str = "<image>",
         lora: LoraSettings | None = None,
@@ -226,14 +94,14 @@ class CausalLM(nn.Module):
         self.image_token = image_token
         self.system_prompt = system_prompt
         self.max_length = max_length
-        meta = _on_meta_device()
+        meta = on_meta_device()
         # float32 unless asked: transformers would otherwise pick the checkpoint's or config's dtype.
-        dtype = _dtype(torch_dtype) or torch.float32
+        dtype = parse_dtype(torch_dtype) or torch.float32
         if model is not None and model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
             raise FileNotFoundError(f"LLM folder {model} does not exist")
 
         special = list(dict.fromkeys([*special_tokens, image_token]))
-        self._tokenizer = self._load_tokenizer(tokenizer if tokenizer is not None else model, meta, trust_remote_code)
+        self._tokenizer = load_tokenizer(tokenizer if tokenizer is not None else model, meta, trust_remote_code)
         new_tokens: list[str] = []
         if self._tokenizer is not None:
             vocab = self._tokenizer.get_vocab()
@@ -245,9 +113,9 @@ class CausalLM(nn.Module):
             self.special_token_ids = {}
 
         if model is not None and not meta:
-            self.model = self._load_pretrained(model, dtype, attn_implementation, trust_remote_code)
+            self.model = load_pretrained(model, dtype, attn_implementation, trust_remote_code)
         else:
-            values = load_config_dict(config if config is not None else self._config_source(model))
+            values = load_config_dict(config if config is not None else config_source_for(model))
             # A dict is a custom model: its vocabulary is the tokenizer's unless stated. A name or
             # path is an exact architecture: its vocab_size stays (and grows below if too small).
             if self._tokenizer is not None and isinstance(config, dict) and "vocab_size" not in config:
@@ -261,7 +129,7 @@ class CausalLM(nn.Module):
                 hf_config,
                 attn_implementation=attn_implementation,
                 trust_remote_code=trust_remote_code,
-                **{_DTYPE_KW: dtype},
+                **{DTYPE_KW: dtype},
             )
 
         if self._tokenizer is not None:
@@ -286,65 +154,6 @@ class CausalLM(nn.Module):
         elif freeze and trainable_ids:
             self.model = apply_trainable_tokens(self.model, trainable_ids)
         self._formatter: ChatFormatter | None = None
-
-    # ------------------------------------------------------------------ loading
-    @staticmethod
-    def _load_tokenizer(source: str | None, meta: bool, trust_remote_code: bool):
-        if source is None:
-            return None
-        if source == "demo":
-            return build_demo_tokenizer(_cache_dir() / "demo-tokenizer")
-        local = Path(source).expanduser().is_dir()
-        try:
-            return AutoTokenizer.from_pretrained(
-                str(Path(source).expanduser()) if local else source,
-                local_files_only=local or meta,
-                trust_remote_code=trust_remote_code,
-            )
-        except (OSError, ValueError) as err:
-            if meta:
-                # Counting parameters needs no tokenizer: the vocabulary comes from the config.
-                log.info("no tokenizer for %s on the meta device (%s); using the config's vocab_size", source, err)
-                return None
-            raise OSError(
-                f"could not load the tokenizer {source!r}: {err}. Download it with "
-                f"`huggingface-cli download {source} --local-dir <folder>` and pass that folder."
-            ) from err
-
-    @staticmethod
-    def _config_source(model: str) -> str:
-        folder = Path(model).expanduser()
-        if (folder / "config.json").is_file():
-            return str(folder)
-        name = _shipped_name_for(model)
-        if name is None:
-            raise ValueError(
-                f"building {model!r} on the meta device needs its architecture: pass `config` "
-                f"(a config.json path or one of {sorted(shipped_configs())}) or a local folder with config.json"
-            )
-        return name
-
-    @staticmethod
-    def _load_pretrained(model: str, dtype: torch.dtype, attn: str, trust_remote_code: bool) -> nn.Module:
-        folder = Path(model).expanduser()
-        kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": trust_remote_code, _DTYPE_KW: dtype}
-        if folder.is_dir():
-            if not (folder / "config.json").is_file():
-                raise FileNotFoundError(f"LLM folder {folder} has no config.json; is it a Hugging Face model folder?")
-            if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-                raise FileNotFoundError(
-                    f"LLM folder {folder} has no weights ({', '.join(_WEIGHT_FILES)}). Download them with "
-                    f"`huggingface-cli download <hub id, e.g. Qwen/Qwen2.5-1.5B> --local-dir {folder}`"
-                )
-            return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
-        try:
-            return AutoModelForCausalLM.from_pretrained(model, **kwargs)
-        except OSError as err:
-            raise OSError(
-                f"could not load LLM weights {model!r} from the Hugging Face hub or its cache ({err}). "
-                f"Download them with `huggingface-cli download {model} --local-dir <folder>` and set "
-                f"model: <folder> in the recipe."
-            ) from err
 
     # ------------------------------------------------------------------ properties
     @property
@@ -387,21 +196,59 @@ class CausalLM(nn.Module):
         """Id of the token that closes a response (``<|im_end|>`` for ChatML tokenizers)."""
         return self.formatter.end_token_id
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ splicing
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``B×L`` ids → ``B×L×D`` input embeddings (through any trainable-token adapter)."""
         return self.model.get_input_embeddings()(input_ids)
 
-    def _splice(self, input_ids, attention_mask, visual_tokens, labels=None, response_mask=None):
+    def _splice(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        visual_tokens: torch.Tensor | None,
+        placeholders: Mapping[str, PlaceholderEmbeds] | None,
+        labels: torch.Tensor | None = None,
+        response_mask: torch.Tensor | None = None,
+        padding_side: str | None = None,
+    ) -> Spliced:
+        """Embed ``input_ids`` and splice ``visual_tokens`` at ``image_token`` and ``placeholders`` at theirs.
+
+        Samples that grow by different amounts are re-padded on ``padding_side`` (None: inferred
+        from ``attention_mask``)."""
         embeds = self.embed(input_ids)
-        if visual_tokens is None:
-            if (input_ids == self.image_token_id).any():
-                raise ValueError(f"input_ids hold {self.image_token!r} but no visual_tokens were given")
-            return embeds, attention_mask, labels, response_mask
-        s = splice_visual_tokens(
-            embeds, input_ids, self.image_token_id, visual_tokens, attention_mask, labels, response_mask
+        kinds = dict(placeholders or {})
+        if visual_tokens is not None:
+            if self.image_token in kinds:
+                raise ValueError(f"{self.image_token!r} given both as visual_tokens and in placeholders; give one")
+            b, _, d = embeds.shape
+            if visual_tokens.dim() != 3 or visual_tokens.shape[0] != b or visual_tokens.shape[2] != d:
+                raise ValueError(
+                    f"visual_tokens must be B×N×D = {b}×N×{d} (the LLM width), got {tuple(visual_tokens.shape)}"
+                )
+            # visual_tokens means one image per sample: other counts are an error, not a split.
+            image_token_positions(input_ids, self.image_token_id, attention_mask)
+            kinds[self.image_token] = visual_tokens
+        if self.image_token not in kinds and (input_ids == self.image_token_id).any():
+            raise ValueError(f"input_ids hold {self.image_token!r} but no visual_tokens were given")
+        if not kinds:
+            return Spliced(embeds, attention_mask, labels, response_mask, input_ids)
+        unknown = [name for name in kinds if name not in self.special_token_ids]
+        if unknown:
+            raise ValueError(
+                f"placeholders {unknown} are not special tokens of this LLM; add them to special_tokens "
+                f"(it has {sorted(self.special_token_ids)})"
+            )
+        pad = self.tokenizer.pad_token_id
+        return splice_placeholders(
+            embeds,
+            input_ids,
+            attention_mask,
+            {name: (self.special_token_ids[name], value) for name, value in kinds.items()},
+            labels,
+            response_mask,
+            pad_token_id=int(pad) if pad is not None else self.end_token_id,
+            padding_side=padding_side,
         )
-        return s.embeds, s.attention_mask, s.labels, s.response_mask
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -411,6 +258,7 @@ class CausalLM(nn.Module):
         visual_tokens: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         response_mask: torch.Tensor | None = None,
+        placeholders: Mapping[str, PlaceholderEmbeds] | None = None,
     ) -> LMOutput:
         """Teacher-forced pass over right-padded sequences.
 
@@ -420,25 +268,33 @@ class CausalLM(nn.Module):
             visual_tokens: ``B×N×D`` tokens spliced at the image token.
             labels: ``B×L`` target ids, -100 where no loss applies (from :class:`ChatFormatter`).
             response_mask: ``B×L`` bool, True on response tokens.
+            placeholders: placeholder token (a special token, e.g. ``"<region>"``) → its embeddings:
+                ``B×N×D`` or per sample ``n_i×D`` / ``c_i×n×D`` / a list of ``n_ij×D`` (see
+                :mod:`rsvlm.llm.splice`); each occurrence takes the next group, in text order.
 
         Returns:
-            :class:`LMOutput` over the spliced length ``L' = L + N - 1``.
+            :class:`LMOutput` over the spliced length ``L'`` (``L + N - 1`` with ``visual_tokens``
+            alone), with the spliced ``input_ids`` and ``labels``.
         """
-        embeds, mask, labels, response_mask = self._splice(
-            input_ids, attention_mask, visual_tokens, labels, response_mask
-        )
+        s = self._splice(input_ids, attention_mask, visual_tokens, placeholders, labels, response_mask)
         out = self.model(
-            inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, use_cache=False, return_dict=True
+            inputs_embeds=s.embeds,
+            attention_mask=s.attention_mask,
+            output_hidden_states=True,
+            use_cache=False,
+            return_dict=True,
         )
         loss = None
-        if labels is not None:
+        if s.labels is not None:
             # Position t predicts token t+1.
-            target = labels[:, 1:]
+            target = s.labels[:, 1:]
             logits = out.logits[:, :-1].float()
             valid = target != IGNORE_INDEX
             total = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
             loss = total / valid.sum().clamp(min=1)
-        return LMOutput(loss, out.logits, out.hidden_states[-1], mask, response_mask)
+        return LMOutput(
+            loss, out.logits, out.hidden_states[-1], s.attention_mask, s.response_mask, s.input_ids, s.labels
+        )
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -451,6 +307,7 @@ class CausalLM(nn.Module):
         temperature: float = 0.8,
         top_p: float = 0.9,
         repetition_penalty: float = 1.0,
+        placeholders: Mapping[str, PlaceholderEmbeds] | None = None,
     ) -> Generation:
         """Generate responses to LEFT-padded prompts.
 
@@ -463,12 +320,15 @@ class CausalLM(nn.Module):
             temperature: sampling temperature.
             top_p: nucleus sampling mass.
             repetition_penalty: > 1 discourages repeating generated tokens.
+            placeholders: further placeholder embeddings, as in :meth:`forward`.
 
         Returns:
             :class:`Generation`; its hidden states come from one forward over prompt + generated
             tokens, so they equal a teacher-forced pass over the same text.
         """
-        embeds, mask, _, _ = self._splice(prompt_ids, prompt_attention_mask, visual_tokens)
+        # Prompts end where generation starts, so samples that grow less get padding on the left.
+        spliced = self._splice(prompt_ids, prompt_attention_mask, visual_tokens, placeholders, padding_side="left")
+        embeds, mask = spliced.embeds, spliced.attention_mask
         stop_ids = sorted(
             {self.end_token_id, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])}
         )

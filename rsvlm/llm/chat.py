@@ -1,18 +1,42 @@
-"""Chat formatting and label masking for instruction → response training.
+"""Chat formatting and label masking for instruction → response training, single- or multi-turn.
 
-:class:`ChatFormatter` turns (instruction, response) pairs into the token tensors a causal LM
-trains on. The prompt is rendered with the tokenizer's own chat template (the user message is
-``"<image>\\n" + instruction``, with the generation prompt), the response and one closing token
-follow, and only the response and the closing token carry labels: everything else is -100, so
-the text loss is computed on the response alone.
+:class:`ChatFormatter` turns (instruction, response) pairs, or whole conversations (LLaVA-style
+lists of turns), into the token tensors a causal LM trains on. The text is rendered with the
+tokenizer's own chat template (a single-turn user message is ``"<image>\\n" + instruction``);
+only the assistant turns and the token closing each carry labels: everything else (user turns,
+system prompt, template scaffolding) is -100, so the text loss is computed on the responses alone.
+Prompts for generation end with the assistant opening of the template.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
+
+# LLaVA's speaker names and the chat roles they stand for.
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@dataclass
+class ConversationPieces:
+    """One tokenized conversation (unpadded, length L_i).
+
+    Attributes:
+        ids: the token ids.
+        labelled: True on the tokens that carry a label (assistant contents and their closing tokens).
+        response: True on assistant contents (the response mask).
+        prompt_length: how many leading ids form the generation prompt (up to the last assistant opening).
+    """
+
+    ids: list[int]
+    labelled: list[bool]
+    response: list[bool]
+    prompt_length: int
 
 
 def single_token_id(tokenizer: PreTrainedTokenizerBase, token: str, what: str) -> int:
@@ -87,13 +111,100 @@ class ChatFormatter:
     def prompt_ids(self, instruction: str, index: int = 0) -> list[int]:
         """Token ids of one prompt; ``index`` names the sample in errors."""
         ids = self._encode(self.prompt_text(instruction))
+        self._check_image_count(ids, index, instruction)
+        return ids
+
+    def _check_image_count(self, ids: list[int], index: int, instruction: str) -> None:
         count = ids.count(self.image_token_id)
         if count != 1:
             raise ValueError(
                 f"sample {index}: the prompt holds {count} {self.image_token!r} tokens, expected exactly 1 "
                 f"(does the instruction {instruction[:80]!r} contain {self.image_token!r}?)"
             )
-        return ids
+
+    # ------------------------------------------------------------------ conversations
+    def messages(self, conversation: Sequence[Mapping[str, str]], index: int = 0) -> list[dict[str, str]]:
+        """LLaVA-style turns (``{"from": "human"|"gpt"|"system", "value": ...}``) or chat messages
+        (``{"role": ..., "content": ...}``) → chat messages, with the system prompt prepended when
+        set and the conversation has none; ``index`` names the sample in errors."""
+        out = []
+        for turn, message in enumerate(conversation):
+            role = message.get("role", message.get("from"))
+            content = message.get("content", message.get("value"))
+            role = _ROLES.get(str(role).lower())
+            if role is None or not isinstance(content, str):
+                raise ValueError(
+                    f"sample {index}, turn {turn}: expected a role (user/assistant/system or human/gpt) and a "
+                    f"text content, got {dict(message)}"
+                )
+            if role == "assistant" and self.image_token in content:
+                raise ValueError(f"sample {index}, turn {turn}: an assistant turn holds {self.image_token!r}")
+            out.append({"role": role, "content": content})
+        if self.system_prompt is not None and (not out or out[0]["role"] != "system"):
+            out.insert(0, {"role": "system", "content": self.system_prompt})
+        return out
+
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def conversation_pieces(self, conversation: Sequence[Mapping[str, str]], index: int = 0) -> ConversationPieces:
+        """One conversation as token ids with its labels, the prompt ending with the last assistant opening.
+
+        The text is the chat template's rendering, tokenized in pieces: template scaffolding
+        (unlabelled), each assistant turn's content (labelled, in the response mask) and the token
+        closing it (labelled). The sequence ends with the last assistant turn's closing token; a
+        conversation ending with a user turn has no labels and its prompt is the whole text plus the
+        assistant opening.
+        """
+        messages = self.messages(conversation, index)
+        assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if messages and messages[-1]["role"] != "assistant":
+            assistant.append(len(messages))  # the generation prompt of the reply to come
+        ids: list[int] = []
+        labelled: list[bool] = []
+        response: list[bool] = []
+        done = ""  # the rendered text already tokenized
+        prompt_length = 0
+        for a in assistant:
+            before = self._render(messages[:a], True)
+            if not before.startswith(done):
+                raise ValueError(f"sample {index}: the chat template does not render the conversation turn by turn")
+            scaffold = self._encode(before[len(done) :])
+            ids += scaffold
+            labelled += [False] * len(scaffold)
+            response += [False] * len(scaffold)
+            prompt_length = len(ids)
+            if a == len(messages):
+                break
+            content = messages[a]["content"]
+            # Later turns continue the rendered text after this turn's closing token, so it must be
+            # where the template puts it (the last turn ends with it whatever the template does).
+            if a != assistant[-1] and not self._render(messages[: a + 1], False).startswith(
+                before + content + self.end_token
+            ):
+                raise ValueError(
+                    f"sample {index}: the chat template does not close assistant turn {a} with {self.end_token!r}"
+                )
+            answer = self._encode(content)
+            ids += [*answer, self.end_token_id]
+            labelled += [True] * (len(answer) + 1)
+            response += [True] * len(answer) + [False]
+            done = before + content + self.end_token
+        return ConversationPieces(ids, labelled, response, prompt_length)
+
+    def conversations(self, conversations: Sequence[Sequence[Mapping[str, str]]]) -> dict[str, torch.Tensor]:
+        """Format a batch of multi-turn conversations; see :meth:`conversation_pieces`.
+
+        Returns:
+            ``input_ids``, ``attention_mask``, ``labels`` (the ids of every assistant turn and its
+            closing token, -100 elsewhere) and ``response_mask`` (bool, assistant content only), all
+            ``B×L`` right-padded; plus ``prompt_ids`` and ``prompt_attention_mask`` ``B×P``
+            left-padded: the text up to the last assistant turn, ending with the assistant opening.
+        """
+        rows = [self.conversation_pieces(c, i) for i, c in enumerate(conversations)]
+        for i, row in enumerate(rows):
+            self._check_length(i, len(row.ids), f"conversation of {len(conversations[i])} turns")
+        return self._batch(rows)
 
     # ------------------------------------------------------------------ batches
     def prompts(self, instructions: list[str]) -> dict[str, torch.Tensor]:
@@ -104,7 +215,7 @@ class ChatFormatter:
         """
         rows = [self.prompt_ids(text, i) for i, text in enumerate(instructions)]
         for i, row in enumerate(rows):
-            self._check_length(i, len(row), instructions[i])
+            self._check_length(i, len(row), f"instruction {instructions[i][:80]!r}")
         return self._left_pad(rows)
 
     def _left_pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -118,7 +229,7 @@ class ChatFormatter:
         return {"prompt_ids": ids, "prompt_attention_mask": mask}
 
     def __call__(self, instructions: list[str], responses: list[str]) -> dict[str, torch.Tensor]:
-        """Format a batch.
+        """Format a batch of single-turn exchanges.
 
         Args:
             instructions: B instruction strings (the user message follows ``image_token + "\\n"``).
@@ -131,36 +242,43 @@ class ChatFormatter:
         """
         if len(instructions) != len(responses):
             raise ValueError(f"{len(instructions)} instructions but {len(responses)} responses")
-        rows: list[tuple[list[int], list[int]]] = []
+        rows = []
         for i, (instruction, response) in enumerate(zip(instructions, responses)):
-            prompt = self.prompt_ids(instruction, i)
-            answer = self._encode(response)
-            self._check_length(i, len(prompt) + len(answer) + 1, instruction)
-            rows.append((prompt, answer))
-        width = max(len(p) + len(a) + 1 for p, a in rows)
+            conversation = [
+                {"role": "user", "content": f"{self.image_token}\n{instruction}"},
+                {"role": "assistant", "content": response},
+            ]
+            row = self.conversation_pieces(conversation, i)
+            self._check_image_count(row.ids[: row.prompt_length], i, instruction)
+            self._check_length(i, len(row.ids), f"instruction {instruction[:80]!r}")
+            rows.append(row)
+        return self._batch(rows)
+
+    def _batch(self, rows: list[ConversationPieces]) -> dict[str, torch.Tensor]:
+        width = max(len(row.ids) for row in rows)
         b = len(rows)
         input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((b, width), dtype=torch.long)
         labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
         response_mask = torch.zeros((b, width), dtype=torch.bool)
-        for i, (prompt, answer) in enumerate(rows):
-            seq = prompt + answer + [self.end_token_id]
-            p, n = len(prompt), len(seq)
-            input_ids[i, :n] = torch.tensor(seq)
+        for i, row in enumerate(rows):
+            n = len(row.ids)
+            ids = torch.tensor(row.ids, dtype=torch.long)
+            input_ids[i, :n] = ids
             attention_mask[i, :n] = 1
-            labels[i, p:n] = torch.tensor(answer + [self.end_token_id])
-            response_mask[i, p : p + len(answer)] = True
+            labels[i, :n] = torch.where(torch.tensor(row.labelled), ids, IGNORE_INDEX)
+            response_mask[i, :n] = torch.tensor(row.response)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "response_mask": response_mask,
-            **self._left_pad([prompt for prompt, _ in rows]),
+            **self._left_pad([row.ids[: row.prompt_length] for row in rows]),
         }
 
-    def _check_length(self, index: int, length: int, instruction: str) -> None:
+    def _check_length(self, index: int, length: int, what: str) -> None:
         if length > self.max_length:
             raise ValueError(
                 f"sample {index}: {length} tokens exceed max_length={self.max_length} "
-                f"(instruction {instruction[:80]!r}); shorten the text or raise max_length"
+                f"({what}); shorten the text or raise max_length"
             )

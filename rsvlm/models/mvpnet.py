@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,10 +42,12 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from rsvlm.contracts import ContractError, Encoder, check_link
-from rsvlm.fusion.upernet import UperNetSegHead
+from rsvlm.contracts import ContractError, Encoder
+from rsvlm.heads.upernet import UperNetSegHead
+from rsvlm.models.base import ComposedModule, Link, OptimizerGroup
+from rsvlm.training.image_logging import send_picture
 from rsvlm.training.metrics import METRIC_NAMES, BinarySegmentationMetrics
-from rsvlm.training.optim import OptimSettings, build_optimizer
+from rsvlm.training.optim import OptimSettings
 
 IGNORE_INDEX = 255
 #: SPEX's target categories; matched against ``class_names`` when ``target_categories`` is None.
@@ -64,12 +65,12 @@ def _key(name: str) -> str:
     return name.strip().replace(" ", "_").replace("/", "_")
 
 
-class MVPNet(L.LightningModule):
-    """Encoder + UperNet head trained for multi-class segmentation.
+class MVPNet(ComposedModule):
+    """Encoder + UperNet head trained for multi-class segmentation (one stage, both components).
 
     Args:
         encoder: image ``B×C×H×W`` → pyramid (the encoder SPEX later reuses).
-        head: a :class:`rsvlm.fusion.upernet.UperNetSegHead` with ``in_channels`` equal to the
+        head: a :class:`rsvlm.heads.upernet.UperNetSegHead` with ``in_channels`` equal to the
             encoder's ``channels`` and ``num_classes`` classes.
         num_classes: K, the number of classes of the source datasets' legend.
         class_names: K names (for per-class metrics and the default target categories).
@@ -84,6 +85,8 @@ class MVPNet(L.LightningModule):
             ``{}`` turns the binary metrics off.
     """
 
+    links = (Link("encoder", "channels", "head", "in_channels", what="channels"),)
+
     def __init__(
         self,
         encoder: Encoder,
@@ -96,9 +99,13 @@ class MVPNet(L.LightningModule):
         log_images: int = 0,
         target_categories: dict[str, list[int]] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            stages={"train": ["encoder", "head"]},
+            stage="train",
+            optimizer_groups={"all": OptimizerGroup(["encoder", "head"], lr=lr, weight_decay=weight_decay)},
+            optim=OptimSettings(weight_decay=weight_decay, warmup_ratio=warmup_ratio),
+        )
         self.save_hyperparameters(ignore=["encoder", "head"])
-        check_link(encoder, encoder.channels, head, head.in_channels, "channels")
         if head.num_classes != num_classes:
             raise ContractError(
                 f"MVPNet.num_classes={num_classes} but {type(head).__name__}.num_classes={head.num_classes}; "
@@ -116,8 +123,7 @@ class MVPNet(L.LightningModule):
                 raise ValueError(
                     f"MVPNet.target_categories[{category!r}]={list(indices)}: need class indices in 0..{num_classes - 1}"
                 )
-        self.encoder = encoder
-        self.head = head
+        self.assemble({"encoder": encoder, "head": head})
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.target_categories = {c: [int(i) for i in v] for c, v in targets.items()}
@@ -172,6 +178,7 @@ class MVPNet(L.LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
             return
@@ -244,13 +251,6 @@ class MVPNet(L.LightningModule):
         logits = self(batch["image"])
         return {"classes": logits.argmax(dim=1), "logits": logits}
 
-    def configure_optimizers(self):
-        settings = OptimSettings(
-            vision_lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, warmup_ratio=self.hparams.warmup_ratio
-        )
-        params = [p for p in self.parameters() if p.requires_grad]
-        return build_optimizer({"vision": params}, settings, self.trainer.estimated_stepping_batches)
-
     # ------------------------------------------------------------------ pictures
     def _log_class_maps(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
@@ -265,10 +265,7 @@ class MVPNet(L.LightningModule):
             band_names,
             self.hparams.log_images,
         )
-        for logger in self.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("val/class_maps", grid, self.global_step, dataformats="HWC")
+        send_picture(self, "val/class_maps", grid)
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -291,19 +288,14 @@ def class_map_grid(
     """Rows of [colour composite | predicted classes | target classes] for the first ``limit``
     samples of ``image`` ``B×C×H×W``, ``preds`` and ``target`` ``B×H×W``: an
     ``(rows·H)×(3·W)×3`` uint8 array; target pixels 255 (invalid) are black."""
-    from rsvlm.io.pictures import composite, stretch
+    from rsvlm.io.pictures import composite_or_stretch
 
     colours = palette(num_classes)
     rows = []
     for img, p, t in zip(
         image[:limit].detach().float().cpu().numpy(), preds[:limit].cpu().numpy(), target[:limit].cpu().numpy()
     ):
-        try:
-            rgb = composite(img, band_names) if band_names else None
-        except ValueError:  # no red/green/blue bands: a stretch of the first band(s)
-            rgb = None
-        if rgb is None:
-            rgb = stretch(img[:3] if img.shape[0] >= 3 else img[:1])
+        rgb = composite_or_stretch(img, band_names)
         t = np.where(t == IGNORE_INDEX, num_classes, t)
         rows.append(np.concatenate([rgb, colours[p], colours[t]], axis=1))
     return np.concatenate(rows, axis=0)

@@ -8,7 +8,8 @@ to the graph, so ``backward`` works).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -108,20 +109,28 @@ class LossWeights:
         return cls(text=1.0, bce=2.0, dice=1.0)
 
 
-def combine(
-    weights: LossWeights,
-    text: torch.Tensor | None = None,
-    bce: torch.Tensor | None = None,
-    dice: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Weighted sum ``text·w_text + bce·w_bce + dice·w_dice`` of the terms that are given.
+#: Mask loss terms by the name a recipe's ``loss_weights`` uses: ``(logits, target, valid) → scalar``.
+MASK_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
+    "bce": bce_loss,
+    "dice": dice_loss,
+}
 
-    Terms left as ``None`` (e.g. the mask terms in a text-only stage) are skipped.
+
+def combine(weights: LossWeights | Mapping[str, float], **terms: torch.Tensor | None) -> torch.Tensor:
+    """Weighted sum ``Σ w_name · term_name`` of the named terms that are given.
+
+    Terms left as ``None`` (e.g. the mask terms in a text-only stage) are skipped; a given term
+    without a weight is an error (a misspelt name would otherwise be silently dropped).
     """
-    terms = [(w, x) for w, x in ((weights.text, text), (weights.bce, bce), (weights.dice, dice)) if x is not None]
-    if not terms:
-        raise ValueError("combine: give at least one of text, bce, dice")
-    total = terms[0][0] * terms[0][1]
-    for w, x in terms[1:]:
-        total = total + w * x
+    weights = asdict(weights) if isinstance(weights, LossWeights) else dict(weights)
+    given = {name: x for name, x in terms.items() if x is not None}
+    unweighted = sorted(set(given) - set(weights))
+    if unweighted:
+        raise KeyError(f"combine: no weight for loss term(s) {unweighted}; weights: {sorted(weights)}")
+    if not given:
+        raise ValueError(f"combine: give at least one of {', '.join(weights)}")
+    names = [name for name in weights if name in given]
+    total = weights[names[0]] * given[names[0]]
+    for name in names[1:]:
+        total = total + weights[name] * given[name]
     return total

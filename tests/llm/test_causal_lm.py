@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rsvlm.data.spie.corpus import SpieDemoTokenizer, build_demo_tokenizer
 from rsvlm.llm.causal_lm import CausalLM, generation_masks, load_config_dict
 from rsvlm.llm.lora import LoraSettings
-from rsvlm.llm.tokenizer import build_demo_tokenizer
 
 TINY = {
     "model_type": "qwen2",
@@ -33,7 +33,7 @@ def tok_dir(tmp_path_factory) -> str:
     return str(folder)
 
 
-def tiny_lm(tok_dir: str, seed: int = 0, **kwargs) -> CausalLM:
+def tiny_lm(tok_dir: str | SpieDemoTokenizer, seed: int = 0, **kwargs) -> CausalLM:
     torch.manual_seed(seed)
     kwargs.setdefault("freeze", False)
     return CausalLM(config=dict(TINY), tokenizer=tok_dir, **kwargs).eval()
@@ -175,7 +175,7 @@ def test_save_and_load_through_a_folder(tok_dir, tmp_path) -> None:
 def test_missing_weights_name_what_to_download(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(TINY))
     with pytest.raises(FileNotFoundError, match="huggingface-cli download"):
-        CausalLM(model=str(tmp_path), tokenizer="demo")
+        CausalLM(model=str(tmp_path), tokenizer=SpieDemoTokenizer())
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CausalLM(model="./no/such/folder")
 
@@ -268,7 +268,7 @@ def test_shipped_configs_and_overrides() -> None:
 
 def test_demo_tokenizer_by_name_uses_the_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RSVLM_CACHE", str(tmp_path))
-    lm = tiny_lm("demo")
+    lm = tiny_lm(SpieDemoTokenizer())
     assert (tmp_path / "demo-tokenizer" / "tokenizer.json").is_file()
     assert lm.model.config.vocab_size == len(lm.tokenizer)
 

@@ -1,8 +1,7 @@
-"""Demo tokenizer and ChatFormatter: template, label masking, padding, errors."""
+"""ChatFormatter: template, label masking, padding, errors; multi-turn conversations against hand-built ids."""
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -10,9 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-import rsvlm.llm.tokenizer as demo
+from rsvlm.data.spie.corpus import build_demo_tokenizer
 from rsvlm.llm.chat import IGNORE_INDEX, ChatFormatter
-from rsvlm.llm.tokenizer import build_demo_tokenizer
 
 INSTRUCTIONS = ["Segment the water.", "Find all buildings in the scene and describe them."]
 RESPONSES = ["A small pond lies in the top-left.", "Large buildings at the bottom-right cover 35% of the image."]
@@ -42,78 +40,6 @@ def chatml(messages: list[dict], generation_prompt: bool) -> str:
     if generation_prompt:
         text += "<|im_start|>assistant\n"
     return text
-
-
-def test_demo_tokenizer_files_specials_and_template(tok_dir) -> None:
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    assert 1000 <= len(tok) <= 2000
-    assert tok.pad_token == "<|endoftext|>" and tok.eos_token == "<|im_end|>"
-    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
-        assert tok(special, add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(special)]
-    for messages in (
-        [{"role": "user", "content": "<image>\nSegment the water."}],
-        [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "ok"},
-        ],
-    ):
-        for gen in (True, False):
-            assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen) == chatml(messages, gen)
-    text = "Über 12.5% des Bildes: 水体 in the top-left! 🌊"
-    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level: anything round-trips
-
-
-def test_demo_tokenizer_is_deterministic_and_cached(tmp_path, tok_dir, monkeypatch) -> None:
-    other = build_demo_tokenizer(tmp_path / "again")
-    assert (
-        json.loads((tmp_path / "again" / "tokenizer.json").read_text())["model"]
-        == json.loads((tok_dir / "tokenizer.json").read_text())["model"]
-    )
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("the cached tokenizer should have been loaded")
-
-    monkeypatch.setattr(demo, "_train", no_training)
-    assert build_demo_tokenizer(tmp_path / "again").get_vocab() == other.get_vocab()
-    # A build from different settings is stale and gets rebuilt.
-    (tmp_path / "again" / demo._DONE_MARKER).write_text("stale\n")
-    with pytest.raises(AssertionError, match="cached"):
-        build_demo_tokenizer(tmp_path / "again")
-
-
-def test_demo_tokenizer_writes_spie_text_compactly(tok_dir) -> None:
-    """APG keys, the instruction's words and the describer's phrases are whole tokens."""
-    import numpy as np
-
-    from rsvlm.data.spie.apg import format_prompt, instruction, region_attributes
-    from rsvlm.data.spie.describe import AttributeDescriber
-
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
-    mask = np.zeros((40, 40), bool)
-    mask[5:20, 8:30] = True
-    mask[30:36, 2:6] = True
-    text = instruction("water", format_prompt(region_attributes(mask), "water"))
-    pieces = tok.tokenize(text)
-    for word in ("Size", "Centroid", "Location", "Bounding", "Ġattributes", "Ġwater", "Ġregions"):
-        assert word in pieces, word
-    image = np.random.default_rng(0).uniform(0.1, 0.3, (6, 40, 40)).astype(np.float32)
-    response = AttributeDescriber()(image, mask, "water", "demo")
-    ids = tok(response)["input_ids"]
-    assert tok.decode(ids) == response
-    # Every word of the response is one or two tokens (byte-level pieces would be ~4).
-    assert len(ids) <= 2 * len(response.split())
-    # A count is one token, so that writing it is one decision.
-    from rsvlm.data.spie.describe import NUMBER_WORDS
-
-    for word in NUMBER_WORDS:
-        assert len(tok.tokenize(" " + word)) == 1, word
-
-
-def test_demo_tokenizer_refuses_foreign_folder(tmp_path) -> None:
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a demo tokenizer folder"):
-        build_demo_tokenizer(tmp_path)
 
 
 def test_formatter_sequences_labels_and_masks(tokenizer) -> None:
@@ -161,3 +87,116 @@ def test_formatter_errors_name_the_sample(tokenizer) -> None:
         ChatFormatter(tokenizer)(["Look at <image> twice."], ["ok"])
     with pytest.raises(ValueError, match="'<seg>' is not a token"):
         ChatFormatter(tokenizer, image_token="<seg>")
+
+
+# A LLaVA-style conversation: two images' worth of questions, regions in a later turn.
+LLAVA = [
+    {"from": "human", "value": "<image>\nWhat is in this scene?"},
+    {"from": "gpt", "value": "A river crosses farmland."},
+    {"from": "human", "value": "Where is the water?"},
+    {"from": "gpt", "value": "In the center [SEG]."},
+]
+
+
+def hand_built(tokenizer, system: str, turns: list[tuple[str, str]], end_id: int):
+    """ids, labels and response mask of a conversation, tokenized piece by piece by hand."""
+
+    def enc(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    ids, labels, response = [], [], []
+    scaffold = f"<|im_start|>system\n{system}<|im_end|>\n"
+    for user, answer in turns:
+        scaffold += f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        piece = enc(scaffold)
+        ids += piece
+        labels += [IGNORE_INDEX] * len(piece)
+        response += [False] * len(piece)
+        prompt = list(ids)
+        answer_ids = enc(answer)
+        ids += answer_ids + [end_id]
+        labels += answer_ids + [end_id]
+        response += [True] * len(answer_ids) + [False]
+        scaffold = "\n"  # what the template writes after a turn's closing token
+    return ids, labels, response, prompt
+
+
+def test_multi_turn_conversations_match_hand_built_ids(tokenizer) -> None:
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[SEG]"]}, False)
+    fmt = ChatFormatter(tokenizer)
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    short = [{"role": "user", "content": "<image>\nSegment the water."}, {"role": "assistant", "content": "Here."}]
+    batch = fmt.conversations([LLAVA, short])
+    references = [
+        hand_built(
+            tokenizer,
+            "You are a helpful assistant.",
+            [(t["value"], a["value"]) for t, a in zip(LLAVA[::2], LLAVA[1::2])],
+            end_id,
+        ),
+        hand_built(tokenizer, "You are a helpful assistant.", [(short[0]["content"], short[1]["content"])], end_id),
+    ]
+    width = max(len(r[0]) for r in references)
+    assert batch["input_ids"].shape == (2, width)
+    for i, (ids, labels, response, prompt) in enumerate(references):
+        n = len(ids)
+        assert batch["input_ids"][i, :n].tolist() == ids
+        assert (batch["input_ids"][i, n:] == fmt.pad_token_id).all()
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (width - n)
+        assert batch["labels"][i].tolist() == labels + [IGNORE_INDEX] * (width - n)
+        assert batch["response_mask"][i].tolist() == response + [False] * (width - n)
+        p_mask = batch["prompt_attention_mask"][i].bool()
+        assert batch["prompt_ids"][i][p_mask].tolist() == prompt
+        assert not p_mask[: p_mask.numel() - len(prompt)].any()
+    # The whole sequence is the template's rendering of the conversation (minus its final newline).
+    messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in LLAVA]
+    assert tokenizer.decode(batch["input_ids"][0, : len(references[0][0])]) == chatml(messages, False).removesuffix(
+        "\n"
+    )
+    # [SEG] in an answer is one labelled token.
+    seg = tokenizer.convert_tokens_to_ids("[SEG]")
+    assert batch["labels"][0].tolist().count(seg) == 1
+
+
+def test_single_turn_call_equals_the_conversation_path(tokenizer) -> None:
+    fmt = ChatFormatter(tokenizer, system_prompt="Be brief.")
+    conversations = [
+        [{"role": "user", "content": f"<image>\n{q}"}, {"role": "assistant", "content": a}]
+        for q, a in zip(INSTRUCTIONS, RESPONSES)
+    ]
+    single, multi = fmt(INSTRUCTIONS, RESPONSES), fmt.conversations(conversations)
+    assert single.keys() == multi.keys()
+    for key in single:
+        assert torch.equal(single[key], multi[key]), key
+    ids, labels, response, prompt = hand_built(
+        tokenizer,
+        "Be brief.",
+        [(f"<image>\n{INSTRUCTIONS[0]}", RESPONSES[0])],
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    )
+    assert single["input_ids"][0, : len(ids)].tolist() == ids
+    assert single["labels"][0, : len(ids)].tolist() == labels
+
+
+def test_conversation_ending_with_a_user_turn_is_a_prompt(tokenizer) -> None:
+    fmt = ChatFormatter(tokenizer)
+    open_ended = LLAVA[:3]
+    batch = fmt.conversations([open_ended])
+    messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in open_ended]
+    prompt = batch["prompt_ids"][0][batch["prompt_attention_mask"][0].bool()]
+    assert tokenizer.decode(prompt) == chatml(messages, True)
+    assert torch.equal(batch["input_ids"][0], prompt)
+    # Only the first assistant turn is labelled.
+    labelled = batch["labels"][0][batch["labels"][0] != IGNORE_INDEX].tolist()
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert labelled == tokenizer(LLAVA[1]["value"], add_special_tokens=False)["input_ids"] + [end_id]
+
+
+def test_conversation_errors_name_sample_and_turn(tokenizer) -> None:
+    fmt = ChatFormatter(tokenizer)
+    with pytest.raises(ValueError, match="sample 1, turn 0: expected a role"):
+        fmt.conversations([LLAVA, [{"from": "robot", "value": "hi"}]])
+    with pytest.raises(ValueError, match="sample 0, turn 1: an assistant turn holds '<image>'"):
+        fmt.conversations([[LLAVA[0], {"from": "gpt", "value": "<image>"}]])
+    with pytest.raises(ValueError, match="sample 0: .* exceed max_length=20"):
+        ChatFormatter(tokenizer, max_length=20).conversations([LLAVA])

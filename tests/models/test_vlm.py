@@ -1,4 +1,4 @@
-"""The SPEX LightningModule: shapes, stage-wise trainable sets, assembly checks, inference."""
+"""The vision-language model (SPEX wiring): shapes, stage-wise trainable sets, assembly checks, inference."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import contract_batch, tiny_spex_components
 
+from rsvlm.bridges.positions import generated_positions
 from rsvlm.contracts import ContractError
-from rsvlm.models.spex import DEFAULT_STAGE_COMPONENTS, SpexModel, StagePhase, generated_positions
-from rsvlm.training.optim import OptimSettings, build_optimizer
+from rsvlm.models.base import StagePhase
+from rsvlm.models.vlm import VisionLanguageModel
+from rsvlm.training.optim import OptimSettings, ParameterGroup, build_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -17,31 +19,31 @@ def components():
 
 
 def test_forward_shapes_and_losses(components):
-    model = SpexModel(**components, stage="joint")
+    model = VisionLanguageModel(**components, stage="joint")
     batch = contract_batch(model.llm.formatter)
     out = model(batch, with_mask=True)
     assert out["mask_logits"].shape == (2, 1, 64, 64)
     losses = model.losses(out, batch, with_mask=True)
     assert set(losses) == {"text", "bce", "dice", "total"}
     w = model.loss_weights
-    expected = w.text * losses["text"] + w.bce * losses["bce"] + w.dice * losses["dice"]
+    expected = w["text"] * losses["text"] + w["bce"] * losses["bce"] + w["dice"] * losses["dice"]
     assert torch.allclose(losses["total"], expected)
     assert torch.isfinite(losses["total"])
 
 
-def _params(model: SpexModel) -> dict[str, torch.Tensor]:
+def _params(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("stage", ["text", "mask"])
 @pytest.mark.parametrize("lora", [False, True])
 def test_one_step_changes_exactly_the_stage_parameters(stage, lora):
-    model = SpexModel(**tiny_spex_components(lora=lora), stage=stage)
+    model = VisionLanguageModel(**tiny_spex_components(lora=lora), stage=stage)
     model.train()
     batch = contract_batch(model.llm.formatter)
-    trained_components = DEFAULT_STAGE_COMPONENTS[stage]
-    groups = {"vision": [p for p in model.parameters() if p.requires_grad], "llm": []}
-    optimizer = build_optimizer(groups, OptimSettings(vision_lr=1e-2, warmup_steps=0), total_steps=10)["optimizer"]
+    trained_components = model.stages[stage]
+    groups = [ParameterGroup("vision", [p for p in model.parameters() if p.requires_grad], lr=1e-2)]
+    optimizer = build_optimizer(groups, OptimSettings(warmup_steps=0), total_steps=10)["optimizer"]
     before = _params(model)
     loss = model.losses(model(batch, with_mask=stage != "text"), batch, with_mask=stage != "text")["total"]
     loss.backward()
@@ -66,7 +68,7 @@ def test_one_step_changes_exactly_the_stage_parameters(stage, lora):
 
 
 def test_schedule_switches_stage():
-    model = SpexModel(**tiny_spex_components(), schedule=[StagePhase("text", 2), StagePhase("mask", 3)])
+    model = VisionLanguageModel(**tiny_spex_components(), schedule=[StagePhase("text", 2), StagePhase("mask", 3)])
     assert [model.stage_at_epoch(e) for e in range(7)] == ["text", "text", "mask", "mask", "mask", "mask", "mask"]
     model.set_stage("mask")
     assert not any(p.requires_grad for p in model.llm.parameters())
@@ -82,18 +84,18 @@ def test_assembly_mismatch_names_both_components():
     parts = tiny_spex_components()
     parts["bridge"] = TokenCompressionProjector(in_dim=48, out_dim=32)
     with pytest.raises(ContractError, match="CausalLM.*TokenCompressionProjector"):
-        SpexModel(**parts)
+        VisionLanguageModel(**parts)
 
 
 def test_wrong_band_count_is_a_clear_error(components):
-    model = SpexModel(**components)
+    model = VisionLanguageModel(**components)
     batch = contract_batch(model.llm.formatter, bands=3)
     with pytest.raises(ContractError, match="'image' has 3 bands.*in_bands=4"):
         model(batch)
 
 
 def test_predict_generates_text_and_masks(components):
-    model = SpexModel(**components).eval()
+    model = VisionLanguageModel(**components).eval()
     model.generation.max_new_tokens = 6
     batch = contract_batch(model.llm.formatter)
     out = model.predict_masks(batch)
@@ -106,3 +108,95 @@ def test_generated_positions_excludes_the_closing_token_and_keeps_something():
     response = torch.tensor([[True, True, False, False], [False, False, False, False]])
     pos = generated_positions(response, mask)
     assert pos.tolist() == [[True, True, False, False], [True, False, False, False]]
+
+
+def _seg_model(offset: str = "at") -> VisionLanguageModel:
+    from rsvlm.bridges.positions import SpecialToken
+    from rsvlm.bridges.seg_token import SegTokenBridge
+
+    parts = tiny_spex_components(special_tokens=("<image>", "[SEG]"))
+    parts["bridge"] = SegTokenBridge(in_dim=32, out_dim=32, num_tokens=1)
+    return VisionLanguageModel(**parts, positions=SpecialToken("[SEG]", offset=offset), stage="joint")
+
+
+@pytest.mark.parametrize("offset", ["at", "before"])
+def test_seg_bridge_reads_the_hidden_state_at_or_before_the_seg_token(offset):
+    from rsvlm.bridges.positions import with_response_suffix
+
+    model = _seg_model(offset).eval()
+    formatter = with_response_suffix(model.llm.formatter, model.positions.response_suffix)
+    batch = contract_batch(formatter)
+    seg_id = model.llm.tokenizer.convert_tokens_to_ids("[SEG]")
+    image = batch["image"]
+    fused, visual, decoder_map = model.encode_image(image)
+    out = model.llm(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        visual_tokens=visual,
+        labels=batch["labels"],
+        response_mask=batch["response_mask"],
+    )
+    # Reference: the one [SEG] of each sample, found in the spliced ids by a loop.
+    expected = []
+    for b, row in enumerate(out.input_ids.tolist()):
+        (at,) = [i for i, t in enumerate(row) if t == seg_id]
+        expected.append(out.hidden_states[b, at - 1 if offset == "before" else at])
+    prompts = model.bridge.proj(torch.stack(expected)[:, None])
+    reference = model.decoder(decoder_map, prompts, tuple(image.shape[-2:]))
+    assert torch.allclose(model(batch)["mask_logits"], reference, atol=1e-5)
+
+
+def test_seg_bridge_trains_a_step_and_predicts():
+    from rsvlm.bridges.positions import with_response_suffix
+
+    model = _seg_model()
+    model.train()
+    batch = contract_batch(with_response_suffix(model.llm.formatter, model.positions.response_suffix))
+    losses = model.losses(model(batch, with_mask=True), batch, with_mask=True)
+    losses["total"].backward()
+    assert all(p.grad is not None for p in model.bridge.parameters())
+    model.eval()
+    model.generation.max_new_tokens = 4
+    out = model.predict_masks(batch)  # no [SEG] generated by an untrained LM: falls back to the last token
+    assert out["mask_logits"].shape == (2, 1, 64, 64) and torch.isfinite(out["mask_logits"]).all()
+
+
+class _BoxPrompts(torch.nn.Module):
+    """A toy visual-prompt encoder: one token per box ``B×M×4`` → ``B×M×D_llm``."""
+
+    placeholder = "<region>"
+
+    def __init__(self, out_dim: int) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.proj = torch.nn.Linear(4, out_dim)
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        return self.proj(boxes)
+
+
+class _Flip(torch.nn.Module):
+    """A toy cropper that keeps the geometry (a horizontal flip) and records its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, image: torch.Tensor, batch) -> torch.Tensor:
+        self.calls += 1
+        return image.flip(-1)
+
+
+def test_visual_prompts_and_cropper_slots_reach_the_mask():
+    parts = tiny_spex_components(special_tokens=("<image>", "<region>"))
+    model = VisionLanguageModel(**parts, prompt_encoder=_BoxPrompts(32), cropper=_Flip(), stage="joint")
+    assert "prompt_encoder" in model.stages["joint"] and "cropper" in model.stages["joint"]
+    batch = contract_batch(model.llm.formatter)
+    batch.update(model.llm.formatter(["Describe the water in <region>."] * 2, batch["response"]))
+    boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.5]], [[0.2, 0.3, 0.9, 0.8]]])
+    logits = model({**batch, "visual_prompts": boxes})["mask_logits"]
+    assert model.cropper.calls == 1
+    moved = model({**batch, "visual_prompts": boxes + 0.3})["mask_logits"]
+    assert not torch.allclose(logits, moved)  # the region token flows into the mask
+    logits.sum().backward()
+    assert model.prompt_encoder.proj.weight.grad.abs().sum() > 0

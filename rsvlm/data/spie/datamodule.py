@@ -50,7 +50,7 @@ class SpieDataModule(RsvlmDataModule):
         apg_style: ``paper`` or ``released`` APG format.
         predict_paths: GeoTIFFs for ``predict_dataloader``, of any size: cut into
             ``image_size`` tiles overlapping by ``predict_overlap`` pixels (see
-            :class:`rsvlm.data.spie.predict_dataset.TiledPredictDataset`; :class:`rsvlm.inference.predict.PredictionWriter`
+            :class:`rsvlm.data.spie.predict_dataset.TiledPredictDataset`; :class:`rsvlm.inference.writer.PredictionWriter`
             stitches them back).
         predict_overlap: pixels shared by neighbouring prediction tiles.
         seed: shuffling and augmentation seed.

@@ -72,7 +72,7 @@ def plot(
         ax.legend(fontsize="small")
     ax.grid(True, alpha=0.3)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    from rsvlm.io.pictures import save_figure
+
+    # A table's plot is regenerated from the runs, so a newer one replaces the old.
+    return save_figure(path, figure, overwrite=True)

@@ -1,0 +1,348 @@
+"""The one vision-language model that SPEX, GeoMag and EarthGPT-X are recipes of.
+
+Data flow (B batch, C bands, H×W pixels, N visual tokens, L text tokens, K prompt tokens)::
+
+    image B×C×H×W ─ [cropper] ─ encoder ─> pyramid ─ fusion ─> map B×D×h×w ───────────────┐
+                                                       └─> tokens B×N×D ─ projector ─>    │
+    [visual prompts ─ prompt encoder ─> B×M×D_llm, spliced at <region>]                   │
+    text ids B×L ─ LLM (visual tokens spliced at <image>) ─> hidden B×L'×D_llm            │
+    hidden ─ positions (response tokens | [SEG]) ─ bridge ─> prompts B×K×D_dec            │
+    [image ─ mask encoder ─> maps] or the fusion map ─────────── mask decoder <───────────┘ ─> B×1×H×W
+
+SPEX is this model with MSAM, TCP over the response tokens and the SAM decoder on the fusion
+map; its ``[SEG]`` variant swaps the bridge and the positions (recipes/ablations/spex/bridge-demo.yaml).
+Everything SPEX-specific is an argument: the positions the bridge reads, the optional mask
+encoder, named and weighted loss terms, metrics per task, generation settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsvlm.bridges.positions import BridgePositions, ResponseTokens, with_response_suffix
+from rsvlm.contracts import Bridge, ContractError, Encoder, Fusion, MaskDecoder
+from rsvlm.models.base import ComposedModule, Link, OptimizerGroup, StagePhase
+from rsvlm.training.losses import MASK_LOSSES, combine
+from rsvlm.training.metrics import BinarySegmentationMetrics
+from rsvlm.training.optim import OptimSettings
+
+#: Which components each stage trains (the SPEX paper's two stages, plus both at once). Empty
+#: optional slots are dropped from a stage.
+DEFAULT_STAGE_COMPONENTS: dict[str, list[str]] = {
+    "text": ["cropper", "encoder", "fusion", "prompt_encoder", "projector", "llm"],
+    "mask": ["cropper", "encoder", "fusion", "prompt_encoder", "bridge", "mask_encoder", "decoder"],
+    "joint": [
+        "cropper",
+        "encoder",
+        "fusion",
+        "prompt_encoder",
+        "projector",
+        "llm",
+        "bridge",
+        "mask_encoder",
+        "decoder",
+    ],
+}
+
+#: The SPEX paper's optimiser groups: the vision side at 1e-4, the LLM's adapters at 1e-5.
+DEFAULT_OPTIMIZER_GROUPS: dict[str, OptimizerGroup] = {
+    "vision": OptimizerGroup(
+        components=["cropper", "encoder", "fusion", "prompt_encoder", "projector", "bridge", "mask_encoder", "decoder"],
+        lr=1e-4,
+    ),
+    "llm": OptimizerGroup(components=["llm"], lr=1e-5),
+}
+
+
+@dataclass
+class GenerationSettings:
+    """How responses are generated at test / predict time (passed to ``llm.generate``)."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.8
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+
+
+class VisionLanguageModel(ComposedModule):
+    """Encoder → fusion → projector → LLM → bridge → mask decoder, with optional cropper,
+    visual-prompt encoder and mask encoder.
+
+    Args:
+        encoder: image ``B×C×H×W`` → pyramid.
+        fusion: pyramid → fused map + visual tokens (MSAM in SPEX).
+        projector: visual tokens ``B×N×D`` → ``B×N×D_llm``.
+        llm: a :class:`rsvlm.llm.causal_lm.CausalLM`.
+        bridge: hidden states at ``positions`` → decoder prompts ``B×K×D_dec``.
+        decoder: map + prompts → mask logits ``B×1×H×W``.
+        positions: which hidden states the bridge reads (default: the response tokens, SPEX).
+        mask_encoder: image → the map the decoder reads (e.g. a frozen SAM2 encoder); default:
+            the fusion map.
+        prompt_encoder: visual prompts of the batch (``batch["visual_prompts"]``) → tokens
+            ``B×M×D_llm`` spliced at the LLM's ``<region>`` placeholders.
+        cropper: ``(image B×C×H×W, batch) → image B×C×H×W`` of the same geometry (MagCrop), run
+            before the encoder.
+        stage, schedule, stage_components: which components train (see :class:`ComposedModule`);
+            ``stage_components`` overrides entries of :data:`DEFAULT_STAGE_COMPONENTS`.
+        optimizer_groups: group name → components, lr, weight decay (default: the SPEX paper's).
+        optim: weight decay, betas and warm-up shared by the groups.
+        loss_weights: loss term → weight; ``text`` is the LLM's cross-entropy, the others name
+            mask losses of :data:`rsvlm.training.losses.MASK_LOSSES` (paper 1/1/1, released 1/2/1).
+        tasks: task names scored with binary segmentation metrics; batches say their task in
+            ``batch["task"]`` (default: the first). The first task logs as ``val/F1``, others
+            as ``val/<task>/F1``.
+        generation: decoding settings for test and predict.
+        test_with_generation: test as the paper (generate the response, read the positions
+            among the generated tokens); ``False`` tests with the reference response.
+        encoder_init: a checkpoint whose ``encoder.*`` weights start the encoder (MVPNet's);
+            short for ``component_init: {encoder: ...}``.
+        component_init: component → checkpoint whose ``<component>.*`` weights start it.
+        init_from: a checkpoint of this model whose weights (only) start this run.
+        log_images: validation overlays logged per epoch (0 turns it off).
+    """
+
+    links = (
+        Link("encoder", "channels", "fusion", "in_channels", what="channels"),
+        Link("encoder", "reductions", "fusion", "in_reductions", what="reductions"),
+        Link("fusion", "out_channels", "projector", "in_dim", what="width"),
+        Link("projector", "out_dim", "llm", "hidden_size", what="width"),
+        Link("prompt_encoder", "out_dim", "llm", "hidden_size", what="width"),
+        Link("llm", "hidden_size", "bridge", "in_dim"),
+        Link("bridge", "out_dim", "decoder", "prompt_dim"),
+        Link("fusion", "out_channels", "decoder", "in_channels", unless="mask_encoder"),
+        Link("mask_encoder", "out_channels", "decoder", "in_channels"),
+    )
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        fusion: Fusion,
+        projector: nn.Module,
+        llm: nn.Module,
+        bridge: Bridge,
+        decoder: MaskDecoder,
+        positions: BridgePositions = ResponseTokens(),
+        mask_encoder: nn.Module | None = None,
+        prompt_encoder: nn.Module | None = None,
+        cropper: nn.Module | None = None,
+        stage: str = "mask",
+        schedule: list[StagePhase] | None = None,
+        stage_components: dict[str, list[str]] | None = None,
+        optimizer_groups: dict[str, OptimizerGroup] | None = None,
+        optim: OptimSettings = OptimSettings(),
+        loss_weights: dict[str, float] = {"text": 1.0, "bce": 1.0, "dice": 1.0},
+        tasks: list[str] = ["land_cover"],
+        generation: GenerationSettings = GenerationSettings(),
+        test_with_generation: bool = True,
+        encoder_init: str | None = None,
+        component_init: dict[str, str] | None = None,
+        init_from: str | None = None,
+        log_images: int = 4,
+    ) -> None:
+        slots = (
+            "encoder",
+            "fusion",
+            "projector",
+            "llm",
+            "bridge",
+            "decoder",
+            "mask_encoder",
+            "prompt_encoder",
+            "cropper",
+        )
+        self_init = {**(component_init or {}), **({"encoder": encoder_init} if encoder_init else {})}
+        super().__init__(
+            stages={**DEFAULT_STAGE_COMPONENTS, **(stage_components or {})},
+            stage=stage,
+            schedule=schedule,
+            optimizer_groups=optimizer_groups if optimizer_groups is not None else DEFAULT_OPTIMIZER_GROUPS,
+            optim=optim,
+            init_from=init_from,
+            component_init=self_init,
+        )
+        self.save_hyperparameters(ignore=[*slots, "positions"])
+        unknown = sorted(set(loss_weights) - {"text", *MASK_LOSSES})
+        if unknown:
+            raise KeyError(f"loss_weights: unknown term(s) {unknown}; known: text, {', '.join(MASK_LOSSES)}")
+        if not tasks:
+            raise ValueError("VisionLanguageModel: tasks must name at least one task")
+        self.positions = positions
+        self.loss_weights = dict(loss_weights)
+        self.tasks = list(tasks)
+        self.generation = generation
+        self.test_with_generation = test_with_generation
+        self.log_images = log_images
+        self.metrics = nn.ModuleDict(
+            {
+                split: nn.ModuleDict({task: BinarySegmentationMetrics() for task in self.tasks})
+                for split in ("val", "test", "test_teacher_forced")
+            }
+        )
+        parts = dict(
+            zip(slots, (encoder, fusion, projector, llm, bridge, decoder, mask_encoder, prompt_encoder, cropper))
+        )
+        self.assemble(parts)
+        # On the meta device (rsvlm summarize) an LLM may have no tokenizer: bind in setup then.
+        if getattr(llm, "_tokenizer", None) is not None:
+            positions.bind(llm)
+
+    # ------------------------------------------------------------------ forward pieces
+    def encode_image(self, image: torch.Tensor, batch: Mapping[str, Any] | None = None):
+        """``B×C×H×W`` → (FusedFeatures, visual tokens ``B×N×D_llm``, decoder map ``B×D×h×w``)."""
+        if image.shape[1] != self.encoder.in_bands:
+            raise ContractError(
+                f"batch field 'image' has {image.shape[1]} bands but {type(self.encoder).__name__} "
+                f"expects in_bands={self.encoder.in_bands}"
+            )
+        if self.cropper is not None:
+            image = self.cropper(image, batch)
+        fused = self.fusion(self.encoder(image))
+        decoder_map = fused.map if self.mask_encoder is None else self.mask_encoder(image)
+        return fused, self.projector(fused.tokens), decoder_map
+
+    def placeholders(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Embeddings spliced at placeholders other than ``<image>`` (the visual prompts)."""
+        if self.prompt_encoder is None:
+            return {}
+        return {self.prompt_encoder.placeholder: self.prompt_encoder(batch["visual_prompts"])}
+
+    def decode_mask(
+        self, decoder_map: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, size
+    ) -> torch.Tensor:
+        """Read hidden states at ``positions`` (``B×L`` bool) into prompts; decode ``B×1×H×W`` logits."""
+        prompts = self.bridge(hidden, positions)
+        return self.decoder(decoder_map, prompts, tuple(size))
+
+    def forward(self, batch: dict[str, Any], with_mask: bool = True) -> dict[str, torch.Tensor]:
+        """Teacher-forced pass: text loss and (optionally) mask logits for a collated batch."""
+        image = batch["image"]
+        fused, visual, decoder_map = self.encode_image(image, batch)
+        out = self.llm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            visual_tokens=visual,
+            labels=batch["labels"],
+            response_mask=batch["response_mask"],
+            **({"placeholders": extra} if (extra := self.placeholders(batch)) else {}),
+        )
+        result = {"text_loss": out.loss}
+        if with_mask:
+            positions = self.positions.teacher_forced(out)
+            result["mask_logits"] = self.decode_mask(decoder_map, out.hidden_states, positions, image.shape[-2:])
+        return result
+
+    def losses(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], with_mask: bool
+    ) -> dict[str, torch.Tensor]:
+        """The named loss terms that have a weight, and their weighted ``total``."""
+        losses = {"text": outputs["text_loss"]} if "text" in self.loss_weights else {}
+        if with_mask:
+            for name in self.loss_weights:
+                if name in MASK_LOSSES:
+                    losses[name] = MASK_LOSSES[name](outputs["mask_logits"], batch["mask"], batch.get("valid"))
+        losses["total"] = combine(self.loss_weights, **losses)
+        return losses
+
+    @torch.no_grad()
+    def predict_masks(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Inference as in the paper: generate the response, read the positions among the
+        generated tokens, decode the mask.
+
+        Returns ``mask_logits`` ``B×1×H×W``, the generated ``texts`` and their ``token_ids``.
+        """
+        image = batch["image"]
+        _, visual, decoder_map = self.encode_image(image, batch)
+        extra = self.placeholders(batch)
+        gen = self.llm.generate(
+            batch["prompt_ids"],
+            batch["prompt_attention_mask"],
+            visual,
+            **asdict(self.generation),
+            **({"placeholders": extra} if extra else {}),
+        )
+        positions = self.positions.generated(gen)
+        logits = self.decode_mask(decoder_map, gen.hidden_states, positions, image.shape[-2:])
+        return {"mask_logits": logits, "texts": gen.texts, "token_ids": gen.sequences}
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.positions.response_suffix and getattr(self.positions, "token_id", 0) is None:
+            self.positions.bind(self.llm)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "set_text_formatter"):
+            datamodule.set_text_formatter(with_response_suffix(self.llm.formatter, self.positions.response_suffix))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        with_mask = self.current_stage != "text"
+        losses = self.losses(self(batch, with_mask=with_mask), batch, with_mask)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", losses["total"], prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}_loss": v for k, v in losses.items() if k != "total"}, batch_size=bs)
+        return losses["total"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        outputs = self(batch, with_mask=True)
+        losses = self.losses(outputs, batch, with_mask=True)
+        self.log("val/loss", losses["total"], prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        self._update_metrics("val", outputs["mask_logits"], batch)
+        if batch_idx == 0 and self.log_images:
+            from rsvlm.training.image_logging import log_mask_overlays
+
+            log_mask_overlays(self, batch, outputs["mask_logits"], limit=self.log_images, tag="val/overlays")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        teacher_forced = self(batch, with_mask=True)["mask_logits"]
+        if self.test_with_generation:
+            self._update_metrics("test", self.predict_masks(batch)["mask_logits"], batch)
+            self._update_metrics("test_teacher_forced", teacher_forced, batch)
+        else:
+            self._update_metrics("test", teacher_forced, batch)
+
+    def on_test_epoch_end(self) -> None:
+        """``test/*``: the configured protocol; ``test_teacher_forced/*``: with the reference
+        responses, logged too when the configured protocol generates them."""
+        self._log_metrics("test")
+        if self.test_with_generation:
+            self._log_metrics("test_teacher_forced")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if "prompt_ids" not in batch:
+            raise ValueError(
+                "this model answers an instruction per image and needs one: set data.init_args.categories, "
+                "e.g. --data.init_args.categories='[water]'"
+            )
+        return {**self.predict_masks(batch), "meta": batch.get("meta")}
+
+    # ------------------------------------------------------------------ metrics per task
+    def _update_metrics(self, split: str, logits: torch.Tensor, batch: dict[str, Any]) -> None:
+        tasks = batch.get("task") or [self.tasks[0]] * logits.shape[0]
+        valid = batch.get("valid")
+        for task in dict.fromkeys(tasks):
+            if task not in self.metrics[split]:
+                raise KeyError(f"batch field 'task' says {task!r}, which is not in the model's tasks {self.tasks}")
+            rows = [i for i, t in enumerate(tasks) if t == task]
+            if len(rows) == len(tasks):
+                self.metrics[split][task].update(logits, batch["mask"], valid)
+            else:
+                index = torch.tensor(rows, device=logits.device)
+                self.metrics[split][task].update(
+                    logits[index], batch["mask"][index], None if valid is None else valid[index]
+                )
+
+    def _log_metrics(self, split: str) -> None:
+        for task, metric in self.metrics[split].items():
+            if not metric.update_called:
+                continue
+            prefix = split if task == self.tasks[0] else f"{split}/{task}"
+            self.log_dict({f"{prefix}/{k}": v for k, v in metric.compute().items()})
+            metric.reset()
