@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,20 @@ def _georef(crs: Any, transform: Affine) -> tuple[Any, Affine | None]:
     return crs, transform
 
 
+@contextmanager
+def _open_for_reading(path: str, failure: str) -> Iterator[Any]:
+    """An open rasterio dataset of ``path`` (a file without georeferencing is fine); a missing
+    file is a ``FileNotFoundError``, an unreadable one a :class:`RasterError` starting with ``failure``."""
+    _check_exists(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                yield src
+    except RasterioError as exc:
+        raise RasterError(f"{failure}: {_reason(exc)}") from exc
+
+
 def read_window(
     path: PathLike, window: Window | None = None
 ) -> tuple[np.ndarray, np.ndarray, Any, Affine | None, float | None]:
@@ -160,23 +175,15 @@ def read_window(
         RasterError: the file (or window) cannot be read; names the path and rasterio's reason.
     """
     p = os.fspath(path)
-    _check_exists(p)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(p) as src:
-                win = None if window is None else RioWindow(window[1], window[0], window[3], window[2])
-                raw = src.read(window=win)
-                masks = src.read_masks(window=win)
-                # The window shares the file's pixel size; its origin is the window's corner.
-                transform = (
-                    src.transform if win is None else src.transform @ Affine.translation(win.col_off, win.row_off)
-                )
-                crs, transform = _georef(src.crs, transform)
-                nodata = src.nodata
-    except RasterioError as exc:
-        where = "" if window is None else f" window {list(window)}"
-        raise RasterError(f"cannot read raster {p}{where}: {_reason(exc)}") from exc
+    where = "" if window is None else f" window {list(window)}"
+    with _open_for_reading(p, f"cannot read raster {p}{where}") as src:
+        win = None if window is None else RioWindow(window[1], window[0], window[3], window[2])
+        raw = src.read(window=win)
+        masks = src.read_masks(window=win)
+        # The window shares the file's pixel size; its origin is the window's corner.
+        transform = src.transform if win is None else src.transform @ Affine.translation(win.col_off, win.row_off)
+        crs, transform = _georef(src.crs, transform)
+        nodata = src.nodata
     data = (np.abs(raw) if np.iscomplexobj(raw) else raw).astype(np.float32, copy=False)
     # read_masks covers declared nodata (incl. NaN) and internal mask/alpha bands.
     valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
@@ -203,15 +210,9 @@ def read_header(path: PathLike) -> RasterHeader:
         RasterError: the file cannot be opened (names the path).
     """
     p = os.fspath(path)
-    _check_exists(p)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(p) as src:
-                count, height, width = src.count, src.height, src.width
-                crs, transform = _georef(src.crs, src.transform)
-    except RasterioError as exc:
-        raise RasterError(f"cannot open raster {p}: {_reason(exc)}") from exc
+    with _open_for_reading(p, f"cannot open raster {p}") as src:
+        count, height, width = src.count, src.height, src.width
+        crs, transform = _georef(src.crs, src.transform)
     return RasterHeader(p, count, height, width, crs, transform)
 
 
