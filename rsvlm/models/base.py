@@ -138,13 +138,17 @@ class ComposedModule(L.LightningModule):
         present = self.components()
         for link in self.links:
             link.check(present)
-        for stage, names in self.stages.items():
-            unknown = sorted(set(names) - set(self.component_names) - self._optional_names(components))
+        # Stages and groups may name empty optional slots (dropped here), never unknown names.
+        for where, names in [
+            *((f"stage {s!r}", n) for s, n in self.stages.items()),
+            *((f"optimizer group {g!r}", grp.components) for g, grp in self.optimizer_groups.items()),
+        ]:
+            unknown = sorted(set(names) - set(components))
             if unknown:
-                raise KeyError(f"stage {stage!r} names unknown component(s) {unknown}; known: {self.component_names}")
+                raise KeyError(f"{where} names unknown component(s) {unknown}; known: {list(components)}")
         self.stages = {s: [n for n in names if n in present] for s, names in self.stages.items()}
         for group in self.optimizer_groups.values():
-            group.components = [n for n in group.components if n in present or n not in components]
+            group.components = [n for n in group.components if n in present]
         for name, path in self._component_init.items():
             self._init_component(name, path)
         self.trainable = TrainableSets(present)
@@ -152,11 +156,6 @@ class ComposedModule(L.LightningModule):
         self.trainable.activate(self.stages[self.current_stage])
         if self._init_from is not None:
             self.load_weights(self._init_from)
-
-    @staticmethod
-    def _optional_names(components: Mapping[str, nn.Module | None]) -> set[str]:
-        """Slots that exist but are empty in this recipe (a stage may name them)."""
-        return {name for name, module in components.items() if module is None}
 
     def _check_stage(self, stage: str) -> None:
         if stage not in self.stages:

@@ -156,7 +156,7 @@ class VisionLanguageModel(ComposedModule):
             "prompt_encoder",
             "cropper",
         )
-        self_init = {**(component_init or {}), **({"encoder": encoder_init} if encoder_init else {})}
+        inits = {**(component_init or {}), **({"encoder": encoder_init} if encoder_init else {})}
         super().__init__(
             stages={**DEFAULT_STAGE_COMPONENTS, **(stage_components or {})},
             stage=stage,
@@ -164,7 +164,7 @@ class VisionLanguageModel(ComposedModule):
             optimizer_groups=optimizer_groups if optimizer_groups is not None else DEFAULT_OPTIMIZER_GROUPS,
             optim=optim,
             init_from=init_from,
-            component_init=self_init,
+            component_init=inits,
         )
         self.save_hyperparameters(ignore=[*slots, "positions"])
         unknown = sorted(set(loss_weights) - {"text", *MASK_LOSSES})

@@ -129,3 +129,8 @@ def test_declared_groups_are_not_shared_between_models():
     shared = {"all": OptimizerGroup(["first", "second", "third"], lr=0.1)}
     Toy(stage="all", optimizer_groups=shared)
     assert shared["all"].components == ["first", "second", "third"]
+
+
+def test_misspelt_component_in_a_stage_or_group_is_an_error():
+    with pytest.raises(KeyError, match=r"optimizer group 'slow' names unknown component\(s\) \['frist'\]"):
+        Toy(optimizer_groups={"slow": OptimizerGroup(["frist"], lr=0.1)})
