@@ -43,6 +43,30 @@ TINY_LLM_CONFIG = {
 }
 
 
+#: A tiny Qwen2 architecture for CausalLM tests that build from a plain transformers config.
+TINY_QWEN2_CONFIG = {
+    "model_type": "qwen2",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": True,
+}
+
+
+def chatml(messages: list[dict], generation_prompt: bool) -> str:
+    """Qwen2's ChatML written out by hand (default system turn when none is given)."""
+    text = ""
+    if messages[0]["role"] != "system":
+        text += "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    for m in messages:
+        text += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+    if generation_prompt:
+        text += "<|im_start|>assistant\n"
+    return text
+
+
 def tiny_spex_components(bands: int = 4, lora: bool = False, special_tokens: tuple[str, ...] = ("<image>",)) -> dict:
     """The SPEX wiring at toy widths (built in Python with the recipes' arguments)."""
     from rsvlm.bridges.tcp import TokenCompressionProjector

@@ -7,20 +7,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_QWEN2_CONFIG
 
 from rsvlm.data.spie.corpus import SpieDemoTokenizer, build_demo_tokenizer
 from rsvlm.llm.causal_lm import CausalLM, generation_masks, load_config_dict
 from rsvlm.llm.lora import LoraSettings
 
-TINY = {
-    "model_type": "qwen2",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "tie_word_embeddings": True,
-}
+TINY = TINY_QWEN2_CONFIG
 INSTRUCTIONS = ["Segment the water.", "Find all buildings in the scene and describe them."]
 RESPONSES = ["A small pond lies in the top-left.", "Large buildings at the bottom-right cover 35% of the image."]
 N_VISUAL = 5

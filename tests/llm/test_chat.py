@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import chatml
 from transformers import AutoTokenizer
 
 from rsvlm.data.spie.corpus import build_demo_tokenizer
@@ -28,18 +29,6 @@ def tokenizer(tok_dir):
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]}, False)
     return tok
-
-
-def chatml(messages: list[dict], generation_prompt: bool) -> str:
-    """Qwen2's ChatML written out by hand (default system turn when none is given)."""
-    text = ""
-    if messages[0]["role"] != "system":
-        text += "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    for m in messages:
-        text += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
-    if generation_prompt:
-        text += "<|im_start|>assistant\n"
-    return text
 
 
 def test_formatter_sequences_labels_and_masks(tokenizer) -> None:

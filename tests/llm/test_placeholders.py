@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_QWEN2_CONFIG
 from jsonargparse import ArgumentParser
 from transformers import AutoTokenizer
 
@@ -14,15 +15,7 @@ from rsvlm.llm.causal_lm import CausalLM
 from rsvlm.llm.chat import IGNORE_INDEX
 from rsvlm.llm.tokenizer import TokenizerSource
 
-TINY = {
-    "model_type": "qwen2",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "tie_word_embeddings": True,
-}
+TINY = TINY_QWEN2_CONFIG
 SPECIALS = ["<image>", "<region>", "[SEG]"]
 N_IMAGE = 4
 # Sample 0: one image, two regions; sample 1: two images, no region; sample 2: one image, three regions.

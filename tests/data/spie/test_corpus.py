@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import chatml
 from jsonargparse import ArgumentParser
 from transformers import AutoTokenizer
 
@@ -48,18 +49,6 @@ def tok_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tok") / "demo"
     build_demo_tokenizer(folder)
     return folder
-
-
-def chatml(messages: list[dict], generation_prompt: bool) -> str:
-    """Qwen2's ChatML written out by hand (default system turn when none is given)."""
-    text = ""
-    if messages[0]["role"] != "system":
-        text += "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    for m in messages:
-        text += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
-    if generation_prompt:
-        text += "<|im_start|>assistant\n"
-    return text
 
 
 def vocab_merges_sha256(tokenizer_json: Path) -> str:
