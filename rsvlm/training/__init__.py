@@ -1,1 +1,1 @@
-"""training: losses, metrics, optimisers, callbacks, checkpoint IO and picture logging used by the models."""
+"""Training: losses, metrics, optimiser groups, callbacks, checkpoint IO, trained-only checkpoints, LoRA export, pictures for the loggers."""
