@@ -85,7 +85,8 @@ class VisionLanguageModel(ComposedModule):
         mask_encoder: image → the map the decoder reads (e.g. a frozen SAM2 encoder); default:
             the fusion map.
         prompt_encoder: visual prompts of the batch (``batch["visual_prompts"]``) → tokens
-            ``B×M×D_llm`` spliced at the LLM's ``<region>`` placeholders.
+            ``B×M×D_llm`` spliced at the LLM's placeholder named by its ``placeholder``
+            attribute (e.g. ``<region>``, a special token of the LLM); declares ``out_dim``.
         cropper: ``(image B×C×H×W, batch) → image B×C×H×W`` of the same geometry (MagCrop), run
             before the encoder.
         stage, schedule, stage_components: which components train (see :class:`ComposedModule`);
@@ -273,7 +274,7 @@ class VisionLanguageModel(ComposedModule):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self.positions.response_suffix and getattr(self.positions, "token_id", 0) is None:
+        if getattr(self.positions, "token_id", 0) is None:  # built without a tokenizer (meta device)
             self.positions.bind(self.llm)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_text_formatter"):
