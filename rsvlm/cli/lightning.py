@@ -72,6 +72,9 @@ class RsvlmCLI(LightningCLI):
             "params_trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "global_step": self.trainer.global_step,
         }
+        # How the segmentation scores were averaged (per image or global), for `rsvlm table`.
+        if isinstance(getattr(self.model, "metric_average", None), str):
+            extra["metric_average"] = self.model.metric_average
         config = self.parser.dump(self.config, skip_none=False) if self.config else None
         config_dict = _yaml_to_dict(config)
         folders = [Path(self.trainer.log_dir or self.trainer.default_root_dir)]

@@ -127,6 +127,7 @@ class MVPNet(ComposedModule):
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.target_categories = {c: [int(i) for i in v] for c, v in targets.items()}
+        self.metric_average = "global"  # the binary scores: one confusion matrix over the split
         self.metrics = nn.ModuleDict({stage: self._multiclass_metrics() for stage in ("val", "test")})
         self.binary = nn.ModuleDict(
             {

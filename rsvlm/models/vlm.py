@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -98,6 +98,9 @@ class VisionLanguageModel(ComposedModule):
         tasks: task names scored with binary segmentation metrics; batches say their task in
             ``batch["task"]`` (default: the first). The first task logs as ``val/F1``, others
             as ``val/<task>/F1``.
+        metric_average: ``"global"`` (one confusion matrix over the split) or ``"image"`` (the
+            mean of per-image scores, as the SPEX paper's tables); written into the run record
+            and printed by ``rsvlm table``.
         generation: decoding settings for test and predict.
         test_with_generation: test as the paper (generate the response, read the positions
             among the generated tokens); ``False`` tests with the reference response.
@@ -139,6 +142,7 @@ class VisionLanguageModel(ComposedModule):
         optim: OptimSettings = OptimSettings(),
         loss_weights: dict[str, float] = {"text": 1.0, "bce": 1.0, "dice": 1.0},
         tasks: list[str] = ["land_cover"],
+        metric_average: Literal["global", "image"] = "global",
         generation: GenerationSettings = GenerationSettings(),
         test_with_generation: bool = True,
         encoder_init: str | None = None,
@@ -176,12 +180,13 @@ class VisionLanguageModel(ComposedModule):
         self.positions = positions
         self.loss_weights = dict(loss_weights)
         self.tasks = list(tasks)
+        self.metric_average = metric_average
         self.generation = generation
         self.test_with_generation = test_with_generation
         self.log_images = log_images
         self.metrics = nn.ModuleDict(
             {
-                split: nn.ModuleDict({task: BinarySegmentationMetrics() for task in self.tasks})
+                split: nn.ModuleDict({task: BinarySegmentationMetrics(average=metric_average) for task in self.tasks})
                 for split in ("val", "test", "test_teacher_forced")
             }
         )

@@ -258,3 +258,25 @@ def test_plot_and_table_main(tmp_path, monkeypatch, capsys):
     assert len(rows) == 8 and "IoU (%)" in rows[0] and "F1 (%)" not in rows[0]
     assert not (sweep_dir / "table.tex").exists()
     assert table_main([str(sweep_dir), "--rows", "fusion"]) == 2  # num_tokens would be averaged: refused
+
+
+@pytest.mark.parametrize(
+    ("recorded", "said"),
+    [
+        (["image", "image"], "scores averaged over images (per image)"),
+        (["global", None], "scores from one confusion matrix over the split (global)"),
+        (["global", "image"], "runs differ in averaging (global / image)"),
+        ([None, None], None),
+    ],
+)
+def test_caption_says_how_the_runs_averaged_their_scores(tmp_path, recorded, said):
+    spec = make_sweep(tmp_path, {"seed": [0, 1]}, {"seeds_axis": "seed"})
+    for run, average in zip(expand_grid(spec), recorded):
+        extra = {"metric_average": average} if average else {}
+        write_run_record(spec.out_dir / run.name, {f"test/{m}": 0.5 for m in METRICS}, None, extra)
+    markdown = to_markdown(aggregate(collect(spec.out_dir), rows=[], seeds_axis="seed"))
+    caption = markdown.splitlines()[0]
+    if said is None:
+        assert "averag" not in caption and "confusion" not in caption
+    else:
+        assert said in caption

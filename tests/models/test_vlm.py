@@ -200,3 +200,13 @@ def test_visual_prompts_and_cropper_slots_reach_the_mask():
     assert not torch.allclose(logits, moved)  # the region token flows into the mask
     logits.sum().backward()
     assert model.prompt_encoder.proj.weight.grad.abs().sum() > 0
+
+
+def test_metric_average_reaches_every_metric_and_the_paper_recipe_averages_per_image():
+    import yaml
+    from conftest import REPO
+
+    model = VisionLanguageModel(**tiny_spex_components(), metric_average="image")
+    assert {m.average for split in model.metrics.values() for m in split.values()} == {"image"}
+    recipe = yaml.safe_load((REPO / "recipes" / "spex.yaml").read_text())
+    assert recipe["model"]["init_args"]["metric_average"] == "image"

@@ -111,3 +111,59 @@ def test_bad_inputs_are_named():
         metric.update(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 3))
     # Invalid pixels may hold anything (e.g. a 255 nodata label).
     metric.update(torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 255.0), torch.zeros(1, 1, 2, 2, dtype=torch.bool))
+
+
+def _sklearn_per_image_mean(images: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The mean over images of scikit-learn's scores with ``zero_division=1``."""
+    rows = [
+        {
+            "F1": f1_score(t, p, zero_division=1),
+            "Recall": recall_score(t, p, zero_division=1),
+            "Precision": precision_score(t, p, zero_division=1),
+            "OA": accuracy_score(t, p),
+            "IoU": jaccard_score(t, p, zero_division=1),
+        }
+        for t, p in images
+        if t.size
+    ]
+    return {k: float(np.mean([r[k] for r in rows])) for k in METRIC_NAMES}
+
+
+def test_per_image_scores_match_the_mean_of_sklearn_per_image():
+    metric = BinarySegmentationMetrics(average="image")
+    images = []
+    for logits, target, valid in _batches(3):
+        # Image 0 of each batch: empty target; the first batch's also has an empty prediction,
+        # and its second image has no valid pixel at all (left out of the mean).
+        target[0] = False
+        if len(images) == 0:
+            logits[0] = -10.0
+            valid[1] = False
+        metric.update(logits, target, valid)
+        for b in range(logits.shape[0]):
+            keep = valid[b].flatten().numpy()
+            images.append(
+                (target[b].flatten().numpy()[keep].astype(int), (logits[b].flatten().numpy()[keep] > 0).astype(int))
+            )
+    got = metric.compute()
+    want = _sklearn_per_image_mean(images)
+    for name in METRIC_NAMES:
+        assert got[name].item() == pytest.approx(want[name], abs=1e-6), name
+    assert metric.images.item() == sum(1 for t, _ in images if t.size)
+
+
+def test_both_empty_image_scores_one_and_averages_differ():
+    image = BinarySegmentationMetrics(average="image")
+    whole = BinarySegmentationMetrics(average="global")
+    target = torch.zeros(2, 1, 4, 4)
+    target[1, :, :2] = 1
+    logits = torch.full((2, 1, 4, 4), -5.0)
+    logits[1, :, :1] = 5.0  # half of image 1's target found, nothing predicted on image 0
+    for metric in (image, whole):
+        metric.update(logits, target)
+    per_image = image.compute()
+    # Image 0: nothing there, nothing found → 1; image 1: F1 = 2·4/(2·4 + 0 + 4) = 2/3.
+    assert per_image["F1"].item() == pytest.approx((1 + 2 / 3) / 2)
+    assert whole.compute()["F1"].item() == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="average must be"):
+        BinarySegmentationMetrics(average="pixel")

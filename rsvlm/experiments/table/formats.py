@@ -83,7 +83,12 @@ def caption(table: Table) -> str:
     unit = "in %" if table.percent else "as stored"
     seeds = f"mean ± sample std over the `{table.seeds_axis}` axis" if table.seeds_axis else "one run per row"
     prefix = f"{table.title}: " if table.title else ""
-    return f"{prefix}metrics {unit}, {seeds}."
+    averaging = {
+        None: "",
+        "global": ", scores from one confusion matrix over the split (global)",
+        "image": ", scores averaged over images (per image)",
+    }.get(table.averaging, f", runs differ in averaging ({table.averaging})")
+    return f"{prefix}metrics {unit}, {seeds}{averaging}."
 
 
 def to_markdown(table: Table) -> str:

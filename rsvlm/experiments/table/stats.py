@@ -62,6 +62,9 @@ class Table:
     percent: bool = True
     extra: bool = True
     title: str = ""
+    #: How the finished runs averaged their scores (``metric_average`` of their records):
+    #: ``"global"``, ``"image"``, several joined by " / ", or None when no run recorded it.
+    averaging: Optional[str] = None
 
 
 def metric_key(metrics: dict[str, Any], name: str) -> Optional[str]:
@@ -157,4 +160,11 @@ def aggregate(
                 n_pending=sum(r.status == "pending" for r in members),
             )
         )
-    return Table(row_axes=rows, metrics=metrics, rows=table_rows, seeds_axis=seeds_axis)
+    averages = sorted({str(r.metrics["metric_average"]) for r in results if r.metrics.get("metric_average")})
+    return Table(
+        row_axes=rows,
+        metrics=metrics,
+        rows=table_rows,
+        seeds_axis=seeds_axis,
+        averaging=" / ".join(averages) if averages else None,
+    )
