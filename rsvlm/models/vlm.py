@@ -61,13 +61,27 @@ DEFAULT_OPTIMIZER_GROUPS: dict[str, OptimizerGroup] = {
 
 @dataclass
 class GenerationSettings:
-    """How responses are generated at test / predict time (passed to ``llm.generate``)."""
+    """How responses are generated at test / predict time (passed to ``llm.generate``).
+
+    ``seed`` makes sampling repeatable: each generating call samples from its own random stream
+    seeded with ``seed`` (the global stream is left as it was), so a test run gives the same
+    texts and masks every time. None samples from the global stream.
+    """
 
     max_new_tokens: int = 128
     do_sample: bool = False
     temperature: float = 0.8
     top_p: float = 0.9
     repetition_penalty: float = 1.0
+    seed: int | None = 0
+
+    def sampling_seed(self) -> int | None:
+        """The seed a generating call uses, or None (no sampling, or no seed)."""
+        return self.seed if self.do_sample else None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``llm.generate``."""
+        return {k: v for k, v in asdict(self).items() if k != "seed"}
 
 
 class VisionLanguageModel(ComposedModule):
@@ -265,13 +279,19 @@ class VisionLanguageModel(ComposedModule):
         image = batch["image"]
         _, visual, decoder_map = self.encode_image(image, batch)
         extra = self.placeholders(batch)
-        gen = self.llm.generate(
-            batch["prompt_ids"],
-            batch["prompt_attention_mask"],
-            visual,
-            **asdict(self.generation),
-            **({"placeholders": extra} if extra else {}),
-        )
+        seed = self.generation.sampling_seed()
+        with torch.random.fork_rng(
+            devices=[image.device] if image.device.type == "cuda" else [], enabled=seed is not None
+        ):
+            if seed is not None:
+                torch.manual_seed(seed)
+            gen = self.llm.generate(
+                batch["prompt_ids"],
+                batch["prompt_attention_mask"],
+                visual,
+                **self.generation.generate_kwargs(),
+                **({"placeholders": extra} if extra else {}),
+            )
         positions = self.positions.generated(gen)
         logits = self.decode_mask(decoder_map, gen.hidden_states, positions, image.shape[-2:])
         return {"mask_logits": logits, "texts": gen.texts, "token_ids": gen.sequences}
