@@ -20,7 +20,7 @@ Subclasses call :meth:`assemble` with their components, then implement the steps
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -120,7 +120,7 @@ class ComposedModule(L.LightningModule):
             name: OptimizerGroup(**(g if isinstance(g, Mapping) else asdict(g)))
             for name, g in (optimizer_groups or {}).items()
         }
-        self.optim = optim
+        self.optim = replace(optim)  # a copy: a default instance is shared between models
         self._first_stage = self.schedule[0].stage if self.schedule else stage
         self._init_from = init_from
         self._component_init = dict(component_init or {})

@@ -18,7 +18,7 @@ encoder, named and weighted loss terms, metrics per task, generation settings.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -195,7 +195,7 @@ class VisionLanguageModel(ComposedModule):
         self.loss_weights = dict(loss_weights)
         self.tasks = list(tasks)
         self.metric_average = metric_average
-        self.generation = generation
+        self.generation = replace(generation)  # a copy: a default instance is shared between models
         self.test_with_generation = test_with_generation
         self.log_images = log_images
         self.metrics = nn.ModuleDict(

@@ -240,3 +240,11 @@ def test_seeded_sampling_repeats_and_leaves_the_global_stream_alone(components, 
     assert torch.equal(by_hand.sequences, first["token_ids"])
     model.predict_masks(batch)
     assert seen["do_sample"] is True and seen["temperature"] == 1.5 and "seed" not in seen
+
+
+def test_settings_are_copied_so_a_default_is_never_shared(components):
+    first = VisionLanguageModel(**components)
+    first.generation.max_new_tokens = 3
+    first.optim.weight_decay = 0.5
+    second = VisionLanguageModel(**components)
+    assert second.generation.max_new_tokens == 128 and second.optim.weight_decay == 1e-5
