@@ -143,7 +143,7 @@ def _georef(crs: Any, transform: Affine) -> tuple[Any, Affine | None]:
 
 
 @contextmanager
-def _open_for_reading(path: str, failure: str) -> Iterator[Any]:
+def open_raster(path: str, failure: str) -> Iterator[Any]:
     """An open rasterio dataset of ``path`` (a file without georeferencing is fine); a missing
     file is a ``FileNotFoundError``, an unreadable one a :class:`RasterError` starting with ``failure``."""
     _check_exists(path)
@@ -176,7 +176,7 @@ def read_window(
     """
     p = os.fspath(path)
     where = "" if window is None else f" window {list(window)}"
-    with _open_for_reading(p, f"cannot read raster {p}{where}") as src:
+    with open_raster(p, f"cannot read raster {p}{where}") as src:
         win = None if window is None else RioWindow(window[1], window[0], window[3], window[2])
         raw = src.read(window=win)
         masks = src.read_masks(window=win)
@@ -210,7 +210,7 @@ def read_header(path: PathLike) -> RasterHeader:
         RasterError: the file cannot be opened (names the path).
     """
     p = os.fspath(path)
-    with _open_for_reading(p, f"cannot open raster {p}") as src:
+    with open_raster(p, f"cannot open raster {p}") as src:
         count, height, width = src.count, src.height, src.width
         crs, transform = _georef(src.crs, src.transform)
     return RasterHeader(p, count, height, width, crs, transform)

@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
-from rasterio.errors import NotGeoreferencedWarning
 
 from rsvlm.data.bands import BandError
-from rsvlm.data.raster import Raster, write_mask
+from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
 from rsvlm.data.tiling import Window
 from rsvlm.inference.stitch import BLENDS, Blend, Stitcher
 from rsvlm.io.atomic import atomic_write_text
@@ -97,11 +94,9 @@ def overlay_picture(
     height, width = mask.shape
     scale = min(1.0, max_side / max(height, width))
     out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            data = src.read(out_shape=(src.count, out_h, out_w)).astype(np.float32)
-            masks = src.read_masks(out_shape=(src.count, out_h, out_w))
+    with open_raster(str(path), f"cannot read raster {path} for its overlay") as src:
+        data = src.read(out_shape=(src.count, out_h, out_w)).astype(np.float32)
+        masks = src.read_masks(out_shape=(src.count, out_h, out_w))
     data[:, ~np.all(masks > 0, axis=0)] = np.nan
     try:
         rgb = composite_or_stretch(data, band_names, composite_kind)
@@ -261,11 +256,8 @@ class PredictionWriter(BasePredictionWriter):
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         mask = (probs > self.threshold) & state.valid
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(image) as src:
-                crs = src.crs
-                transform = None if src.crs is None and src.transform.is_identity else src.transform
+        header = read_header(image)
+        crs, transform = header.crs, header.transform
         height, width = mask.shape
         # write_mask needs only the grid and the source path of `like`, not its pixels.
         like = Raster(
