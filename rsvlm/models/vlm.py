@@ -356,14 +356,8 @@ class VisionLanguageModel(ComposedModule):
         for task in dict.fromkeys(tasks):
             if task not in self.metrics[split]:
                 raise KeyError(f"batch field 'task' says {task!r}, which is not in the model's tasks {self.tasks}")
-            rows = [i for i, t in enumerate(tasks) if t == task]
-            if len(rows) == len(tasks):
-                self.metrics[split][task].update(logits, batch["mask"], valid)
-            else:
-                index = torch.tensor(rows, device=logits.device)
-                self.metrics[split][task].update(
-                    logits[index], batch["mask"][index], None if valid is None else valid[index]
-                )
+            rows = torch.tensor([t == task for t in tasks], device=logits.device)
+            self.metrics[split][task].update(logits[rows], batch["mask"][rows], None if valid is None else valid[rows])
 
     def _log_metrics(self, split: str) -> None:
         for task, metric in self.metrics[split].items():
