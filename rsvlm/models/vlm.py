@@ -115,7 +115,12 @@ class VisionLanguageModel(ComposedModule):
         metric_average: ``"global"`` (one confusion matrix over the split) or ``"image"`` (the
             mean of per-image scores, as the SPEX paper's tables); written into the run record
             and printed by ``rsvlm table``.
-        generation: decoding settings for test and predict.
+        generation: decoding settings for validation, test and predict.
+        validate_with_generation: validate as the paper infers (generate → pool → decode), so
+            ``val/*`` (and the checkpoint a ``val/F1`` monitor picks) never sees the reference
+            response, which is written from the true mask; the teacher-forced scores log as
+            ``val_teacher_forced/*``, an upper bound. ``False`` puts the teacher-forced scores
+            in ``val/*`` (cheaper, but conditioned on the answer).
         test_with_generation: test as the paper (generate the response, read the positions
             among the generated tokens); ``False`` tests with the reference response.
         encoder_init: a checkpoint whose ``encoder.*`` weights start the encoder (MVPNet's);
@@ -158,6 +163,7 @@ class VisionLanguageModel(ComposedModule):
         tasks: list[str] = ["land_cover"],
         metric_average: Literal["global", "image"] = "global",
         generation: GenerationSettings = GenerationSettings(),
+        validate_with_generation: bool = True,
         test_with_generation: bool = True,
         encoder_init: str | None = None,
         component_init: dict[str, str] | None = None,
@@ -196,12 +202,13 @@ class VisionLanguageModel(ComposedModule):
         self.tasks = list(tasks)
         self.metric_average = metric_average
         self.generation = replace(generation)  # a copy: a default instance is shared between models
+        self.validate_with_generation = validate_with_generation
         self.test_with_generation = test_with_generation
         self.log_images = log_images
         self.metrics = nn.ModuleDict(
             {
                 split: nn.ModuleDict({task: BinarySegmentationMetrics(average=metric_average) for task in self.tasks})
-                for split in ("val", "test", "test_teacher_forced")
+                for split in ("val", "val_teacher_forced", "test", "test_teacher_forced")
             }
         )
         parts = dict(
@@ -314,32 +321,46 @@ class VisionLanguageModel(ComposedModule):
         return losses["total"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """``val/*``: the configured protocol (generation by default); the loss and
+        ``val_teacher_forced/*`` come from the reference response."""
         outputs = self(batch, with_mask=True)
         losses = self.losses(outputs, batch, with_mask=True)
-        self.log("val/loss", losses["total"], prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
-        self._update_metrics("val", outputs["mask_logits"], batch)
-        if batch_idx == 0 and self.log_images:
-            from rsvlm.training.image_logging import log_mask_overlays
-
-            log_mask_overlays(self, batch, outputs["mask_logits"], limit=self.log_images, tag="val/overlays")
+        bs = batch["image"].shape[0]
+        self.log("val_teacher_forced/loss", losses["total"], batch_size=bs, sync_dist=True)
+        self._score_split("val", outputs["mask_logits"], batch, self.validate_with_generation, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self._log_metrics("val_teacher_forced")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        teacher_forced = self(batch, with_mask=True)["mask_logits"]
-        if self.test_with_generation:
-            self._update_metrics("test", self.predict_masks(batch)["mask_logits"], batch)
-            self._update_metrics("test_teacher_forced", teacher_forced, batch)
-        else:
-            self._update_metrics("test", teacher_forced, batch)
+        self._score_split("test", self(batch, with_mask=True)["mask_logits"], batch, self.test_with_generation)
 
     def on_test_epoch_end(self) -> None:
         """``test/*``: the configured protocol; ``test_teacher_forced/*``: with the reference
         responses, logged too when the configured protocol generates them."""
         self._log_metrics("test")
-        if self.test_with_generation:
-            self._log_metrics("test_teacher_forced")
+        self._log_metrics("test_teacher_forced")
+
+    def _score_split(
+        self,
+        split: str,
+        teacher_forced: torch.Tensor,
+        batch: dict[str, Any],
+        with_generation: bool,
+        batch_idx: int | None = None,
+    ) -> None:
+        """Update ``split`` with generated masks (and ``<split>_teacher_forced`` with the
+        teacher-forced ones) or, without generation, ``split`` with the teacher-forced ones."""
+        scored = teacher_forced
+        if with_generation:
+            scored = self.predict_masks(batch)["mask_logits"]
+            self._update_metrics(f"{split}_teacher_forced", teacher_forced, batch)
+        self._update_metrics(split, scored, batch)
+        if split == "val" and batch_idx == 0 and self.log_images:
+            from rsvlm.training.image_logging import log_mask_overlays
+
+            log_mask_overlays(self, batch, scored, limit=self.log_images, tag="val/overlays")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         if "prompt_ids" not in batch:

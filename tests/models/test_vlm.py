@@ -265,3 +265,34 @@ def test_metrics_are_kept_per_task(components):
         assert all(torch.equal(got[k], v) for k, v in reference.compute().items()), task
     with pytest.raises(KeyError, match="'roads'"):
         model._update_metrics("val", logits, {"mask": mask, "task": ["roads"] * 3})
+
+
+@pytest.mark.parametrize("with_generation", [True, False])
+def test_validation_scores_generated_masks_and_keeps_teacher_forced_apart(components, with_generation):
+    """``val/*`` is scored on masks decoded from generated text (the reference response is
+    written from the true mask); the teacher-forced masks go to ``val_teacher_forced/*``."""
+    from rsvlm.training.metrics import BinarySegmentationMetrics
+
+    model = VisionLanguageModel(
+        **components, stage="joint", log_images=0, validate_with_generation=with_generation
+    ).eval()
+    model.generation.max_new_tokens = 6
+    logged: dict[str, torch.Tensor] = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, value)  # no trainer in a unit test
+    batch = contract_batch(model.llm.formatter)
+    with torch.no_grad():
+        model.validation_step(batch, 0)
+        generated = model.predict_masks(batch)["mask_logits"]
+        teacher_forced = model(batch, with_mask=True)["mask_logits"]
+    assert set(logged) == {"val_teacher_forced/loss"}
+    # different binary masks, else the test could not tell the two protocols apart
+    assert ((generated > 0) != (teacher_forced > 0)).any()
+    expected = {"val": generated if with_generation else teacher_forced, "val_teacher_forced": teacher_forced}
+    for split, logits in expected.items():
+        if split == "val_teacher_forced" and not with_generation:
+            assert not model.metrics[split]["land_cover"].update_called
+            continue
+        reference = BinarySegmentationMetrics()
+        reference.update(logits, batch["mask"], batch.get("valid"))
+        got = model.metrics[split]["land_cover"].compute()
+        assert all(torch.equal(got[k], v) for k, v in reference.compute().items()), split
