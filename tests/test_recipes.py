@@ -1,5 +1,7 @@
-"""Every shipped recipe and every ablation cell parses with the `rsvlm` command's parser, and a
-misspelt key fails at parse time naming it."""
+"""Every shipped recipe and every sweep cell (and every run a sweep needs) parses with the
+`rsvlm` command's parser; a misspelt key fails at parse time naming it; every paper-scale cell
+builds on the meta device and its vision path runs at the recipe's image size; the paper
+sweeps run MVPNet → stage 1 → stage 2."""
 
 from __future__ import annotations
 
@@ -8,13 +10,25 @@ import io
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import REPO
+from torch import nn
 
 from rsvlm.cli.lightning import run_lightning_cli
+from rsvlm.experiments.summarize import build_model_on_meta, summarize_main
 from rsvlm.experiments.sweep import expand_grid, load_sweep, resolve_config
+from rsvlm.experiments.sweep.needs import plan_needs
 
 RECIPES = REPO / "recipes"
+
+
+def is_sweep(path: Path) -> bool:
+    return "base" in (yaml.safe_load(path.read_text()) or {})
+
+
+SWEEPS = sorted([*(RECIPES / "ablations").glob("*/*.yaml"), *filter(is_sweep, RECIPES.glob("*.yaml"))])
+PAPER_SWEEPS = [p for p in SWEEPS if not p.stem.endswith("-demo")]
 
 
 def print_config(config: Path) -> dict:
@@ -26,7 +40,16 @@ def print_config(config: Path) -> dict:
     return yaml.safe_load(out.getvalue())
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def sweep_configs(sweep: Path, out: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(need run name -> resolved config, cell name -> resolved config), tokens replaced."""
+    spec = load_sweep(sweep, out=out)
+    plan = plan_needs(spec, expand_grid(spec))
+    needs = {nr.name: resolve_config(nr.need.recipe, nr.overrides) for nr in plan.need_runs}
+    cells = {run.name: resolve_config(spec.base, run.overrides) for run in plan.cells}
+    return needs, cells
+
+
+@pytest.mark.parametrize("recipe", sorted(p for p in RECIPES.glob("*.yaml") if not is_sweep(p)), ids=lambda p: p.name)
 def test_recipe_parses(recipe: Path):
     parsed = print_config(recipe)
     source = yaml.safe_load(recipe.read_text())
@@ -34,14 +57,163 @@ def test_recipe_parses(recipe: Path):
     assert parsed["data"]["class_path"] == source["data"]["class_path"]
 
 
-@pytest.mark.parametrize("sweep", sorted((RECIPES / "ablations").glob("*/*.yaml")), ids=lambda p: p.name)
-def test_every_ablation_cell_parses(sweep: Path, tmp_path: Path):
-    spec = load_sweep(sweep, out=tmp_path)
-    for run in expand_grid(spec):
-        config = resolve_config(spec.base, run.overrides)
-        path = tmp_path / f"{run.name}.yaml"
+@pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.name)
+def test_every_sweep_cell_and_need_parses(sweep: Path, tmp_path: Path):
+    needs, cells = sweep_configs(sweep, tmp_path)
+    for name, config in {**needs, **cells}.items():
+        path = tmp_path / "configs" / f"{len(name)}-{abs(hash(name))}.yaml"
+        path.parent.mkdir(exist_ok=True)
         path.write_text(yaml.safe_dump(config))
         print_config(path)
+
+
+# ----------------------------------------------------------------------- the paper's pipeline
+
+
+def _model_args(config: dict) -> dict:
+    return config["model"].get("init_args") or {}
+
+
+def _checkpoint_dir(config: dict) -> str | None:
+    """Where the recipe's ModelCheckpoint writes (its ``dirpath``)."""
+    for callback in config["trainer"].get("callbacks") or []:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            return (callback.get("init_args") or {}).get("dirpath")
+    return None
+
+
+def test_paper_recipe_runs_stage1_then_stage2_from_mvpnet():
+    spex = yaml.safe_load((RECIPES / "spex.yaml").read_text())
+    mvpnet = yaml.safe_load((RECIPES / "mvpnet.yaml").read_text())
+    args = _model_args(spex)
+    assert [phase["stage"] for phase in args["schedule"]] == ["text", "mask"]
+    assert sum(phase["epochs"] for phase in args["schedule"]) == spex["trainer"]["max_epochs"]
+    # encoder_init is the last checkpoint that the MVPNet recipe's own run writes
+    assert Path(args["encoder_init"]) == Path(_checkpoint_dir(mvpnet)) / "last.ckpt"
+
+
+def test_summarize_shows_stage1_then_stage2_and_the_mvpnet_init(capsys):
+    """`rsvlm summarize` on the paper recipe: the MVPNet start, then the stages in the recipe's
+    order with one table each; the paper freezes the LLM in stage 2 and adds TCP + decoder."""
+    assert summarize_main(["--config", str(RECIPES / "spex.yaml")]) == 0
+    out = capsys.readouterr().out
+    args = _model_args(yaml.safe_load((RECIPES / "spex.yaml").read_text()))
+    assert f"encoder starts from the MVPNet visual pre-training: encoder_init = {args['encoder_init']}" in out
+    assert "order: stage 1 'text' → stage 2 'mask'" in out
+    tables = out.split("spex.yaml, stage ")[1:]
+    assert [t.split(",")[0] for t in tables] == ["1 'text'", "2 'mask'"]
+
+    def trainable(table: str, component: str) -> str:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {component} |"))
+        return row.split("|")[4].strip()
+
+    assert trainable(tables[0], "llm") != "0" and trainable(tables[1], "llm") == "0"
+    assert trainable(tables[0], "bridge") == "0" and trainable(tables[1], "bridge") != "0"
+
+
+@pytest.mark.parametrize("sweep", PAPER_SWEEPS, ids=lambda p: p.name)
+def test_paper_sweeps_run_mvpnet_then_stage1_then_stage2(sweep: Path, tmp_path: Path):
+    """Every SPEX cell trains stage "mask" from a stage-1 ("text") checkpoint of this sweep,
+    whose encoder starts from the MVPNet run (but the pretraining sweep's other inits)."""
+    spec = load_sweep(sweep, out=tmp_path)
+    plan = plan_needs(spec, expand_grid(spec))
+    mvpnet = {nr.need.name: nr for nr in plan.need_runs}["mvpnet"]
+    assert mvpnet.need.recipe == RECIPES / "mvpnet.yaml"
+    mvpnet_config = resolve_config(mvpnet.need.recipe, mvpnet.overrides)
+    # the need's checkpoint is where the MVPNet run writes it
+    assert mvpnet.checkpoint == (Path.cwd() / _checkpoint_dir(mvpnet_config) / "last.ckpt").resolve()
+    stage1_by_checkpoint = {str(nr.checkpoint): nr for nr in plan.need_runs if nr.need.name == "stage1"}
+    spex_cells = 0
+    for cell in plan.cells:
+        config = resolve_config(spec.base, cell.overrides)
+        if not config["model"]["class_path"].endswith("VisionLanguageModel"):
+            continue  # Table XI's MVPNet row has no stages
+        spex_cells += 1
+        args = _model_args(config)
+        assert args["stage"] == "mask" and not args.get("schedule"), cell.name
+        stage1 = stage1_by_checkpoint[args["init_from"]]
+        stage1_config = resolve_config(stage1.need.recipe, stage1.overrides)
+        stage1_args = _model_args(stage1_config)
+        assert stage1_args["stage"] == "text" and not stage1_args.get("schedule"), stage1.name
+        assert _checkpoint_dir(stage1_config) == str(stage1.run_dir / "checkpoints")
+        assert str(stage1.checkpoint) == _checkpoint_dir(stage1_config) + "/last.ckpt"
+        other_init = sweep.stem == "pretraining" and cell.labels["encoder_init"] != "MVPNet"
+        assert (stage1_args.get("encoder_init") == str(mvpnet.checkpoint)) != other_init, cell.name
+        # the stage-1 run is the cell's model, up to what only stage 2 uses
+        assert _as_in_stage1(args) == _as_in_stage1(stage1_args), cell.name
+    assert spex_cells >= 1
+
+
+def _as_in_stage1(args: dict) -> dict:
+    """A model's arguments as far as stage 1 sees them: without stages and initialisations,
+    with only the text loss's weight, and without TCP's token count (its weights do not depend
+    on it: adaptive pooling, then one projection)."""
+    kept = {k: v for k, v in args.items() if k not in ("stage", "schedule", "encoder_init", "init_from")}
+    kept["loss_weights"] = {"text": (args.get("loss_weights") or {}).get("text")}
+    bridge = yaml.safe_load(yaml.safe_dump(kept.get("bridge")))
+    if isinstance(bridge, dict) and bridge.get("class_path", "").endswith("TokenCompressionProjector"):
+        bridge.get("init_args", {}).pop("num_tokens", None)
+    kept["bridge"] = bridge
+    return kept
+
+
+# ----------------------------------------------------------------------- every cell builds
+
+
+def _vision_forward(model: nn.Module, config: dict) -> torch.Size:
+    """Encoder → fusion → projector of a model built on the meta device, on a meta image of the
+    recipe's bands and size (shapes only); returns the visual tokens' shape."""
+    data = config["data"]["init_args"]
+    image = torch.empty(2, len(data["bands"]), data["image_size"], data["image_size"], device="meta")
+    model.eval()  # BatchNorm: eval statistics
+    return model.projector(model.fusion(model.encoder(image)).tokens).shape
+
+
+@contextlib.contextmanager
+def _autocast_off_on_meta():
+    """``torch.autocast(device_type="meta")`` is refused by torch; DCNv3 opens one (disabled) on
+    its input's device. On meta there is nothing to cast, so it becomes a no-op here."""
+    real = torch.autocast
+
+    def autocast(device_type: str, *args, **kwargs):
+        return contextlib.nullcontext() if device_type == "meta" else real(device_type, *args, **kwargs)
+
+    torch.autocast = autocast
+    try:
+        yield
+    finally:
+        torch.autocast = real
+
+
+def _architecture(config: dict) -> str:
+    """The model section without what does not change what is built: stages, initialisations,
+    loss weights and TCP's token count (K pools, the weights do not depend on it)."""
+    args = _as_in_stage1(_model_args(config))
+    args.pop("loss_weights")
+    return yaml.safe_dump({**config["model"], "init_args": args})
+
+
+def test_every_paper_cell_builds_on_meta_and_sees_its_images(tmp_path: Path):
+    """Each distinct model of the paper sweeps (cells and the runs they need) is built on the
+    meta device (no weights, no hub: shipped configs) with its assembly checks, and its vision
+    path runs on a meta image of the recipe's bands and size (the CLIP ViT-L/14 cell at 512 px
+    included)."""
+    seen: set[str] = set()
+    for sweep in PAPER_SWEEPS:
+        needs, cells = sweep_configs(sweep, tmp_path / sweep.stem)
+        for name, config in {**needs, **cells}.items():
+            key = _architecture(config)
+            if key in seen:
+                continue
+            seen.add(key)
+            where = f"{sweep.name}: {name}"
+            model = build_model_on_meta(config["model"])
+            assert all(p.is_meta for p in model.parameters()), where
+            if config["model"]["class_path"].endswith("VisionLanguageModel"):
+                with torch.no_grad(), _autocast_off_on_meta():
+                    tokens = _vision_forward(model, config)
+                assert tokens[0] == 2 and tokens[-1] == model.llm.hidden_size, (where, tokens)
+    assert len(seen) >= 9  # MSAM, UperNet, single level, released MSAM, CLIP, ConvNeXt, 0.5B, 3B, MVPNet
 
 
 def test_misspelt_key_is_named(tmp_path: Path):

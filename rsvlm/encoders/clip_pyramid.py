@@ -17,8 +17,11 @@ and 32 of the image:
    patch sizes (ViT-L/14) the same ops run and the maps are bilinearly resized to
    ``H//r × W//r``.
 
-Input size: any multiple of the patch size; the position embeddings are interpolated
-(transformers' ``interpolate_pos_encoding=True``) when it differs from the pretraining size.
+Input size: any. The position embeddings are interpolated to the patch grid (transformers'
+``interpolate_pos_encoding=True``) when it differs from the pretraining size. A side that is
+not a multiple of the patch size (512 for ViT-L/14: 512 = 36·14 + 8) is first resized
+bilinearly to the nearest multiple (518), so no border pixels are dropped by the strided patch
+embedding; the pyramid levels still come out at ``H//r × W//r`` of the original image.
 
 Bands: the patch-embedding conv is rebuilt for ``in_bands`` when pretrained weights are
 loaded: the bands in ``rgb_bands`` get CLIP's R, G, B filters bit for bit, the others the
@@ -123,6 +126,7 @@ class ClipPyramidEncoder(FreezableEncoder):
                     f"ClipPyramidEncoder.model={model!r}: could not load a CLIP vision model ({error}). Give a "
                     "local folder saved with save_pretrained, or download the Hugging Face id first."
                 ) from error
+            self.vit.weights_source = model  # trained-only checkpoints leave what this source restores out
             if needs_widening(in_bands, self.rgb_bands):
                 widen_stem_conv(self.vit.get_input_embeddings(), in_bands, self.rgb_bands, extra_band_init)
                 self.vit.config.num_channels = in_bands
@@ -151,16 +155,19 @@ class ClipPyramidEncoder(FreezableEncoder):
         if freeze:
             self.freeze_part("vit")
 
+    def patch_grid(self, side: int) -> int:
+        """Patches along an image side of ``side`` pixels: the nearest whole number (at least 1)."""
+        return max(1, int(side / self.patch_size + 0.5))  # halves round up
+
     def forward_grids(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """The hidden states of ``layers`` as grids ``B×D×H/p×W/p`` (before resampling)."""
+        """The hidden states of ``layers`` as grids ``B×D×h×w`` (before resampling), with
+        ``h = round(H/p)``, ``w = round(W/p)`` (``H/p × W/p`` when the sides are multiples of p)."""
         check_image_bands("ClipPyramidEncoder", image, self.in_bands)
-        height, width = image.shape[-2:]
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"ClipPyramidEncoder: image size {height}×{width} must be a multiple of the patch size {self.patch_size}"
-            )
+        grid_h, grid_w = (self.patch_grid(side) for side in image.shape[-2:])
+        size = (grid_h * self.patch_size, grid_w * self.patch_size)
+        if tuple(image.shape[-2:]) != size:
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
         hidden = self.vit(pixel_values=image, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states
-        grid_h = height // self.patch_size
         return [rearrange(hidden[layer][:, 1:], "b (h w) d -> b d h w", h=grid_h) for layer in self.layers]
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:

@@ -1,9 +1,14 @@
 """``rsvlm summarize``: build a recipe's model on the meta device and count its parameters.
 
-No weights are read and nothing is downloaded: every ``pretrained`` flag is turned off and every
-checkpoint path dropped; on the meta device, :class:`rsvlm.llm.causal_lm.CausalLM` builds an LLM
+No weights are read and nothing is downloaded: every ``pretrained`` flag is turned off, every
+checkpoint path dropped, a CLIP tower named by a hub id built from its architecture
+(:data:`HUB_VISION_CONFIGS`); on the meta device, :class:`rsvlm.llm.causal_lm.CausalLM` builds an LLM
 given by a Hugging Face id from the architecture config shipped with rsvlm (or the
 ``config.json`` of a local folder).
+
+Before the tables it prints the run's pipeline as the recipe states it: where weights start
+from (``encoder_init``: the MVPNet visual pre-training; ``component_init``; ``init_from``) and
+the stages in order with the components each trains; then one parameter table per stage.
 """
 
 from __future__ import annotations
@@ -15,7 +20,32 @@ from typing import Any
 
 import yaml
 
-WEIGHT_PATH_KEYS = ("checkpoint", "checkpoint_path", "encoder_init")
+WEIGHT_PATH_KEYS = ("checkpoint", "checkpoint_path", "encoder_init", "init_from", "component_init")
+
+# Vision towers named by a hub id in the recipes, as architecture configs (transformers'
+# CLIPVisionConfig fields of the published checkpoints), so that no config is downloaded.
+HUB_VISION_CONFIGS: dict[str, dict[str, Any]] = {
+    "openai/clip-vit-large-patch14": dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+    ),
+    "openai/clip-vit-base-patch16": dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=16,
+        hidden_act="quick_gelu",
+        projection_dim=512,
+    ),
+}
 
 
 def summarize_main(argv: list[str]) -> int:
@@ -23,23 +53,70 @@ def summarize_main(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, help="recipe YAML")
     args = parser.parse_args(argv)
     model = build_on_meta(args.config)
-    print(summary_table(model, title=f"{Path(args.config).name} (built on the meta device, no weights)"))
+    config = yaml.safe_load(Path(args.config).read_text()) or {}
+    print("\n".join(pipeline_lines(config["model"], getattr(model, "stages", None))))
+    name = Path(args.config).name
+    for number, (stage, epochs) in enumerate(stage_order(config["model"]), start=1):
+        if hasattr(model, "set_stage"):
+            model.set_stage(stage)
+        when = f"stage {number} {stage!r}" + (f", {epochs} epochs" if epochs is not None else "")
+        print(summary_table(model, title=f"{name}, {when} (built on the meta device, no weights)"))
     return 0
+
+
+def stage_order(model_config: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """The stages a recipe's model trains, in order, with their epochs (None: the whole run)."""
+    init_args = model_config.get("init_args") or {}
+    schedule = init_args.get("schedule")
+    if schedule:
+        return [(str(phase["stage"]), int(phase["epochs"])) for phase in schedule]
+    stage = init_args.get("stage")
+    return [(str(stage), None)] if stage is not None else [("default", None)]
+
+
+def pipeline_lines(model_config: dict[str, Any], stages: dict[str, list[str]] | None = None) -> list[str]:
+    """What a run of the recipe does, in order: initial weights, then each stage and the
+    components it trains (``stages``: the built model's stage → components)."""
+    init_args = model_config.get("init_args") or {}
+    lines = [f"pipeline of {model_config.get('class_path', 'the model')}:"]
+    if init_args.get("encoder_init"):
+        lines.append(
+            f"  encoder starts from the MVPNet visual pre-training: encoder_init = {init_args['encoder_init']}"
+        )
+    for component, path in (init_args.get("component_init") or {}).items():
+        lines.append(f"  {component} starts from: component_init.{component} = {path}")
+    if init_args.get("init_from"):
+        lines.append(f"  the whole model starts from an earlier run: init_from = {init_args['init_from']}")
+    order = stage_order(model_config)
+    for number, (stage, epochs) in enumerate(order, start=1):
+        trains = (stages or {}).get(stage)
+        what = f": trains {', '.join(trains)}" if trains else ""
+        span = f" for {epochs} epochs" if epochs is not None else ""
+        lines.append(f"  stage {number} {stage!r}{span}{what}")
+    if len(order) > 1:
+        lines.append("  order: " + " → ".join(f"stage {i} {stage!r}" for i, (stage, _) in enumerate(order, start=1)))
+    return lines
 
 
 def build_on_meta(recipe: str | Path):
     """Instantiate the recipe's ``model`` section under ``torch.device("meta")``."""
-    import lightning as L
-    import torch
-    from jsonargparse import ArgumentParser
-
     path = Path(recipe)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} does not exist")
     config = yaml.safe_load(path.read_text()) or {}
     if "model" not in config:
         raise KeyError(f"recipe {path} has no 'model' section")
-    model_config = without_weights(config["model"])
+    return build_model_on_meta(config["model"])
+
+
+def build_model_on_meta(model_config: dict[str, Any]):
+    """Instantiate a recipe's ``model`` section (``class_path`` + ``init_args``) under
+    ``torch.device("meta")``, without its weight sources (:func:`without_weights`)."""
+    import lightning as L
+    import torch
+    from jsonargparse import ArgumentParser
+
+    model_config = without_weights(model_config)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parsed = parser.parse_object({"model": model_config})
@@ -58,6 +135,8 @@ def without_weights(node: Any) -> Any:
     if isinstance(node.get("class_path"), str) and isinstance(init_args, dict):
         if "pretrained" in init_args:
             init_args["pretrained"] = False
+        if node["class_path"].endswith("ClipPyramidEncoder") and init_args.get("model") in HUB_VISION_CONFIGS:
+            init_args["config"] = dict(HUB_VISION_CONFIGS[init_args.pop("model")])
         for key in WEIGHT_PATH_KEYS:
             if init_args.get(key) is not None:
                 init_args[key] = None

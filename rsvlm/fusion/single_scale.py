@@ -1,8 +1,10 @@
 """Single-scale fusion: the "w/o MSAM" baseline of the SPEX ablation (Table VII).
 
-Takes one pyramid level (the 1/16 one by default, where MSAM aggregates to), resizes it to
-``1/target_reduction`` of the input if needed and projects it with a 1×1 conv, so that
-everything after the fusion sees the same shapes as with MSAM.
+Takes one pyramid level, resizes it to ``1/target_reduction`` of the input if needed and
+projects it with a 1×1 conv, so that everything after the fusion sees the same shapes as with
+MSAM. The paper's "w/o MSAM" (Sec. IV-C1) uses "only the last-layer feature map from the
+vision encoder": ``level=-1`` (1/32, upsampled to MSAM's 1/16), as the ablation recipes set it.
+Without ``level`` the level at the output stride is taken (no resizing), a different baseline.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ class SingleScaleFusion(Fusion):
         in_channels: channels of every encoder level (checked against the encoder).
         in_reductions: stride of every encoder level.
         out_channels: D of the fused map and tokens.
-        level: which level to use; ``None`` picks the one whose stride is ``target_reduction``.
+        level: which level to use (negative counts from the last; ``-1``: the paper's w/o MSAM);
+            ``None`` picks the one whose stride is ``target_reduction``.
         target_reduction: stride of the output map.
         token_pool: visual tokens are the map average-pooled by this factor (1, the paper:
             one token per map cell; 2 keeps the decoder's map and gives the LLM a quarter of

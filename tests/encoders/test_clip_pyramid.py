@@ -95,6 +95,37 @@ def test_bad_arguments() -> None:
         ClipPyramidEncoder()
     with pytest.raises(ValueError, match="layers"):
         ClipPyramidEncoder(config=TINY, layers=[1, 2, 5, 4])
-    encoder = ClipPyramidEncoder(config=TINY)
-    with pytest.raises(ValueError, match="multiple of the patch size"):
-        encoder(torch.randn(1, 3, 60, 64))
+
+
+def test_native_size_equals_transformers_without_interpolation(saved_clip: tuple[Path, CLIPVisionModel]) -> None:
+    """At the pretraining size the grids are transformers' own hidden states, position
+    embeddings untouched (interpolation off in the reference)."""
+    folder, direct = saved_clip
+    encoder = ClipPyramidEncoder(model=str(folder), local_files_only=True)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        grids = encoder.forward_grids(image)
+        hidden = direct(pixel_values=image, output_hidden_states=True).hidden_states
+    for grid, layer in zip(grids, encoder.layers, strict=True):
+        torch.testing.assert_close(grid, hidden[layer][:, 1:].reshape(2, 4, 4, 32).permute(0, 3, 1, 2))
+
+
+def test_patch14_at_512_runs_on_the_nearest_patch_multiple() -> None:
+    """ViT-L/14 at 512 px (Table VIII's cell): 512 is no multiple of 14; the image is resized
+    to 518 = 37·14, the position embeddings are interpolated to the 37×37 grid, and the
+    pyramid keeps the strides of the 512-px image."""
+    torch.manual_seed(4)
+    config = {**TINY, "patch_size": 14, "image_size": 224}
+    encoder = ClipPyramidEncoder(config=config, in_bands=4, rgb_bands=[2, 1, 0], out_channels=8).eval()
+    image = torch.randn(1, 4, 512, 512)
+    with torch.no_grad():
+        grids = encoder.forward_grids(image)
+        maps = encoder(image)
+        resized = torch.nn.functional.interpolate(image, size=(518, 518), mode="bilinear", align_corners=False)
+        hidden = encoder.vit(pixel_values=resized, output_hidden_states=True, interpolate_pos_encoding=True)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(128, 128), (64, 64), (32, 32), (16, 16)]
+    for grid, layer in zip(grids, encoder.layers, strict=True):
+        expected = hidden.hidden_states[layer][:, 1:].reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
+        torch.testing.assert_close(grid, expected)
+    with pytest.raises(ValueError, match="image size"):  # the reference refuses 512 without interpolation
+        encoder.vit(pixel_values=image)

@@ -85,9 +85,12 @@ SPECTRAL_TEMPLATE = (
     "Based on the provided image and the attributes of the {category} regions, "
     "please provide a detailed description of them: {prompt}"
 )
-# The paper's ablation without spectral prompt; its exact wording is not published, so this
-# is the spectral template with the attribute clause removed.
-PLAIN_TEMPLATE = "Based on the provided image, please provide a detailed description of the {category} regions."
+# The paper's ablation without spectral prompt, verbatim from Sec. IV-C1 ("the vegetation
+# regions" there, with the category filled in).
+PLAIN_TEMPLATE = (
+    "You are an expert specializing in remote sensing. Based on the provided image and the "
+    "{category} regions, please provide a detailed description of them."
+)
 EMPTY_PROMPT = "No {category} regions were found in the image."
 
 
@@ -254,8 +257,9 @@ def instruction(category: str, prompt: str | None, template: Literal["spectral",
         prompt: the spectral prompt (required for ``"spectral"``, ignored for ``"plain"``).
         template: ``"spectral"``: "Based on the provided image and the attributes of the
             {category} regions, please provide a detailed description of them: {prompt}";
-            ``"plain"``: the no-spectral-prompt ablation, "Based on the provided image,
-            please provide a detailed description of the {category} regions."
+            ``"plain"``: the no-spectral-prompt ablation as the paper gives it (Sec. IV-C1),
+            "You are an expert specializing in remote sensing. Based on the provided image
+            and the {category} regions, please provide a detailed description of them."
 
     The image placeholder (``<image>\\n`` in the released LLaVA data) is not included; the
     chat template / exporter adds it.

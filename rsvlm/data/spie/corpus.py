@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
+from rsvlm.data.indices import normalize_category
 from rsvlm.data.spie.apg import format_prompt, instruction, region_attributes
 from rsvlm.data.spie.describe import NUMBER_WORDS, AttributeDescriber
 from rsvlm.llm.tokenizer import TokenizerSource, bpe_fingerprint, build_bpe_tokenizer, rsvlm_cache_dir
@@ -146,6 +147,11 @@ def demo_corpus(seed: int = 0, sentences_per_template: int = 400) -> list[str]:
     return lines
 
 
+_PUBLISHED_PLAIN_INSTRUCTION = (
+    "Based on the provided image, please provide a detailed description of the {category} regions."
+)
+
+
 def spie_corpus(seed: int = 0, masks: int = 120, size: int = 32) -> list[str]:
     """SPIE text as this library writes it: instructions with APG spectral prompts (both
     attribute styles, both templates) and the offline describer's responses, for random masks.
@@ -155,7 +161,10 @@ def spie_corpus(seed: int = 0, masks: int = 120, size: int = 32) -> list[str]:
     makes the demo LM faster and lets it find the category word in a shorter prompt.
     """
     rng = np.random.default_rng(seed)
-    describers = [AttributeDescriber(seed=s, max_regions=3) for s in range(3)]
+    # The demo's describer options, which the corpus was published with.
+    describers = [
+        AttributeDescriber(seed=s, max_regions=3, category_first=True, distinct_empty_openings=True) for s in range(3)
+    ]
     lines: list[str] = []
     for i in range(masks):
         mask = np.zeros((size, size), bool)
@@ -170,7 +179,9 @@ def spie_corpus(seed: int = 0, masks: int = 120, size: int = 32) -> list[str]:
         for style in ("paper", "released"):
             prompt = format_prompt(region_attributes(mask, style=style, max_regions=3), category)
             lines.append(instruction(category, prompt, "spectral"))
-        lines.append(instruction(category, None, "plain"))
+        # The no-spectral-prompt wording the published vocabulary was trained with (before the
+        # paper's verbatim sentence replaced it): kept so the demo vocabulary does not move.
+        lines.append(_PUBLISHED_PLAIN_INSTRUCTION.format(category=normalize_category(category)))
         lines.append(describers[i % 3](image, mask, category, "demo"))
     return lines
 

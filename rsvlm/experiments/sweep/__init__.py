@@ -1,6 +1,7 @@
 """``rsvlm sweep``: expand a grid of recipe overrides, write each run's config, run them.
 
 - :mod:`~rsvlm.experiments.sweep.spec`: the sweep file's format, its validation, the grid;
+- :mod:`~rsvlm.experiments.sweep.needs`: runs the cells need (``needs:``), run first, named in overrides;
 - :mod:`~rsvlm.experiments.sweep.overrides`: dotted-key overrides and resolved configs;
 - :mod:`~rsvlm.experiments.sweep.folders`: the output folder, run statuses, ``sweep.json``;
 - :mod:`~rsvlm.experiments.sweep.commands`: run command lines, ``commands.sh``, SLURM arrays;
@@ -24,6 +25,7 @@ from rsvlm.experiments.sweep.folders import (
     run_status,
     write_manifest,
 )
+from rsvlm.experiments.sweep.needs import Need, NeedRun, Plan, give_needs, plan_needs
 from rsvlm.experiments.sweep.overrides import apply_override, dump_config, resolve_config
 from rsvlm.experiments.sweep.runner import execute_run, run_sweep, select_runs
 from rsvlm.experiments.sweep.spec import (
@@ -48,6 +50,9 @@ __all__ = [
     "SBATCH_FILE",
     "STATUS_FILE",
     "Axis",
+    "Need",
+    "NeedRun",
+    "Plan",
     "Run",
     "SweepError",
     "SweepSpec",
@@ -58,9 +63,11 @@ __all__ = [
     "execute_run",
     "expand_grid",
     "failure_info",
+    "give_needs",
     "launch_command",
     "load_sweep",
     "parse_sweep",
+    "plan_needs",
     "prepare_runs",
     "read_manifest",
     "resolve_config",

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from rsvlm.experiments.sweep.needs import give_needs
 from rsvlm.experiments.sweep.runner import run_sweep
 from rsvlm.experiments.sweep.spec import SweepError, load_sweep
 
@@ -22,13 +23,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("sweep", help="sweep YAML file (base recipe + axes of overrides)")
     parser.add_argument("--out", help="output folder (default: the sweep file's out_dir)")
-    parser.add_argument("--dry-run", action="store_true", help="only write configs, sweep.json and commands.sh")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the chain (needed runs, then runs, with the paths they get) and only write configs, sweep.json and commands.sh",
+    )
     parser.add_argument(
         "--only",
         action="append",
         default=[],
         metavar="AXIS=LABEL",
         help="run only runs with this label (repeatable; same axis: any, different axes: all)",
+    )
+    parser.add_argument(
+        "--need",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="use this existing checkpoint for the sweep's need NAME instead of running it (repeatable)",
     )
     parser.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
     parser.add_argument(
@@ -45,6 +57,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     try:
         spec = load_sweep(args.sweep, args.out)
+        give_needs(spec, args.need)
         return run_sweep(
             spec,
             only=args.only,

@@ -61,11 +61,17 @@ def write_scripts(
     runs: Sequence[Run],
     script: str = "bash",
     launcher: Optional[Sequence[str]] = None,
+    first: Sequence[Path] = (),
 ) -> list[Path]:
-    """Write ``commands.sh`` (one line per run) and, for ``script="slurm"``, ``sweep.sbatch``."""
+    """Write ``commands.sh`` (one line per run) and, for ``script="slurm"``, ``sweep.sbatch``.
+
+    ``first``: run folders whose lines come before the runs' (the needs still to run; a bash
+    script runs its lines in order, a SLURM array would not, so the runner refuses that case).
+    """
     if script not in ("bash", "slurm"):
         raise SweepError(f"--script: expected `bash` or `slurm`, got {script!r}")
-    lines = [command_line(spec, spec.out_dir / run.name, launcher) for run in runs]
+    folders = [*first, *(spec.out_dir / run.name for run in runs)]
+    lines = [command_line(spec, folder, launcher) for folder in folders]
     commands = spec.out_dir / COMMANDS_FILE
     atomic_write_text(commands, "".join(line + "\n" for line in lines))
     written = [commands]

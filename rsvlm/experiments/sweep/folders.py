@@ -149,10 +149,17 @@ def prepare_runs(spec: SweepSpec, runs: Sequence[Run]) -> dict[str, str]:
     return hashes
 
 
-def write_manifest(spec: SweepSpec, runs: Sequence[Run], extra: Optional[dict[str, dict[str, Any]]] = None) -> Path:
+def write_manifest(
+    spec: SweepSpec,
+    runs: Sequence[Run],
+    extra: Optional[dict[str, dict[str, Any]]] = None,
+    needs: Sequence[Any] = (),
+) -> Path:
     """Write ``sweep.json``: the sweep and every run with its current status.
 
-    ``extra`` maps run names to fields to add (the runner's duration, return code).
+    ``extra`` maps run names to fields to add (the runner's duration, return code); ``needs``
+    are the needs' runs (:class:`rsvlm.experiments.sweep.needs.NeedRun`), listed apart from
+    ``runs`` so that tables never mix them in.
     """
     extra = extra or {}
     entries = []
@@ -181,6 +188,17 @@ def write_manifest(spec: SweepSpec, runs: Sequence[Run], extra: Optional[dict[st
         "axes": [{"name": a.name, "labels": a.labels, "values": a.values} for a in spec.axes],
         "table": spec.table,
         "updated_utc": utc_now(),
+        "needs": [
+            {
+                "name": nr.name,
+                "need": nr.need.name,
+                "labels": nr.labels,
+                "dir": str(nr.run_dir),
+                "checkpoint": str(nr.checkpoint),
+                "status": nr.status(),
+            }
+            for nr in needs
+        ],
         "runs": entries,
     }
     path = spec.out_dir / MANIFEST_FILE

@@ -8,7 +8,8 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from rsvlm.experiments.runrecord import METRICS_FILE, atomic_write_json
@@ -25,6 +26,16 @@ from rsvlm.experiments.sweep.folders import (
     utc_now,
     write_manifest,
 )
+from rsvlm.experiments.sweep.needs import (
+    NeedRun,
+    Plan,
+    check_ready,
+    plan_needs,
+    prepare_need_runs,
+    relative,
+    run_summary,
+)
+from rsvlm.experiments.sweep.overrides import resolve_config
 from rsvlm.experiments.sweep.spec import Run, SweepError, SweepSpec, expand_grid, sanitize
 from rsvlm.io.atomic import atomic_write_text
 
@@ -90,13 +101,15 @@ def execute_run(
     run: Run,
     launcher: Optional[Sequence[str]] = None,
     echo: Optional[TextIO] = None,
+    run_dir: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Run one run as a subprocess from the cwd; return its status record (also in status.json).
 
-    A non-zero exit, or a zero exit without ``metrics.json``, marks the run failed
-    (``FAILED`` + status.json). Ctrl-C stops the child, records ``interrupted`` and re-raises.
+    ``run_dir`` defaults to ``OUT/<run name>`` (a need's run folder is given). A non-zero
+    exit, or a zero exit without ``metrics.json``, marks the run failed (``FAILED`` +
+    status.json). Ctrl-C stops the child, records ``interrupted`` and re-raises.
     """
-    run_dir = spec.out_dir / run.name
+    run_dir = run_dir if run_dir is not None else spec.out_dir / run.name
     (run_dir / FAILED_FILE).unlink(missing_ok=True)
     argv = launch_command(spec, run_dir, launcher)
     started = time.monotonic()
@@ -162,14 +175,25 @@ def run_sweep(
         failed, 130 when interrupted.
     """
     out = out if out is not None else sys.stdout
-    runs = expand_grid(spec)
+    plan = plan_needs(spec, expand_grid(spec))
+    runs = plan.cells
     selected = select_runs(spec, runs, only)
+    required = plan.required(selected)
+    to_run = [nr for nr in required if nr.status() not in ("finished", "given")]
+    if script == "slurm" and to_run:
+        raise SweepError(
+            f"{spec.path}: need {to_run[0].name!r} has not finished, and a SLURM array does not keep order; "
+            f"run `rsvlm sweep {spec.path}` first, or give --need {to_run[0].need.name}=CKPT"
+        )
     spec.out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_need_runs(spec, required)
     hashes = prepare_runs(spec, runs)
-    write_scripts(spec, selected, script or "bash", launcher)
+    write_scripts(spec, selected, script or "bash", launcher, first=[nr.run_dir for nr in to_run])
     manifest_extra: dict[str, dict[str, Any]] = {name: {"config_sha256": sha} for name, sha in hashes.items()}
-    manifest = write_manifest(spec, runs, manifest_extra)
+    manifest = write_manifest(spec, runs, manifest_extra, needs=plan.need_runs)
     say = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    for line in chain_lines(spec, plan, selected):
+        say(line)
 
     if dry_run or script:
         say(f"sweep {spec.name}: {len(runs)} runs, configs in {spec.out_dir}")
@@ -181,6 +205,9 @@ def run_sweep(
             say(f"submit with: sbatch {spec.out_dir / SBATCH_FILE}")
         return 0
 
+    if not _run_needs(spec, required, retry_failed, launcher, out if echo_output else None, say):
+        write_manifest(spec, runs, manifest_extra, needs=plan.need_runs)
+        return 1
     say(f"sweep {spec.name}: {len(selected)} of {len(runs)} runs selected, output in {spec.out_dir}")
     runnable = ("pending", "failed") if retry_failed else ("pending",)
     todo = [r for r in selected if run_status(spec.out_dir / r.name) in runnable]
@@ -203,13 +230,13 @@ def run_sweep(
         try:
             record = execute_run(spec, run, launcher, out if echo_output else None)
         except KeyboardInterrupt:
-            write_manifest(spec, runs, manifest_extra)
+            write_manifest(spec, runs, manifest_extra, needs=plan.need_runs)
             say(f"{head}: interrupted; rerun the sweep to continue (finished runs are kept)")
             return 130
         executed += 1
         durations.append(record["duration_s"])
         manifest_extra[run.name].update({k: record[k] for k in ("duration_s", "returncode") if k in record})
-        write_manifest(spec, runs, manifest_extra)
+        write_manifest(spec, runs, manifest_extra, needs=plan.need_runs)
         if record["status"] == "finished":
             say(f"{head}: finished in {_fmt_seconds(record['duration_s'])}")
         else:
@@ -227,3 +254,62 @@ def run_sweep(
         if status == "failed":
             say(f"  failed: {name} ({failure_info(spec.out_dir / name)['reason']})")
     return 1 if counts["failed"] or counts["pending"] else 0
+
+
+def _run_needs(
+    spec: SweepSpec,
+    required: Sequence[NeedRun],
+    retry_failed: bool,
+    launcher: Optional[Sequence[str]],
+    echo: Optional[TextIO],
+    say: Callable[[str], None],
+) -> bool:
+    """Run the needs the selected runs depend on, in order; False when one did not finish."""
+    for need_run in required:
+        head = f"need {need_run.name}"
+        status = need_run.status()
+        if status in ("finished", "given"):
+            check_ready(spec, need_run)
+            say(f"{head}: {status}, {relative(need_run.checkpoint)}")
+            continue
+        if status == "failed" and not retry_failed:
+            reason = failure_info(need_run.run_dir)["reason"]
+            say(f"{head}: failed earlier ({reason}); --retry-failed reruns it; no run that needs it was started")
+            return False
+        say(f"{head}: running, log: {need_run.run_dir / LOG_FILE}")
+        cell = Run(need_run.name, need_run.labels, dict(need_run.labels), need_run.overrides)
+        record = execute_run(spec, cell, launcher, echo, run_dir=need_run.run_dir)
+        if record["status"] != "finished":
+            say(
+                f"{head}: FAILED ({record['reason']}); see {need_run.run_dir / FAILED_FILE}; no run that needs it was started"
+            )
+            return False
+        check_ready(spec, need_run)
+        say(f"{head}: finished in {_fmt_seconds(record['duration_s'])}, {relative(need_run.checkpoint)}")
+    return True
+
+
+def chain_lines(spec: SweepSpec, plan: Plan, selected: Sequence[Run]) -> list[str]:
+    """The order the sweep runs in: needs first (with the paths put into their overrides),
+    then the selected runs (with theirs)."""
+    required = plan.required(selected)
+    lines = [f"sweep {spec.name}: {len(required)} needed runs first, then {len(selected)} runs"] if required else []
+    for need_run in required:
+        if need_run.status() == "given":
+            lines.append(f"  need {need_run.name} [given]: {relative(need_run.checkpoint)}")
+            continue
+        recipe = relative(need_run.need.recipe)
+        lines.append(
+            f"  need {need_run.name} [{need_run.status()}]: {recipe} in {relative(need_run.run_dir)} "
+            f"-> {relative(need_run.checkpoint)}"
+        )
+        summary = run_summary(resolve_config(need_run.need.recipe, need_run.overrides))
+        lines += [f"      {summary}"] if summary else []
+    for run in selected if required else ():
+        order = [nr for nr in plan.need_runs if nr in plan.cell_needs[run.name]]
+        after = ", ".join(nr.name for nr in order)
+        status = run_status(spec.out_dir / run.name)
+        lines.append(f"  run {run.name} [{status}]" + (f" after {after}" if after else ""))
+        summary = run_summary(resolve_config(spec.base, run.overrides))
+        lines += [f"      {summary}"] if summary else []
+    return lines

@@ -19,6 +19,10 @@ A sweep file (YAML) names a base recipe and axes of overrides::
                "--trainer.default_root_dir", "{run_dir}"]   # optional; this is the default
     slurm: {partition: gpu, gres: "gpu:1", time: "04:00:00"}   # optional #SBATCH lines
 
+Runs the cells depend on (a pre-training, a stage-1 run) are declared under ``needs:``, run
+first and referred to by name in overrides, ``{needs.NAME}``: see
+:mod:`rsvlm.experiments.sweep.needs`.
+
 A plain-list axis named ``seed`` sets ``seed_everything`` (the one alias). ``{key, values}``
 axes may add ``labels: [...]`` (needed when the values are not scalars).
 
@@ -36,11 +40,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
 from rsvlm.contracts import RsvlmError
+
+if TYPE_CHECKING:
+    from rsvlm.experiments.sweep.needs import Need
 
 DEFAULT_LAUNCHER: tuple[str, ...] = (
     "{python}",
@@ -53,7 +60,7 @@ DEFAULT_LAUNCHER: tuple[str, ...] = (
     "{run_dir}",
 )
 _LAUNCHER_TOKENS = ("{python}", "{command}", "{config}", "{run_dir}")
-_SWEEP_KEYS = ("base", "name", "out_dir", "command", "overrides", "axes", "table", "launcher", "slurm")
+_SWEEP_KEYS = ("base", "name", "out_dir", "command", "needs", "overrides", "axes", "table", "launcher", "slurm")
 _AXIS_ALIASES = {"seed": "seed_everything"}
 _MAX_NAME = 180
 
@@ -93,6 +100,7 @@ class SweepSpec:
     table: dict[str, Any] = field(default_factory=dict)
     launcher: tuple[str, ...] = DEFAULT_LAUNCHER
     slurm: dict[str, Any] = field(default_factory=dict)
+    needs: list[Need] = field(default_factory=list)
 
 
 @dataclass
@@ -128,7 +136,7 @@ def _value_label(value: Any, where: str) -> str:
     raise SweepError(f"{where}: value {value!r} is not a scalar; give the axis `labels: [...]`")
 
 
-def _check_overrides(obj: Any, where: str) -> dict[str, Any]:
+def check_overrides(obj: Any, where: str) -> dict[str, Any]:
     if obj is None:
         return {}
     if not isinstance(obj, dict):
@@ -160,14 +168,14 @@ def _parse_axis(name: str, spec: Any, where: str) -> Axis:
         axis = Axis(name, labels, [{key: v} for v in spec], list(spec))
     elif isinstance(spec, dict):
         labels = [str(label) for label in spec]
-        overrides = [_check_overrides(spec[label], f"{where}.{label}") for label in spec]
+        overrides = [check_overrides(spec[label], f"{where}.{label}") for label in spec]
         axis = Axis(name, labels, overrides, list(labels))
     else:
         raise SweepError(
             f"{where}: expected a mapping label -> overrides, a list of values, or {{key: ..., values: [...]}}; "
             f"got {type(spec).__name__}"
         )
-    _check_overrides({k: None for o in axis.overrides for k in o}, where)
+    check_overrides({k: None for o in axis.overrides for k in o}, where)
     if not axis.labels:
         raise SweepError(f"{where}: the axis has no values")
     seen: dict[str, str] = {}
@@ -214,17 +222,21 @@ def parse_sweep(raw: Any, path: str | os.PathLike[str], out: Optional[str | os.P
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise SweepError(f"{where}: `slurm` must be a mapping of sbatch option -> value")
+    from rsvlm.experiments.sweep.needs import parse_needs  # needs.py builds on this module
+
+    needs = parse_needs(raw.get("needs"), where, path.parent, out_dir, axes)
     return SweepSpec(
         path=path,
         base=base,
         name=name,
         out_dir=out_dir,
         command=command,
-        overrides=_check_overrides(raw.get("overrides"), f"{where}: overrides"),
+        overrides=check_overrides(raw.get("overrides"), f"{where}: overrides"),
         axes=axes,
         table=table,
         launcher=tuple(launcher),
         slurm=slurm,
+        needs=needs,
     )
 
 
@@ -240,7 +252,7 @@ def load_sweep(path: str | os.PathLike[str], out: Optional[str | os.PathLike[str
     return parse_sweep(raw, path, out)
 
 
-def _run_name(labels: dict[str, str]) -> str:
+def run_name(labels: dict[str, str]) -> str:
     if not labels:
         return "run"
     name = "__".join(f"{sanitize(axis)}={sanitize(label)}" for axis, label in labels.items())
@@ -264,5 +276,5 @@ def expand_grid(sweep: SweepSpec) -> list[Run]:
             for key, value in layer.items():
                 overrides.pop(key, None)  # a repeated key moves to the end: it is applied last
                 overrides[key] = copy.deepcopy(value)
-        runs.append(Run(_run_name(labels), labels, values, overrides))
+        runs.append(Run(run_name(labels), labels, values, overrides))
     return runs

@@ -216,7 +216,12 @@ def test_instruction_templates():
         "Based on the provided image and the attributes of the building regions, please provide "
         "a detailed description of them: P"
     )
+    # The paper's no-spectral-prompt instruction, quoted from Sec. IV-C1 (its example is vegetation).
+    assert instruction("vegetation", None, template="plain") == (
+        "You are an expert specializing in remote sensing. Based on the provided image and the "
+        "vegetation regions, please provide a detailed description of them."
+    )
     plain = instruction("water", None, template="plain")
-    assert "water regions" in plain and "attributes" not in plain
+    assert "the water regions" in plain and "attributes" not in plain
     with pytest.raises(ValueError, match="spectral prompt"):
         instruction("water", None)
