@@ -2,16 +2,23 @@
 
 ``IndexBaseline("water", "sentinel2").predict(image, valid)`` is the coarse mask of
 :func:`rsvlm.data.indices.coarse_mask` (NDWI / NDVI / NDBI > Otsu threshold of that image's
-valid pixels). :meth:`IndexBaseline.evaluate` scores it like the learned models: one
-confusion matrix accumulated over all pixels of all images (not a mean of per-image scores),
-F1 / Recall / Precision / OA / IoU of the target class, 0 where a denominator is 0
-(sklearn's ``zero_division=0``, as :class:`rsvlm.training.metrics.BinarySegmentationMetrics`).
+valid pixels). :meth:`IndexBaseline.evaluate` scores it like the learned models
+(:class:`rsvlm.training.metrics.BinarySegmentationMetrics`), F1 / Recall / Precision / OA /
+IoU of the target class, averaged as they were (``average``):
+
+* ``"global"``: one confusion matrix accumulated over all pixels of all images, 0 where a
+  denominator is 0 (sklearn's ``zero_division=0``);
+* ``"image"``: the mean of per-image scores, 1 where a denominator is 0 on an image (sklearn's
+  ``zero_division=1``: an empty target with an empty prediction scores 1 everywhere); images
+  without a valid pixel are left out of the mean.
+
+:class:`ScoreAccumulator` does the counting for predictions made elsewhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,20 +50,56 @@ def confusion_counts(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | N
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
-def _ratio(num: int, den: int) -> float:
-    return float(num) / den if den > 0 else 0.0
+def _ratio(num: int, den: int, zero_division: float = 0.0) -> float:
+    return float(num) / den if den > 0 else zero_division
 
 
-def scores(counts: Mapping[str, int]) -> dict[str, float]:
-    """F1, Recall, Precision, OA and IoU of a confusion matrix (0 where a denominator is 0)."""
+def scores(counts: Mapping[str, int], zero_division: float = 0.0) -> dict[str, float]:
+    """F1, Recall, Precision, OA and IoU of a confusion matrix (``zero_division`` where a denominator is 0)."""
     tp, fp, fn, tn = counts["tp"], counts["fp"], counts["fn"], counts["tn"]
     return {
-        "F1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "Recall": _ratio(tp, tp + fn),
-        "Precision": _ratio(tp, tp + fp),
-        "OA": _ratio(tp + tn, tp + fp + fn + tn),
-        "IoU": _ratio(tp, tp + fp + fn),
+        "F1": _ratio(2 * tp, 2 * tp + fp + fn, zero_division),
+        "Recall": _ratio(tp, tp + fn, zero_division),
+        "Precision": _ratio(tp, tp + fp, zero_division),
+        "OA": _ratio(tp + tn, tp + fp + fn + tn, zero_division),
+        "IoU": _ratio(tp, tp + fp + fn, zero_division),
     }
+
+
+class ScoreAccumulator:
+    """Scores of binary H×W predictions over a set of images, averaged globally or per image.
+
+    Args:
+        average: ``"global"`` or ``"image"`` (see the module docstring).
+    """
+
+    def __init__(self, average: Literal["global", "image"] = "global") -> None:
+        if average not in ("global", "image"):
+            raise ValueError(f"average must be 'global' or 'image', got {average!r}")
+        self.average = average
+        self.total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+        self.score_sums = dict.fromkeys(METRIC_NAMES, 0.0)
+        self.images = 0
+        self.scored = 0
+
+    def add(self, pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Count one image: ``pred`` and ``target`` H×W (bool or 0/1), ``valid`` H×W or None."""
+        counts = confusion_counts(pred, target, valid)
+        for k, v in counts.items():
+            self.total[k] += v
+        self.images += 1
+        if sum(counts.values()) > 0:  # an image without a valid pixel has no score
+            for k, v in scores(counts, zero_division=1.0).items():
+                self.score_sums[k] += v
+            self.scored += 1
+
+    def result(self) -> dict[str, float | int]:
+        """The five scores, the pooled counts ``tp, fp, fn, tn`` and ``images`` (images added)."""
+        if self.average == "image":
+            means = {k: v / self.scored if self.scored else 0.0 for k, v in self.score_sums.items()}
+        else:
+            means = scores(self.total)
+        return {**means, **self.total, "images": self.images}
 
 
 class IndexBaseline:
@@ -76,8 +119,10 @@ class IndexBaseline:
         """H×W bool mask of ``category`` for a C×H×W image (invalid pixels False)."""
         return coarse_mask(image, self.category, self.bands, valid)
 
-    def evaluate(self, samples: Iterable[Any]) -> dict[str, float | int]:
-        """Scores over a set of images from one global confusion matrix.
+    def evaluate(
+        self, samples: Iterable[Any], average: Literal["global", "image"] = "global"
+    ) -> dict[str, float | int]:
+        """Scores over a set of images, averaged as ``average`` says (see the module docstring).
 
         Args:
             samples: iterable of ``(image C×H×W, target H×W)`` or
@@ -85,20 +130,17 @@ class IndexBaseline:
                 ``"image"``, ``"mask"`` (or ``"target"``) and optional ``"valid"``.
                 Only pixels valid for the sample are counted; the image's validity is also
                 used for the prediction.
+            average: ``"global"`` (one confusion matrix) or ``"image"`` (mean of per-image scores).
 
         Returns:
             ``{"F1", "Recall", "Precision", "OA", "IoU"}`` plus the counts ``tp, fp, fn, tn``
             and ``images`` (number of samples).
         """
-        total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-        n = 0
+        accumulator = ScoreAccumulator(average)
         for sample in samples:
             image, target, valid = _unpack(sample)
-            pred = self.predict(image, valid)
-            for k, v in confusion_counts(pred, target, valid).items():
-                total[k] += v
-            n += 1
-        return {**scores(total), **total, "images": n}
+            accumulator.add(self.predict(image, valid), target, valid)
+        return accumulator.result()
 
     def __repr__(self) -> str:
         return f"IndexBaseline(category={self.category!r}, bands={list(self.bands.names)!r}) [{self.index_name} > Otsu]"

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 from skimage.filters import threshold_otsu
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
-from rsvlm.data.baseline import IndexBaseline, confusion_counts, scores
+from rsvlm.data.baseline import IndexBaseline, ScoreAccumulator, confusion_counts, scores
+from rsvlm.training.metrics import BinarySegmentationMetrics
 
 
 def _scene(rng, h=24, w=32):
@@ -69,3 +71,63 @@ def test_shape_errors_and_bad_samples():
         IndexBaseline("vegetation", "naip").evaluate([np.zeros((4, 2, 2))])
     with pytest.raises(ValueError, match="unknown land-cover category"):
         IndexBaseline("roads", "naip")
+
+
+def test_evaluate_image_average_is_mean_of_sklearn_per_image_scores():
+    """average='image': mean over images of sklearn scores with zero_division=1, as the metric."""
+    rng = np.random.default_rng(2)
+    base = IndexBaseline("water", "gaofen2")
+    samples, per_image = [], []
+    for i in range(4):
+        img, target = _scene(rng)
+        if i == 2:
+            target[:] = False  # an image with an empty target: its scores follow zero_division=1
+        valid = rng.random(target.shape) > 0.3
+        samples.append((img, target, valid))
+        y, p = target[valid], base.predict(img, valid)[valid]
+        per_image.append(
+            [
+                f1_score(y, p, zero_division=1),
+                recall_score(y, p, zero_division=1),
+                precision_score(y, p, zero_division=1),
+                accuracy_score(y, p),
+                jaccard_score(y, p, zero_division=1),
+            ]
+        )
+    samples.append((samples[0][0], samples[0][1], np.zeros_like(samples[0][1])))  # no valid pixel: left out
+    out = base.evaluate(samples, average="image")
+    expected = np.mean(per_image, axis=0)
+    for name, value in zip(["F1", "Recall", "Precision", "OA", "IoU"], expected):
+        assert out[name] == pytest.approx(value), name
+    assert out["images"] == 5
+    # per-image averaging gives something else than the pooled matrix here
+    assert out["F1"] != pytest.approx(base.evaluate(samples)["F1"])
+
+
+def test_image_average_matches_binary_segmentation_metrics():
+    """Same convention as the learned models' metric (empty target + empty prediction = 1)."""
+    rng = np.random.default_rng(3)
+    preds = rng.random((5, 8, 8)) > 0.6
+    targets = rng.random((5, 8, 8)) > 0.5
+    preds[1] = targets[1] = False  # empty target, empty prediction
+    preds[2] = False  # empty prediction of a non-empty target
+    targets[3] = False  # empty target with false positives
+    valid = rng.random((5, 8, 8)) > 0.1
+    acc = ScoreAccumulator("image")
+    for p, t, v in zip(preds, targets, valid):
+        acc.add(p, t, v)
+    metric = BinarySegmentationMetrics(from_logits=False, average="image")
+    metric.update(
+        torch.from_numpy(preds[:, None]).float(),
+        torch.from_numpy(targets[:, None]).float(),
+        torch.from_numpy(valid[:, None]),
+    )
+    reference = metric.compute()
+    out = acc.result()
+    for name, value in reference.items():
+        assert out[name] == pytest.approx(float(value), abs=1e-6), name
+
+
+def test_unknown_average_is_an_error():
+    with pytest.raises(ValueError, match="average"):
+        IndexBaseline("water", "gaofen2").evaluate([], average="micro")

@@ -280,3 +280,108 @@ def test_caption_says_how_the_runs_averaged_their_scores(tmp_path, recorded, sai
         assert "averag" not in caption and "confusion" not in caption
     else:
         assert said in caption
+
+
+# ------------------------------------------------------------------ column groups (Tables II–VI side by side)
+METHODS = ["Index_Otsu", "LISA", "SPEX"]
+DATASETS = ["segmunich", "gid15", "spacenet2"]
+
+
+@pytest.fixture
+def per_dataset(tmp_path):
+    """methods × datasets × 2 seeds, with (SPEX, gid15) pending; returns (sweep_dir, reference)."""
+    axes = {
+        "method": {m: {"model.name": m} for m in METHODS},
+        "dataset": {d: {"data.init_args.datasets": [d]} for d in DATASETS},
+        "seed": [0, 1],
+    }
+    spec = make_sweep(tmp_path, axes, table={"groups": "dataset", "seeds_axis": "seed"})
+    rng = np.random.default_rng(5)
+    reference: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for run in expand_grid(spec):
+        key = (run.labels["method"], run.labels["dataset"])
+        reference.setdefault(key, [])
+        if key == ("SPEX", "gid15"):
+            continue
+        metrics = {f"test/{m}": float(rng.uniform(0.3, 0.95)) for m in METRICS}
+        write_run_record(spec.out_dir / run.name, metrics, None, {"metric_average": "image"})
+        reference[key].append(metrics)
+    return spec.out_dir, reference
+
+
+def _expected(reference, method, dataset, metric):
+    samples = [100 * v[f"test/{metric}"] for v in reference[(method, dataset)]]
+    return statistics.mean(samples), statistics.stdev(samples)
+
+
+def test_grouped_markdown_places_every_cell(per_dataset, monkeypatch, capsys):
+    sweep_dir, reference = per_dataset
+    assert table_main([str(sweep_dir), "--format", "all"]) == 0  # groups from the sweep's table hint
+    markdown = capsys.readouterr().out
+    assert "columns grouped by `dataset`" in markdown.splitlines()[0]
+    assert "averaged over images" in markdown.splitlines()[0]
+    header, *body = markdown_rows(markdown)
+    assert header[: 1 + len(METRICS) * len(DATASETS)] == ["method"] + [f"{d}: {m}" for d in DATASETS for m in METRICS]
+    assert [line[0] for line in body] == METHODS
+    for line in body:
+        for dataset in DATASETS:
+            for metric in METRICS:
+                text = line[header.index(f"{dataset}: {metric}")]
+                if not reference[(line[0], dataset)]:
+                    assert text == "pending"
+                    continue
+                mean, std = parse_pm(text)
+                expected_mean, expected_std = _expected(reference, line[0], dataset, metric)
+                assert mean == pytest.approx(expected_mean, abs=0.0051)
+                assert std == pytest.approx(expected_std, abs=0.0051)
+    assert body[2][header.index("runs")] == "4/6" and body[2][header.index("status")] == "2 pending"
+
+    rows = list(csv.DictReader(io.StringIO((sweep_dir / "table.csv").read_text())))
+    for row in rows:
+        for dataset in DATASETS:
+            for metric in METRICS:
+                value = row[f"{dataset}: {metric} (%)"]
+                if not reference[(row["method"], dataset)]:
+                    assert value == ""
+                    continue
+                assert float(value) == pytest.approx(_expected(reference, row["method"], dataset, metric)[0], rel=1e-12)
+
+
+def test_grouped_latex_has_multicolumn_headers(per_dataset):
+    sweep_dir, reference = per_dataset
+    table = aggregate(collect(sweep_dir), seeds_axis="seed", groups="dataset")
+    lines = to_latex(table).splitlines()
+    top = lines.index(r"\toprule")
+    groups_line, rules, names = lines[top + 1 : top + 4]
+    n = len(METRICS)
+    assert groups_line.split(" & ")[:4] == ["", *(rf"\multicolumn{{{n}}}{{c}}{{{d}}}" for d in DATASETS)]
+    assert rules == " ".join(rf"\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(DATASETS)))
+    assert names.split(" & ")[: 1 + n * len(DATASETS)] == ["method", *METRICS * len(DATASETS)]
+    columns = len(lines[1][len(r"\begin{tabular}{") : -1])
+    # the group line spans the columns: row axes + one multicolumn per group + the rest
+    assert len(groups_line[: -len(r" \\")].split(" & ")) == columns - (n - 1) * len(DATASETS)
+    body = lines[lines.index(r"\midrule") + 1 : lines.index(r"\bottomrule")]
+    for line in body:
+        cells = line[: -len(r" \\")].split(" & ")
+        assert len(cells) == columns
+        method = cells[0].replace(r"\_", "_")  # LaTeX-escaped label
+        for i, dataset in enumerate(DATASETS):
+            f1 = cells[1 + i * n]
+            if reference[(method, dataset)]:
+                assert float(f1.split(" $\\pm$ ")[0]) == pytest.approx(
+                    _expected(reference, method, dataset, "F1")[0], abs=0.0051
+                )
+            else:
+                assert f1 == "pending"
+
+
+def test_group_axis_errors(per_dataset):
+    sweep_dir, _ = per_dataset
+    results = collect(sweep_dir)
+    with pytest.raises(TableError, match="column-group axis 'data' is not an axis"):
+        aggregate(results, seeds_axis="seed", groups="data")
+    with pytest.raises(TableError, match="cannot also be a row axis"):
+        aggregate(results, rows=["method", "dataset"], seeds_axis="seed", groups="dataset")
+    with pytest.raises(TableError, match=r"axes \['dataset'\] vary"):
+        aggregate(results, seeds_axis="seed", groups=None, rows=["method"])
+    assert table_main([str(sweep_dir), "--groups", "none", "--format", "markdown"]) == 0  # dataset becomes a row axis

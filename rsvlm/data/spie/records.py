@@ -9,6 +9,11 @@ leave a half-written *last* line (no ``\\n``). :func:`read_records` ignores such
 warning; :class:`RecordWriter` (and so :func:`append_records` and a resumed build) truncates
 it before appending. Paths are stored relative to the records file's folder when they lie
 under it, and :func:`read_records` returns them absolute.
+
+Every record names its source dataset (``dataset``: ``segmunich``, ``chesapeake``,
+``globe230k``, ``spacenet2``, ``gid15``, ...), the unit the SPEX paper trains and evaluates
+separately (its Tables II–VI). Files written before the field existed are read with the name
+inferred from ``source`` (:func:`dataset_of_source`).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class SpieRecord:
         source: name of the source the tile came from.
         tile: ``[row, col, h, w]`` of the window in the source scene (h, w: unpadded part),
             or None when the record covers the whole scene.
+        dataset: the source dataset (e.g. ``segmunich``); None (absent from older files) is
+            inferred from ``source`` by :func:`dataset_of_source`.
     """
 
     image: str
@@ -60,6 +67,11 @@ class SpieRecord:
     split: str
     source: str
     tile: list[int] | None = None
+    dataset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset is None:
+            self.dataset = dataset_of_source(self.source)
 
     def key(self) -> tuple[str, str]:
         """(image, category): unique per record within a build."""
@@ -71,7 +83,7 @@ class SpieRecord:
         if not isinstance(d, Mapping):
             raise RecordError(f"{where}: expected a JSON object, got {type(d).__name__}")
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d and n != "tile"]
+        missing = [n for n in names if n not in d and n not in ("tile", "dataset")]
         if missing:
             raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
         for n in ("image", "mask", "category", "spectral_prompt", "instruction", "response", "split", "source"):
@@ -84,7 +96,24 @@ class SpieRecord:
             not isinstance(tile, list) or len(tile) != 4 or not all(isinstance(t, int) for t in tile)
         ):
             raise RecordError(f"{where}: field 'tile' must be [row, col, h, w] or null, got {tile!r}")
+        dataset = d.get("dataset")
+        if dataset is not None and (not isinstance(dataset, str) or not dataset):
+            raise RecordError(f"{where}: field 'dataset' must be a non-empty string or null, got {dataset!r}")
         return cls(**{n: d.get(n) for n in names})
+
+
+def dataset_of_source(source: str) -> str:
+    """The dataset a record came from, inferred from its source name.
+
+    A build names a source ``<kind>-<folder>`` unless the source gives ``name=``
+    (:meth:`rsvlm.data.spie.sources.SourceSpec.source_name`): a name that is a dataset kind, or
+    starts with one followed by ``-``, belongs to that kind (``segmunich-train`` →
+    ``segmunich``); any other name (a ``binary`` source, a custom name) is its own dataset.
+    """
+    from rsvlm.data.spie.sources import DATASET_CLASSES
+
+    kind = source.split("-", 1)[0]
+    return kind if kind in DATASET_CLASSES else source
 
 
 def _rel(path: str, root: Path) -> str:
@@ -252,3 +281,33 @@ def export_llava(
         )
     atomic_write_text(out, json.dumps(items, ensure_ascii=False, indent=1))
     return out
+
+
+def select_datasets(
+    records: Sequence[SpieRecord], datasets: Sequence[str] | None, where: str | os.PathLike = "records"
+) -> list[SpieRecord]:
+    """The records of the named source datasets (all records when ``datasets`` is None).
+
+    Args:
+        records: records read from one file.
+        datasets: dataset names (:attr:`SpieRecord.dataset`), e.g. ``["segmunich"]``.
+        where: the records file, named in errors.
+
+    Raises:
+        RecordError: a name no record carries (the message lists the names present), or no
+            record left.
+    """
+    if datasets is None:
+        return list(records)
+    present = sorted({str(r.dataset) for r in records})
+    unknown = [d for d in datasets if d not in present]
+    if unknown:
+        raise RecordError(
+            f"{where}: dataset(s) {', '.join(map(repr, unknown))} not in the records; datasets present: "
+            f"{', '.join(present) or 'none'}"
+        )
+    wanted = set(datasets)
+    kept = [r for r in records if r.dataset in wanted]
+    if not kept:
+        raise RecordError(f"{where}: no records left after selecting datasets {list(datasets)}")
+    return kept

@@ -82,6 +82,8 @@ class SourceSpec:
         classes: category → label codes, replacing the kind's default merging.
         ignore: label codes meaning "no data", replacing the kind's default.
         name: source name used in records and output paths; default ``<kind>-<folder name>``.
+        dataset: dataset name written to records (what ``SpieDataModule(datasets=...)`` filters
+            on); default: the kind, or for ``binary`` the source name.
         responses: a JSON file of responses that come with the dataset,
             ``{"<tile stem>": {"<category>": "<text>"}}`` (tile stem: the scene's file stem, or
             ``<stem>_r<row>_c<col>`` for a tile of a large scene). They take precedence over the
@@ -98,6 +100,12 @@ class SourceSpec:
     ignore: list[int] | None = None
     name: str | None = None
     responses: str | None = None
+    dataset: str | None = None
+
+    def dataset_name(self) -> str:
+        if self.dataset:
+            return self.dataset
+        return self.source_name() if self.kind == "binary" else self.kind
 
     def source_name(self) -> str:
         if self.name:

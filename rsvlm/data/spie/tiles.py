@@ -71,6 +71,7 @@ class TileTask:
     height: int
     width: int
     responses: dict[str, str] = field(default_factory=dict)
+    dataset: str | None = None
 
 
 def scene_windows(height: int, width: int, tile: int) -> list[Window | None]:
@@ -159,6 +160,7 @@ def build_tile(task: TileTask, config: BuildConfig) -> list[SpieRecord]:
                 response=task.responses.get(category) or config.describer(image, mask, category, spec),
                 split=task.split,
                 source=task.source,
+                dataset=task.dataset,
                 tile=None if task.window is None else list(task.window),
             )
         )
@@ -202,6 +204,7 @@ def plan_tiles(sources: Sequence[SourceSpec], tile: int) -> list[TileTask]:
                         height=h,
                         width=w,
                         responses=dict(given.get(stem, {})),
+                        dataset=src.dataset_name(),
                     )
                 )
     return tasks

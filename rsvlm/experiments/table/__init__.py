@@ -14,6 +14,12 @@ with no finished run yet shows ``pending``; a row with some seeds missing shows 
 the finished ones, the ``runs`` column says how many (``2/3``) and ``status`` why. Extra
 columns give the mean runtime, the mean peak memory and the parameter counts.
 
+Column groups (``--groups AXIS`` or the sweep's ``table: {groups: AXIS}``): one set of metric
+columns per label of that axis, e.g. one per dataset of a per-subset sweep (the SPEX paper's
+Tables II–VI side by side: one row per method, one column group per dataset). ``--baseline``
+adds the ``Index + Otsu`` row, scored on the same test images and averaged the same way
+(:mod:`~rsvlm.experiments.table.baseline`).
+
 Outputs: Markdown (always printed; ``PREFIX.md``), CSV (``PREFIX.csv``, numbers unrounded),
 LaTeX (``PREFIX.tex``, a booktabs ``tabular``), and with ``--plot x=AXIS,y=METRIC`` a PNG line
 plot of the metric against the axis with std error bars, one line per combination of the
@@ -23,6 +29,7 @@ other row axes (``PREFIX_<y>_vs_<x>.png``).
 - :mod:`~rsvlm.experiments.table.stats`: grouping and mean ± std over seeds;
 - :mod:`~rsvlm.experiments.table.formats`: Markdown, CSV and LaTeX;
 - :mod:`~rsvlm.experiments.table.plotting`: the PNG plot;
+- :mod:`~rsvlm.experiments.table.baseline`: the index baseline row;
 - :mod:`~rsvlm.experiments.table.cli`: the ``rsvlm table`` entry point.
 """
 

@@ -48,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rows", help="row axes, comma-separated (default: the sweep's table.rows, else all but the seeds axis)")
     add("--metrics", help="metric columns, comma-separated (default: table.columns, else F1,Recall,Precision,OA,IoU)")
     add("--seeds-axis", help="axis averaged over (default: table.seeds_axis, else an axis named seed; `none`: none)")
+    add(
+        "--groups",
+        help="axis whose labels become column groups, e.g. the dataset axis of a per-subset sweep "
+        "(default: the sweep's table.groups; `none`: no groups)",
+    )
+    add(
+        "--baseline",
+        nargs="?",
+        const="",
+        metavar="RECORDS",
+        help="add an `Index + Otsu` row scored on the runs' test images; RECORDS: the records file "
+        "(or a recipe naming it) they were tested on, default: the runs' own data.init_args.records",
+    )
     add("--plot", help="also write a PNG: x=AXIS,y=METRIC (default: the sweep's table.plot)")
     add("--no-percent", action="store_true", help="show metrics as stored instead of as percentages")
     add("--no-extra", action="store_true", help="leave out runtime, memory and parameter columns")
@@ -70,7 +83,15 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
         rows = _split(args.rows) or hints.get("rows")
         metrics = _split(args.metrics) or hints.get("columns")
         results = collect(sweep_dir)
-        table = aggregate(results, rows=rows, seeds_axis=seeds_axis, metrics=metrics)
+        groups = args.groups if args.groups is not None else hints.get("groups")
+        if groups in ("none", ""):
+            groups = None
+        table = aggregate(results, rows=rows, seeds_axis=seeds_axis, metrics=metrics, groups=groups)
+        if args.baseline is not None:
+            # Imported here: it reads rasters (rasterio, torch), which a plain table never needs.
+            from rsvlm.experiments.table.baseline import add_baseline_row
+
+            add_baseline_row(table, results, args.baseline or None)
         table.percent, table.extra = not args.no_percent, not args.no_extra
         table.title = str(manifest.get("name") or "")
         prefix = Path(args.out) if args.out else sweep_dir / "table"

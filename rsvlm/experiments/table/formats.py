@@ -3,6 +3,11 @@
 Metrics are stored as fractions in [0, 1] (torchmetrics' convention) and shown as percentages
 with two decimals, as the SPEX paper prints them (``Table.percent = False`` shows the stored
 values with four decimals). CSV keeps the numbers unrounded; LaTeX is a booktabs ``tabular``.
+
+A table with column groups (``Table.group_axis``) repeats the metric columns once per group:
+Markdown and CSV name them ``<group>: <metric>``, LaTeX puts the group names in a first header
+line over their columns (``\\multicolumn`` + ``\\cmidrule``). A row without runs in a group
+shows ``–`` there.
 """
 
 from __future__ import annotations
@@ -59,8 +64,27 @@ def _extra_texts(row: TableRow) -> list[str]:
     ]
 
 
-def _header(table: Table) -> list[str]:
-    head = list(table.row_axes) + list(table.metrics) + ["runs"]
+def _metric_columns(table: Table) -> list[tuple[Optional[str], str]]:
+    """(column group or None, metric) of every metric column, in order."""
+    if table.group_axis is None:
+        return [(None, m) for m in table.metrics]
+    return [(g, m) for g in table.group_labels for m in table.metrics]
+
+
+def _column_name(group: Optional[str], metric: str) -> str:
+    return metric if group is None else f"{group}: {metric}"
+
+
+def _cell_text(table: Table, row: TableRow, group: Optional[str], metric: str, pm: str) -> str:
+    if group is None:
+        return _metric_text(table, row, metric, pm)
+    part = row.parts.get(group)
+    return "–" if part is None else _metric_text(table, part, metric, pm)
+
+
+def _header(table: Table, grouped_names: bool = True) -> list[str]:
+    metric_names = [_column_name(g, m) if grouped_names else m for g, m in _metric_columns(table)]
+    head = list(table.row_axes) + metric_names + ["runs"]
     if table.extra:
         head += ["runtime", "peak memory", "params", "trainable"]
     return head + ["status"]
@@ -70,8 +94,8 @@ def _body(table: Table, pm: str) -> list[list[str]]:
     body = []
     for row in table.rows:
         line = [row.labels[a] for a in table.row_axes]
-        line += [_metric_text(table, row, m, pm) for m in table.metrics]
-        line.append(f"{row.n_finished}/{row.n_runs}")
+        line += [_cell_text(table, row, g, m, pm) for g, m in _metric_columns(table)]
+        line.append(f"{row.n_finished}/{row.n_runs}" if row.n_runs else "–")
         if table.extra:
             line += _extra_texts(row)
         body.append(line + [row.status])
@@ -88,7 +112,9 @@ def caption(table: Table) -> str:
         "global": ", scores from one confusion matrix over the split (global)",
         "image": ", scores averaged over images (per image)",
     }.get(table.averaging, f", runs differ in averaging ({table.averaging})")
-    return f"{prefix}metrics {unit}, {seeds}{averaging}."
+    grouped = f", columns grouped by `{table.group_axis}`" if table.group_axis else ""
+    notes = "".join(f" {note}" for note in table.notes)
+    return f"{prefix}metrics {unit}, {seeds}{averaging}{grouped}.{notes}"
 
 
 def to_markdown(table: Table) -> str:
@@ -110,8 +136,9 @@ def to_csv(table: Table) -> str:
     """CSV with one numeric column per metric mean and std (unrounded, scaled like the table)."""
     unit = " (%)" if table.percent else ""
     head = list(table.row_axes)
-    for name in table.metrics:
-        head += [f"{name}{unit}", f"{name} std{unit}"]
+    for group, name in _metric_columns(table):
+        column = _column_name(group, name)
+        head += [f"{column}{unit}", f"{column} std{unit}"]
     extras = list(EXTRA_KEYS) if table.extra else []
     head += ["n_finished", "n_failed", "n_pending", *extras, "status"]
     buffer = io.StringIO()
@@ -123,9 +150,10 @@ def to_csv(table: Table) -> str:
 
     for row in table.rows:
         line: list[str] = [row.labels[a] for a in table.row_axes]
-        for name in table.metrics:
-            cell = row.cells[name]
-            line += [num(cell.mean, _scale(table)), num(cell.std, _scale(table))]
+        for group, name in _metric_columns(table):
+            part = row if group is None else row.parts.get(group)
+            cell = None if part is None else part.cells[name]
+            line += ["", ""] if cell is None else [num(cell.mean, _scale(table)), num(cell.std, _scale(table))]
         line += [str(row.n_finished), str(row.n_failed), str(row.n_pending)]
         line += [num(row.extras[k].mean) for k in extras]
         writer.writerow(line + [row.status])
@@ -152,18 +180,29 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+def _latex_group_header(table: Table, n_columns: int) -> list[str]:
+    """The header line with one ``\\multicolumn`` per column group, and its ``\\cmidrule`` s."""
+    width = len(table.metrics)
+    first = len(table.row_axes) + 1  # 1-based column of the first metric
+    cells = [""] * len(table.row_axes)
+    rules = []
+    for i, group in enumerate(table.group_labels):
+        cells.append(f"\\multicolumn{{{width}}}{{c}}{{{latex_escape(group)}}}")
+        start = first + i * width
+        rules.append(f"\\cmidrule(lr){{{start}-{start + width - 1}}}")
+    cells += [""] * (n_columns - len(table.row_axes) - width * len(table.group_labels))
+    return [" & ".join(cells) + r" \\", " ".join(rules)]
+
+
 def to_latex(table: Table) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), caption as a comment."""
-    head = _header(table)
+    head = _header(table, grouped_names=False)
     n_labels = len(table.row_axes)
     spec = "l" * n_labels + "c" * (len(head) - n_labels)
-    lines = [
-        f"% {caption(table)}",
-        f"\\begin{{tabular}}{{{spec}}}",
-        "\\toprule",
-        " & ".join(latex_escape(h) for h in head) + r" \\",
-        "\\midrule",
-    ]
+    lines = [f"% {caption(table)}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
+    if table.group_axis is not None:
+        lines += _latex_group_header(table, len(head))
+    lines += [" & ".join(latex_escape(h) for h in head) + r" \\", "\\midrule"]
     for line in _body(table, " $\\pm$ "):
         cells = [latex_escape(c) for c in line[:n_labels]]
         cells += [c if "$\\pm$" in c else latex_escape(c) for c in line[n_labels:]]

@@ -166,13 +166,18 @@ def test_tiling_700x500_keeps_georeferencing_and_pads(tmp_path):
     _write(tmp_path / "src/images/big.tif", image, transform, crs, nodata=-1.0)
     _write(tmp_path / "src/labels/big.tif", label, transform, crs)
     build_spie(
-        [SourceSpec("binary", str(tmp_path / "src"), split="test", bands="gaofen2", category="water")],
+        [
+            SourceSpec(
+                "binary", str(tmp_path / "src"), split="test", bands="gaofen2", category="water", dataset="my-floods"
+            )
+        ],
         tmp_path / "out",
         tile=512,
         progress=False,
     )
     recs = read_records(tmp_path / "out/spie.jsonl")
     assert [r.tile for r in recs] == [[0, 0, 512, 500], [512, 0, 188, 500]]
+    assert {r.dataset for r in recs} == {"my-floods"}  # SourceSpec.dataset names it
     for r in recs:
         row, col, th, tw = r.tile
         data, t, c = _read(r.image)
@@ -217,6 +222,7 @@ def test_class_merging(tmp_path, kind, codes, ignore):
     )
     recs = read_records(tmp_path / "out/spie.jsonl")
     assert [r.category for r in recs] == list(codes)
+    assert {r.dataset for r in recs} == {kind}  # what SpieDataModule(datasets=...) filters on
     ((category, members),) = codes.items()
     mask = _read(recs[0].mask)[0][0]
     np.testing.assert_array_equal(mask, np.isin(label[0], members).astype(np.uint8))
