@@ -61,7 +61,12 @@ def build(recipe: Path, llm_dtype: str | None):
     from jsonargparse import ArgumentParser
 
     config = yaml.safe_load(recipe.read_text())
-    llm = config["model"]["init_args"]["llm"]["init_args"]
+    init_args = config["model"]["init_args"]
+    llm = init_args["llm"]["init_args"]
+    # Where the real run's frozen weights come from: a trained-only checkpoint leaves those out.
+    hub_id = llm.get("model")
+    sam_path = init_args["decoder"]["init_args"].get("checkpoint")
+    encoder_path = init_args["encoder"]["init_args"].get("checkpoint_path")
     if llm.get("model") and not llm.get("config"):
         # An LLM given by hub id: its architecture from the config shipped with rsvlm, no weights.
         from rsvlm.llm.configs import shipped_configs
@@ -77,7 +82,15 @@ def build(recipe: Path, llm_dtype: str | None):
     parser.add_subclass_arguments(L.LightningModule, "model")
     parsed = parser.parse_object({"model": copy.deepcopy(model_config)})
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return instantiate(parsed).model
+    model = instantiate(parsed).model
+    # Built with random weights: mark the parts the recipe's sources would restore.
+    if hub_id:
+        model.llm.weights_source = hub_id
+    if sam_path:
+        model.decoder.mask_decoder.weights_source = model.decoder.prompt_encoder.weights_source = sam_path
+    if encoder_path:
+        model.encoder.weights_source = encoder_path
+    return model
 
 
 def adamw_state(model) -> dict:

@@ -38,7 +38,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rsvlm.data.bands import BandSpec, band_spec
-from rsvlm.data.loaders import ResumableDataLoader, ResumableSampler, SeededSampler, TrainPosition
+from rsvlm.data.loaders import (
+    ResumableDataLoader,
+    ResumableSampler,
+    SeededSampler,
+    TrainPosition,
+    evaluation_sampler,
+)
 
 
 class TextFields(TypedDict, total=False):
@@ -97,7 +103,9 @@ class RsvlmDataModule(L.LightningDataModule):
 
     The train loader draws ``(index, augmentation seed)`` pairs from a :class:`SeededSampler`
     and saves its position in the checkpoint (:class:`rsvlm.data.loaders.TrainPosition`), so a
-    killed run resumes mid-epoch at the next unseen batch.
+    killed run resumes mid-epoch at the next unseen batch. Under distributed training the
+    validation and test loaders shard their split without padding
+    (:func:`rsvlm.data.loaders.evaluation_sampler`): metrics count every sample exactly once.
     """
 
     def __init__(
@@ -164,11 +172,15 @@ class RsvlmDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._train_loader()
 
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        sampler = evaluation_sampler(self.datasets[split]) if split in self.datasets else None
+        return self._loader(split, sampler)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._evaluation_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")

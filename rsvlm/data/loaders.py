@@ -3,17 +3,20 @@
 :class:`ResumableSampler` and :class:`ResumableDataLoader` let a run killed mid-epoch resume with
 the next unseen batch instead of restarting the epoch; :class:`TrainPosition` carries that
 position between a datamodule and the checkpoint (see their docstrings). :class:`SeededSampler`
-gives each sample of an epoch its own augmentation seed.
+gives each sample of an epoch its own augmentation seed. :func:`evaluation_sampler` shards
+validation and test sets across processes without the padding duplicates of a
+``DistributedSampler``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 
@@ -21,6 +24,41 @@ def _dist_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0
+
+
+def evaluation_sampler(
+    dataset: Sized, num_replicas: int | None = None, rank: int | None = None
+) -> DistributedSampler | None:
+    """The sampler of a validation / test loader: every sample exactly once over all processes.
+
+    ``DistributedSampler`` (what Lightning inserts by default) pads every shard to the same
+    length with repeated samples, so metrics would count some samples twice whenever
+    ``len(dataset)`` is not a multiple of the world size. This returns Lightning's
+    ``UnrepeatedDistributedSampler`` instead: rank ``r`` takes samples ``r, r + W, r + 2W, …``
+    in order, so shards differ by at most one sample. Being a ``DistributedSampler``, the
+    Trainer keeps it as it is. The metrics stay correct with unequal shards because their
+    states are sums (or concatenations) synchronised once per epoch, not per-rank means.
+
+    Args:
+        dataset: the split's dataset.
+        num_replicas, rank: default from ``torch.distributed`` (None is returned when it is
+            not initialised or has one process: a plain sequential loader is right then).
+
+    Raises:
+        ValueError: fewer samples than processes (a process without a batch would stall the
+            first forward pass, which synchronises buffers across processes).
+    """
+    world, current = _dist_world()
+    num_replicas = world if num_replicas is None else num_replicas
+    rank = current if rank is None else rank
+    if num_replicas <= 1:
+        return None
+    if 0 < len(dataset) < num_replicas:
+        raise ValueError(
+            f"evaluation_sampler: {len(dataset)} samples cannot give each of {num_replicas} processes one; "
+            "evaluate on fewer devices"
+        )
+    return UnrepeatedDistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
 
 class SeededSampler(Sampler):

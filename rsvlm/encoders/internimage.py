@@ -338,6 +338,7 @@ class InternImageEncoder(FreezableEncoder):
         header = f"InternImageEncoder.checkpoint_path={path}: does not fit variant/config {self.config}:"
         check_state_dict(self.state_dict(), state, header)
         self.load_state_dict(state)
+        self.weights_source = str(path)  # trained-only checkpoints leave what this file restores out
 
 
 def read_internimage_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

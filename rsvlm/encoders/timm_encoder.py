@@ -100,6 +100,9 @@ class TimmEncoder(FreezableEncoder):
             # Build for 3 bands so timm loads the RGB stem untouched, then widen it ourselves.
             self.model = timm.create_model(model_name, in_chans=3, **kwargs)
             self._expand_stem(cfg.get("first_conv"))
+            # Rebuilt from this source, so trained-only checkpoints leave these weights out.
+            hub = cfg.get("hf_hub_id") or f"timm:{model_name}"
+            self.weights_source = str(checkpoint_path) if checkpoint_path is not None else hub
         else:
             self.model = timm.create_model(model_name, in_chans=in_bands, **kwargs)
 

@@ -161,6 +161,7 @@ class SamMaskDecoderHead(MaskDecoder):
         )
         for prefix, module in parts.items():
             module.load_state_dict({k[len(prefix) :]: v for k, v in given.items() if k.startswith(prefix)})
+            module.weights_source = str(path)  # trained-only checkpoints leave what this file restores out
 
     def dense_positional_encoding(self, size: tuple[int, int]) -> torch.Tensor:
         """Positional encoding ``1×D×h×w`` (float32) of an h×w grid (SAM's ``get_dense_pe`` at 64×64)."""

@@ -114,6 +114,7 @@ class CausalLM(nn.Module):
 
         if model is not None and not meta:
             self.model = load_pretrained(model, dtype, attn_implementation, trust_remote_code)
+            self.weights_source = model  # trained-only checkpoints leave what this source restores out
         else:
             values = load_config_dict(config if config is not None else config_source_for(model))
             # A dict is a custom model: its vocabulary is the tokenizer's unless stated. A name or
@@ -138,6 +139,7 @@ class CausalLM(nn.Module):
             current = self.model.get_input_embeddings().weight.shape[0]
             if len(self._tokenizer) > current:
                 self.model.resize_token_embeddings(len(self._tokenizer), mean_resizing=not meta)
+                self.weights_source = None  # the new rows are sampled: no source restores them
 
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -10,7 +10,8 @@ vision-language model, MVPNet, a task-granularity classifier):
   statistics fixed), also after Lightning's ``model.train()``;
 * ``init_from`` (the weights of a whole earlier run) and ``component_init`` (one component's
   weights from another run, e.g. the encoder from MVPNet);
-* checkpoints that keep only what was trained (a frozen LLM base is recorded by identity);
+* checkpoints that leave out only frozen weights a named source restores (a hub LLM base,
+  recorded by identity) and keep everything else, random frozen weights included;
 * optimiser groups declared in the recipe: group name → components, learning rate, weight decay;
 * assembly checks driven by a declared list of neighbour links.
 

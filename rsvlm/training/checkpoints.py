@@ -152,7 +152,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(str(path).removeprefix("file://"), map_location=map_location or "cpu")
 
 
+def size_report(checkpoint: Mapping[str, Any]) -> str:
+    """One line (for a trained-only checkpoint, see :mod:`rsvlm.training.trained_only`): bytes kept in the checkpoint's state dict vs a full state-dict save."""
+    sizes = checkpoint.get("rsvlm", {}).get("sizes")
+    if not sizes:
+        return "full state dict (no frozen base dropped)"
+    ratio = sizes["kept_bytes"] / max(sizes["full_bytes"], 1)
+    return (
+        f"state dict {human_bytes(sizes['kept_bytes'])} of {human_bytes(sizes['full_bytes'])} "
+        f"({ratio:.1%}); dropped {sizes['dropped_params']:,} frozen parameters"
+    )
+
+
+def human_bytes(n: float) -> str:
+    """1536 → '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 __all__: list[str] = [
+    "human_bytes",
+    "size_report",
     "AtomicCheckpointIO",
     "CheckpointError",
     "load_checkpoint",

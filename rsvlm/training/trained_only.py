@@ -1,11 +1,21 @@
-"""Trained-only checkpoints: keep what was trained, identify the frozen bases, restore them on load.
+"""Trained-only checkpoints: keep what cannot be rebuilt, identify the frozen bases, restore them on load.
 
 A SPEX run with a frozen 1.5 B-parameter LLM trains LoRA adapters, new token embeddings, the
 encoder, the fusion, the bridge and the decoder; copying the frozen LLM into every checkpoint
 would make each one several GB. :func:`keep_trained_only` (called from a LightningModule's
-``on_save_checkpoint``) drops every parameter that its component did not declare trainable
-(``module.trainable.declared``, see :mod:`rsvlm.models.trainable`) and records, per component
-whose parameters were dropped, an *identity* of that frozen base::
+``on_save_checkpoint``) drops a parameter only when it is both
+
+* frozen: its component did not declare it trainable (``module.trainable.declared``, see
+  :mod:`rsvlm.models.trainable`), and
+* restored by a named source: it lies in a module (the component or one of its submodules)
+  whose ``weights_source`` attribute names the path or hub id its weights were loaded from.
+
+The ``weights_source`` contract: a component sets ``weights_source`` (``str``) on itself, or on
+the submodules it loaded, when those weights come from a checkpoint file, a Hugging Face id or
+timm's pretrained weights (building the same recipe loads them again). Randomly initialised
+weights have no source and always stay in the checkpoint, frozen or not, so a model trained
+with any seed loads into a model built with any other. Per component with dropped parameters
+the checkpoint records an *identity* of that frozen base::
 
     checkpoint["rsvlm"] = {
         "format": 1,
@@ -18,12 +28,11 @@ whose parameters were dropped, an *identity* of that frozen base::
 Every buffer is kept (BatchNorm statistics of a frozen encoder still move in train mode, and
 buffers are small). :func:`restore_frozen` (called from ``on_load_checkpoint``, i.e. before
 Lightning's strict ``load_state_dict``) checks that the freshly built module has the same frozen
-bases — same tensor names and shapes, same architecture config, and weights whose strided sample
-(the *fingerprint*) agrees — and fills the dropped keys from the module's own state dict. A
-mismatch is an error naming the component and what differs, never a silently different model.
-The source (hub id or folder) may differ (a local copy of the same weights) with a warning.
-
-Writing and reading the checkpoint file itself is :mod:`rsvlm.training.checkpoints`.
+bases — loaded from a source, same tensor names and shapes, same architecture config, and
+weights whose strided sample (the *fingerprint*) agrees — and fills the dropped keys from the
+module's own state dict. A mismatch is an error naming the component and what differs, never a
+silently different model; a source spelled differently (a local copy) only warns. Writing and
+reading the file itself is :mod:`rsvlm.training.checkpoints`.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rsvlm.training.checkpoints import CheckpointError, make_weights_only_safe
+from rsvlm.training.checkpoints import CheckpointError, human_bytes, make_weights_only_safe, size_report
 
 log = logging.getLogger(__name__)
 
@@ -100,20 +109,38 @@ def _fingerprint(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+def weights_sources(component: nn.Module) -> dict[str, str]:
+    """Name prefix (relative to ``component``, ``""`` for all of it) → the path or hub id that
+    restores the parameters under it: every submodule with a ``weights_source`` set."""
+    sources = {}
+    for name, sub in component.named_modules():
+        source = getattr(sub, "weights_source", None)
+        if source is not None:
+            name = _clean_name(f"{name}.") if name else ""
+            sources[name] = str(source)
+    return sources
+
+
+def _source_of(key: str, sources: Mapping[str, str]) -> str | None:
+    """The source restoring relative key ``key`` (the innermost declaring module wins)."""
+    found = [prefix for prefix in sources if key.startswith(prefix)]
+    return sources[max(found, key=len)] if found else None
+
+
 def component_identity(component: nn.Module, names: list[str], tensors: list[torch.Tensor]) -> dict[str, Any]:
     """What identifies the frozen tensors ``names`` (relative keys) of ``component``.
 
-    Returns a dict of plain values: ``class``, ``source`` (the Hugging Face id or folder the
-    weights came from, when the component wraps a transformers model), ``config`` (its
-    architecture config without loading details), ``num_params``, ``layout_sha256`` (hash of the
-    names and shapes) and ``fingerprint`` (a float32 tensor of sampled values, None on the meta
-    device).
+    Returns a dict of plain values: ``class``, ``source`` (the paths / hub ids the tensors are
+    restored from, ``" + "``-joined; None when none is), ``config`` (the architecture config of
+    a wrapped transformers model, without loading details), ``num_params``, ``layout_sha256``
+    (hash of the names and shapes) and ``fingerprint`` (a float32 tensor of sampled values,
+    None on the meta device).
     """
     layout = "\n".join(f"{n}:{tuple(t.shape)}" for n, t in zip(names, tensors))
     config = _hf_config(component)
-    source = None
-    if config is not None:
-        source = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None) or None
+    sources = weights_sources(component)
+    found = sorted({s for n in names if (s := _source_of(n, sources)) is not None})
+    source = " + ".join(found) or None
     return {
         "class": _qualname(component),
         "source": source,
@@ -242,10 +269,14 @@ def keep_trained_only(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str
         )
         return {}
     buffers = {_clean_name(name) for name, _ in module.named_buffers(remove_duplicate=False)}
+    sources = {name: weights_sources(part) for name, part in module.trainable.components.items()}
     dropped: dict[str, list[str]] = {}
     for key in state:
         component = _component_of(key, components)
-        if component is not None and key not in keep and key not in buffers:
+        if component is None or key in keep or key in buffers:
+            continue
+        # Frozen but with no source (a random initialisation): only the checkpoint has it.
+        if _source_of(key.split(".", 1)[1], sources[component]) is not None:
             dropped.setdefault(component, []).append(key)
 
     full = _unique(state.values())
@@ -277,6 +308,19 @@ def keep_trained_only(module: nn.Module, checkpoint: dict[str, Any]) -> dict[str
     return info
 
 
+def _check_shapes(module: nn.Module, state: Mapping[str, Any]) -> None:
+    """A tensor the checkpoint holds with another shape than the model built now is a one-line
+    error naming its component (a checkpoint of another architecture)."""
+    current = module.state_dict()
+    for key, value in state.items():
+        now = current.get(key)
+        if isinstance(value, torch.Tensor) and now is not None and tuple(value.shape) != tuple(now.shape):
+            raise CheckpointError(
+                f"component '{key.split('.', 1)[0]}': checkpoint tensor {key} has shape {tuple(value.shape)}, the "
+                f"model built now has {tuple(now.shape)}; build the model with the recipe it was trained with"
+            )
+
+
 def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
     """Fill the keys :func:`keep_trained_only` dropped from the module's current (fresh) weights.
 
@@ -287,6 +331,8 @@ def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
         CheckpointError: a recorded frozen base does not match the module (names the component
             and what differs), or the module lacks a dropped key, or it is on the meta device.
     """
+    if "state_dict" in checkpoint:
+        _check_shapes(module, checkpoint["state_dict"])
     info = checkpoint.get("rsvlm")
     if not info or not info.get("dropped") or "state_dict" not in checkpoint:
         return
@@ -316,6 +362,8 @@ def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
             )
         now = component_identity(owner, [k.split(".", 1)[1] for k in keys], tensors)
         problems = _identity_problems(recorded, now)
+        if recorded.get("source") and not now.get("source"):
+            problems.insert(0, f"its frozen weights were loaded from {recorded['source']!r}, now from no source")
         if problems:
             raise CheckpointError(
                 f"component '{component}': the frozen base this checkpoint was trained with does not match the "
@@ -340,27 +388,6 @@ def restore_frozen(module: nn.Module, checkpoint: dict[str, Any]) -> None:
         state.setdefault(key, current[key])
 
 
-def size_report(checkpoint: Mapping[str, Any]) -> str:
-    """One line: bytes kept in the checkpoint's state dict vs a full state-dict save."""
-    sizes = checkpoint.get("rsvlm", {}).get("sizes")
-    if not sizes:
-        return "full state dict (no frozen base dropped)"
-    ratio = sizes["kept_bytes"] / max(sizes["full_bytes"], 1)
-    return (
-        f"state dict {human_bytes(sizes['kept_bytes'])} of {human_bytes(sizes['full_bytes'])} "
-        f"({ratio:.1%}); dropped {sizes['dropped_params']:,} frozen parameters"
-    )
-
-
-def human_bytes(n: float) -> str:
-    """1536 → '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 __all__: list[str] = [
     "component_identity",
     "human_bytes",
@@ -368,4 +395,5 @@ __all__: list[str] = [
     "restore_frozen",
     "size_report",
     "trained_keys",
+    "weights_sources",
 ]

@@ -2,7 +2,9 @@
 
 After training, both ranks hold identical weights, each rank trained on its own shard of every
 epoch, and the test metrics (global confusion matrix, summed across ranks) equal a
-single-process test of the same weights over the same data. The DDP run is a subprocess
+single-process test of the same weights over the same data, whose size is odd: the test
+loader's sampler (:func:`rsvlm.data.loaders.evaluation_sampler`) gives every sample to exactly
+one rank, where ``DistributedSampler`` would repeat one. The DDP run is a subprocess
 running this file as a script (``--child``), so Lightning's launcher and the process group
 never touch the pytest process.
 """
@@ -25,7 +27,22 @@ sys.path.insert(0, str(HERE))
 from test_resume import BATCH, TinyDataModule, build_model
 
 N_TRAIN = 8  # 2 ranks × 2 batches × BATCH
-N_TEST = 6  # divisible by the number of ranks: DistributedSampler adds no duplicates
+N_TEST = 5  # odd: a padding DistributedSampler would test one sample twice (shards of 3 and 2)
+
+
+class OddTestData(TinyDataModule):
+    """TinyDataModule whose test loader shards as RsvlmDataModule's does."""
+
+    def test_dataloader(self):
+        from torch.utils.data import DataLoader
+
+        from rsvlm.data.loaders import evaluation_sampler
+
+        plain = super().test_dataloader()
+        sampler = evaluation_sampler(plain.dataset)
+        return DataLoader(plain.dataset, batch_size=BATCH, sampler=sampler, collate_fn=plain.collate_fn)
+
+
 EPOCHS = 2
 
 
@@ -50,8 +67,13 @@ def _child(out: Path) -> None:
         def __init__(self) -> None:
             self.seen: list[tuple[int, list[int]]] = []
 
+            self.tested: list[int] = []
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.seen.append((trainer.current_epoch, [m["index"] for m in batch["meta"]]))
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+            self.tested += [m["index"] for m in batch["meta"]]
 
     record = RecordSamples()
     trainer = L.Trainer(
@@ -69,7 +91,7 @@ def _child(out: Path) -> None:
         callbacks=[record],
     )
     model = build_model()
-    data = TinyDataModule(n_train=N_TRAIN, n_test=N_TEST)
+    data = OddTestData(n_train=N_TRAIN, n_test=N_TEST)
     trainer.fit(model, datamodule=data)
     rank = trainer.global_rank
     digest = weights_digest(model)
@@ -79,6 +101,7 @@ def _child(out: Path) -> None:
             {
                 "digest": digest,
                 "seen": record.seen,
+                "tested": record.tested,
                 "global_step": trainer.global_step,
                 "world_size": trainer.world_size,
                 "metrics": {k: float(v) for k, v in metrics.items()},
@@ -124,6 +147,43 @@ def test_each_rank_trains_on_its_own_shard(ddp_run):
         b = sorted(i for e, b in r1["seen"] if e == epoch for i in b)
         assert not set(a) & set(b)
         assert sorted(a + b) == list(range(N_TRAIN))
+
+
+def test_each_test_sample_is_scored_on_exactly_one_rank(ddp_run):
+    _, (r0, r1) = ddp_run
+    # TinySpie's test samples carry indices 500 + i (offset=500).
+    assert sorted(r0["tested"] + r1["tested"]) == list(range(500, 500 + N_TEST))
+    assert {len(r0["tested"]), len(r1["tested"])} == {N_TEST // 2, N_TEST - N_TEST // 2}
+
+
+def test_evaluation_shards_cover_every_sample_once_without_a_trainer():
+    from rsvlm.data.loaders import evaluation_sampler
+
+    for n in (1, 2, 5, 7, 10):
+        for world in (2, 3):
+            if n < world:
+                with pytest.raises(ValueError, match="processes"):
+                    evaluation_sampler(range(n), num_replicas=world, rank=0)
+                continue
+            shards = [list(evaluation_sampler(range(n), num_replicas=world, rank=r)) for r in range(world)]
+            assert sorted(i for s in shards for i in s) == list(range(n)), (n, world)
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert evaluation_sampler(range(5)) is None  # one process: a plain sequential loader
+
+
+def test_rsvlm_datamodules_use_it_for_val_and_test(monkeypatch):
+    import rsvlm.data.loaders as loaders
+    from rsvlm.data.base import RsvlmDataModule
+
+    class Listing(RsvlmDataModule):
+        def collate_fn(self):
+            return list
+
+    data = Listing(batch_size=2)
+    data.datasets = {"val": list(range(7)), "test": list(range(9)), "train": list(range(4))}
+    monkeypatch.setattr(loaders, "_dist_world", lambda: (2, 1))
+    assert [i for b in data.val_dataloader() for i in b] == [1, 3, 5]
+    assert [i for b in data.test_dataloader() for i in b] == [1, 3, 5, 7]
 
 
 def test_test_metrics_equal_a_single_process_run(ddp_run):

@@ -1,85 +1,165 @@
-"""Trained-only checkpoints: frozen bases dropped and identified, restored and checked on load."""
+"""Trained-only checkpoints: frozen weights that a named source restores are dropped and
+identified; everything else (trained, or randomly initialised and frozen) is kept.
+
+The sources are tiny files written to a temporary folder: an LLM saved with ``save_pretrained``
+and a SAM checkpoint holding a tiny head's ``mask_decoder.*`` / ``prompt_encoder.*``.
+"""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import TINY_LLM_CONFIG, contract_batch, tiny_spex_components
+from conftest import TINY_LLM_CONFIG, contract_batch
 
 from rsvlm.models.vlm import VisionLanguageModel
 from rsvlm.training.checkpoints import CheckpointError, save_atomically
 from rsvlm.training.trained_only import keep_trained_only, restore_frozen
 
-
-def _model(seed: int = 0, **overrides) -> VisionLanguageModel:
-    parts = tiny_spex_components(lora=True)  # seeds 0 itself
-    if seed:
-        from rsvlm.data.spie.corpus import SpieDemoTokenizer
-        from rsvlm.llm.causal_lm import CausalLM, LoraSettings
-
-        torch.manual_seed(seed)
-        parts["llm"] = CausalLM(
-            config={**TINY_LLM_CONFIG, **overrides},
-            tokenizer=SpieDemoTokenizer(),
-            freeze=True,
-            lora=LoraSettings(r=4, alpha=8, dropout=0.0),
-        )
-    return VisionLanguageModel(**parts, stage="joint")
+SAM = dict(in_channels=32, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2)
 
 
-def _trained(model: VisionLanguageModel) -> VisionLanguageModel:
-    """Move every trainable parameter away from its initial value (LoRA B starts at 0)."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+def _parts(seed: int, llm: str | None = None, sam: str | None = None, **llm_overrides) -> dict:
+    """The tiny SPEX wiring (as ``conftest.tiny_spex_components(lora=True)``) built under ``seed``;
+    the LLM base from folder ``llm`` and the SAM decoder from file ``sam`` when given."""
+    from rsvlm.bridges.tcp import TokenCompressionProjector
+    from rsvlm.data.spie.corpus import SpieDemoTokenizer
+    from rsvlm.encoders.timm_encoder import TimmEncoder
+    from rsvlm.fusion.msam import MSAM
+    from rsvlm.fusion.projector import MLPProjector
+    from rsvlm.heads.sam_decoder import SamMaskDecoderHead
+    from rsvlm.llm.causal_lm import CausalLM, LoraSettings
+
+    torch.manual_seed(seed)
+    encoder = TimmEncoder(model_name="resnet18", in_bands=4)
+    source = dict(model=llm) if llm is not None else dict(config={**TINY_LLM_CONFIG, **llm_overrides})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*SAM checkpoints were trained with")
+        decoder = SamMaskDecoderHead(**SAM, checkpoint=sam)
+    return dict(
+        encoder=encoder,
+        fusion=MSAM(in_channels=encoder.channels, out_channels=32, form="paper"),
+        projector=MLPProjector(in_dim=32, out_dim=32),
+        llm=CausalLM(
+            **source, tokenizer=SpieDemoTokenizer(), freeze=True, lora=LoraSettings(r=4, alpha=8, dropout=0.0)
+        ),
+        bridge=TokenCompressionProjector(in_dim=32, out_dim=32, num_tokens=2),
+        decoder=decoder,
+    )
+
+
+def _model(seed: int = 0, **sources) -> VisionLanguageModel:
+    return VisionLanguageModel(**_parts(seed, **sources), stage="joint")
+
+
+def _save_sources(folder: Path, seed: int) -> dict[str, str]:
+    """A tiny LLM folder and a tiny SAM checkpoint, both random under ``seed``."""
+    from rsvlm.data.spie.corpus import SpieDemoTokenizer
+    from rsvlm.heads.sam_decoder import SamMaskDecoderHead
+    from rsvlm.llm.causal_lm import CausalLM
+
+    torch.manual_seed(seed)
+    CausalLM(config=TINY_LLM_CONFIG, tokenizer=SpieDemoTokenizer()).base_model.save_pretrained(folder / "llm")
+    head = SamMaskDecoderHead(**SAM)
+    state = {
+        f"{part}.{k}": v
+        for part in ("mask_decoder", "prompt_encoder")
+        for k, v in getattr(head, part).state_dict().items()
+    }
+    torch.save(state, folder / "sam.pth")
+    return {"llm": str(folder / "llm"), "sam": str(folder / "sam.pth")}
+
+
+def _train_one_step(model: VisionLanguageModel) -> VisionLanguageModel:
+    """One SGD step on the contract batch (LoRA B starts at 0, so the step moves it)."""
+    batch = contract_batch(model.llm.formatter, size=32)
+    model.losses(model(batch), batch, with_mask=True)["total"].backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
     return model
 
 
-@pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory):
-    model = _trained(_model())
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.save(model.state_dict(), folder / "full.pt")  # tied weights stored once, as in any full save
-    full = {k: v.clone() for k, v in model.state_dict().items()}
+def _outputs(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        out = model(contract_batch(model.llm.formatter, size=32))
+    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+def _trimmed(model: VisionLanguageModel, path: Path) -> Path:
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
     keep_trained_only(model, checkpoint)
-    path = save_atomically(checkpoint, folder / "trimmed.ckpt")
-    return path, full, folder
+    return save_atomically(checkpoint, path)
 
 
-def test_frozen_llm_base_is_dropped_and_everything_trained_is_kept(trained_checkpoint):
-    path, full, _ = trained_checkpoint
+@pytest.fixture(scope="module")
+def sourced(tmp_path_factory):
+    """A seed-1 model with its LLM base and SAM decoder loaded from files, trained one step."""
+    folder = tmp_path_factory.mktemp("sources")
+    sources = _save_sources(folder, seed=5)
+    model = _train_one_step(_model(seed=1, **sources))
+    full = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(model.state_dict(), folder / "full.pt")  # tied weights stored once, as in any full save
+    return model, sources, full, _trimmed(model, folder / "trimmed.ckpt"), folder
+
+
+def test_only_frozen_weights_with_a_source_are_dropped(sourced):
+    model, _, full, path, _ = sourced
     checkpoint = torch.load(path, weights_only=True)
-    kept = set(checkpoint["state_dict"])
-    model = _model()
     params = dict(model.named_parameters(remove_duplicate=False))
-    # Stage "joint" lets every component train what it declared, so requires_grad is the reference.
-    expected_dropped = {k for k, p in params.items() if not p.requires_grad}
-    assert set(checkpoint["rsvlm"]["dropped"]) == expected_dropped
-    # By construction: the LLM's base weights are frozen (only LoRA trains), and so is SAM's prompt encoder.
-    llm_base = {k for k in params if k.startswith("llm.") and "lora_" not in k}
-    assert llm_base and llm_base <= expected_dropped
-    # Besides the LLM base, only what the SAM head freezes: its prompt encoder and, with a
-    # single output mask, the IoU prediction head that no loss uses.
-    frozen_in_head = ("decoder.prompt_encoder.", "decoder.mask_decoder.iou_prediction_head.")
-    assert expected_dropped - llm_base <= {k for k in params if k.startswith(frozen_in_head)}
-    assert set(checkpoint["rsvlm"]["frozen_bases"]) <= {"llm", "decoder"}
-    assert kept == set(full) - expected_dropped
-    assert any("lora_A" in k for k in kept) and any(k.startswith("decoder.") for k in kept)
-    assert all(
-        k.startswith(("encoder.", "fusion.", "projector.", "bridge.", "decoder.")) or "lora_" in k
-        for k in kept
-        if k in params
-    )
+    # Independent reference: frozen, and inside the LLM (loaded from its folder) or inside the two
+    # SAM parts the file restores; the neck and every other component are randomly initialised.
+    restored = ("llm.", "decoder.mask_decoder.", "decoder.prompt_encoder.")
+    expected = {k for k, p in params.items() if not p.requires_grad and k.startswith(restored)}
+    assert set(checkpoint["rsvlm"]["dropped"]) == expected
+    assert any(k.startswith("llm.") for k in expected) and any(k.startswith("decoder.prompt") for k in expected)
+    assert set(checkpoint["rsvlm"]["frozen_bases"]) == {"llm", "decoder"}
+    assert checkpoint["rsvlm"]["frozen_bases"]["decoder"]["source"].endswith("sam.pth")
+    assert set(checkpoint["state_dict"]) == set(full) - expected
+    assert any("lora_A" in k for k in checkpoint["state_dict"])
     persistent_buffers = {k for k, _ in model.named_buffers()} & set(full)
     assert any("running_mean" in k for k in persistent_buffers)
-    assert persistent_buffers <= kept  # BatchNorm statistics travel with the checkpoint
+    assert persistent_buffers <= set(checkpoint["state_dict"])  # BatchNorm statistics travel along
 
 
-def test_sizes_are_recorded_and_the_file_is_smaller(trained_checkpoint):
-    path, full, folder = trained_checkpoint
+def test_random_frozen_weights_stay_in_the_checkpoint(tmp_path):
+    # No source at all: the frozen LLM base and SAM's frozen prompt encoder are random, so they are kept.
+    model = _model(seed=1)
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    assert any(k.startswith("llm.") for k in frozen) and any(k.startswith("decoder.prompt") for k in frozen)
+    checkpoint = torch.load(_trimmed(model, tmp_path / "c.ckpt"), weights_only=True)
+    assert checkpoint["rsvlm"]["dropped"] == [] and checkpoint["rsvlm"]["frozen_bases"] == {}
+    assert set(checkpoint["state_dict"]) == set(model.state_dict())
+
+
+def test_a_model_trained_with_another_seed_loads_into_a_seed_0_build(tmp_path):
+    trained = _train_one_step(_model(seed=1))
+    path = _trimmed(trained, tmp_path / "seed1.ckpt")
+    fresh = _model(seed=0)
+    assert not torch.equal(fresh.llm.base_model.lm_head.weight, trained.llm.base_model.lm_head.weight)
+    fresh.load_weights(str(path))
+    expected, got = _outputs(trained), _outputs(fresh)
+    assert set(got) == set(expected) and "mask_logits" in got
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_sourced_weights_are_restored_from_their_path(sourced):
+    trained, sources, full, path, _ = sourced
+    fresh = _model(seed=0, **sources)  # another seed: only the files make the frozen parts equal
+    fresh.load_weights(str(path))
+    restored = fresh.state_dict()
+    assert set(restored) == set(full)
+    for key, value in full.items():
+        assert torch.equal(restored[key], value), key
+    expected, got = _outputs(trained), _outputs(fresh)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_sizes_are_recorded_and_the_file_is_smaller(sourced):
+    _, _, _, path, folder = sourced
     sizes = torch.load(path, weights_only=True)["rsvlm"]["sizes"]
     # The recorded sizes are tensor payloads; the files add a little zip/pickle overhead.
     overhead = 512 * 1024
@@ -90,26 +170,19 @@ def test_sizes_are_recorded_and_the_file_is_smaller(trained_checkpoint):
     assert sizes["dropped_params"] > 0 and path.stat().st_size < full_file
 
 
-def test_restore_fills_the_frozen_base_and_reproduces_every_tensor(trained_checkpoint):
-    path, full, _ = trained_checkpoint
-    checkpoint = torch.load(path, weights_only=True)
-    fresh = _model()
-    restore_frozen(fresh, checkpoint)
-    fresh.load_state_dict(checkpoint["state_dict"], strict=True)
-    restored = fresh.state_dict()
-    assert set(restored) == set(full)
-    for key, value in full.items():
-        assert torch.equal(restored[key], value), key
-
-
-def test_a_different_frozen_base_is_refused_with_the_component_name(trained_checkpoint):
-    path, _, _ = trained_checkpoint
-    other_seed = _model(seed=7)
+def test_a_different_or_missing_source_is_refused_with_the_component_name(sourced, tmp_path):
+    _, sources, _, path, _ = sourced
+    other = _save_sources(tmp_path, seed=9)
     with pytest.raises(CheckpointError, match=r"component 'llm'.*frozen weights differ"):
-        restore_frozen(other_seed, torch.load(path, weights_only=True))
-    other_arch = _model(seed=7, num_hidden_layers=1)
-    with pytest.raises(CheckpointError, match=r"component 'llm'.*(names or shapes|config differs)"):
-        restore_frozen(other_arch, torch.load(path, weights_only=True))
+        restore_frozen(_model(llm=other["llm"], sam=sources["sam"]), torch.load(path, weights_only=True))
+    with pytest.raises(CheckpointError, match=r"component 'llm'.*now from no source"):
+        restore_frozen(_model(sam=sources["sam"]), torch.load(path, weights_only=True))
+
+
+def test_a_checkpoint_of_another_architecture_names_the_component(tmp_path):
+    path = _trimmed(_model(), tmp_path / "c.ckpt")
+    with pytest.raises(CheckpointError, match=r"component 'llm'.*shape"):
+        restore_frozen(_model(intermediate_size=48), torch.load(path, weights_only=True))
 
 
 def test_full_checkpoints_pass_through_restore_untouched():
@@ -118,16 +191,6 @@ def test_full_checkpoints_pass_through_restore_untouched():
     before = set(checkpoint["state_dict"])
     restore_frozen(model, checkpoint)
     assert set(checkpoint["state_dict"]) == before
-
-
-def test_contract_batch_still_runs_after_restore(trained_checkpoint):
-    path, _, _ = trained_checkpoint
-    checkpoint = torch.load(path, weights_only=True)
-    model = _model()
-    restore_frozen(model, checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
-    out = model(contract_batch(model.llm.formatter, size=32))
-    assert torch.isfinite(out["mask_logits"]).all()
 
 
 def test_a_state_dict_without_the_trained_names_is_saved_whole():
@@ -139,3 +202,21 @@ def test_a_state_dict_without_the_trained_names_is_saved_whole():
         assert keep_trained_only(model, checkpoint) == {}
     assert checkpoint["state_dict"] is state and len(state) == len(model.state_dict())
     restore_frozen(model, {"rsvlm": {"dropped": ["llm.x"]}})  # no state dict (DeepSpeed): nothing to fill
+
+
+def test_encoders_loaded_from_a_file_declare_it_and_random_ones_do_not(tmp_path):
+    import timm
+
+    from rsvlm.encoders.internimage import InternImageEncoder
+    from rsvlm.encoders.timm_encoder import TimmEncoder
+    from rsvlm.training.trained_only import weights_sources
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "resnet18.pth")
+    timm_path = str(tmp_path / "resnet18.pth")
+    assert weights_sources(TimmEncoder("resnet18", in_bands=4, checkpoint_path=timm_path)) == {"": timm_path}
+    assert weights_sources(TimmEncoder("resnet18", in_bands=4)) == {}
+    torch.save(InternImageEncoder("tiny-test").state_dict(), tmp_path / "internimage.pth")
+    intern_path = str(tmp_path / "internimage.pth")
+    assert weights_sources(InternImageEncoder("tiny-test", checkpoint_path=intern_path)) == {"": intern_path}
+    assert weights_sources(InternImageEncoder("tiny-test")) == {}
