@@ -101,7 +101,8 @@ def build_spie(
         template: instruction template, ``spectral`` (with the APG prompt) or ``plain``.
         max_regions: how many regions (largest first) each spectral prompt lists (paper: 10).
         describer: response generator ``(image C×H×W, mask H×W, category, bands) -> str``;
-            default :class:`rsvlm.data.spie.describe.AttributeDescriber`. It must be picklable when
+            default :class:`rsvlm.data.spie.describe.AttributeDescriber` with its plain phrasing (the
+            demo's category-first and empty-answer openings are off). It must be picklable when
             ``workers > 0`` (it is sent to the workers); use ``workers=0`` for a model-backed
             describer.
         resume: skip tiles finished by an earlier build into ``out_dir`` (the settings must

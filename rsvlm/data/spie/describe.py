@@ -11,8 +11,9 @@ Two implementations:
 
 * :class:`AttributeDescriber` (default, offline, fast, deterministic): a fluent paragraph
   built from the true mask's connected regions (how many, how much of the scene, size bins
-  and 3×3-grid locations as in APG, and the mean spectral index inside vs outside). By
-  default it names the category first ("As for water, ..."), see ``category_first``.
+  and 3×3-grid locations as in APG, and the mean spectral index inside vs outside). Two
+  options made for the offline demo's small LM, off by default (real SPIE builds read as
+  plain descriptions): ``category_first`` ("As for water, ...") and ``distinct_empty_openings``.
 * :class:`HFImageTextDescriber`: a Hugging Face image-text-to-text model (any checkpoint
   loadable with ``AutoProcessor`` + ``AutoModelForImageTextToText``) prompted with an RGB
   composite of the image and the true mask's attributes, sampled with temperature 0.8 and
@@ -61,10 +62,15 @@ _LOCATION_PHRASE = {
 }
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
 
-# An empty answer opens with a word no other answer opens with ("There are no" against "There
+_EMPTY = (
+    "There are no {cat} regions in this image.",
+    "No {cat} areas can be seen in this image.",
+    "The image does not contain any {cat} regions.",
+)
+# Empty answers that open with a word no other answer opens with ("There are no" against "There
 # are four" would be a choice between one token and a dozen number words: greedy decoding of a
 # small, unsure model then says "no" whenever its count is spread over several numbers).
-_EMPTY = (
+_EMPTY_DISTINCT = (
     "No {cat} regions can be seen in this image.",
     "None of this image is covered by {cat}.",
     "Nowhere in this image is there any {cat}.",
@@ -132,7 +138,12 @@ class AttributeDescriber(ResponseGenerator):
             learns these responses makes copying the category, which the instruction gives,
             its first decision, before the counts and sizes it must infer from the image; the
             generated category word then reaches the mask decoder through TCP's pooled
-            prompts, where a wrong one makes the decoder extract the wrong class.
+            prompts, where a wrong one makes the decoder extract the wrong class. Off by
+            default; the offline demo's generated data turns it on.
+        distinct_empty_openings: empty answers open with words no other answer opens with
+            ("None of ...", "Nowhere ...") instead of the plain "There are no ...", so that a small
+            model's greedy decoding does not say "no" when unsure of a count. Off by default;
+            the offline demo's generated data turns it on.
     """
 
     def __init__(
@@ -141,7 +152,8 @@ class AttributeDescriber(ResponseGenerator):
         connectivity: int = 8,
         max_regions: int = 4,
         mention_index: bool = True,
-        category_first: bool = True,
+        category_first: bool = False,
+        distinct_empty_openings: bool = False,
     ) -> None:
         if max_regions < 1:
             raise ValueError(f"AttributeDescriber: max_regions must be ≥ 1, got {max_regions}")
@@ -150,6 +162,7 @@ class AttributeDescriber(ResponseGenerator):
         self.max_regions = max_regions
         self.mention_index = mention_index
         self.category_first = category_first
+        self.distinct_empty_openings = distinct_empty_openings
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, category: str, bands: BandsLike) -> str:
         cat = normalize_category(category)
@@ -169,7 +182,8 @@ class AttributeDescriber(ResponseGenerator):
         # The opening is drawn last, so that the rest reads as without it.
         lead = lambda: pick(_LEAD).format(cat=cat) if self.category_first else ""  # noqa: E731
         if n == 0:
-            return _open(pick(_EMPTY).format(cat=cat), lead())
+            empty = _EMPTY_DISTINCT if self.distinct_empty_openings else _EMPTY
+            return _open(pick(empty).format(cat=cat), lead())
         regions = region_attributes(m, style="paper", connectivity=self.connectivity, max_regions=self.max_regions)
         pct = _pct(float(m.mean()))
         first = regions[0]

@@ -37,8 +37,10 @@ def test_single_region_and_empty_mask():
     one[10:30, 20:40] = True  # 400 px = 16.7% → "medium", centroid (29.5, 19.5) → center
     text = AttributeDescriber(mention_index=False)(img, one, "water", BANDS)
     assert "medium" in text and "the center" in text and "17%" in text
-    empty = AttributeDescriber(category_first=False)(img, np.zeros((40, 60), bool), "buildings", BANDS)
-    assert "building" in empty and empty.split()[0] in {"No", "None", "Nowhere"}
+    empty = AttributeDescriber()(img, np.zeros((40, 60), bool), "buildings", BANDS)
+    assert "building" in empty and empty.split()[0] in {"There", "No", "The"}
+    demo = AttributeDescriber(distinct_empty_openings=True)(img, np.zeros((40, 60), bool), "buildings", BANDS)
+    assert "building" in demo and demo.split()[0] in {"No", "None", "Nowhere"}
 
 
 def test_empty_answers_open_unlike_any_other():
@@ -54,7 +56,9 @@ def test_empty_answers_open_unlike_any_other():
     for seed in range(12):
         for mask in masks:
             for category in ("vegetation", "water", "building"):
-                led = AttributeDescriber(seed=seed)(img, mask, category, BANDS)
+                led = AttributeDescriber(seed=seed, category_first=True, distinct_empty_openings=True)(
+                    img, mask, category, BANDS
+                )
                 openings[bool(mask.any())].add(led.split(", ", 1)[1].split()[0])
     assert openings[False] == {"no", "none", "nowhere"}
     assert len(openings[True]) >= 3
@@ -74,14 +78,14 @@ def test_deterministic_per_input_and_seed_varies_phrasing():
     assert pickle.loads(pickle.dumps(d))(img, masks[1], "water", BANDS) == first[1]
 
 
-def test_category_comes_first_unless_turned_off():
+def test_category_comes_first_only_when_turned_on():
     img = _image()
     rng = np.random.default_rng(4)
     masks = [np.zeros((40, 60), bool)] + [rng.random((40, 60)) > t for t in (0.6, 0.9, 0.995)]
     for category in ("vegetation", "water", "building"):
         for mask in masks:
-            led = AttributeDescriber()(img, mask, category, BANDS)
-            plain = AttributeDescriber(category_first=False)(img, mask, category, BANDS)
+            led = AttributeDescriber(category_first=True)(img, mask, category, BANDS)
+            plain = AttributeDescriber()(img, mask, category, BANDS)
             # The category is the first content word; the rest is the plain text, lower-cased.
             opening = led.split(",")[0]
             assert opening in {f"As for {category}", f"Regarding {category}", f"Looking at {category}"}
