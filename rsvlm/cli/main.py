@@ -26,6 +26,11 @@ Train and evaluate (LightningCLI; see `rsvlm fit --help`):
   fit --config RECIPE.yaml        train, validate, then test the best checkpoint
   validate|test|predict --config RECIPE.yaml [--ckpt_path CKPT]
 
+Evaluate on real images:
+  evaluate --config RECIPE.yaml --ckpt CKPT --real-data DATA_DIR [--datasets NAME ...]
+                                  score a checkpoint and the index + Otsu baseline on the same
+                                  labelled images (or --images/--masks/--category/--bands)
+
 Inspect:
   summarize --config RECIPE.yaml  build the model on the meta device (no weights, no downloads)
                                   and print parameter counts per component
@@ -105,6 +110,10 @@ def dispatch(argv: list[str], from_command_line: bool = False) -> int:
         # From the shell, LightningCLI reads sys.argv itself (it warns when given both).
         run_lightning_cli(None if from_command_line else [command, *rest])
         return 0
+    if command == "evaluate":
+        from rsvlm.cli.evaluate import evaluate_main
+
+        return evaluate_main(rest)
     if command == "summarize":
         from rsvlm.experiments.summarize import summarize_main
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rsvlm.data.bands import BandSpec
+from rsvlm.data.scenes import SensorVariation
 from rsvlm.data.spie.records import RECORDS_NAME
 from rsvlm.data.spie.tiles import EMPTY_TARGET_RATE
 from rsvlm.io.atomic import atomic_write_text
@@ -51,6 +52,12 @@ class GeneratedData:
         response_regions: regions described by each generated response.
         empty_rate: probability of an "empty target" record (a category absent from a scene,
             response "no ... regions can be seen ..."); see :func:`rsvlm.data.spie.builder.build_spie`.
+        sensor: per-scene sensor effects (gain/offset, haze, noise, integer DNs; see
+            :class:`rsvlm.data.scenes.SensorVariation`); None (default) keeps reflectance. Part
+            of the cache key when it changes anything.
+        category_first, distinct_empty_openings: response phrasing made for the demo's small LM
+            (see :class:`rsvlm.data.spie.describe.AttributeDescriber`; real SPIE builds leave
+            both off). On here, the demo's values; part of the cache key only when changed.
     """
 
     root: str = DEFAULT_GENERATED_ROOT
@@ -62,6 +69,9 @@ class GeneratedData:
     prompt_regions: int = 10
     response_regions: int = 4
     empty_rate: float = EMPTY_TARGET_RATE
+    sensor: SensorVariation | None = None
+    category_first: bool = True
+    distinct_empty_openings: bool = True
 
     def resolved_root(self) -> Path:
         if self.root == DEFAULT_GENERATED_ROOT and os.environ.get("RSVLM_CACHE"):
@@ -83,6 +93,12 @@ class GeneratedData:
             "bands": list(bands.names),
             "apg_style": apg_style,
         }
+        if self.sensor is not None and self.sensor.active:
+            # Only then: builds without sensor effects keep their folder (and cache).
+            params["sensor"] = asdict(self.sensor)
+        phrasing = {"category_first": self.category_first, "distinct_empty_openings": self.distinct_empty_openings}
+        if not all(phrasing.values()):  # the demo's phrasing keeps its folder (and cache)
+            params["phrasing"] = phrasing
         return self.resolved_root() / _hash(params)
 
     def records_path(self, bands: BandSpec, apg_style: str) -> Path:
@@ -118,6 +134,7 @@ class GeneratedData:
                 bands,
                 seed=self.seed,
                 split_fractions={"train": self.n_train, "val": self.n_val, "test": self.n_test},
+                sensor=self.sensor,
             )
         summary = build_spie(
             [SourceSpec("generated", str(scenes), bands=list(bands.names), name="generated")],
@@ -128,7 +145,11 @@ class GeneratedData:
             progress=False,
             max_regions=self.prompt_regions,
             empty_rate=self.empty_rate,
-            describer=AttributeDescriber(max_regions=self.response_regions),
+            describer=AttributeDescriber(
+                max_regions=self.response_regions,
+                category_first=self.category_first,
+                distinct_empty_openings=self.distinct_empty_openings,
+            ),
         )
         records = read_records(summary.records_path)
         train = [r for r in records if r.split == "train"] or records

@@ -21,8 +21,8 @@ Every pixel of class k gets the spectral signature of its material, resampled to
 centres (linear interpolation in wavelength between the table's nodes; band response
 functions are not modelled), times a multiplicative texture ``1 + 0.08·n₁(x) + 0.02·n₂(x, c)``
 (``n`` smooth unit-variance noise: a shared brightness field and a small per-band one), plus
-Gaussian sensor noise of σ = 0.004, clipped to [0, 1]. Atmospheric effects are not modelled:
-the image is surface reflectance.
+Gaussian sensor noise of σ = 0.004, clipped to [0, 1]: surface reflectance. :class:`SensorVariation`
+(off by default) adds per-scene per-band gain/offset, haze, more noise and integer DNs.
 
 The signatures are typical values, rounded to 0.005–0.01, of spectra of the four materials in
 
@@ -57,7 +57,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from affine import Affine
@@ -107,8 +109,69 @@ SIGNATURES: dict[str, tuple[float, ...]] = {
 TEXTURE_SHARED = 0.08
 TEXTURE_PER_BAND = 0.02
 SENSOR_NOISE = 0.004
-
 BandsLike = BandSpec | str | Sequence[str]
+# Reflectance → integer DN: × 10000 (as Sentinel-2 L1C) or × 400 (8-bit, saturates at 0.6375).
+DN_SCALES: dict[str, float] = {"uint16": 10000.0, "uint8": 400.0}
+
+
+@dataclass(frozen=True)
+class SensorVariation:
+    """Sensor effects drawn per scene and applied to its reflectance ``x`` (all off by default).
+
+    ``y = g_b · (x + a · (490 / λ_b)⁴) + o_b + n``, then ``y`` clipped at 0 and, for integer
+    ``dn``, ``round(y · DN_SCALES[dn])`` clipped to the dtype's range. Per scene: haze
+    amplitude ``a ~ U(0, haze)`` (additive path radiance, Rayleigh-like λ⁻⁴, so strongest in
+    blue; λ_b the band centre in nm), per band gain ``g_b ~ U(*gain)`` and offset
+    ``o_b ~ U(*offset)``; per pixel noise ``n ~ N(0, noise²)``. Units: reflectance.
+
+    Args:
+        gain, offset: (low, high) of the per-band gain and offset.
+        haze: largest haze amplitude (reflectance at 490 nm).
+        noise: sensor noise σ.
+        dn: ``"float"`` (float32) or integer DNs ``"uint16"`` / ``"uint8"`` (:data:`DN_SCALES`).
+    """
+
+    gain: tuple[float, float] = (1.0, 1.0)
+    offset: tuple[float, float] = (0.0, 0.0)
+    haze: float = 0.0
+    noise: float = 0.0
+    dn: Literal["float", "uint16", "uint8"] = "float"
+
+    def __post_init__(self) -> None:
+        if self.dn not in ("float", *DN_SCALES):
+            raise ValueError(f"SensorVariation.dn must be float, uint16 or uint8; got {self.dn!r}")
+        ordered = 0 < self.gain[0] <= self.gain[1] and self.offset[0] <= self.offset[1]
+        if not ordered or min(self.haze, self.noise) < 0:
+            raise ValueError(f"SensorVariation: need 0 < gain low ≤ high, offset low ≤ high, haze, noise ≥ 0: {self}")
+
+    @property
+    def active(self) -> bool:  # the default changes nothing
+        return self != SensorVariation()
+
+    def apply(
+        self, image: np.ndarray, centres_nm: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Apply to a C×H×W reflectance image; returns ``(image, drawn parameters)``.
+
+        The image is float32, or uint16 / uint8 for integer ``dn``; the parameters are
+        ``gain``, ``offset`` (lists of C floats) and ``haze`` (the amplitude ``a``).
+        """
+        c = image.shape[0]
+        gain = rng.uniform(*self.gain, size=c)
+        offset = rng.uniform(*self.offset, size=c)
+        amplitude = float(rng.uniform(0.0, self.haze))
+        haze = amplitude * (490.0 / np.asarray(centres_nm, dtype=np.float64)) ** 4
+        y = gain[:, None, None] * (image.astype(np.float64) + haze[:, None, None]) + offset[:, None, None]
+        if self.noise > 0:
+            y = y + rng.normal(0.0, self.noise, size=y.shape)
+        y = np.maximum(y, 0.0)
+        if self.dn != "float":
+            y = np.clip(np.round(y * DN_SCALES[self.dn]), 0, np.iinfo(self.dn).max)
+        return y.astype(np.float32 if self.dn == "float" else self.dn), {
+            "gain": gain.tolist(),
+            "offset": offset.tolist(),
+            "haze": amplitude,
+        }
 
 
 def band_centres(bands: BandsLike) -> np.ndarray:
@@ -263,6 +326,7 @@ def write_scene_folder(
     bands: BandsLike,
     seed: int = 0,
     split_fractions: Mapping[str, float] | None = None,
+    sensor: SensorVariation | None = None,
 ) -> Path:
     """Write ``n`` generated scenes as GeoTIFFs plus a manifest.
 
@@ -284,12 +348,15 @@ def write_scene_folder(
         seed: base seed.
         split_fractions: split name → share, e.g. ``{"train": .8, "val": .1, "test": .1}``
             (the default); scenes are shuffled into splits by ``seed``.
+        sensor: sensor effects per scene (None: reflectance as generated). They are drawn
+            from ``default_rng([seed, i, 1])``, so the layouts do not change; the manifest
+            records the settings and each scene's drawn parameters.
 
     Returns:
         The manifest path.
     """
     spec = band_spec(bands)
-    band_centres(spec)
+    centres = band_centres(spec)
     fractions = dict(split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1})
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -299,6 +366,9 @@ def write_scene_folder(
     scenes = []
     for i in range(n):
         image, classes = generate_scene(size, spec, np.random.default_rng([seed, i]))
+        drawn = None
+        if sensor is not None and sensor.active:
+            image, drawn = sensor.apply(image, centres, np.random.default_rng([seed, i, 1]))
         transform = Affine(10.0, 0.0, 500_000 + i * (size + 16) * 10.0, 0.0, -10.0, 5_300_000.0)
         stem = f"scene_{i:05d}"
         write_geotiff(root / "images" / f"{stem}.tif", image, crs, transform, spec.names, compress="deflate")
@@ -311,6 +381,7 @@ def write_scene_folder(
                 "label": f"labels/{stem}.tif",
                 "split": splits[i],
                 "present": present,
+                **({"sensor": drawn} if drawn is not None else {}),
             }
         )
     manifest = {
@@ -322,6 +393,7 @@ def write_scene_folder(
         "seed": seed,
         "split_fractions": fractions,
         "classes": {str(k): v for k, v in CLASS_NAMES.items()},
+        **({"sensor": asdict(sensor)} if sensor is not None and sensor.active else {}),
         "scenes": scenes,
     }
     path = root / "manifest.json"

@@ -9,16 +9,97 @@ the bottom rows / right columns are padded with **0 after normalisation, i.e. th
 the mask with 0, and the padded pixels are marked invalid (``valid`` False), so losses and
 metrics ignore them. Invalid input pixels are likewise set to 0 (the mean) by
 :func:`normalize`, so NaN never reaches a model.
+
+Normalisation (:data:`NORMALIZATIONS`, the ``normalization`` option of the datamodules):
+
+* ``"dataset"`` (default): ``(x − mean) / std`` with the dataset's band statistics
+  (``stats.json``); the model then depends on the training sensor's units.
+* ``"image"``: each band of each image (or prediction tile) by its own mean and standard
+  deviation over the valid pixels; a sensor's gain and offset cancel out.
+* ``"robust_image"``: each band by its own median and interquartile range / 1.349 (the IQR
+  of a normal distribution is 1.349 σ, so the scale matches ``"image"`` on Gaussian data)
+  over the valid pixels; a few saturated or cloudy pixels barely move it.
+
+A band with zero spread (constant, or fewer than two valid pixels) is divided by 1, so it
+maps to 0 instead of NaN/inf.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+Normalization = Literal["dataset", "image", "robust_image"]
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+# IQR of a standard normal distribution: IQR / 1.349 estimates σ.
+IQR_TO_STD = 1.3489795003921634
+
+
+def check_normalization(value: str, where: str = "normalization") -> str:
+    """``value`` if it is one of :data:`NORMALIZATIONS`, else a ``ValueError`` naming ``where``."""
+    if value not in NORMALIZATIONS:
+        raise ValueError(f"{where} must be one of {', '.join(NORMALIZATIONS)}; got {value!r}")
+    return value
+
+
+def image_statistics(image: Tensor, valid: Tensor, method: Normalization) -> tuple[Tensor, Tensor]:
+    """Per-band centre and scale of one image over its valid pixels.
+
+    Args:
+        image: ``C×H×W`` float (NaN allowed where invalid).
+        valid: ``1×H×W`` or ``H×W`` bool.
+        method: ``"image"`` (mean, population std) or ``"robust_image"`` (median, IQR / 1.349).
+
+    Returns:
+        ``(centre, scale)``, each ``(C,)`` float64; scale 1 where a band has no spread, centre 0
+        and scale 1 when no pixel is valid.
+    """
+    c = image.shape[0]
+    v = valid.reshape(image.shape[-2:]).bool()
+    pixels = image.double()[:, v]  # C×N
+    if pixels.shape[1] == 0:
+        return torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    if method == "image":
+        centre, scale = pixels.mean(dim=1), pixels.std(dim=1, correction=0)
+    elif method == "robust_image":
+        # numpy: torch.quantile refuses inputs of more than 2**24 elements.
+        q = torch.from_numpy(np.quantile(pixels.numpy(), [0.25, 0.5, 0.75], axis=1))
+        centre, scale = q[1], (q[2] - q[0]) / IQR_TO_STD
+    else:
+        raise ValueError(f"image_statistics: method must be 'image' or 'robust_image', got {method!r}")
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    return centre, scale
+
+
+def normalize_as(
+    image: Tensor,
+    valid: Tensor,
+    method: Normalization,
+    mean: Tensor | np.ndarray | None = None,
+    std: Tensor | np.ndarray | None = None,
+) -> Tensor:
+    """Normalise ``image`` by ``method`` (see the module docstring); invalid pixels → 0.
+
+    Args:
+        image: ``C×H×W`` float.
+        valid: ``1×H×W`` or ``H×W`` bool.
+        method: ``"dataset"`` uses ``mean``/``std`` (``(C,)``, required); ``"image"`` and
+            ``"robust_image"`` use the image's own statistics (:func:`image_statistics`).
+
+    Returns:
+        ``C×H×W`` float32.
+    """
+    check_normalization(method)
+    if method == "dataset":
+        if mean is None or std is None:
+            raise ValueError("normalize_as: normalization 'dataset' needs the dataset's mean and std")
+        return normalize(image, valid, mean, std)
+    centre, scale = image_statistics(image, valid, method)
+    return normalize(image, valid, centre, scale)
 
 
 def normalize(image: Tensor, valid: Tensor, mean: Tensor | np.ndarray, std: Tensor | np.ndarray) -> Tensor:

@@ -130,3 +130,31 @@ def test_landsat8_labelled_spectra_baselines_including_builtup():
         s = IndexBaseline(cat, spec).evaluate([(image, (labels == code)[None])])
         print(f"\nLandsat-8 labelled spectra {cat}: F1={s['F1']:.3f}")
         assert s["F1"] > floor
+
+
+def test_shipped_reader_matches_the_files():
+    from rsvlm.data.real import read_shipped, select_bands
+
+    items = read_shipped(DATA)
+    assert [i.dataset for i in items] == ["sen1floods11-spain"] + ["chesapeake-naip-geobench"] * 5 + [
+        "38cloud-landsat8"
+    ]
+    s2 = items[0]
+    with rasterio.open(S1F / "Spain_7370579_S2Hand.tif") as src:
+        np.testing.assert_allclose(s2.image, src.read().astype(np.float32) / 10000.0, rtol=1e-6)
+    with rasterio.open(S1F / "Spain_7370579_LabelHand.tif") as src:
+        label = src.read(1)
+    assert int((~s2.valid).sum()) >= 99 and (s2.targets["water"] == ((label == 1) & s2.valid)).all()
+    for item, (_, image, label) in zip(items[1:6], _chesapeake()):
+        np.testing.assert_array_equal(item.image, image)
+        assert (item.targets["vegetation"] == np.isin(label, (2, 3))).all() and (
+            item.targets["water"] == (label == 1)
+        ).all()
+    cloud = items[6]
+    gt = read_raster(next(CLOUD.glob("gt_patch_*.TIF"))).data[0]
+    assert cloud.targets == {} and (cloud.valid == (gt == 0)).all()
+    np.testing.assert_array_equal(
+        select_bands(cloud, ["nir", "red"])[0], read_raster(next(CLOUD.glob("nir_patch_*.TIF"))).data[0]
+    )
+    with pytest.raises(BandError, match=r"id_000051_image\.npy: has no band 'swir1'"):
+        select_bands(items[1], band_spec("demo").names)

@@ -10,11 +10,14 @@ import rasterio
 from conftest import SHARED_DATA
 
 from rsvlm.data.bands import BandError, band_spec
+from rsvlm.data.generated import GeneratedData
 from rsvlm.data.indices import ndbi, ndvi, ndwi
 from rsvlm.data.scenes import (
     ABSENT_RATE,
+    BAND_CENTRES_NM,
     SIGNATURE_NM,
     SIGNATURES,
+    SensorVariation,
     generate_layout,
     generate_scene,
     signature_matrix,
@@ -163,3 +166,102 @@ def test_signatures_order_like_real_landsat_pixels():
     assert rank(ours("green", "nir")) == rank(real((g - n) / (g + n)))  # NDWI
     real_ndbi, our_ndbi = real((s1 - n) / (s1 + n)), ours("swir1", "nir")
     assert (our_ndbi[1] > our_ndbi[0]) == (real_ndbi[1] > real_ndbi[0])  # urban vs vegetation
+
+
+# ---------------------------------------------------------------- sensor variation
+DEMO_NM = np.array([BAND_CENTRES_NM[b] for b in band_spec("demo").names])
+
+
+def _scene(seed: int = 7, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    return generate_scene(size, "demo", np.random.default_rng(seed))
+
+
+def test_sensor_gain_and_offset_are_linear_per_band():
+    x, _ = _scene()
+    out, drawn = SensorVariation(gain=(0.5, 1.5), offset=(0.0, 0.05)).apply(x, DEMO_NM, np.random.default_rng(1))
+    assert out.dtype == np.float32 and out.shape == x.shape
+    g, o = np.array(drawn["gain"]), np.array(drawn["offset"])
+    assert ((g >= 0.5) & (g <= 1.5)).all() and ((o >= 0) & (o <= 0.05)).all() and len(set(g.tolist())) == 6
+    np.testing.assert_allclose(out, g[:, None, None] * x.astype(np.float64) + o[:, None, None], rtol=1e-6, atol=1e-7)
+    # Independently of the returned parameters: a least-squares line per band recovers them.
+    for b in range(6):
+        slope, intercept = np.polyfit(x[b].ravel().astype(np.float64), out[b].ravel().astype(np.float64), 1)
+        assert abs(slope - g[b]) < 1e-4 and abs(intercept - o[b]) < 1e-5
+
+
+@pytest.mark.parametrize(("dn", "scale", "top"), [("uint16", 10000, 65535), ("uint8", 400, 255)])
+def test_sensor_integer_dns(dn, scale, top):
+    x, _ = _scene()
+    out, _ = SensorVariation(dn=dn).apply(x, DEMO_NM, np.random.default_rng(0))
+    assert out.dtype == np.dtype(dn)
+    np.testing.assert_array_equal(out, np.clip(np.rint(x.astype(np.float64) * scale), 0, top))
+
+
+def test_sensor_haze_is_additive_and_strongest_in_blue():
+    x, _ = _scene()
+    out, drawn = SensorVariation(haze=0.08).apply(x, DEMO_NM, np.random.default_rng(2))
+    a = drawn["haze"]
+    assert 0 < a <= 0.08
+    added = (out.astype(np.float64) - x).reshape(6, -1)
+    np.testing.assert_allclose(added, np.broadcast_to((a * (490.0 / DEMO_NM) ** 4)[:, None], added.shape), atol=1e-6)
+    per_band = added.mean(axis=1)  # demo bands: blue, green, red, nir, swir1, swir2
+    assert abs(per_band[0] - a) < 1e-6 and (np.diff(per_band) < 0).all()
+
+
+def test_sensor_noise_has_the_given_sigma():
+    x, _ = _scene(size=96)
+    out, _ = SensorVariation(noise=0.01).apply(x, DEMO_NM, np.random.default_rng(3))
+    residual = (out.astype(np.float64) - x)[x > 0.05]  # away from the clip at 0
+    assert abs(residual.std() - 0.01) < 0.0005 and abs(residual.mean()) < 0.0005
+
+
+def test_sensor_effects_keep_indices_in_range_and_water_wettest():
+    x, classes = _scene(seed=11, size=64)
+    sensor = SensorVariation(gain=(0.7, 1.3), offset=(0.0, 0.03), haze=0.05, noise=0.005, dn="uint16")
+    out, _ = sensor.apply(x, DEMO_NM, np.random.default_rng(4))
+    assert out.min() >= 0
+    for index in (ndvi, ndwi, ndbi):
+        values = index(out, "demo")
+        assert np.isfinite(values).all() and values.min() >= -1 and values.max() <= 1
+    if (classes == WATER).any() and (classes == VEG).any():
+        w = ndwi(out, "demo")
+        assert w[classes == WATER].mean() > w[classes == VEG].mean()
+
+
+def test_sensor_rejects_bad_settings():
+    for bad in (
+        dict(gain=(0.0, 1.0)),
+        dict(gain=(1.2, 1.0)),
+        dict(offset=(0.1, 0.0)),
+        dict(noise=-1.0),
+        dict(dn="int8"),
+    ):
+        with pytest.raises(ValueError, match="SensorVariation"):
+            SensorVariation(**bad)
+
+
+def test_scene_folder_with_sensor_keeps_layouts_and_records_parameters(tmp_path):
+    sensor = SensorVariation(gain=(0.8, 1.2), haze=0.02, dn="uint16")
+    m = json.loads(write_scene_folder(tmp_path, n=3, size=24, bands="demo", seed=5, sensor=sensor).read_text())
+    assert m["sensor"]["dn"] == "uint16" and list(m["sensor"]["gain"]) == [0.8, 1.2]
+    for i, s in enumerate(m["scenes"]):
+        x, classes = generate_scene(24, "demo", np.random.default_rng([5, i]))
+        g, a = np.array(s["sensor"]["gain"]), s["sensor"]["haze"]
+        with rasterio.open(tmp_path / s["image"]) as src:
+            image = src.read()
+        assert image.dtype == np.uint16
+        expected = np.rint(
+            (g[:, None, None] * (x.astype(np.float64) + a * (490.0 / DEMO_NM)[:, None, None] ** 4)) * 1e4
+        )
+        np.testing.assert_array_equal(image, expected)
+        with rasterio.open(tmp_path / s["label"]) as src:
+            np.testing.assert_array_equal(src.read(1), classes)
+
+
+def test_generated_cache_key_includes_active_sensor_only(tmp_path):
+    spec = band_spec("demo")
+    plain = GeneratedData(root=str(tmp_path)).folder(spec, "paper")
+    assert GeneratedData(root=str(tmp_path), sensor=SensorVariation()).folder(spec, "paper") == plain
+    hazy = GeneratedData(root=str(tmp_path), sensor=SensorVariation(haze=0.05)).folder(spec, "paper")
+    dn = GeneratedData(root=str(tmp_path), sensor=SensorVariation(dn="uint8")).folder(spec, "paper")
+    assert len({plain, hazy, dn}) == 3

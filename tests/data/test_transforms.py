@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import scipy.stats
 import torch
 
-from rsvlm.data.transforms import normalize, random_dihedral, resize_pad
+from rsvlm.data.transforms import normalize, normalize_as, random_dihedral, resize_pad
 
 
 def test_resize_pad_keeps_aspect_and_marks_padding_invalid():
@@ -51,3 +53,93 @@ def test_dihedral_moves_image_mask_and_valid_together():
         assert tuple(torch.nonzero(~v[0]).tolist()[0]) == marker
         assert im[1][marker].item() == 7.0
     assert len(seen) == 8
+
+
+# ---------------------------------------------------------------- per-image normalisation
+def _image_with_invalid(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    image = rng.gamma(2.0, 800.0, size=(3, 20, 30)).astype(np.float32)  # DN-like, skewed
+    valid = rng.random((20, 30)) > 0.2
+    image[:, ~valid] = np.nan
+    image[1, ~valid] = 1e6  # a huge nodata value must not move the statistics
+    return torch.from_numpy(image), torch.from_numpy(valid)[None]
+
+
+def test_image_normalisation_matches_numpy_over_valid_pixels():
+    image, valid = _image_with_invalid()
+    out = normalize_as(image, valid, "image").numpy()
+    v = valid[0].numpy()
+    x = image.numpy().astype(np.float64)
+    for b in range(3):
+        pixels = x[b][v]
+        np.testing.assert_allclose(out[b][v], (pixels - pixels.mean()) / pixels.std(), rtol=1e-5, atol=1e-5)
+    assert (out[:, ~v] == 0).all()
+
+
+def test_robust_image_normalisation_matches_scipy_median_and_iqr():
+    image, valid = _image_with_invalid(1)
+    out = normalize_as(image, valid, "robust_image").numpy()
+    v = valid[0].numpy()
+    for b in range(3):
+        pixels = image.numpy()[b][v].astype(np.float64)
+        ref = (pixels - np.median(pixels)) / scipy.stats.iqr(pixels, scale="normal")
+        np.testing.assert_allclose(out[b][v], ref, rtol=1e-5, atol=1e-5)
+    assert (out[:, ~v] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["image", "robust_image"])
+def test_per_image_normalisation_cancels_gain_and_offset(method):
+    image, valid = _image_with_invalid(2)
+    gain, offset = torch.tensor([0.3, 2.0, 7.0]).view(3, 1, 1), torch.tensor([100.0, -5.0, 0.5]).view(3, 1, 1)
+    a = normalize_as(image, valid, method)
+    b = normalize_as(image * gain + offset, valid, method)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-4)
+
+
+def test_normalisation_edge_cases():
+    image = torch.ones(2, 4, 4)
+    image[1] = torch.arange(16.0).view(4, 4)
+    valid = torch.ones(1, 4, 4, dtype=torch.bool)
+    for method in ("image", "robust_image"):
+        out = normalize_as(image, valid, method)
+        assert torch.isfinite(out).all() and (out[0] == 0).all()  # constant band → 0, not NaN
+        nothing = normalize_as(image, torch.zeros_like(valid), method)
+        assert (nothing == 0).all()
+    mean, std = np.array([1.0, 2.0]), np.array([2.0, 4.0])
+    assert torch.equal(normalize_as(image, valid, "dataset", mean, std), normalize(image, valid, mean, std))
+    with pytest.raises(ValueError, match="normalization"):
+        normalize_as(image, valid, "per-pixel")
+    with pytest.raises(ValueError, match="mean and std"):
+        normalize_as(image, valid, "dataset")
+
+
+def test_predict_tiles_are_normalised_per_tile():
+    from rsvlm.data.spie.predict_dataset import ArrayPredictDataset
+
+    image, valid = _image_with_invalid(3)
+    data = np.nan_to_num(image.numpy()[:, :, :24], nan=0.0)
+    v = valid[0].numpy()[:, :24]
+    ds = ArrayPredictDataset(
+        [("scene", data, v)],
+        ["red", "green", "blue"],
+        [0, 0, 0],
+        [1, 1, 1],
+        tile=16,
+        overlap=4,
+        normalization="robust_image",
+    )
+    for i in range(len(ds)):
+        sample = ds[i]
+        r, c, h, w = sample["meta"]["window"]
+        expected = normalize_as(
+            torch.from_numpy(data[:, r : r + h, c : c + w]), torch.from_numpy(v[r : r + h, c : c + w]), "robust_image"
+        )
+        torch.testing.assert_close(sample["image"][:, :h, :w], expected)
+        assert sample["valid"][0, :h, :w].numpy().tolist() == v[r : r + h, c : c + w].tolist()
+
+
+def test_datamodule_rejects_unknown_normalization():
+    from rsvlm.data.spie.datamodule import SpieDataModule
+
+    with pytest.raises(ValueError, match="SpieDataModule.normalization"):
+        SpieDataModule(stats="stats.json", normalization="per-pixel")

@@ -23,8 +23,9 @@ from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
 from rsvlm.data.generated import GeneratedData
 from rsvlm.data.indices import normalize_category
 from rsvlm.data.spie.dataset import SpieCollate, SpieDataset
-from rsvlm.data.spie.records import SpieRecord, read_records
+from rsvlm.data.spie.records import RecordError, SpieRecord, read_records, select_datasets
 from rsvlm.data.stats import load_stats, mean_std
+from rsvlm.data.transforms import Normalization, check_normalization
 
 
 class SpieDataModule(RsvlmDataModule):
@@ -40,6 +41,11 @@ class SpieDataModule(RsvlmDataModule):
         image_size: output side; images are resized keeping the aspect ratio and padded.
         bands: bands fed to the model (preset name or list), selected by name from records.
         categories: keep only these categories (e.g. ``[water]`` for a per-category stage).
+        datasets: keep only the records of these source datasets (field ``dataset`` of the
+            records, e.g. ``[segmunich]``), in every split; None keeps all. The SPEX paper
+            trains stage 2 and tests on each SPIE subset separately (its Tables II–VI), which
+            is one run per dataset (a sweep axis over this argument). A name absent from the
+            records file, or nothing left after ``datasets`` and ``categories``, is an error.
         batch_size, num_workers, pin_memory: DataLoader settings (pinned memory only with CUDA;
             persistent workers when ``num_workers > 0``).
         augment: random flips/rot90 on training samples. Off by default: a flip moves the
@@ -54,6 +60,11 @@ class SpieDataModule(RsvlmDataModule):
             stitches them back).
         predict_overlap: pixels shared by neighbouring prediction tiles.
         seed: shuffling and augmentation seed.
+        normalization: ``dataset`` (default: the band statistics ``stats``), ``image`` (each
+            image's own per-band mean/std) or ``robust_image`` (each image's per-band median
+            and IQR/1.349), over valid pixels; the same for train, val, test and predict
+            (see :mod:`rsvlm.data.transforms`). The per-image options make the model
+            independent of the sensor's gain and offset.
     """
 
     def __init__(
@@ -73,6 +84,8 @@ class SpieDataModule(RsvlmDataModule):
         predict_paths: list[str] | None = None,
         seed: int = 0,
         predict_overlap: int = 64,
+        datasets: list[str] | None = None,
+        normalization: Normalization = "dataset",
     ) -> None:
         super().__init__(bands=bands, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         if records is None and generate is None and stats is None:
@@ -91,11 +104,13 @@ class SpieDataModule(RsvlmDataModule):
         self.image_size = image_size
         self.bands = bands
         self.categories = None if categories is None else [normalize_category(c) for c in categories]
+        self.subsets = None if datasets is None else list(datasets)
         self.augment = augment
         self.template = template
         self.apg_style = apg_style
         self.predict_paths = predict_paths
         self.predict_overlap = predict_overlap
+        self.normalization = check_normalization(normalization, "SpieDataModule.normalization")
         self._mean = None
         self._std = None
 
@@ -127,6 +142,12 @@ class SpieDataModule(RsvlmDataModule):
         stats = Path(self.stats).expanduser() if self.stats else records.parent / "stats.json"
         return records, stats
 
+    def band_statistics(self):
+        """``(mean, std)``, ``(C,)`` each in the order of ``bands``, from the statistics file
+        (generated data is prepared first when needed)."""
+        records_path, stats_path = self._paths()
+        return mean_std(load_stats(stats_path, records=records_path), self._spec, where=str(stats_path))
+
     # ------------------------------------------------------------------ setup
     def _recompute_prompt(self, records_path: Path) -> bool:
         build = records_path.parent / "build.json"
@@ -147,9 +168,12 @@ class SpieDataModule(RsvlmDataModule):
             return
         if records_path is None:
             raise ValueError(f"SpieDataModule: stage {stage!r} needs records= or generate=")
-        records = read_records(records_path)
+        records = select_datasets(read_records(records_path), self.subsets, where=records_path)
         if self.categories is not None:
             records = [r for r in records if normalize_category(r.category) in self.categories]
+            if not records:
+                among = f" among datasets {self.subsets}" if self.subsets else ""
+                raise RecordError(f"{records_path}: no records of categories {self.categories}{among}")
         recompute = self._recompute_prompt(records_path)
         by_split: dict[str, list[SpieRecord]] = {split: [] for split in SPLITS}
         for r in records:
@@ -166,6 +190,7 @@ class SpieDataModule(RsvlmDataModule):
                 apg_style=self.apg_style,
                 recompute_prompt=recompute,
                 seed=self.seed,
+                normalization=self.normalization,
             )
         if stage in ("fit", None) and not by_split["train"]:
             raise ValueError(
@@ -189,4 +214,5 @@ class SpieDataModule(RsvlmDataModule):
             categories=self.categories,
             template=self.template,
             apg_style=self.apg_style,
+            normalization=self.normalization,
         )

@@ -31,7 +31,7 @@ from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.base import CONTRACT_KEYS, TextFormatter
 from rsvlm.data.raster import RasterError, georef_meta, read_mask, read_raster
 from rsvlm.data.spie.records import SpieRecord
-from rsvlm.data.transforms import normalize, random_dihedral, resize_pad
+from rsvlm.data.transforms import Normalization, normalize_as, random_dihedral, resize_pad
 
 
 class SampleError(RsvlmError, ValueError):
@@ -51,6 +51,8 @@ class SpieDataset(Dataset):
         apg_style: APG style used when the prompt is recomputed.
         recompute_prompt: recompute the spectral prompt from the image (style mismatch).
         seed: augmentation seed used when an index comes without one.
+        normalization: ``dataset`` (``mean``/``std``), ``image`` or ``robust_image`` (each
+            image's own statistics; see :func:`rsvlm.data.transforms.normalize_as`).
     """
 
     def __init__(
@@ -65,8 +67,10 @@ class SpieDataset(Dataset):
         apg_style: Literal["paper", "released"] = "paper",
         recompute_prompt: bool = False,
         seed: int = 0,
+        normalization: Normalization = "dataset",
     ) -> None:
         self.records = list(records)
+        self.normalization = normalization
         self.bands = band_spec(bands)
         self.mean, self.std = mean, std
         self.image_size = image_size
@@ -144,7 +148,7 @@ class SpieDataset(Dataset):
         rec = self.records[index]
         data, mask_values, valid, raster, text = self.load(index)
         v = torch.from_numpy(valid)[None]
-        image = normalize(torch.from_numpy(np.ascontiguousarray(data)), v, self.mean, self.std)
+        image = normalize_as(torch.from_numpy(np.ascontiguousarray(data)), v, self.normalization, self.mean, self.std)
         mask = torch.from_numpy((mask_values > 0).astype(np.float32))[None]
         image, mask, v, info = resize_pad(image, mask, v, self.image_size)
         aug: dict[str, int] | None = None

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from rsvlm.data.bands import BandSpec, band_spec
 from rsvlm.data.raster import georef_meta, read_header, read_window
 from rsvlm.data.tiling import Window, tile_windows
+from rsvlm.data.transforms import Normalization, check_normalization
 
 
 @dataclass
@@ -47,6 +48,9 @@ class TiledPredictDataset(Dataset):
         categories: one pass per category, each tile with its APG instruction; None: no text.
         template: ``"spectral"`` (instruction with the tile's APG prompt) or ``"plain"``.
         apg_style: ``"paper"`` or ``"released"``.
+        normalization: ``"dataset"`` (``mean``/``std``), ``"image"`` or ``"robust_image"``
+            (each tile by its own valid pixels; see :mod:`rsvlm.data.transforms`). Use the one
+            the model was trained with.
 
     Samples follow the datamodule's predict contract: ``image`` ``C×T×T`` float32 (normalised,
     invalid and padding pixels 0), ``valid`` ``1×T×T`` bool, ``category``, ``instruction``,
@@ -70,6 +74,7 @@ class TiledPredictDataset(Dataset):
         categories: Sequence[str] | None = None,
         template: Literal["spectral", "plain"] = "spectral",
         apg_style: Literal["paper", "released"] = "paper",
+        normalization: Normalization = "dataset",
     ) -> None:
         if not paths:
             raise ValueError("TiledPredictDataset: no input paths given (field 'predict_paths' is empty)")
@@ -84,7 +89,8 @@ class TiledPredictDataset(Dataset):
         self.tile, self.overlap = tile, overlap
         self.categories = list(categories) if categories else [None]
         self.template, self.apg_style = template, apg_style
-        self.scenes = [_open_info(str(p), self.bands) for p in paths]
+        self.normalization = check_normalization(normalization, "TiledPredictDataset.normalization")
+        self.scenes = [self._open(str(p)) for p in paths]
         self.items: list[tuple[int, int, str | None]] = []
         for s, scene in enumerate(self.scenes):
             scene.windows = tile_windows(scene.height, scene.width, tile, overlap)
@@ -99,6 +105,9 @@ class TiledPredictDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _open(self, path: str) -> _SceneInfo:
+        return _open_info(path, self.bands)
+
     def _read(self, scene: _SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """One window of a scene → (float32 C×h×w, valid h×w)."""
         data, valid, _, _, _ = read_window(scene.path, window)
@@ -106,7 +115,7 @@ class TiledPredictDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from rsvlm.data.spie.apg import instruction, spectral_prompt
-        from rsvlm.data.transforms import normalize
+        from rsvlm.data.transforms import normalize_as
 
         s, t, category = self.items[index]
         scene = self.scenes[s]
@@ -115,7 +124,7 @@ class TiledPredictDataset(Dataset):
         if t == 0 and not valid.any() and self._scene_all_invalid(scene):
             raise ValueError(f"{scene.path}: every pixel is invalid (nodata / NaN); nothing to predict")
         v = torch.from_numpy(valid)[None]
-        image = normalize(torch.from_numpy(data), v, self.mean, self.std)
+        image = normalize_as(torch.from_numpy(data), v, self.normalization, self.mean, self.std)
         _, _, h, w = window
         pad = [0, 0, self.tile - h, self.tile - w]
         if pad[2] or pad[3]:
@@ -150,3 +159,39 @@ class TiledPredictDataset(Dataset):
 
     def _scene_all_invalid(self, scene: _SceneInfo) -> bool:
         return not any(self._read(scene, w)[1].any() for w in scene.windows)
+
+
+class ArrayPredictDataset(TiledPredictDataset):
+    """:class:`TiledPredictDataset` over scenes held in memory instead of GeoTIFFs.
+
+    Args:
+        scenes: ``(name, image, valid)`` per scene: ``image`` ``C×H×W`` float32 with the bands
+            of ``bands`` in that order, ``valid`` ``H×W`` bool. ``name`` is the scene's
+            ``meta["image"]`` and must be unique.
+        Others as :class:`TiledPredictDataset`.
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[tuple[str, np.ndarray, np.ndarray]],
+        bands: Sequence[str] | str,
+        mean: np.ndarray | Sequence[float],
+        std: np.ndarray | Sequence[float],
+        **kwargs: Any,
+    ) -> None:
+        self._arrays = {name: (np.asarray(image, np.float32), np.asarray(valid, bool)) for name, image, valid in scenes}
+        if len(self._arrays) != len(scenes):
+            raise ValueError("ArrayPredictDataset: scene names must be unique")
+        super().__init__([name for name, _, _ in scenes], bands, mean, std, **kwargs)
+
+    def _open(self, path: str) -> _SceneInfo:
+        image, valid = self._arrays[path]
+        self.bands.check_count(image.shape[0], path=path, declared_by="the model's band spec 'bands'")
+        if image.ndim != 3 or valid.shape != image.shape[1:]:
+            raise ValueError(f"{path}: image must be C×H×W and valid H×W, got {image.shape} and {valid.shape}")
+        return _SceneInfo(path, int(image.shape[1]), int(image.shape[2]), None, None)
+
+    def _read(self, scene: _SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        image, valid = self._arrays[scene.path]
+        r, c, h, w = window
+        return image[:, r : r + h, c : c + w], valid[r : r + h, c : c + w]

@@ -147,8 +147,9 @@ def test_category_subset_and_plain_template(generated):
     cats = {r.category for ds in d.datasets.values() for r in ds.records}
     assert cats == {"water"}
     sample = d.datasets["train"][0]
-    assert sample["instruction"] == (
-        "Based on the provided image, please provide a detailed description of the water regions."
+    assert sample["instruction"] == (  # the paper's Sec. IV-C1, verbatim
+        "You are an expert specializing in remote sensing. Based on the provided image and the "
+        "water regions, please provide a detailed description of them."
     )
 
 
@@ -288,3 +289,23 @@ def test_all_invalid_tile(copy, tmp_path):
 def test_needs_records_or_generate():
     with pytest.raises(ValueError, match="records=.*generate="):
         SpieDataModule()
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_per_image_normalisation_reaches_every_split(generated, split):
+    """``normalization="image"``: every split's image has per-band mean 0 and std 1 over its
+    valid pixels (numpy on the raw tile as the reference)."""
+    import rasterio
+
+    d = SpieDataModule(generate=generated, image_size=32, normalization="image")
+    d.prepare_data()
+    d.setup("fit" if split != "test" else "test")
+    dataset = d.datasets[split]
+    sample = dataset[0]
+    with rasterio.open(dataset.records[0].image) as src:
+        raw = src.read().astype(np.float64)
+    valid = sample["valid"][0].numpy()
+    image = sample["image"].numpy()
+    assert image.shape[-2:] == raw.shape[-2:]  # no resize: pixels compare one to one
+    expected = (raw - raw[:, valid].mean(axis=1)[:, None, None]) / raw[:, valid].std(axis=1)[:, None, None]
+    np.testing.assert_allclose(image[:, valid], expected[:, valid], atol=1e-4)
