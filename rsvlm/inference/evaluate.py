@@ -235,7 +235,7 @@ def load_model(recipe: str | Path, ckpt: str | Path) -> tuple[Any, Any]:
         raise EvaluateError(f"recipe {path} has no {missing[0]!r} section")
     seed = config.get("seed_everything", 0)
     if isinstance(seed, int) and not isinstance(seed, bool):
-        L.seed_everything(seed, verbose=False)
+        L.seed_everything(seed)  # no verbose= before Lightning 2.4
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")

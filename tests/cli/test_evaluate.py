@@ -21,7 +21,14 @@ from rsvlm.cli.main import main
 from rsvlm.data.baseline import IndexBaseline
 
 BANDS = ["red", "green", "blue", "nir"]
-TINY = {"base": "qwen2.5-0.5b", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+TINY = {
+    "base": "qwen2.5-0.5b",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def _recipe(tmp_path: Path, image_size: int = 32, normalization: str = "image") -> Path:
