@@ -100,6 +100,11 @@ def test_summarize_shows_stage1_then_stage2_and_the_mvpnet_init(capsys):
     args = _model_args(yaml.safe_load((RECIPES / "spex.yaml").read_text()))
     assert f"encoder starts from the MVPNet visual pre-training: encoder_init = {args['encoder_init']}" in out
     assert "order: stage 1 'text' → stage 2 'mask'" in out
+    # the paper's per-image metrics and decoding (Sec. IV-E), read back from the recipe
+    assert args["metric_average"] == "image" and "metrics: mean of per-image scores" in out
+    g = args["generation"]
+    assert (g["do_sample"], g["temperature"], g["top_p"], g["repetition_penalty"]) == (True, 0.3, 0.9, 1.1)
+    assert f"sampling at temperature 0.3, top-p 0.9, repetition penalty 1.1, seed {g['seed']}" in out
     tables = out.split("spex.yaml, stage ")[1:]
     assert [t.split(",")[0] for t in tables] == ["1 'text'", "2 'mask'"]
 

@@ -95,7 +95,27 @@ def pipeline_lines(model_config: dict[str, Any], stages: dict[str, list[str]] | 
         lines.append(f"  stage {number} {stage!r}{span}{what}")
     if len(order) > 1:
         lines.append("  order: " + " → ".join(f"stage {i} {stage!r}" for i, (stage, _) in enumerate(order, start=1)))
+    lines.append(f"  metrics: {_averaging(init_args.get('metric_average', 'global'))}")
+    lines.append(f"  decoding (validation, test, predict): {_decoding(init_args.get('generation') or {})}")
     return lines
+
+
+def _averaging(average: str) -> str:
+    return "mean of per-image scores" if average == "image" else "one confusion matrix over the split"
+
+
+def _decoding(generation: dict[str, Any]) -> str:
+    """The generation settings a run decodes with, in words (the model's defaults when unset)."""
+    from rsvlm.models.vlm import GenerationSettings
+
+    settings = GenerationSettings(**generation)
+    if not settings.do_sample:
+        return f"greedy, at most {settings.max_new_tokens} tokens"
+    seed = "unseeded" if settings.seed is None else f"seed {settings.seed}"
+    return (
+        f"sampling at temperature {settings.temperature}, top-p {settings.top_p}, repetition penalty "
+        f"{settings.repetition_penalty}, {seed}, at most {settings.max_new_tokens} tokens"
+    )
 
 
 def build_on_meta(recipe: str | Path):
