@@ -221,6 +221,20 @@ def test_every_paper_cell_builds_on_meta_and_sees_its_images(tmp_path: Path):
     assert len(seen) >= 9  # MSAM, UperNet, single level, released MSAM, CLIP, ConvNeXt, 0.5B, 3B, MVPNet
 
 
+@pytest.mark.parametrize("sweep", ["spex-components.yaml", "spex-components-demo.yaml"])
+def test_without_msam_reads_the_encoders_last_level(sweep: str, tmp_path: Path):
+    """Table VII's "w/o MSAM": "only the last-layer feature map from the vision encoder" (the
+    paper, Sec. IV-C1), i.e. the coarsest level (1/32), not the level MSAM resizes to."""
+    _, cells = sweep_configs(REPO / "recipes" / "ablations" / "spex" / sweep, tmp_path)
+    single = {name: c for name, c in cells.items() if "w-o-MSAM" in name or "w/o MSAM" in name}
+    assert single, sorted(cells)
+    for name, config in single.items():
+        model = build_model_on_meta(config["model"])
+        fusion = model.fusion
+        assert type(fusion).__name__ == "SingleScaleFusion", name
+        assert fusion.in_reductions[fusion.level] == max(model.encoder.reductions) == 32, name
+
+
 def test_misspelt_key_is_named(tmp_path: Path):
     recipe = yaml.safe_load((RECIPES / "spex-demo.yaml").read_text())
     recipe["model"]["init_args"]["bridge"]["init_args"]["num_tokenz"] = 2
