@@ -45,3 +45,54 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
     assert (version / "config.yaml").is_file() and (version / "metrics.csv").is_file()
     assert list(version.glob("events.out.tfevents.*")), "TensorBoard logs missing"
     assert list(root.rglob("last.ckpt")), "no last checkpoint"
+
+
+def test_a_short_demo_run_beats_trivial_predictors(tmp_path: Path, _offline_cache):
+    """A short run of the demo recipe on one category (water), fixed seed, scored with the
+    paper's generation protocol, must beat predicting everything or nothing on the same test
+    pixels (the trivial predictors' scores computed here from the test masks)."""
+    import os
+
+    import torch
+
+    from rsvlm.data.generated import GeneratedData
+    from rsvlm.data.spie.datamodule import SpieDataModule
+
+    generate = {"n_train": 160, "n_val": 8, "n_test": 12, "size": 64, "seed": 0, "prompt_regions": 3}
+    generate["response_regions"] = 2
+    root = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "rsvlm.cli",
+        "fit",
+        "--config",
+        str(REPO / "recipes" / "spex-demo.yaml"),
+        f"--trainer.default_root_dir={root}",
+        "--trainer.max_epochs=8",
+        "--model.init_args.schedule=[{stage: text, epochs: 1}, {stage: joint, epochs: 7}]",
+        "--model.init_args.generation.max_new_tokens=48",
+        "--data.init_args.categories=[water]",
+        *[f"--data.init_args.generate.{k}={v}" for k, v in generate.items()],
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((root / "metrics.json").read_text())
+
+    data = SpieDataModule(generate=GeneratedData(**generate), bands="demo", image_size=64, categories=["water"])
+    data.prepare_data()
+    data.setup("test")
+    samples = [data.datasets["test"][i] for i in range(len(data.datasets["test"]))]
+    positives = sum(int((s["mask"].bool() & s["valid"]).sum()) for s in samples)
+    pixels = sum(int(s["valid"].sum()) for s in samples)
+    everything_f1 = 2 * positives / (2 * positives + (pixels - positives))  # all foreground
+    everything_iou = positives / pixels
+    # predicting nothing scores 0 on F1 and IoU
+    print(
+        f"short run: test F1 {metrics['test/F1']:.3f}, IoU {metrics['test/IoU']:.3f}; all foreground F1 {everything_f1:.3f}"
+    )
+    assert 0 < positives < pixels
+    assert metrics["test/F1"] > everything_f1 + 0.25, (metrics["test/F1"], everything_f1)
+    assert metrics["test/IoU"] > everything_iou + 0.25, (metrics["test/IoU"], everything_iou)
+    assert torch.isfinite(torch.tensor(metrics["test_teacher_forced/F1"]))
