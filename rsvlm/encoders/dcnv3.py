@@ -22,6 +22,8 @@ Values outside the image are zero; samples are bilinear.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -72,7 +74,11 @@ def dcnv3_core(
     out_dtype = value.dtype
     dtype = torch.promote_types(torch.promote_types(value.dtype, offset.dtype), torch.float32)
     device = value.device
-    with torch.autocast(device_type=device.type, enabled=False):
+    # torch has no autocast for "meta" (shape checks without weights): nothing to cast there
+    autocast_off = (
+        torch.autocast(device_type=device.type, enabled=False) if device.type != "meta" else contextlib.nullcontext()
+    )
+    with autocast_off:
         out = _aggregate(
             value.to(dtype),
             offset.to(dtype),
