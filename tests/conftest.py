@@ -16,6 +16,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def quiet_trainer(**kwargs):
+    """A CPU Lightning Trainer without logger, checkpoints, progress bar, summary or validation
+    (what a unit test that trains a few steps wants); ``kwargs`` add to or override these."""
+    import lightning.pytorch as pl
+
+    settings = dict(
+        accelerator="cpu",
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return pl.Trainer(**{**settings, **kwargs})
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline_cache(tmp_path_factory):
     """Keep every cache (demo tokenizer, generated data) inside the test session and offline."""

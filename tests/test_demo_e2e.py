@@ -4,6 +4,7 @@ checkpoints, tests the best checkpoint with generation and leaves a run record."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 from conftest import REPO
 
 
-def test_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
-    root = tmp_path / "run"
+def fit_demo(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``rsvlm fit --config recipes/spex-demo.yaml`` into ``root`` with command-line overrides,
+    in a subprocess as a user runs it; the run must succeed."""
     args = [
         sys.executable,
         "-m",
@@ -21,6 +23,18 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
         "--config",
         str(REPO / "recipes" / "spex-demo.yaml"),
         f"--trainer.default_root_dir={root}",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(args, capture_output=True, text=True, cwd=root.parent, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
+    root = tmp_path / "run"
+    result = fit_demo(
+        root,
         "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=2",
@@ -30,10 +44,7 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
         "--data.init_args.generate.n_train=16",
         "--data.init_args.generate.n_val=4",
         "--data.init_args.generate.n_test=4",
-    ]
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    )
     assert "switching to stage 'joint'" in result.stdout
 
     metrics = json.loads((root / "metrics.json").read_text())
@@ -51,8 +62,6 @@ def test_a_short_demo_run_beats_trivial_predictors(tmp_path: Path, _offline_cach
     """A short run of the demo recipe on one category (water), fixed seed, scored with the
     paper's generation protocol, must beat predicting everything or nothing on the same test
     pixels (the trivial predictors' scores computed here from the test masks)."""
-    import os
-
     import torch
 
     from rsvlm.data.generated import GeneratedData
@@ -61,23 +70,14 @@ def test_a_short_demo_run_beats_trivial_predictors(tmp_path: Path, _offline_cach
     generate = {"n_train": 160, "n_val": 8, "n_test": 12, "size": 64, "seed": 0, "prompt_regions": 3}
     generate["response_regions"] = 2
     root = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "rsvlm.cli",
-        "fit",
-        "--config",
-        str(REPO / "recipes" / "spex-demo.yaml"),
-        f"--trainer.default_root_dir={root}",
+    fit_demo(
+        root,
         "--trainer.max_epochs=8",
         "--model.init_args.schedule=[{stage: text, epochs: 1}, {stage: joint, epochs: 7}]",
         "--model.init_args.generation.max_new_tokens=48",
         "--data.init_args.categories=[water]",
         *[f"--data.init_args.generate.{k}={v}" for k, v in generate.items()],
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    )
     metrics = json.loads((root / "metrics.json").read_text())
 
     data = SpieDataModule(generate=GeneratedData(**generate), bands="demo", image_size=64, categories=["water"])

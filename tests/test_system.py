@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
-from conftest import contract_batch, tiny_spex_components
+from conftest import contract_batch, quiet_trainer, tiny_spex_components
 from torch.utils.data import DataLoader
 
 from rsvlm.llm.chat import IGNORE_INDEX
@@ -86,16 +85,7 @@ def test_sampling_through_lora_repeats_per_seed_and_differs_between_seeds():
 
 
 def _fit(model: VisionLanguageModel, batches: list[dict], root: Path, steps: int) -> Path:
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
+    trainer = quiet_trainer(max_steps=steps, default_root_dir=root)
     # batch_size=None: each item already is a collated batch
     trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
     path = root / "last.ckpt"

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from conftest import quiet_trainer
 from test_resume import TinyDataModule, build_model
 
 
@@ -31,7 +32,6 @@ class Record:
 
 
 def _one_step(precision: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], Record]:
-    import lightning as L
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.plugins import MixedPrecision
 
@@ -56,18 +56,7 @@ def _one_step(precision: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor],
         settings = dict(plugins=[MixedPrecision("16-mixed", device="cpu", scaler=scaler)])
     else:
         settings = dict(precision=precision)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Losses(), NanGuard()],
-        **settings,
-    )
+    trainer = quiet_trainer(devices=1, max_steps=1, callbacks=[Losses(), NanGuard()], **settings)
     trainer.fit(model, datamodule=TinyDataModule(n_train=2))
     return model, before, record
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import quiet_trainer
 
 from rsvlm.data.bands import BandError
 from rsvlm.data.generated import GeneratedData
@@ -197,16 +198,7 @@ def test_fit_with_lightning_calls_formatter(generated):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     model = Model()
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2)
     trainer.fit(model, datamodule=SpieDataModule(generate=generated, image_size=32, batch_size=2))
     assert len(model.seen) == 2 and all("input_ids" in s for s in model.seen)
 
