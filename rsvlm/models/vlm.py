@@ -258,7 +258,8 @@ class VisionLanguageModel(ComposedModule):
             response_mask=batch["response_mask"],
             **({"placeholders": extra} if (extra := self.placeholders(batch)) else {}),
         )
-        result = {"text_loss": out.loss}
+        # the encoded image, so that scoring a batch both ways encodes it once (see _score_split)
+        result = {"text_loss": out.loss, "visual_tokens": visual, "decoder_map": decoder_map}
         if with_mask:
             positions = self.positions.teacher_forced(out)
             result["mask_logits"] = self.decode_mask(decoder_map, out.hidden_states, positions, image.shape[-2:])
@@ -283,8 +284,13 @@ class VisionLanguageModel(ComposedModule):
 
         Returns ``mask_logits`` ``B×1×H×W``, the generated ``texts`` and their ``token_ids``.
         """
+        _, visual, decoder_map = self.encode_image(batch["image"], batch)
+        return self._generate_masks(batch, visual, decoder_map)
+
+    @torch.no_grad()
+    def _generate_masks(self, batch: dict[str, Any], visual: torch.Tensor, decoder_map: torch.Tensor) -> dict[str, Any]:
+        """:meth:`predict_masks` from an encoded image (visual tokens ``B×N×D_llm``, decoder map)."""
         image = batch["image"]
-        _, visual, decoder_map = self.encode_image(image, batch)
         extra = self.placeholders(batch)
         seed = self.generation.sampling_seed()
         with torch.random.fork_rng(
@@ -327,14 +333,14 @@ class VisionLanguageModel(ComposedModule):
         losses = self.losses(outputs, batch, with_mask=True)
         bs = batch["image"].shape[0]
         self.log("val_teacher_forced/loss", losses["total"], batch_size=bs, sync_dist=True)
-        self._score_split("val", outputs["mask_logits"], batch, self.validate_with_generation, batch_idx)
+        self._score_split("val", outputs, batch, self.validate_with_generation, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
         self._log_metrics("val_teacher_forced")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._score_split("test", self(batch, with_mask=True)["mask_logits"], batch, self.test_with_generation)
+        self._score_split("test", self(batch, with_mask=True), batch, self.test_with_generation)
 
     def on_test_epoch_end(self) -> None:
         """``test/*``: the configured protocol; ``test_teacher_forced/*``: with the reference
@@ -345,16 +351,17 @@ class VisionLanguageModel(ComposedModule):
     def _score_split(
         self,
         split: str,
-        teacher_forced: torch.Tensor,
+        outputs: dict[str, torch.Tensor],
         batch: dict[str, Any],
         with_generation: bool,
         batch_idx: int | None = None,
     ) -> None:
         """Update ``split`` with generated masks (and ``<split>_teacher_forced`` with the
-        teacher-forced ones) or, without generation, ``split`` with the teacher-forced ones."""
-        scored = teacher_forced
+        teacher-forced ones of ``outputs``, the batch's :meth:`forward`) or, without generation,
+        ``split`` with the teacher-forced ones. Generation reuses the image ``outputs`` encoded."""
+        teacher_forced = scored = outputs["mask_logits"]
         if with_generation:
-            scored = self.predict_masks(batch)["mask_logits"]
+            scored = self._generate_masks(batch, outputs["visual_tokens"], outputs["decoder_map"])["mask_logits"]
             self._update_metrics(f"{split}_teacher_forced", teacher_forced, batch)
         self._update_metrics(split, scored, batch)
         if split == "val" and batch_idx == 0 and self.log_images:
