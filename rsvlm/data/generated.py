@@ -19,10 +19,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rsvlm.data.bands import BandSpec
-from rsvlm.data.scenes import SensorVariation
+from rsvlm.data.materials import MaterialVariation
+from rsvlm.data.sensor import SensorVariation
 from rsvlm.data.spie.records import RECORDS_NAME
 from rsvlm.data.spie.tiles import EMPTY_TARGET_RATE
 from rsvlm.io.atomic import atomic_write_text
@@ -53,8 +54,16 @@ class GeneratedData:
         empty_rate: probability of an "empty target" record (a category absent from a scene,
             response "no ... regions can be seen ..."); see :func:`rsvlm.data.spie.builder.build_spie`.
         sensor: per-scene sensor effects (gain/offset, haze, noise, integer DNs; see
-            :class:`rsvlm.data.scenes.SensorVariation`); None (default) keeps reflectance. Part
+            :class:`rsvlm.data.sensor.SensorVariation`); None (default) keeps reflectance. Part
             of the cache key when it changes anything.
+        materials: per-region material mixtures (canopy cover, turbidity, brightness, mixed
+            boundary pixels; :class:`rsvlm.data.materials.MaterialVariation`); None (default):
+            one pure signature per class. Part of the cache key when it changes anything.
+        layout: scene layout, ``"blobs"`` (default), ``"parcels"`` (field mosaics) or ``"mixed"``
+            (:func:`rsvlm.data.scenes.generate_layout`); part of the cache key unless the default.
+        categories: build records of these categories only (default: vegetation, water and
+            building). Bands without SWIR (e.g. blue, green, red, nir) cannot give NDBI, so
+            such builds leave out ``building``.
         category_first, distinct_empty_openings: response phrasing made for the demo's small LM
             (see :class:`rsvlm.data.spie.describe.AttributeDescriber`; real SPIE builds leave
             both off). On here, the demo's values; part of the cache key only when changed.
@@ -70,8 +79,20 @@ class GeneratedData:
     response_regions: int = 4
     empty_rate: float = EMPTY_TARGET_RATE
     sensor: SensorVariation | None = None
+    materials: MaterialVariation | None = None
+    layout: Literal["blobs", "parcels", "mixed"] = "blobs"
+    categories: list[str] | None = None
     category_first: bool = True
     distinct_empty_openings: bool = True
+
+    def _classes(self) -> dict[str, list[int]] | None:
+        """The categories asked for, as the generated kind's label codes (None: all)."""
+        from rsvlm.data.indices import normalize_category
+        from rsvlm.data.scenes import CATEGORY_CODES
+
+        if self.categories is None:
+            return None
+        return {c: [CATEGORY_CODES[c]] for c in map(normalize_category, self.categories)}
 
     def resolved_root(self) -> Path:
         if self.root == DEFAULT_GENERATED_ROOT and os.environ.get("RSVLM_CACHE"):
@@ -96,6 +117,12 @@ class GeneratedData:
         if self.sensor is not None and self.sensor.active:
             # Only then: builds without sensor effects keep their folder (and cache).
             params["sensor"] = asdict(self.sensor)
+        if self.materials is not None and self.materials.active:
+            params["materials"] = asdict(self.materials)
+        if self.layout != "blobs":
+            params["layout"] = self.layout
+        if self.categories is not None:
+            params["categories"] = sorted(self.categories)
         phrasing = {"category_first": self.category_first, "distinct_empty_openings": self.distinct_empty_openings}
         if not all(phrasing.values()):  # the demo's phrasing keeps its folder (and cache)
             params["phrasing"] = phrasing
@@ -135,9 +162,11 @@ class GeneratedData:
                 seed=self.seed,
                 split_fractions={"train": self.n_train, "val": self.n_val, "test": self.n_test},
                 sensor=self.sensor,
+                materials=self.materials,
+                layout=self.layout,
             )
         summary = build_spie(
-            [SourceSpec("generated", str(scenes), bands=list(bands.names), name="generated")],
+            [SourceSpec("generated", str(scenes), bands=list(bands.names), name="generated", classes=self._classes())],
             out / "spie",
             tile=max(512, self.size),
             workers=0,

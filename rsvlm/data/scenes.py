@@ -22,7 +22,9 @@ centres (linear interpolation in wavelength between the table's nodes; band resp
 functions are not modelled), times a multiplicative texture ``1 + 0.08·n₁(x) + 0.02·n₂(x, c)``
 (``n`` smooth unit-variance noise: a shared brightness field and a small per-band one), plus
 Gaussian sensor noise of σ = 0.004, clipped to [0, 1]: surface reflectance. :class:`SensorVariation`
-(off by default) adds per-scene per-band gain/offset, haze, more noise and integer DNs.
+(off by default, :mod:`rsvlm.data.sensor`) adds per-scene per-band gain/offset, haze, more noise
+and integer DNs; :class:`~rsvlm.data.materials.MaterialVariation` (off by default) mixes the
+materials per region (canopy cover, turbidity, brightness) and blurs boundaries.
 
 The signatures are typical values, rounded to 0.005–0.01, of spectra of the four materials in
 
@@ -57,9 +59,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from affine import Affine
@@ -67,7 +69,10 @@ from rasterio.crs import CRS
 from scipy.ndimage import gaussian_filter
 
 from rsvlm.data.bands import BandError, BandSpec, band_spec
+from rsvlm.data.layouts import parcel_layout
+from rsvlm.data.materials import MaterialVariation
 from rsvlm.data.raster import write_geotiff
+from rsvlm.data.sensor import SensorVariation
 from rsvlm.io.atomic import atomic_write_text
 
 CLASS_NAMES: dict[int, str] = {0: "bare soil", 1: "vegetation", 2: "water", 3: "building"}
@@ -106,72 +111,12 @@ SIGNATURES: dict[str, tuple[float, ...]] = {
     "building": (0.20, 0.22, 0.25, 0.26, 0.27, 0.27, 0.28, 0.28, 0.29, 0.29, 0.29, 0.30, 0.33, 0.30),
 }
 
+Layout = Literal["blobs", "parcels", "mixed"]
+LAYOUTS: tuple[str, ...] = ("blobs", "parcels", "mixed")
 TEXTURE_SHARED = 0.08
 TEXTURE_PER_BAND = 0.02
 SENSOR_NOISE = 0.004
 BandsLike = BandSpec | str | Sequence[str]
-# Reflectance → integer DN: × 10000 (as Sentinel-2 L1C) or × 400 (8-bit, saturates at 0.6375).
-DN_SCALES: dict[str, float] = {"uint16": 10000.0, "uint8": 400.0}
-
-
-@dataclass(frozen=True)
-class SensorVariation:
-    """Sensor effects drawn per scene and applied to its reflectance ``x`` (all off by default).
-
-    ``y = g_b · (x + a · (490 / λ_b)⁴) + o_b + n``, then ``y`` clipped at 0 and, for integer
-    ``dn``, ``round(y · DN_SCALES[dn])`` clipped to the dtype's range. Per scene: haze
-    amplitude ``a ~ U(0, haze)`` (additive path radiance, Rayleigh-like λ⁻⁴, so strongest in
-    blue; λ_b the band centre in nm), per band gain ``g_b ~ U(*gain)`` and offset
-    ``o_b ~ U(*offset)``; per pixel noise ``n ~ N(0, noise²)``. Units: reflectance.
-
-    Args:
-        gain, offset: (low, high) of the per-band gain and offset.
-        haze: largest haze amplitude (reflectance at 490 nm).
-        noise: sensor noise σ.
-        dn: ``"float"`` (float32) or integer DNs ``"uint16"`` / ``"uint8"`` (:data:`DN_SCALES`).
-    """
-
-    gain: tuple[float, float] = (1.0, 1.0)
-    offset: tuple[float, float] = (0.0, 0.0)
-    haze: float = 0.0
-    noise: float = 0.0
-    dn: Literal["float", "uint16", "uint8"] = "float"
-
-    def __post_init__(self) -> None:
-        if self.dn not in ("float", *DN_SCALES):
-            raise ValueError(f"SensorVariation.dn must be float, uint16 or uint8; got {self.dn!r}")
-        ordered = 0 < self.gain[0] <= self.gain[1] and self.offset[0] <= self.offset[1]
-        if not ordered or min(self.haze, self.noise) < 0:
-            raise ValueError(f"SensorVariation: need 0 < gain low ≤ high, offset low ≤ high, haze, noise ≥ 0: {self}")
-
-    @property
-    def active(self) -> bool:  # the default changes nothing
-        return self != SensorVariation()
-
-    def apply(
-        self, image: np.ndarray, centres_nm: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Apply to a C×H×W reflectance image; returns ``(image, drawn parameters)``.
-
-        The image is float32, or uint16 / uint8 for integer ``dn``; the parameters are
-        ``gain``, ``offset`` (lists of C floats) and ``haze`` (the amplitude ``a``).
-        """
-        c = image.shape[0]
-        gain = rng.uniform(*self.gain, size=c)
-        offset = rng.uniform(*self.offset, size=c)
-        amplitude = float(rng.uniform(0.0, self.haze))
-        haze = amplitude * (490.0 / np.asarray(centres_nm, dtype=np.float64)) ** 4
-        y = gain[:, None, None] * (image.astype(np.float64) + haze[:, None, None]) + offset[:, None, None]
-        if self.noise > 0:
-            y = y + rng.normal(0.0, self.noise, size=y.shape)
-        y = np.maximum(y, 0.0)
-        if self.dn != "float":
-            y = np.clip(np.round(y * DN_SCALES[self.dn]), 0, np.iinfo(self.dn).max)
-        return y.astype(np.float32 if self.dn == "float" else self.dn), {
-            "gain": gain.tolist(),
-            "offset": offset.tolist(),
-            "haze": amplitude,
-        }
 
 
 def band_centres(bands: BandsLike) -> np.ndarray:
@@ -252,8 +197,19 @@ def _buildings(rng: np.random.Generator, size: int, blocked: np.ndarray) -> np.n
     return out & ~blocked
 
 
-def generate_layout(size: int, rng: np.random.Generator) -> np.ndarray:
-    """An H×W (size × size) uint8 class map with codes of :data:`CLASS_NAMES`."""
+def generate_layout(size: int, rng: np.random.Generator, layout: Layout = "blobs") -> np.ndarray:
+    """An H×W (size × size) uint8 class map with codes of :data:`CLASS_NAMES`.
+
+    ``layout``: ``"blobs"`` (vegetation blobs, a river or lakes, building clusters on soil),
+    ``"parcels"`` (a field mosaic, :func:`rsvlm.data.layouts.parcel_layout`) or ``"mixed"``
+    (either, with probability 1/2 per scene).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if layout == "mixed":
+        layout = "parcels" if rng.random() < 0.5 else "blobs"
+    if layout == "parcels":
+        return parcel_layout(size, rng, ABSENT_RATE, _river)
     classes = np.zeros((size, size), dtype=np.uint8)
     present = {c: rng.random() >= ABSENT_RATE for c in ("vegetation", "water", "building")}
     if present["vegetation"]:
@@ -267,12 +223,18 @@ def generate_layout(size: int, rng: np.random.Generator) -> np.ndarray:
     return classes
 
 
-def render(classes: np.ndarray, bands: BandsLike, rng: np.random.Generator) -> np.ndarray:
-    """Reflectance image C×H×W float32 in [0, 1] for an H×W class map."""
+def render(
+    classes: np.ndarray, bands: BandsLike, rng: np.random.Generator, materials: MaterialVariation | None = None
+) -> np.ndarray:
+    """Reflectance image C×H×W float32 in [0, 1] for an H×W class map (``materials``: mixtures
+    per region instead of one pure signature per class, :mod:`rsvlm.data.materials`)."""
     sig = signature_matrix(bands)  # K×C
     c = sig.shape[1]
     h, w = classes.shape
-    base = np.moveaxis(sig[classes], -1, 0)  # C×H×W
+    if materials is not None and materials.active:
+        base = materials.reflectance(classes, sig, band_centres(bands), rng)
+    else:
+        base = np.moveaxis(sig[classes], -1, 0)  # C×H×W
     shared = _smooth_noise(rng, (h, w), sigma=max(1.0, min(h, w) / 32))
     per_band = _smooth_noise(rng, (c, h, w), sigma=(0, 1.5, 1.5)) if c else 0.0
     texture = 1.0 + TEXTURE_SHARED * shared[None] + TEXTURE_PER_BAND * per_band
@@ -280,13 +242,21 @@ def render(classes: np.ndarray, bands: BandsLike, rng: np.random.Generator) -> n
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def generate_scene(size: int, bands: BandsLike, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def generate_scene(
+    size: int,
+    bands: BandsLike,
+    rng: np.random.Generator,
+    materials: MaterialVariation | None = None,
+    layout: Layout = "blobs",
+) -> tuple[np.ndarray, np.ndarray]:
     """One generated scene.
 
     Args:
         size: H = W in pixels (≥ 8).
         bands: band spec, preset name or list of reflective band names.
-        rng: the generator that makes everything (layout, texture, noise).
+        rng: the generator that makes everything (layout, materials, texture, noise).
+        materials: per-region material mixtures (None: one pure signature per class).
+        layout: ``"blobs"``, ``"parcels"`` or ``"mixed"`` (:func:`generate_layout`).
 
     Returns:
         ``(image, classes)``: C×H×W float32 reflectance in [0, 1] and H×W uint8 codes
@@ -296,8 +266,8 @@ def generate_scene(size: int, bands: BandsLike, rng: np.random.Generator) -> tup
         raise ValueError(f"generate_scene: size must be at least 8 pixels, got {size}")
     spec = band_spec(bands)
     band_centres(spec)  # fail on unknown bands before drawing anything
-    classes = generate_layout(size, rng)
-    return render(classes, spec, rng), classes
+    classes = generate_layout(size, rng, layout)
+    return render(classes, spec, rng, materials), classes
 
 
 def _split_of(n: int, fractions: Mapping[str, float], seed: int) -> list[str]:
@@ -327,6 +297,8 @@ def write_scene_folder(
     seed: int = 0,
     split_fractions: Mapping[str, float] | None = None,
     sensor: SensorVariation | None = None,
+    materials: MaterialVariation | None = None,
+    layout: Layout = "blobs",
 ) -> Path:
     """Write ``n`` generated scenes as GeoTIFFs plus a manifest.
 
@@ -351,6 +323,10 @@ def write_scene_folder(
         sensor: sensor effects per scene (None: reflectance as generated). They are drawn
             from ``default_rng([seed, i, 1])``, so the layouts do not change; the manifest
             records the settings and each scene's drawn parameters.
+        materials: per-region material mixtures (:class:`rsvlm.data.materials.MaterialVariation`;
+            None: pure signatures); the manifest records the settings.
+        layout: ``"blobs"`` (default), ``"parcels"`` or ``"mixed"`` (:func:`generate_layout`);
+            the manifest records it unless it is the default.
 
     Returns:
         The manifest path.
@@ -365,7 +341,7 @@ def write_scene_folder(
     crs = CRS.from_epsg(32632)
     scenes = []
     for i in range(n):
-        image, classes = generate_scene(size, spec, np.random.default_rng([seed, i]))
+        image, classes = generate_scene(size, spec, np.random.default_rng([seed, i]), materials, layout)
         drawn = None
         if sensor is not None and sensor.active:
             image, drawn = sensor.apply(image, centres, np.random.default_rng([seed, i, 1]))
@@ -394,6 +370,8 @@ def write_scene_folder(
         "split_fractions": fractions,
         "classes": {str(k): v for k, v in CLASS_NAMES.items()},
         **({"sensor": asdict(sensor)} if sensor is not None and sensor.active else {}),
+        **({"materials": asdict(materials)} if materials is not None and materials.active else {}),
+        **({"layout": layout} if layout != "blobs" else {}),
         "scenes": scenes,
     }
     path = root / "manifest.json"

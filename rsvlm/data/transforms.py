@@ -26,6 +26,7 @@ maps to 0 instead of NaN/inf.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -100,6 +101,42 @@ def normalize_as(
         return normalize(image, valid, mean, std)
     centre, scale = image_statistics(image, valid, method)
     return normalize(image, valid, centre, scale)
+
+
+def with_index_channels(
+    normalized: Tensor, raw: np.ndarray | Tensor, valid: Tensor, bands: object, indices: Sequence[str]
+) -> Tensor:
+    """Append spectral-index channels computed from the *raw* bands to a normalised image.
+
+    Per-band normalisation (``image``, ``robust_image``) removes a sensor's gain and offset but
+    also the spectral shape across bands; a normalised difference such as NDWI is unchanged by
+    a common gain, so the channels give back what separates the materials.
+
+    Args:
+        normalized: ``C×H×W`` the normalised bands.
+        raw: ``C×H×W`` the same bands before normalisation.
+        valid: ``1×H×W`` or ``H×W`` bool; invalid pixels get 0.
+        bands: the band spec of ``raw`` (names the bands each index needs).
+        indices: index names of :data:`rsvlm.data.indices.INDEX_BANDS` (``ndvi``, ``ndwi``, ``ndbi``).
+
+    Returns:
+        ``(C+K)×H×W`` float32, the indices in ``[−1, 1]`` (0 where undefined).
+    """
+    from rsvlm.data.indices import INDEX_BANDS, INDEX_FOR_CATEGORY, category_index
+
+    if not indices:
+        return normalized
+    data = raw.numpy() if isinstance(raw, Tensor) else np.asarray(raw)
+    v = valid.reshape(data.shape[-2:]).numpy().astype(bool)
+    filled = np.where(v[None], np.nan_to_num(data.astype(np.float32)), 0.0)
+    by_index = {index: category for category, index in INDEX_FOR_CATEGORY.items()}
+    channels = []
+    for name in indices:
+        if name not in by_index:
+            raise ValueError(f"index_channels: unknown index {name!r}; known: {', '.join(INDEX_BANDS)}")
+        channels.append(np.where(v, category_index(filled, by_index[name], bands), 0.0))
+    extra = torch.from_numpy(np.stack(channels).astype(np.float32))
+    return torch.cat([normalized.float(), extra], dim=0)
 
 
 def normalize(image: Tensor, valid: Tensor, mean: Tensor | np.ndarray, std: Tensor | np.ndarray) -> Tensor:

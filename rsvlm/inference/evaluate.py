@@ -46,6 +46,7 @@ class ModelInput:
         overlap: pixels shared by neighbouring tiles.
         template, apg_style: instruction template and APG style.
         batch_size: tiles per forward pass.
+        index_channels: spectral indices appended as channels (as the data module does).
     """
 
     bands: tuple[str, ...]
@@ -57,6 +58,7 @@ class ModelInput:
     template: str = "spectral"
     apg_style: str = "paper"
     batch_size: int = 2
+    index_channels: tuple[str, ...] = ()
 
     @classmethod
     def from_datamodule(cls, datamodule: Any, overlap: int | None = None) -> ModelInput:
@@ -74,6 +76,7 @@ class ModelInput:
             template=datamodule.template,
             apg_style=datamodule.apg_style,
             batch_size=int(datamodule.batch_size),
+            index_channels=tuple(getattr(datamodule, "index_channels", ())),
         )
 
 
@@ -115,6 +118,7 @@ class ModelPredictor:
             template=s.template,
             apg_style=s.apg_style,
             normalization=s.normalization,
+            index_channels=s.index_channels,
         )
         formatter = with_response_suffix(self.model.llm.formatter, self.model.positions.response_suffix)
         loader = DataLoader(dataset, batch_size=s.batch_size, collate_fn=SpieCollate(formatter))

@@ -17,12 +17,12 @@ from rsvlm.data.scenes import (
     BAND_CENTRES_NM,
     SIGNATURE_NM,
     SIGNATURES,
-    SensorVariation,
     generate_layout,
     generate_scene,
     signature_matrix,
     write_scene_folder,
 )
+from rsvlm.data.sensor import SensorVariation
 
 SOIL, VEG, WATER, BLDG = 0, 1, 2, 3
 

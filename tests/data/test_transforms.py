@@ -143,3 +143,54 @@ def test_datamodule_rejects_unknown_normalization():
 
     with pytest.raises(ValueError, match="SpieDataModule.normalization"):
         SpieDataModule(stats="stats.json", normalization="per-pixel")
+
+
+def _ndi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (a - b) / (a + b)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def test_index_channels_are_the_indices_of_the_raw_bands_and_ignore_a_common_gain():
+    from rsvlm.data.transforms import with_index_channels
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.01, 0.5, size=(4, 8, 8)).astype(np.float32)  # blue, green, red, nir
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    valid[0, 0, :3] = False
+    bands = ["blue", "green", "red", "nir"]
+    normed = normalize_as(torch.from_numpy(raw), valid, "robust_image")
+    out = with_index_channels(normed, raw, valid, bands, ["ndvi", "ndwi"])
+    assert out.shape == (6, 8, 8)
+    torch.testing.assert_close(out[:4], normed)
+    v = valid[0].numpy()
+    np.testing.assert_allclose(out[4].numpy(), np.where(v, _ndi(raw[3], raw[2]), 0), atol=1e-6)
+    np.testing.assert_allclose(out[5].numpy(), np.where(v, _ndi(raw[1], raw[3]), 0), atol=1e-6)
+    scaled = with_index_channels(normed, raw * 37.0, valid, bands, ["ndvi", "ndwi"])
+    torch.testing.assert_close(scaled, out, atol=1e-5, rtol=1e-5)
+    assert with_index_channels(normed, raw, valid, bands, []) is normed
+    with pytest.raises(ValueError, match="unknown index 'evi'"):
+        with_index_channels(normed, raw, valid, bands, ["evi"])
+
+
+def test_predict_tiles_carry_index_channels():
+    from rsvlm.data.spie.predict_dataset import ArrayPredictDataset
+
+    rng = np.random.default_rng(1)
+    data = rng.uniform(0.01, 0.5, size=(4, 20, 20)).astype(np.float32)
+    v = np.ones((20, 20), bool)
+    ds = ArrayPredictDataset(
+        [("scene", data, v)],
+        ["blue", "green", "red", "nir"],
+        [0] * 4,
+        [1] * 4,
+        tile=16,
+        overlap=4,
+        normalization="image",
+        index_channels=["ndwi"],
+    )
+    sample = ds[1]
+    r, c, h, w = sample["meta"]["window"]
+    assert sample["image"].shape == (5, 16, 16)
+    expected = _ndi(data[1, r : r + h, c : c + w], data[3, r : r + h, c : c + w])
+    np.testing.assert_allclose(sample["image"][4, :h, :w].numpy(), expected, atol=1e-6)

@@ -65,6 +65,10 @@ class SpieDataModule(RsvlmDataModule):
             and IQR/1.349), over valid pixels; the same for train, val, test and predict
             (see :mod:`rsvlm.data.transforms`). The per-image options make the model
             independent of the sensor's gain and offset.
+        index_channels: spectral indices (``ndvi``, ``ndwi``, ``ndbi``) appended to the
+            normalised bands as channels, computed from the bands before normalisation (they
+            keep the spectral shape that per-image normalisation removes); the encoder then
+            takes ``len(bands) + len(index_channels)`` channels.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class SpieDataModule(RsvlmDataModule):
         predict_overlap: int = 64,
         datasets: list[str] | None = None,
         normalization: Normalization = "dataset",
+        index_channels: list[str] | None = None,
     ) -> None:
         super().__init__(bands=bands, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         if records is None and generate is None and stats is None:
@@ -111,6 +116,7 @@ class SpieDataModule(RsvlmDataModule):
         self.predict_paths = predict_paths
         self.predict_overlap = predict_overlap
         self.normalization = check_normalization(normalization, "SpieDataModule.normalization")
+        self.index_channels = tuple(index_channels or ())
         self._mean = None
         self._std = None
 
@@ -191,6 +197,7 @@ class SpieDataModule(RsvlmDataModule):
                 recompute_prompt=recompute,
                 seed=self.seed,
                 normalization=self.normalization,
+                index_channels=self.index_channels,
             )
         if stage in ("fit", None) and not by_split["train"]:
             raise ValueError(
@@ -215,4 +222,5 @@ class SpieDataModule(RsvlmDataModule):
             template=self.template,
             apg_style=self.apg_style,
             normalization=self.normalization,
+            index_channels=self.index_channels,
         )

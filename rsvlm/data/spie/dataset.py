@@ -31,7 +31,7 @@ from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.base import CONTRACT_KEYS, TextFormatter
 from rsvlm.data.raster import RasterError, georef_meta, read_mask, read_raster
 from rsvlm.data.spie.records import SpieRecord
-from rsvlm.data.transforms import Normalization, normalize_as, random_dihedral, resize_pad
+from rsvlm.data.transforms import Normalization, normalize_as, random_dihedral, resize_pad, with_index_channels
 
 
 class SampleError(RsvlmError, ValueError):
@@ -53,6 +53,9 @@ class SpieDataset(Dataset):
         seed: augmentation seed used when an index comes without one.
         normalization: ``dataset`` (``mean``/``std``), ``image`` or ``robust_image`` (each
             image's own statistics; see :func:`rsvlm.data.transforms.normalize_as`).
+        index_channels: spectral indices (``ndvi``, ``ndwi``, ``ndbi``) appended as channels,
+            computed from the bands before normalisation
+            (:func:`rsvlm.data.transforms.with_index_channels`).
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class SpieDataset(Dataset):
         recompute_prompt: bool = False,
         seed: int = 0,
         normalization: Normalization = "dataset",
+        index_channels: Sequence[str] = (),
     ) -> None:
         self.records = list(records)
+        self.index_channels = tuple(index_channels)
         self.normalization = normalization
         self.bands = band_spec(bands)
         self.mean, self.std = mean, std
@@ -148,7 +153,9 @@ class SpieDataset(Dataset):
         rec = self.records[index]
         data, mask_values, valid, raster, text = self.load(index)
         v = torch.from_numpy(valid)[None]
-        image = normalize_as(torch.from_numpy(np.ascontiguousarray(data)), v, self.normalization, self.mean, self.std)
+        raw = torch.from_numpy(np.ascontiguousarray(data))
+        image = normalize_as(raw, v, self.normalization, self.mean, self.std)
+        image = with_index_channels(image, raw, v, self.bands, self.index_channels)
         mask = torch.from_numpy((mask_values > 0).astype(np.float32))[None]
         image, mask, v, info = resize_pad(image, mask, v, self.image_size)
         aug: dict[str, int] | None = None

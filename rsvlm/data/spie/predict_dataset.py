@@ -51,6 +51,8 @@ class TiledPredictDataset(Dataset):
         normalization: ``"dataset"`` (``mean``/``std``), ``"image"`` or ``"robust_image"``
             (each tile by its own valid pixels; see :mod:`rsvlm.data.transforms`). Use the one
             the model was trained with.
+        index_channels: spectral indices appended as channels, as the model was trained with
+            (:func:`rsvlm.data.transforms.with_index_channels`).
 
     Samples follow the datamodule's predict contract: ``image`` ``C×T×T`` float32 (normalised,
     invalid and padding pixels 0), ``valid`` ``1×T×T`` bool, ``category``, ``instruction``,
@@ -75,6 +77,7 @@ class TiledPredictDataset(Dataset):
         template: Literal["spectral", "plain"] = "spectral",
         apg_style: Literal["paper", "released"] = "paper",
         normalization: Normalization = "dataset",
+        index_channels: Sequence[str] = (),
     ) -> None:
         if not paths:
             raise ValueError("TiledPredictDataset: no input paths given (field 'predict_paths' is empty)")
@@ -90,6 +93,7 @@ class TiledPredictDataset(Dataset):
         self.categories = list(categories) if categories else [None]
         self.template, self.apg_style = template, apg_style
         self.normalization = check_normalization(normalization, "TiledPredictDataset.normalization")
+        self.index_channels = tuple(index_channels)
         self.scenes = [self._open(str(p)) for p in paths]
         self.items: list[tuple[int, int, str | None]] = []
         for s, scene in enumerate(self.scenes):
@@ -115,7 +119,7 @@ class TiledPredictDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from rsvlm.data.spie.apg import instruction, spectral_prompt
-        from rsvlm.data.transforms import normalize_as
+        from rsvlm.data.transforms import normalize_as, with_index_channels
 
         s, t, category = self.items[index]
         scene = self.scenes[s]
@@ -125,6 +129,7 @@ class TiledPredictDataset(Dataset):
             raise ValueError(f"{scene.path}: every pixel is invalid (nodata / NaN); nothing to predict")
         v = torch.from_numpy(valid)[None]
         image = normalize_as(torch.from_numpy(data), v, self.normalization, self.mean, self.std)
+        image = with_index_channels(image, data, v, self.bands, self.index_channels)
         _, _, h, w = window
         pad = [0, 0, self.tile - h, self.tile - w]
         if pad[2] or pad[3]:

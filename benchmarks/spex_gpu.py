@@ -1,0 +1,173 @@
+"""The paper-shaped SPEX on one GPU: training step in fp16-mixed and bf16-mixed, MFU, and mask
+inference time per 512² image with 256-token generation. Prints Markdown tables.
+
+The model is ``recipes/spex.yaml`` built with random weights from the shipped configs
+(InternImage-L, MSAM, the full 28-layer Qwen2.5-1.5B with LoRA, TCP, the SAM ViT-H mask decoder;
+no checkpoint, no download), trained on random batches of the recipe's shape (batch 2, 512²,
+the text of a typical SPIE record) in the paper's stage 2 (``mask``: LLM frozen) and stage 1
+(``text``: LoRA). fp16 uses a gradient scaler as Lightning's ``16-mixed`` does.
+
+MFU = (FLOPs of one training step, counted by ``torch.utils.flop_counter.FlopCounterMode``) /
+step time / the GPU's dense peak for the precision (``--peak-tflops``, default from the
+device name: H100/H200 989 TFLOPS, A100 312, RTX 4090 165 (fp16/bf16 dense, no sparsity)).
+The paper reports 4.36 s per image on an RTX 4090 for inference.
+
+    python benchmarks/spex_gpu.py                    # about 5 minutes on an H100-class GPU
+    python benchmarks/spex_gpu.py --steps 5 --stages mask
+    python benchmarks/spex_gpu.py --device cpu --recipe recipes/spex-demo.yaml --precisions bf16-mixed \
+        --steps 1 --warmup 0 --new-tokens 8 --repeats 1     # checks the script without a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from train_step import build_model, random_batch  # noqa: E402
+
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "4090": 165.0, "L40S": 362.0, "A6000": 155.0}
+DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+def peak_tflops(name: str) -> float | None:
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_fn(model, batch, optimizer, scaler, dtype, with_mask: bool):
+    device = batch["image"].device
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype):
+            loss = model.losses(model(batch, with_mask=with_mask), batch, with_mask)["total"]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def train_row(
+    recipe: Path, stage: str, precision: str, steps: int, warmup: int, batch_size: int, device: torch.device
+) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, data, _ = build_model(recipe, None)
+    model.set_stage(stage)
+    model.to(device).train()
+    with_mask = stage != "text"
+    batch = random_batch(model, data, batch_size, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    dtype = DTYPES[precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    step = step_fn(model, batch, optimizer, scaler, dtype, with_mask)
+    for _ in range(warmup):
+        step()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    step_s = sorted(times)[len(times) // 2]
+    row = {
+        "stage": stage,
+        "precision": precision,
+        "batch": batch_size,
+        "trainable": sum(p.numel() for p in params),
+        "step_s": step_s,
+        "samples_s": batch_size / step_s,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
+        "tflop_step": counter.get_total_flops() / 1e12,
+    }
+    del model, optimizer, batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def inference_row(recipe: Path, precision: str, new_tokens: int, repeats: int, device: torch.device) -> dict:
+    from dataclasses import replace
+
+    model, data, _ = build_model(recipe, None)
+    model.to(device).eval()
+    model.generation = replace(model.generation, max_new_tokens=new_tokens)
+    batch = random_batch(model, data, 1, device)
+    dtype = DTYPES[precision]
+    times, generated = [], 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
+        for i in range(repeats + 1):
+            sync(device)
+            start = time.perf_counter()
+            out = model.predict_masks(batch)
+            sync(device)
+            if i:  # the first call warms up
+                times.append(time.perf_counter() - start)
+            generated = int(out["token_ids"].shape[1] - batch["prompt_ids"].shape[1])
+    return {"precision": precision, "seconds": sorted(times)[len(times) // 2], "tokens": generated}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/spex.yaml")
+    parser.add_argument("--stages", nargs="+", default=["mask", "text"])
+    parser.add_argument("--precisions", nargs="+", default=["16-mixed", "bf16-mixed"])
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument(
+        "--device", default="cuda", help="cuda (the benchmark); cpu checks the script on a small recipe"
+    )
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(
+            "benchmarks/spex_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); --device cpu to check it"
+        )
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    peak = args.peak_tflops or peak_tflops(name)
+    recipe = REPO / args.recipe
+    print(f"\n{name}, torch {torch.__version__}, {args.recipe}, random weights\n")
+    print("| stage | precision | batch | trainable | step (s) | samples/s | peak memory (GiB) | TFLOP/step | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for stage in args.stages:
+        for precision in args.precisions:
+            r = train_row(recipe, stage, precision, args.steps, args.warmup, args.batch_size, device)
+            mfu = f"{100 * r['tflop_step'] / r['step_s'] / peak:.1f} %" if peak else "n/a"
+            print(
+                f"| {r['stage']} | {r['precision']} | {r['batch']} | {r['trainable'] / 1e6:.1f} M | {r['step_s']:.3f} | "
+                f"{r['samples_s']:.2f} | {r['peak_gib']:.1f} | {r['tflop_step']:.2f} | {mfu} |",
+                flush=True,
+            )
+    print("\n| inference | precision | generated tokens | seconds per 512² image |")
+    print("|---|---|---:|---:|")
+    for precision in args.precisions:
+        r = inference_row(recipe, precision, args.new_tokens, args.repeats, device)
+        print(f"| generate → pool → decode | {r['precision']} | {r['tokens']} | {r['seconds']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
