@@ -123,7 +123,7 @@ def inference_row(recipe: Path, precision: str, new_tokens: int, repeats: int, d
             sync(device)
             if i:  # the first call warms up
                 times.append(time.perf_counter() - start)
-            generated = int(out["token_ids"].shape[1] - batch["prompt_ids"].shape[1])
+            generated = int(out["token_ids"].shape[1])  # new tokens only (B×T)
     return {"precision": precision, "seconds": sorted(times)[len(times) // 2], "tokens": generated}
 
 
