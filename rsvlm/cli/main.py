@@ -31,6 +31,10 @@ Evaluate on real images:
                                   score a checkpoint and the index + Otsu baseline on the same
                                   labelled images (or --images/--masks/--category/--bands)
 
+Use a trained model:
+  export RUN --to FOLDER          write a shareable model folder (safetensors, recipe, band
+                                  statistics, model card); rsvlm.load(FOLDER) reads it offline
+
 Inspect:
   summarize --config RECIPE.yaml  build the model on the meta device (no weights, no downloads)
                                   and print parameter counts per component
@@ -114,6 +118,10 @@ def dispatch(argv: list[str], from_command_line: bool = False) -> int:
         from rsvlm.cli.evaluate import evaluate_main
 
         return evaluate_main(rest)
+    if command == "export":
+        from rsvlm.cli.export import export_main
+
+        return export_main(rest)
     if command == "summarize":
         from rsvlm.experiments.summarize import summarize_main
 

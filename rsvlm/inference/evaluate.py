@@ -219,24 +219,33 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def load_model(recipe: str | Path, ckpt: str | Path) -> tuple[Any, Any]:
+def load_model(recipe: str | Path, ckpt: str | Path | None) -> tuple[Any, Any]:
     """Build a recipe's ``model`` and ``data`` (seeded with its ``seed_everything``, as
-    ``rsvlm predict`` does) and load the checkpoint's weights into the model.
+    ``rsvlm predict`` does) and load the checkpoint's weights into the model (none: as built).
 
     Returns:
         ``(model in eval mode, data module)``.
     """
-    import lightning as L
     import yaml
-    from jsonargparse import ArgumentParser
 
     path = Path(recipe)
     if not path.is_file():
         raise EvaluateError(f"recipe {path} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
+    model, data = build_from_config(yaml.safe_load(path.read_text()) or {}, where=str(path))
+    if ckpt is not None:
+        model.load_weights(str(ckpt))
+    return model.eval(), data
+
+
+def build_from_config(config: dict[str, Any], where: str = "recipe") -> tuple[Any, Any]:
+    """``(model, data module)`` of a recipe's parsed YAML (its ``model`` and ``data`` sections),
+    seeded with its ``seed_everything``."""
+    import lightning as L
+    from jsonargparse import ArgumentParser
+
     missing = [k for k in ("model", "data") if k not in config]
     if missing:
-        raise EvaluateError(f"recipe {path} has no {missing[0]!r} section")
+        raise EvaluateError(f"recipe {where} has no {missing[0]!r} section")
     seed = config.get("seed_everything", 0)
     if isinstance(seed, int) and not isinstance(seed, bool):
         L.seed_everything(seed)  # no verbose= before Lightning 2.4
@@ -244,5 +253,4 @@ def load_model(recipe: str | Path, ckpt: str | Path) -> tuple[Any, Any]:
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")
     objects = parser.instantiate_classes(parser.parse_object({"model": config["model"], "data": config["data"]}))
-    objects.model.load_weights(str(ckpt))
-    return objects.model.eval(), objects.data
+    return objects.model, objects.data
