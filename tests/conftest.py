@@ -128,3 +128,61 @@ def contract_batch(formatter, bands: int = 4, size: int = 64, batch: int = 2) ->
         "meta": [{} for _ in range(batch)],
         **formatter(instructions, responses),
     }
+
+
+# ---------------------------------------------------------------- a trained-looking run to use
+DEMO_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
+
+
+@pytest.fixture(scope="session")
+def run_folder(tmp_path_factory) -> Path:
+    """A run folder as `rsvlm fit` leaves it: config.yaml + logs/version_0/checkpoints/last.ckpt
+    of the demo recipe (random weights, 8 generated tokens, band statistics, no data build)."""
+    import json
+
+    import lightning as L
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    root = tmp_path_factory.mktemp("run")
+    config = yaml.safe_load((REPO / "recipes" / "spex-demo.yaml").read_text())
+    stats = root / "stats.json"
+    stats.write_text(json.dumps({"bands": {n: {"mean": 0.2, "std": 0.1} for n in DEMO_BANDS}}))
+    config["data"]["init_args"].update(generate=None, stats=str(stats))
+    config["model"]["init_args"]["generation"] = {"max_new_tokens": 8}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    L.seed_everything(0, verbose=False)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningModule, "model")
+    model = parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
+    ckpt = root / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": L.__version__}, ckpt)
+    return root
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory) -> Path:
+    """A 6-band float32 GeoTIFF of 80×100 pixels (two tiles of 64 with overlap each way)."""
+    import numpy as np
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    path = tmp_path_factory.mktemp("scene") / "scene.tif"
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0.0, 0.5, size=(6, 80, 100)).astype(np.float32)
+    data[:, :20, 40:70] = np.array([0.07, 0.06, 0.03, 0.01, 0.005, 0.003], np.float32)[:, None, None]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=80,
+        width=100,
+        count=6,
+        dtype="float32",
+        crs=CRS.from_epsg(32632),
+        transform=from_origin(500000.0, 5300000.0, 10.0, 10.0),
+    ) as dst:
+        dst.write(data)
+    return path

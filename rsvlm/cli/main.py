@@ -34,6 +34,8 @@ Evaluate on real images:
 Use a trained model:
   export RUN --to FOLDER          write a shareable model folder (safetensors, recipe, band
                                   statistics, model card); rsvlm.load(FOLDER) reads it offline
+  app MODEL [--host --port]       a local browser app: upload a scene, ask, see and download
+                                  the mask (pip install "rsvlm[app]")
 
 Inspect:
   summarize --config RECIPE.yaml  build the model on the meta device (no weights, no downloads)
@@ -118,6 +120,10 @@ def dispatch(argv: list[str], from_command_line: bool = False) -> int:
         from rsvlm.cli.evaluate import evaluate_main
 
         return evaluate_main(rest)
+    if command == "app":
+        from rsvlm.cli.app import app_main
+
+        return app_main(rest)
     if command == "export":
         from rsvlm.cli.export import export_main
 
