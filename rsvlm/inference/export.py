@@ -10,6 +10,7 @@ Layout (uploadable to the Hugging Face Hub as it is)::
     FOLDER/recipe.yaml         the run's model and data sections, data made prediction-only
                                (band statistics from stats.json, no training data)
     FOLDER/stats.json          the band statistics the model was trained with
+    FOLDER/tokenizer/          the LLM's Hugging Face tokenizer, when the recipe names one
 
 :func:`load_folder` builds ``recipe.yaml``'s model (the frozen bases come from their sources, as
 when the run was built: a local folder or a cached hub id), checks them against the recorded
@@ -18,6 +19,7 @@ identities (:func:`rsvlm.training.trained_only.restore_frozen`) and loads the we
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -31,6 +33,7 @@ from rsvlm.io.atomic import atomic_write_text
 
 EXPORT_FORMAT = 1
 MARKER = "rsvlm.json"
+TOKENIZER_DIR = "tokenizer"
 FILES = ("README.md", "model.safetensors", MARKER, "recipe.yaml", "stats.json")
 
 
@@ -95,7 +98,9 @@ def export(run: str | os.PathLike, to: str | os.PathLike, overwrite: bool = Fals
     bands = list(settings.bands)
     stats = {"bands": {b: {"mean": float(m), "std": float(s)} for b, m, s in zip(bands, settings.mean, settings.std)}}
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1), overwrite=True)
-    recipe = {"seed_everything": config.get("seed_everything", 0), "model": config["model"], "data": data}
+    model_config = copy.deepcopy(config["model"])
+    tokenizer = TOKENIZER_DIR if _save_tokenizer(model, model_config, out) else None
+    recipe = {"seed_everything": config.get("seed_everything", 0), "model": model_config, "data": data}
     atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False), overwrite=True)
     metrics = _run_metrics(ckpt)
     generated = bool(config["data"].get("init_args", {}).get("generate"))
@@ -112,12 +117,26 @@ def export(run: str | os.PathLike, to: str | os.PathLike, overwrite: bool = Fals
         "trained_only": _plain(checkpoint.get("rsvlm", {})),
         "training_data": "generated scenes" if generated else config["data"].get("init_args", {}).get("records"),
         "metrics": metrics,
+        "tokenizer": tokenizer,
     }
     atomic_write_text(out / MARKER, json.dumps(marker, indent=1), overwrite=True)
     from rsvlm.inference.model_card import model_card
 
     atomic_write_text(out / "README.md", model_card(marker, recipe, model), overwrite=True)
     return out
+
+
+def _save_tokenizer(model: Any, model_config: dict[str, Any], out: Path) -> bool:
+    """Save a Hugging Face tokenizer (named by id or folder in the recipe) into ``out/tokenizer``
+    and point the recipe at it, so the folder loads without the hub; a tokenizer the recipe
+    builds itself (a ``class_path``, like the demo's) needs nothing. Returns whether it saved."""
+    llm = model_config.get("init_args", {}).get("llm", {}).get("init_args", {})
+    named = llm.get("tokenizer", llm.get("model"))
+    if not isinstance(named, str) or getattr(model, "llm", None) is None:
+        return False
+    model.llm.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    llm["tokenizer"] = TOKENIZER_DIR
+    return True
 
 
 def _version() -> str:
@@ -151,6 +170,9 @@ def load_folder(path: str | os.PathLike) -> tuple[Any, Any]:
         raise ExportError(f"{folder / MARKER}: format {marker['format']} is newer than this rsvlm reads")
     recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
     recipe["data"]["init_args"]["stats"] = str(folder / "stats.json")
+    llm = recipe["model"].get("init_args", {}).get("llm", {}).get("init_args", {})
+    if llm.get("tokenizer") == TOKENIZER_DIR:
+        llm["tokenizer"] = str(folder / TOKENIZER_DIR)
     state = load_file(str(folder / "model.safetensors"))
     checkpoint: dict[str, Any] = {"state_dict": state}
     trained_only = marker.get("trained_only") or {}
@@ -160,7 +182,23 @@ def load_folder(path: str | os.PathLike) -> tuple[Any, Any]:
             if identity.get("fingerprint") is not None:
                 identity["fingerprint"] = torch.tensor(identity["fingerprint"])
         checkpoint["rsvlm"] = trained_only
-    model, datamodule = build_from_config(recipe, where=str(folder / "recipe.yaml"))
+    bases = {name: str(b.get("source")) for name, b in trained_only.get("frozen_bases", {}).items()}
+    for name, source in bases.items():
+        local = Path(source).expanduser()
+        if (local.is_absolute() or source.startswith((".", "~"))) and not local.exists():
+            raise ExportError(
+                f"{folder}: its weights need the frozen base of {name!r} from {source}, which does not exist "
+                "here; put it there (or edit recipe.yaml to where it is)"
+            )
+    try:
+        model, datamodule = build_from_config(recipe, where=str(folder / "recipe.yaml"))
+    except OSError as err:  # a hub id not in the cache
+        if not bases:
+            raise
+        listed = "; ".join(f"{name} from {source}" for name, source in bases.items())
+        raise ExportError(
+            f"{folder}: cannot build the frozen bases its weights need ({listed}): {str(err).splitlines()[0]}"
+        ) from err
     restore_frozen(model, checkpoint)
     model.load_state_dict(checkpoint["state_dict"], strict=True)
     return model.eval(), datamodule
