@@ -232,7 +232,7 @@ class Predictor:
         overlap: int | None = None,
         progress: bool = False,
     ) -> Prediction | list[Prediction]:
-        """Answer one image (or a list: one :class:`Prediction` each).
+        """Answer one image, or a list (one :class:`Prediction` each; their tiles share batches).
 
         Args:
             image: a raster path, or a ``C×H×W`` array / tensor (see the module docstring).
@@ -244,12 +244,7 @@ class Predictor:
             overlap: pixels shared by neighbouring tiles (default: the recipe's).
             progress: a progress bar over the tiles.
         """
-        if isinstance(image, (list, tuple)):
-            return [
-                self.predict(i, category, instruction, bands, points, boxes, scribble, threshold, overlap, progress)
-                for i in image
-            ]
-        from rsvlm.inference.tiles import predict_tiles
+        from rsvlm.inference.tiles import predict_images
 
         if (
             any(p is not None for p in (points, boxes, scribble))
@@ -263,4 +258,8 @@ class Predictor:
             raise PredictError("predict needs category= (water, vegetation, building) or instruction=")
         if not 0.0 < threshold < 1.0:
             raise PredictError(f"predict: threshold must be in (0, 1), got {threshold}")
-        return predict_tiles(self, image, category, instruction, bands, threshold, overlap, progress)
+        several = isinstance(image, (list, tuple))
+        results = predict_images(
+            self, list(image) if several else [image], category, instruction, bands, threshold, overlap, progress
+        )
+        return results if several else results[0]

@@ -1,4 +1,4 @@
-"""Run a :class:`rsvlm.inference.api.Predictor` over the tiles of one image and stitch them.
+"""Run a :class:`rsvlm.inference.api.Predictor` over the tiles of images and stitch each one.
 
 The tiles are those of ``rsvlm predict`` (:class:`rsvlm.data.spie.predict_dataset.TiledPredictDataset`
 for a file, :class:`~rsvlm.data.spie.predict_dataset.ArrayPredictDataset` for an array); the
@@ -9,6 +9,7 @@ prediction saved from Python and one written by ``rsvlm predict`` agree byte for
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +55,34 @@ def _as_array(image: Any, model_bands: Sequence[str], bands: Sequence[str] | Non
     return array[[names.index(b) for b in model_bands]].astype(np.float32)
 
 
-def predict_tiles(
+@dataclass
+class _Scene:
+    """One image being stitched."""
+
+    stitcher: Any
+    covered: np.ndarray
+    crs: Any = None
+    transform: Any = None
+    pixels: np.ndarray | None = None
+    texts: list[str] = field(default_factory=list)
+    tiles: list[tuple[dict, Any, Any, str]] = field(default_factory=list)
+
+
+def predict_images(
     predictor: Any,
-    image: Any,
+    images: Sequence[Any],
     category: str | None,
     instruction: str | None,
     bands: Sequence[str] | None,
     threshold: float,
     overlap: int | None,
     progress: bool,
-) -> Prediction:
-    """The :class:`Prediction` of one image (see :meth:`rsvlm.inference.api.Predictor.predict`)."""
+) -> list[Prediction]:
+    """One :class:`Prediction` per image, in order (see :meth:`rsvlm.inference.api.Predictor.predict`).
+
+    The tiles of all files (and of all arrays) go through the model together, ``batch_size`` at a
+    time, whichever image they come from; each image is stitched on its own.
+    """
     import torch
     from lightning.fabric.utilities.apply_func import move_data_to_device
     from torch.utils.data import DataLoader
@@ -87,57 +105,78 @@ def predict_tiles(
         "normalization": s.normalization,
         "index_channels": s.index_channels,
     }
-    pixels = None
-    if isinstance(image, (str, Path)):
-        name = str(image)
-        if not Path(name).is_file():
-            raise PredictError(f"predict: {name}: no such file")
-        dataset = TiledPredictDataset([name], list(s.bands), s.mean, s.std, **options)
-        header = read_header(name)
-        crs, transform = header.crs, header.transform
-    else:
-        pixels = _as_array(image, s.bands, bands)
-        valid = np.all(np.isfinite(pixels), axis=0)
-        name, crs, transform = "array", None, None
-        dataset = ArrayPredictDataset([(name, np.nan_to_num(pixels), valid)], list(s.bands), s.mean, s.std, **options)
-    height, width = dataset.scenes[0].height, dataset.scenes[0].width
-    if instruction is not None:
-        dataset = _WithInstruction(dataset, instruction, category)
-    loader = DataLoader(dataset, batch_size=s.batch_size, collate_fn=SpieCollate(predictor.formatter))
-    stitcher = Stitcher(height, width)
-    covered = np.zeros((height, width), dtype=bool)
-    tiles, texts = [], []
+    names: list[str] = []
+    files: list[str] = []
+    arrays: dict[str, np.ndarray] = {}
+    n_arrays = sum(not isinstance(i, (str, Path)) for i in images)
+    for image in images:
+        if isinstance(image, (str, Path)):
+            name = str(image)
+            if not Path(name).is_file():
+                raise PredictError(f"predict: {name}: no such file")
+            if name not in files:
+                files.append(name)
+        else:
+            name = "array" if n_arrays == 1 else f"array_{len(arrays)}"
+            arrays[name] = _as_array(image, s.bands, bands)
+        names.append(name)
+    datasets = []
+    if files:
+        datasets.append(TiledPredictDataset(files, list(s.bands), s.mean, s.std, **options))
+    if arrays:
+        scenes = [(n, np.nan_to_num(a), np.all(np.isfinite(a), axis=0)) for n, a in arrays.items()]
+        datasets.append(ArrayPredictDataset(scenes, list(s.bands), s.mean, s.std, **options))
+    state: dict[str, _Scene] = {}
+    for dataset in datasets:
+        for scene in dataset.scenes:
+            georef = read_header(scene.path) if scene.path in files else None
+            state[scene.path] = _Scene(
+                Stitcher(scene.height, scene.width),
+                np.zeros((scene.height, scene.width), dtype=bool),
+                crs=georef.crs if georef else None,
+                transform=georef.transform if georef else None,
+                pixels=arrays.get(scene.path),
+            )
     model = predictor.model
     device = next(model.parameters()).device
-    bar = tqdm(total=len(dataset), desc=f"predict {Path(name).name}", disable=not progress)
+    total = sum(len(d) for d in datasets)
+    bar = tqdm(total=total, desc=f"predict {len(state)} image(s)", disable=not progress)
     with torch.no_grad():
-        for batch in loader:
-            out = model.predict_masks(move_data_to_device(batch, device))
-            logits = out["mask_logits"].float().cpu()
-            for i, meta in enumerate(batch["meta"]):
-                r, c, h, w = meta["window"]
-                stitcher.add((r, c, h, w), logits[i, 0, :h, :w])
-                covered[r : r + h, c : c + w] |= batch["valid"][i, 0, :h, :w].cpu().numpy()
-                tiles.append((meta, logits[i, 0], batch["valid"][i, 0].cpu(), out["texts"][i]))
-                texts.append(out["texts"][i])
-            bar.update(len(batch["meta"]))
+        for dataset in datasets:
+            if instruction is not None:
+                dataset = _WithInstruction(dataset, instruction, category)
+            for batch in DataLoader(dataset, batch_size=s.batch_size, collate_fn=SpieCollate(predictor.formatter)):
+                out = model.predict_masks(move_data_to_device(batch, device))
+                logits = out["mask_logits"].float().cpu()
+                for i, meta in enumerate(batch["meta"]):
+                    scene, (r, c, h, w) = state[meta["image"]], meta["window"]
+                    valid = batch["valid"][i, 0].cpu()
+                    scene.stitcher.add((r, c, h, w), logits[i, 0, :h, :w])
+                    scene.covered[r : r + h, c : c + w] |= valid[:h, :w].numpy()
+                    scene.tiles.append((meta, logits[i, 0], valid, out["texts"][i]))
+                    scene.texts.append(out["texts"][i])
+                bar.update(len(batch["meta"]))
     bar.close()
+    return [_prediction(name, state[name], category, instruction, tuple(s.bands), threshold) for name in names]
+
+
+def _prediction(
+    name: str, scene: _Scene, category: str | None, instruction: str | None, bands: tuple[str, ...], threshold: float
+) -> Prediction:
     # float64 and ">" as the writer, so the saved mask and this one agree pixel for pixel.
-    exact = 1.0 / (1.0 + np.exp(-stitcher.result().astype(np.float64)))
-    mask = (exact > threshold) & covered
-    probabilities = np.where(covered, exact, 0.0).astype(np.float32)
+    exact = 1.0 / (1.0 + np.exp(-scene.stitcher.result().astype(np.float64)))
     return Prediction(
         image=name,
         category=category,
         instruction=instruction,
-        texts=texts,
-        probabilities=probabilities,
-        mask=mask,
-        valid=covered,
-        crs=crs,
-        transform=transform,
-        bands=tuple(s.bands),
+        texts=list(scene.texts),
+        probabilities=np.where(scene.covered, exact, 0.0).astype(np.float32),
+        mask=(exact > threshold) & scene.covered,
+        valid=scene.covered.copy(),
+        crs=scene.crs,
+        transform=scene.transform,
+        bands=bands,
         threshold=threshold,
-        pixels=pixels,
-        tiles=tiles,
+        pixels=scene.pixels,
+        tiles=list(scene.tiles),
     )

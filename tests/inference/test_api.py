@@ -191,3 +191,20 @@ def test_exported_weights_are_the_checkpoints(run_folder, tmp_path):
     assert saved.keys() == original["state_dict"].keys()
     for key, value in original["state_dict"].items():
         assert torch.equal(saved[key], value), key
+
+
+def test_a_list_shares_batches_and_gives_each_image_its_own_prediction(scene, model, tmp_path):
+    with rasterio.open(scene) as src:
+        profile, data = src.profile, src.read()
+    other = tmp_path / "other.tif"
+    with rasterio.open(other, "w", **profile) as dst:
+        dst.write(data[:, ::-1].copy())  # flipped upside down: another answer
+    alone = [model.predict(str(p), category="water") for p in (scene, other)]
+    together = model.predict([str(scene), str(other), str(scene)], category="water")
+    assert [r.image for r in together] == [str(scene), str(other), str(scene)]
+    for single, batched in zip(alone + alone[:1], together):
+        assert batched.texts == single.texts
+        np.testing.assert_allclose(batched.probabilities, single.probabilities, atol=1e-5)
+    assert together[0].probabilities.shape == (80, 100) and not np.array_equal(
+        together[0].probabilities, together[1].probabilities
+    )
