@@ -170,3 +170,14 @@ class Sam2PixelDecoder(MaskDecoder):
             )
             total = weight * logits if total is None else total + weight * logits
         return total
+
+    def decode_targets(
+        self,
+        feature_map: list[torch.Tensor],
+        tokens: torch.Tensor,
+        image_index: torch.Tensor,
+        image_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Several targets per image: ``T×K×D`` tokens of targets of images ``image_index`` (T)
+        → ``T×1×H×W`` logits (each target decoded against its own image's maps)."""
+        return self([level[image_index] for level in feature_map], tokens, image_size)

@@ -178,3 +178,13 @@ def test_a_vision_language_model_with_the_sam2_mask_encoder_and_pixel_decoder(sa
     model.losses(out, batch, with_mask=True)["total"].backward()
     assert parts["decoder"].omega.grad is not None
     assert all(p.grad is None for p in mask_encoder.parameters())
+
+
+def test_several_targets_are_decoded_against_their_own_image(sam2_folder):
+    decoder = Sam2PixelDecoder(checkpoint=str(sam2_folder)).eval()
+    maps = [torch.randn(2, 32, s, s) for s in (32, 16, 8)]
+    tokens, image_index = torch.randn(3, 1, 32), torch.tensor([0, 0, 1])
+    with torch.no_grad():
+        got = decoder.decode_targets(maps, tokens, image_index, (40, 40))
+        want = [decoder([m[b : b + 1] for m in maps], tokens[t : t + 1], (40, 40)) for t, b in enumerate([0, 0, 1])]
+    torch.testing.assert_close(got, torch.cat(want), rtol=1e-5, atol=1e-5)
