@@ -1,0 +1,5 @@
+"""Image + query → crops and back: MagCrop (GeoMag).
+
+:mod:`rsvlm.crops.tmra` composes the image at the task's granularity (Eq. 2–3) keeping its
+geometry; :mod:`rsvlm.crops.box_search` finds the crop boxes in an attention map (PSC).
+"""
