@@ -1,0 +1,67 @@
+"""Referring segmentation metrics (RRSIS-D, RefSegRS): the RMSIN / LAVT protocol.
+
+Per sample i with predicted and reference masks P_i, G_i (at the original resolution):
+I_i = |P_i ∧ G_i|, U_i = |P_i ∨ G_i|, IoU_i = I_i / U_i, **0 when U_i = 0** (LISA's gIoU scores an
+empty–empty pair 1: ``empty_pair=1.0``).
+
+* ``P@k`` = #(IoU_i ≥ k) / n for k in ``thresholds`` (the paper reports 0.5);
+* ``oIoU`` = Σ I_i / Σ U_i (LISA's cIoU);
+* ``mIoU`` = mean_i IoU_i (LISA's gIoU with ``empty_pair=1.0``).
+
+States are sums, so under DDP every process computes the numbers of one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchmetrics import Metric
+
+
+class ReferringSegmentationMetrics(Metric):
+    """P@k, oIoU and mIoU over samples (see the module docstring).
+
+    Args:
+        thresholds: the k of ``P@k``.
+        empty_pair: IoU of a sample whose prediction and reference are both empty.
+    """
+
+    full_state_update = False
+
+    def __init__(self, thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9), empty_pair: float = 0.0) -> None:
+        super().__init__()
+        self.thresholds = [float(k) for k in thresholds]
+        self.empty_pair = float(empty_pair)
+        self.add_state("intersection", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("union", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(
+        self, predicted: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor | Sequence[torch.Tensor]
+    ) -> None:
+        """``predicted`` (bool masks, or logits: > 0) and ``target`` (bool), ``N×H×W`` or lists of ``H_i×W_i``."""
+        for p, g in zip(predicted, target):
+            p = p > 0 if p.is_floating_point() else p.bool()
+            g = g.bool()
+            if p.shape != g.shape:
+                raise ValueError(
+                    f"ReferringSegmentationMetrics: prediction {tuple(p.shape)} vs reference {tuple(g.shape)}"
+                )
+            inter = (p & g).sum().double()
+            union = (p | g).sum().double()
+            iou = inter / union if union > 0 else torch.tensor(self.empty_pair, dtype=torch.float64)
+            self.intersection += inter
+            self.union += union
+            self.iou_sum += iou
+            self.hits += (iou >= torch.tensor(self.thresholds, dtype=torch.float64, device=iou.device)).double()
+            self.count += 1
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.count.clamp_min(1)
+        out = {f"P@{k:g}": hit / n for k, hit in zip(self.thresholds, self.hits)}
+        out["oIoU"] = self.intersection / self.union if self.union > 0 else self.union.new_tensor(0.0)
+        out["mIoU"] = self.iou_sum / n
+        return out

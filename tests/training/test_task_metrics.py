@@ -1,0 +1,121 @@
+"""GeoMag / EarthGPT-X task metrics against brute-force versions written here, torchvision-free
+box IoU by hand, and hand-computed BLEU-1 / ROUGE-L for small cases."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rsvlm.training.metrics.captions import caption_scores
+from rsvlm.training.metrics.gcg import GroundedImage, gcg_scores, greedy_pairs, iou_matrix
+from rsvlm.training.metrics.grounding import GroundingAccuracy
+from rsvlm.training.metrics.referring import ReferringSegmentationMetrics
+from rsvlm.training.metrics.text import normalize_answer, semantic_iou, semantic_similarity, vqa_accuracy
+
+
+def test_referring_segmentation_matches_the_protocol_by_hand():
+    rng = np.random.default_rng(0)
+    preds = [rng.random((12, 10)) > 0.5 for _ in range(6)] + [np.zeros((5, 5), bool)]
+    refs = [rng.random((12, 10)) > 0.4 for _ in range(6)] + [np.zeros((5, 5), bool)]
+    metric = ReferringSegmentationMetrics()
+    metric.update([torch.from_numpy(p) for p in preds[:4]], [torch.from_numpy(g) for g in refs[:4]])
+    metric.update([torch.from_numpy(p) for p in preds[4:]], [torch.from_numpy(g) for g in refs[4:]])
+    got = metric.compute()
+    inter = [np.logical_and(p, g).sum() for p, g in zip(preds, refs)]
+    union = [np.logical_or(p, g).sum() for p, g in zip(preds, refs)]
+    ious = [i / u if u else 0.0 for i, u in zip(inter, union)]
+    assert float(got["oIoU"]) == pytest.approx(sum(inter) / sum(union))
+    assert float(got["mIoU"]) == pytest.approx(np.mean(ious))
+    for k in (0.5, 0.6, 0.7, 0.8, 0.9):
+        assert float(got[f"P@{k:g}"]) == pytest.approx(np.mean([iou >= k for iou in ious]))
+    lisa = ReferringSegmentationMetrics(empty_pair=1.0)
+    lisa.update([torch.zeros(3, 3)], [torch.zeros(3, 3, dtype=torch.bool)])  # logits ≤ 0: empty
+    assert float(lisa.compute()["mIoU"]) == 1.0
+
+
+def test_grounding_accuracy_with_iou_by_hand():
+    predicted = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [5, 5, 15, 15], [0, 0, 0, 0]], dtype=torch.float)
+    target = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 20], [0, 0, 10, 10], [0, 0, 4, 4]], dtype=torch.float)
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union if union else 0.0
+
+    by_hand = [iou(p.tolist(), t.tolist()) for p, t in zip(predicted, target)]
+    metric = GroundingAccuracy()
+    metric.update(predicted, target)
+    got = metric.compute()
+    assert float(got["Acc@0.5"]) == pytest.approx(np.mean([v >= 0.5 for v in by_hand])) == 0.5
+    assert float(got["mIoU"]) == pytest.approx(np.mean(by_hand))
+
+
+def test_vqa_accuracy_per_type_and_the_mean_of_the_types():
+    preds = ["Yes.", "no", " yes", "more", "no"]
+    refs = ["yes", "yes", "yes", "more", "less"]
+    types = ["presence", "presence", "presence", "comparison", "comparison"]
+    got = vqa_accuracy(preds, refs, types)
+    assert got == {"presence": 2 / 3, "comparison": 1 / 2, "A": (2 / 3 + 1 / 2) / 2}
+    assert normalize_answer(" Yes. ") == "yes"
+
+
+def test_semantic_iou_and_similarity():
+    assert semantic_iou(["Category: storage_tank"], ["storage tank"]) == 1.0
+    assert semantic_iou(["a big ship"], ["ship (vessel)"]) == pytest.approx(1 / 4)
+
+    def letters(texts):  # a toy sentence embedder: letter counts
+        return torch.tensor([[t.count(c) for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts], dtype=torch.float)
+
+    a, b = ["ship", "airport"], ["ships", "harbor"]
+    want = np.mean(
+        [
+            float(np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y))
+            for x, y in zip(letters(a).numpy(), letters(b).numpy())
+        ]
+    )
+    assert semantic_similarity(a, b, letters) == pytest.approx(want)
+
+
+def test_caption_scores_against_hand_computed_bleu1_and_rouge_l():
+    preds = {"1": "a plane on the runway"}
+    refs = {"1": ["a plane is on the runway near the terminal"]}
+    got = caption_scores(preds, refs, tokenize=False)
+    # BLEU-1: clipped unigram precision 5/5 × brevity penalty exp(1 − 9/5)
+    assert got["Bleu_1"] == pytest.approx(np.exp(1 - 9 / 5), rel=1e-6)
+    # ROUGE-L: LCS 5, P = 5/5, R = 5/9, F = (1 + β²)PR / (R + β²P) with β = 1.2
+    p, r, beta = 1.0, 5 / 9, 1.2
+    assert got["ROUGE_L"] == pytest.approx((1 + beta**2) * p * r / (r + beta**2 * p), rel=1e-6)
+    same = caption_scores({"1": refs["1"][0], "2": "two ships"}, {"1": refs["1"], "2": ["two ships"]}, tokenize=False)
+    assert same["Bleu_1"] == pytest.approx(1.0, rel=1e-6) and same["ROUGE_L"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="different images"):
+        caption_scores({"1": "x"}, {"2": ["x"]})
+
+
+@pytest.mark.skipif(
+    shutil.which("java") is None, reason="METEOR and the PTB tokenizer need java (apt install default-jre-headless)"
+)
+def test_meteor_and_ptb_tokenizer_run_with_java():
+    got = caption_scores({"1": "A plane, on the runway."}, {"1": ["a plane on the runway"]})
+    assert got["Bleu_1"] == pytest.approx(1.0, rel=1e-6) and 0.9 < got["METEOR"] <= 1.0
+
+
+def test_gcg_greedy_miou_recall_and_ap50():
+    square = np.zeros((20, 20), bool)
+    square[2:10, 2:10] = True
+    other = np.zeros((20, 20), bool)
+    other[12:18, 12:18] = True
+    half = np.zeros((20, 20), bool)
+    half[2:10, 2:6] = True
+    perfect = GroundedImage([square, other], ["court", "pool"], [square, other], ["court", "pool"])
+    partial = GroundedImage([half], ["court"], [square, other], ["court", "pool"])
+    got = gcg_scores([perfect, partial], text_similarity=lambda a, b: float(a == b))
+    assert got["mIoU"] == pytest.approx((1.0 + 0.5) / 2)  # the half square pairs with IoU 0.5
+    assert got["recall"] == pytest.approx(3 / 4)  # IoU 0.5 and same phrase count; the pool is missed
+    assert got["AP50"] == pytest.approx(gcg_scores([perfect, partial])["AP50"])
+    assert gcg_scores([perfect])["AP50"] == pytest.approx(1.0)
+    ious = iou_matrix([square, half], [half, square])
+    assert greedy_pairs(ious) == [(0, 1), (1, 0)]
