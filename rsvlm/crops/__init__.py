@@ -1,5 +1,6 @@
 """Image + query → crops and back: MagCrop (GeoMag).
 
 :mod:`rsvlm.crops.tmra` composes the image at the task's granularity (Eq. 2–3) keeping its
-geometry; :mod:`rsvlm.crops.box_search` finds the crop boxes in an attention map (PSC).
+geometry; :mod:`rsvlm.crops.attention` makes the VLM's gradient-weighted attention map (PSC,
+Eq. 4) and :mod:`rsvlm.crops.box_search` finds the crop boxes in it.
 """

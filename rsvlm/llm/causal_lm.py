@@ -298,6 +298,13 @@ class CausalLM(nn.Module):
             loss, out.logits, out.hidden_states[-1], s.attention_mask, s.response_mask, s.input_ids, s.labels
         )
 
+    def spliced_prompt(
+        self, prompt_ids: torch.Tensor, prompt_attention_mask: torch.Tensor, visual_tokens: torch.Tensor
+    ) -> Spliced:
+        """Left-padded prompts ``B×P`` embedded with ``visual_tokens`` spliced at the image token, as
+        :meth:`generate` starts from (``input_ids`` of the result mark the visual embeddings)."""
+        return self._splice(prompt_ids, prompt_attention_mask, visual_tokens, None, padding_side="left")
+
     # ------------------------------------------------------------------ generation
     def generate(
         self,
