@@ -35,7 +35,7 @@ def load_sam2(model: str, local_files_only: bool = False) -> Any:
         raise ImportError("SAM 2 needs transformers >= 4.56 (Sam2Model); pip install -U transformers") from err
     try:
         return Sam2Model.from_pretrained(model, local_files_only=local_files_only)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # a missing folder is a ValueError (not a repo id) in some versions
         raise OSError(
             f"SAM 2 model={model!r}: could not load a Sam2Model ({str(error).splitlines()[0]}). Give a local folder "
             "saved with save_pretrained, or download the Hugging Face id (facebook/sam2.1-hiera-large) first."
