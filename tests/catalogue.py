@@ -16,15 +16,19 @@ from functools import partial
 
 from torch import nn
 
+from rsvlm.bridges.seg_codebook import SegCodebookBridge
 from rsvlm.bridges.seg_token import SegTokenBridge
 from rsvlm.bridges.tcp import TokenCompressionProjector
 from rsvlm.encoders.clip_pyramid import ClipPyramidEncoder
 from rsvlm.encoders.internimage import InternImageEncoder
+from rsvlm.encoders.sam2_hiera import Sam2HieraEncoder
 from rsvlm.encoders.timm_encoder import TimmEncoder
 from rsvlm.fusion.msam import MSAM
 from rsvlm.fusion.projector import MLPProjector
 from rsvlm.fusion.single_scale import SingleScaleFusion
 from rsvlm.fusion.upernet import UperNetFusion
+from rsvlm.heads.granularity import TaskGranularityClassifier
+from rsvlm.heads.sam2_pixel_decoder import Sam2PixelDecoder
 from rsvlm.heads.sam_decoder import SamMaskDecoderHead
 from rsvlm.heads.upernet import UperNetSegHead
 
@@ -38,6 +42,42 @@ PROMPT = 32  # decoder prompt width = bridge output
 TINY_CLIP = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=32, patch_size=8
 )
+
+#: A tiny SAM 2 for a 64² input (transformers' tiny-random-Sam2Model geometry, FPN width PROMPT).
+TINY_SAM2 = {
+    "vision_config": {
+        "backbone_config": {
+            "model_type": "sam2_hiera_det_model",
+            "hidden_size": 12,
+            "num_attention_heads": 1,
+            "image_size": [64, 64],
+            "blocks_per_stage": [1, 2, 7, 2],
+            "embed_dim_per_stage": [12, 24, 48, 96],
+            "num_attention_heads_per_stage": [1, 2, 4, 8],
+            "window_size_per_stage": [8, 4, 14, 7],
+            "global_attention_blocks": [5, 7, 9],
+        },
+        "backbone_channel_list": [96, 48, 24, 12],
+        "backbone_feature_sizes": [[16, 16], [8, 8], [4, 4]],
+        "fpn_hidden_size": PROMPT,
+    },
+    "prompt_encoder_config": {"hidden_size": PROMPT, "image_size": 64, "patch_size": 16, "mask_input_channels": 8},
+    "mask_decoder_config": {"hidden_size": PROMPT, "mlp_dim": 64, "num_attention_heads": 4, "iou_head_hidden_dim": 32},
+}
+TINY_BERT = {
+    "vocab_size": 1500,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+
+
+def tiny_granularity_classifier() -> nn.Module:
+    """The task-granularity classifier on a tiny random BERT, read through the offline demo tokenizer."""
+    from rsvlm.data.spie.corpus import SpieDemoTokenizer
+
+    return TaskGranularityClassifier(text_encoder=TINY_BERT, tokenizer=SpieDemoTokenizer())
 
 
 def tiny_llm() -> nn.Module:
@@ -55,6 +95,7 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     "TimmEncoder": partial(TimmEncoder, model_name="resnet18", in_bands=BANDS),
     "InternImageEncoder": partial(InternImageEncoder, variant="tiny-test", in_bands=BANDS, rgb_bands=[2, 1, 0]),
     "ClipPyramidEncoder": partial(ClipPyramidEncoder, config=TINY_CLIP, in_bands=BANDS, out_channels=16),
+    "Sam2HieraEncoder": partial(Sam2HieraEncoder, config=TINY_SAM2, image_size=64, in_bands=BANDS, rgb_bands=[2, 1, 0]),
     # new encoders go here
     # ------------------------------------------------ fusion: PYRAMID_CHANNELS maps → FusedFeatures
     "MSAM[paper]": partial(MSAM, in_channels=PYRAMID_CHANNELS, out_channels=FUSED, form="paper"),
@@ -71,6 +112,7 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     # ------------------------------------------------ bridges: hidden states + positions → prompts
     "TokenCompressionProjector": partial(TokenCompressionProjector, in_dim=LLM_WIDTH, out_dim=PROMPT, num_tokens=2),
     "SegTokenBridge": partial(SegTokenBridge, in_dim=LLM_WIDTH, out_dim=PROMPT, num_tokens=2),
+    "SegCodebookBridge": partial(SegCodebookBridge, in_dim=LLM_WIDTH, out_dim=PROMPT, num_tokens=2),
     # new bridges go here
     # ------------------------------------------------ heads: map + prompts → masks; pyramid → classes
     "SamMaskDecoderHead": partial(
@@ -79,6 +121,8 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     "UperNetSegHead": partial(
         UperNetSegHead, in_channels=PYRAMID_CHANNELS, num_classes=3, hidden_size=16, pool_scales=[1, 2]
     ),
+    "Sam2PixelDecoder": partial(Sam2PixelDecoder, config=TINY_SAM2),
+    "TaskGranularityClassifier": tiny_granularity_classifier,
     # new heads, visual-prompt encoders and croppers go here
 }
 

@@ -18,6 +18,7 @@ from torch import nn
 from rsvlm.contracts import Bridge, Encoder, FusedFeatures, Fusion, MaskDecoder
 from rsvlm.fusion.projector import MLPProjector
 from rsvlm.fusion.single_scale import SingleScaleFusion
+from rsvlm.heads.granularity import TaskGranularityClassifier
 from rsvlm.heads.upernet import UperNetSegHead
 
 COMPONENT_PACKAGES = (
@@ -126,16 +127,21 @@ def run_projector(projector: MLPProjector) -> tuple[list[torch.Tensor], list[tor
 def run_bridge(bridge: Bridge) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     hidden = torch.randn(BATCH, 9, bridge.in_dim, requires_grad=True)
     out = bridge(hidden, positions(9, bridge.num_tokens))
-    assert tuple(out.shape) == (BATCH, bridge.num_tokens, bridge.out_dim)
+    # K prompt tokens: the positions read, or fewer when the bridge fuses them (SegCodebookBridge: 1)
+    assert tuple(out.shape) == (BATCH, getattr(bridge, "out_tokens", bridge.num_tokens), bridge.out_dim)
     return [out], [hidden]
 
 
 def run_decoder(decoder: MaskDecoder) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    feature_map = torch.randn(BATCH, decoder.in_channels, 8, 8, requires_grad=True)
+    if isinstance(decoder.in_channels, list):  # reads an FPN (SAM 2's strides 4, 8, 16)
+        feature_map = pyramid(decoder.in_channels, [4, 8, 16])
+    else:
+        feature_map = torch.randn(BATCH, decoder.in_channels, 8, 8, requires_grad=True)
     prompts = torch.randn(BATCH, 2, decoder.prompt_dim, requires_grad=True)
     out = decoder(feature_map, prompts, (IMAGE, IMAGE))
     assert tuple(out.shape) == (BATCH, 1, IMAGE, IMAGE)
-    return [out], [feature_map, prompts]
+    maps = feature_map if isinstance(feature_map, list) else [feature_map]
+    return [out], [*maps, prompts]
 
 
 def run_seg_head(head: UperNetSegHead) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -178,6 +184,10 @@ def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return run_seg_head(component)
     if hasattr(component, "hidden_size") and hasattr(component, "image_token_id"):
         return run_llm(component)
+    if isinstance(component, TaskGranularityClassifier):
+        logits = component(["Please segment the ship.", "Describe the image."])
+        assert tuple(logits.shape) == (2, len(component.labels))
+        return [logits], []
     raise AssertionError(f"test_contracts has no tiny input for {type(component).__name__}: add a run_<kind>")
 
 

@@ -52,6 +52,7 @@ class SegCodebookBridge(SegTokenBridge):
             raise ValueError(f"SegCodebookBridge.beta must be 'learned' or 'fixed', got {beta!r}")
         if dropout:
             self.proj.append(nn.Dropout(dropout))
+        self.out_tokens = 1  # N positions read, one fused prompt token per target
         init = torch.full((num_tokens,), 1.0 / num_tokens)
         if beta == "learned":
             self.beta = nn.Parameter(init)
