@@ -15,7 +15,9 @@ import numpy as np
 
 from rsvlm.contracts import RsvlmError
 
-TASKS = ("land-cover category", "free-text question")
+TASKS = ("land-cover category", "free-text question", "referring expression")
+#: How a referring expression becomes the instruction (LISA / GeoPixel's wording).
+REFERRING_TEMPLATE = "Please segment {expression} in this image."
 RGB_NAMES = ("red", "green", "blue")
 
 
@@ -88,10 +90,11 @@ def run(
     if task not in TASKS:
         raise AppError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     instruction = None
-    if task == TASKS[1]:
+    if task in TASKS[1:]:
         if not (question or "").strip():
-            raise AppError("type a question for the free-text task")
-        instruction = question.strip()
+            raise AppError(f"type {'a question' if task == TASKS[1] else 'an expression'} for the {task} task")
+        text = question.strip()
+        instruction = text if task == TASKS[1] else REFERRING_TEMPLATE.format(expression=text.rstrip("."))
     elif not category:
         raise AppError("choose a land-cover category")
     prompts = {}

@@ -1,11 +1,12 @@
 """The Gradio page: upload a scene, pick the task, click points, run, see and download the answer.
 
 Layout: the scene (a true- or false-colour composite of any band count; clicks add points) and
-the answer side by side; below them the task (a land-cover category, or a free-text question),
+the answer side by side; below them the task (a land-cover category, a free-text question, or a
+referring expression),
 the Run button, the answer text, the mask overlay and the downloads (mask GeoTIFF, overlay PNG,
 answer JSON). Errors are shown in the page as the one-line message of the command line.
 Endpoints (for ``gradio_client``): ``/preview`` (file, composite → picture) and ``/run``
-(file, task, category, question → overlay, answer, files).
+(file, task, category, question or expression → overlay, answer, files).
 """
 
 # No `from __future__ import annotations`: Gradio reads the `gr.SelectData` annotation of the
@@ -65,7 +66,7 @@ def build_app(predictor: Any, title: str = "rsvlm") -> Any:
         with gr.Row():
             task = gr.Radio(list(actions.TASKS), value=actions.TASKS[0], label="Task")
             category = gr.Dropdown(categories, value=categories[0], label="Land-cover category")
-            question = gr.Textbox(label="Question (free-text task)")
+            question = gr.Textbox(label="Question or referring expression")
         run_button = gr.Button("Run", variant="primary", elem_id="run")
         scene.upload(on_upload, [scene, composite], [picture, points], api_name="preview")
         composite.change(on_upload, [scene, composite], [picture, points], api_name=False)

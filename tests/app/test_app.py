@@ -73,6 +73,8 @@ def test_run_errors_are_one_line_messages(scene, predictor, one_band):
         actions.run(predictor, None, actions.TASKS[0], "water", None)
     with pytest.raises(actions.AppError, match="type a question"):
         actions.run(predictor, str(scene), actions.TASKS[1], None, "  ")
+    with pytest.raises(actions.AppError, match="type an expression"):
+        actions.run(predictor, str(scene), actions.TASKS[2], None, "")
     with pytest.raises(actions.AppError, match=r"one_band\.tif.*1 band") as err:
         actions.run(predictor, str(one_band), actions.TASKS[0], "water", None)
     assert "\n" not in str(err.value)
@@ -157,3 +159,16 @@ def test_a_real_browser_uploads_clicks_runs_and_sees_the_answer(server, page_sce
         assert shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_a_referring_expression_becomes_the_segmentation_instruction(scene, predictor, monkeypatch, tmp_path):
+    seen = []
+    original = predictor.model.predict_masks
+
+    def spy(batch):
+        seen.extend(batch["instruction"])
+        return original(batch)
+
+    monkeypatch.setattr(predictor.model, "predict_masks", spy)
+    actions.run(predictor, str(scene), actions.TASKS[2], None, "the white building by the river.", out_dir=tmp_path)
+    assert set(seen) == {"Please segment the white building by the river in this image."}
