@@ -20,12 +20,14 @@ from rsvlm.bridges.seg_codebook import SegCodebookBridge
 from rsvlm.bridges.seg_token import SegTokenBridge
 from rsvlm.bridges.tcp import TokenCompressionProjector
 from rsvlm.encoders.clip_pyramid import ClipPyramidEncoder
+from rsvlm.encoders.clip_tokens import ClipTokenEncoder
 from rsvlm.encoders.internimage import InternImageEncoder
 from rsvlm.encoders.sam2_hiera import Sam2HieraEncoder
 from rsvlm.encoders.timm_encoder import TimmEncoder
 from rsvlm.fusion.msam import MSAM
 from rsvlm.fusion.projector import MLPProjector
 from rsvlm.fusion.single_scale import SingleScaleFusion
+from rsvlm.fusion.token_fusion import TokenFusion
 from rsvlm.fusion.upernet import UperNetFusion
 from rsvlm.heads.granularity import TaskGranularityClassifier
 from rsvlm.heads.sam2_pixel_decoder import Sam2PixelDecoder
@@ -96,6 +98,9 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     "InternImageEncoder": partial(InternImageEncoder, variant="tiny-test", in_bands=BANDS, rgb_bands=[2, 1, 0]),
     "ClipPyramidEncoder": partial(ClipPyramidEncoder, config=TINY_CLIP, in_bands=BANDS, out_channels=16),
     "Sam2HieraEncoder": partial(Sam2HieraEncoder, config=TINY_SAM2, image_size=64, in_bands=BANDS, rgb_bands=[2, 1, 0]),
+    "ClipTokenEncoder": partial(
+        ClipTokenEncoder, config={**TINY_CLIP, "image_size": 64}, image_size=64, in_bands=BANDS, rgb_bands=[2, 1, 0]
+    ),
     # new encoders go here
     # ------------------------------------------------ fusion: PYRAMID_CHANNELS maps → FusedFeatures
     "MSAM[paper]": partial(MSAM, in_channels=PYRAMID_CHANNELS, out_channels=FUSED, form="paper"),
@@ -104,6 +109,7 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
         UperNetFusion, in_channels=PYRAMID_CHANNELS, hidden_size=16, pool_scales=[1, 2], out_channels=FUSED
     ),
     "SingleScaleFusion": partial(SingleScaleFusion, in_channels=PYRAMID_CHANNELS, out_channels=FUSED, token_pool=2),
+    "TokenFusion": partial(TokenFusion, in_channels=PYRAMID_CHANNELS, level=0, in_reduction=4),
     # new fusion modules go here
     # ------------------------------------------------ projector: visual tokens → LLM width
     "MLPProjector": partial(MLPProjector, in_dim=FUSED, out_dim=LLM_WIDTH),
