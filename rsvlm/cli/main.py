@@ -37,6 +37,11 @@ Use a trained model:
   app MODEL [--host --port]       a local browser app: upload a scene, ask, see and download
                                   the mask (pip install "rsvlm[app]")
 
+Convert:
+  convert llava --from ID_OR_FOLDER --out FOLDER
+                                  a LLaVA-1.5 checkpoint as rsvlm components (vision/,
+                                  projector.safetensors, llm/ with the llava_v1 chat template)
+
 Inspect:
   summarize --config RECIPE.yaml  build the model on the meta device (no weights, no downloads)
                                   and print parameter counts per component
@@ -124,6 +129,10 @@ def dispatch(argv: list[str], from_command_line: bool = False) -> int:
         from rsvlm.cli.app import app_main
 
         return app_main(rest)
+    if command == "convert":
+        from rsvlm.cli.convert import convert_main
+
+        return convert_main(rest)
     if command == "export":
         from rsvlm.cli.export import export_main
 
