@@ -68,8 +68,8 @@ def export(run: str | os.PathLike, to: str | os.PathLike, overwrite: bool = Fals
     """
     from safetensors.torch import save_file
 
-    from rsvlm.inference.api import resolve_run
     from rsvlm.inference.evaluate import ModelInput, load_model
+    from rsvlm.inference.runs import resolve_run
     from rsvlm.training.checkpoints import load_checkpoint
 
     recipe_path, ckpt = resolve_run(run)

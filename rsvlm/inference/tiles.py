@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from rsvlm.inference.api import PredictError, Prediction
+from rsvlm.inference.prediction import PredictError, Prediction
 
 
 class _WithInstruction(Dataset):

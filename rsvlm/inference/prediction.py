@@ -1,0 +1,110 @@
+"""One image's answer (:class:`Prediction`): texts, probabilities, mask, georeferencing; saved as
+``rsvlm predict`` saves it, shown as an overlay."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsvlm.contracts import RsvlmError
+
+
+class PredictError(RsvlmError, ValueError):
+    """A predict call the model cannot answer (missing category, visual prompts, bad array)."""
+
+
+@dataclass
+class Prediction:
+    """One image's answer.
+
+    Attributes:
+        image: the input path, or ``"array"`` for an in-memory image.
+        category, instruction: what was asked (``instruction`` None: the APG instruction).
+        texts: the generated answer of each tile, in tile order.
+        probabilities: ``H×W`` float32 mask probability (0 where invalid).
+        mask: ``H×W`` bool, ``probabilities > threshold`` on valid pixels.
+        valid: ``H×W`` bool, pixels with data.
+        crs, transform: the input's georeferencing (None for arrays and plain pictures).
+        bands: the model's band names.
+        threshold: the probability threshold.
+    """
+
+    image: str
+    category: str | None
+    instruction: str | None
+    texts: list[str]
+    probabilities: np.ndarray
+    mask: np.ndarray
+    valid: np.ndarray
+    crs: Any
+    transform: Any
+    bands: tuple[str, ...]
+    threshold: float
+    pixels: np.ndarray | None = None
+    tiles: list[tuple[dict, Any, Any, str]] = field(default_factory=list, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The answers of all tiles, one per line (one tile: its answer)."""
+        return "\n".join(self.texts)
+
+    def show(self, composite: str = "auto") -> np.ndarray:
+        """``H×W×3`` uint8: the mask in red over a true- or false-colour composite of the image."""
+        from rsvlm.inference.writer import overlay_picture
+        from rsvlm.io.pictures import composite_or_stretch, overlay
+
+        if self.pixels is None:
+            return overlay_picture(self.image, self.mask, self.bands, composite_kind=composite)
+        rgb = composite_or_stretch(np.where(self.valid[None], self.pixels, np.nan), self.bands, composite)
+        return overlay(rgb, self.mask, color=(255, 0, 0), alpha=0.45)
+
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> dict[str, Path]:
+        """Write ``<stem>.mask.tif``, ``<stem>.overlay.png`` and ``<stem>.json`` into ``folder``:
+        for a file input exactly what ``rsvlm predict``'s writer writes (``<stem>`` the input's
+        name); an array is written as ``array.mask.tif`` without georeferencing.
+
+        Returns:
+            ``{"mask", "overlay", "json"}`` → path. Existing files are refused unless ``overwrite``.
+        """
+        from rsvlm.inference.writer import PredictionWriter
+
+        writer = PredictionWriter(str(folder), threshold=self.threshold, overwrite=overwrite)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        if self.pixels is None:
+            for meta, logits, valid, text in self.tiles:
+                writer.add(meta, logits, valid, text)
+            return {k: Path(v) for k, v in writer.written[-1].items()}
+        return _save_array(self, Path(folder), overwrite)
+
+
+def _save_array(prediction: Prediction, folder: Path, overwrite: bool) -> dict[str, Path]:
+    import json
+
+    from rsvlm.inference.writer import check_outputs, output_paths
+    from rsvlm.io.atomic import atomic_write_text
+    from rsvlm.io.pictures import save_png
+
+    paths = output_paths(folder, prediction.image, prediction.category, False)
+    check_outputs(paths, set(), overwrite)
+    import rasterio
+
+    height, width = prediction.mask.shape
+    with rasterio.open(paths["mask"], "w", driver="GTiff", height=height, width=width, count=1, dtype="uint8") as dst:
+        dst.write(prediction.mask.astype(np.uint8)[None])
+    save_png(paths["overlay"], prediction.show(), overwrite=overwrite)
+    payload = {
+        "image": prediction.image,
+        "category": prediction.category,
+        "instruction": prediction.instruction,
+        "threshold": prediction.threshold,
+        "scene_size": [height, width],
+        "positive_fraction": float(prediction.mask.sum() / max(prediction.valid.sum(), 1)),
+        "tiles": [{"tile_index": i, "description": t} for i, t in enumerate(prediction.texts)],
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }
+    atomic_write_text(paths["json"], json.dumps(payload, indent=1), overwrite=overwrite)
+    return paths
