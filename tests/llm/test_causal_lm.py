@@ -276,3 +276,18 @@ def test_vocab_size_links_to_the_tokenizer_for_dict_configs(tok_dir) -> None:
     assert custom.model.get_input_embeddings().weight.shape[0] == len(custom.tokenizer)
     assert stated.model.get_input_embeddings().weight.shape[0] == 4096
     assert exact.model.get_input_embeddings().weight.shape[0] == 151936
+
+
+def test_meta_device_vicuna_7b_with_geomags_lora() -> None:
+    """LLaVA-1.5-7B's language model (Vicuna-7B v1.5 = the Llama-2-7B architecture) with GeoMag's
+    LoRA r=8 on q_proj and v_proj: the base has Llama-2-7B's published 6,738,415,616 parameters and
+    the adapters 2 · 8 · 4096 per module × 2 modules × 32 layers."""
+    with torch.device("meta"):
+        lm = CausalLM(
+            model="lmsys/vicuna-7b-v1.5", lora=LoraSettings(r=8, alpha=16, target_modules=["q_proj", "v_proj"])
+        )
+    adapters = sum(p.numel() for n, p in lm.named_parameters() if ".lora_" in n)
+    base = sum(p.numel() for n, p in lm.named_parameters() if ".lora_" not in n)
+    assert base == 6_738_415_616
+    assert adapters == 2 * 8 * 4096 * 2 * 32 == 4_194_304
+    assert lm.base_model.config.model_type == "llama" and lm.hidden_size == 4096
