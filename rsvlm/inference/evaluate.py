@@ -95,45 +95,23 @@ class ModelPredictor:
         self.progress = progress
 
     def __call__(self, item: LabelledImage, category: str) -> np.ndarray:
-        import torch
-        from lightning.fabric.utilities.apply_func import move_data_to_device
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
-
         from rsvlm.bridges.positions import with_response_suffix
-        from rsvlm.data.spie.dataset import SpieCollate
         from rsvlm.data.spie.predict_dataset import ArrayPredictDataset
-        from rsvlm.inference.stitch import Stitcher
+        from rsvlm.inference.tiles import Scene, run_tiles, tile_options
 
         s = self.settings
-        image = select_bands(item, s.bands)
         dataset = ArrayPredictDataset(
-            [(item.path, image, item.valid)],
+            [(item.path, select_bands(item, s.bands), item.valid)],
             list(s.bands),
             s.mean,
             s.std,
-            tile=s.tile,
-            overlap=s.overlap,
-            categories=[category],
-            template=s.template,
-            apg_style=s.apg_style,
-            normalization=s.normalization,
-            index_channels=s.index_channels,
+            **tile_options(s, category),
         )
         formatter = with_response_suffix(self.model.llm.formatter, self.model.positions.response_suffix)
-        loader = DataLoader(dataset, batch_size=s.batch_size, collate_fn=SpieCollate(formatter))
-        stitcher = Stitcher(*item.valid.shape)
-        device = next(self.model.parameters()).device
-        bar = tqdm(total=len(dataset), desc=f"{category} {Path(item.path).name}", disable=not self.progress)
-        with torch.no_grad():
-            for batch in loader:
-                logits = self.model.predict_masks(move_data_to_device(batch, device))["mask_logits"]
-                for i, meta in enumerate(batch["meta"]):
-                    r, c, h, w = meta["window"]
-                    stitcher.add((r, c, h, w), logits[i, 0, :h, :w])
-                bar.update(len(batch["meta"]))
-        bar.close()
-        return (stitcher.result() > 0) & item.valid
+        scene = Scene.of_size(*item.valid.shape)
+        label = f"{category} {Path(item.path).name}" if self.progress else None
+        run_tiles(self.model, formatter, s.batch_size, [dataset], {item.path: scene}, label)
+        return (scene.stitcher.result() > 0) & item.valid
 
 
 def baseline_predictor(item: LabelledImage, category: str) -> np.ndarray:

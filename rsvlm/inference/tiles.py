@@ -56,8 +56,9 @@ def _as_array(image: Any, model_bands: Sequence[str], bands: Sequence[str] | Non
 
 
 @dataclass
-class _Scene:
-    """One image being stitched."""
+class Scene:
+    """One image being stitched: its logits (``stitcher``), the pixels its tiles covered with data,
+    and what the tiles said."""
 
     stitcher: Any
     covered: np.ndarray
@@ -66,6 +67,66 @@ class _Scene:
     pixels: np.ndarray | None = None
     texts: list[str] = field(default_factory=list)
     tiles: list[tuple[dict, Any, Any, str]] = field(default_factory=list)
+
+    @classmethod
+    def of_size(cls, height: int, width: int, **fields: Any) -> Scene:
+        from rsvlm.inference.stitch import Stitcher
+
+        return cls(Stitcher(height, width), np.zeros((height, width), dtype=bool), **fields)
+
+
+def tile_options(settings: Any, category: str | None, overlap: int | None = None) -> dict[str, Any]:
+    """Keyword arguments of the predict datasets for a model's :class:`~rsvlm.inference.evaluate.ModelInput`."""
+    from rsvlm.data.indices import normalize_category
+
+    return {
+        "tile": settings.tile,
+        "overlap": min(settings.overlap if overlap is None else overlap, settings.tile // 2),
+        "categories": [normalize_category(category)] if category else None,
+        "template": settings.template,
+        "apg_style": settings.apg_style,
+        "normalization": settings.normalization,
+        "index_channels": settings.index_channels,
+    }
+
+
+def run_tiles(
+    model: Any,
+    formatter: Any,
+    batch_size: int,
+    datasets: Sequence[Dataset],
+    scenes: dict[str, Scene],
+    progress: str | None = None,
+) -> None:
+    """Generate and decode every tile of ``datasets`` (``batch_size`` at a time, the paper's
+    inference) and add each to its scene in ``scenes`` (keyed by ``meta["image"]``).
+
+    Args:
+        progress: the progress bar's label (None: no bar).
+    """
+    import torch
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from rsvlm.data.spie.dataset import SpieCollate
+
+    device = next(model.parameters()).device
+    bar = tqdm(total=sum(len(d) for d in datasets), desc=progress, disable=progress is None)
+    with torch.no_grad():
+        for dataset in datasets:
+            for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=SpieCollate(formatter)):
+                out = model.predict_masks(move_data_to_device(batch, device))
+                logits = out["mask_logits"].float().cpu()
+                for i, meta in enumerate(batch["meta"]):
+                    scene, (r, c, h, w) = scenes[meta["image"]], meta["window"]
+                    valid = batch["valid"][i, 0].cpu()
+                    scene.stitcher.add((r, c, h, w), logits[i, 0, :h, :w])
+                    scene.covered[r : r + h, c : c + w] |= valid[:h, :w].numpy()
+                    scene.tiles.append((meta, logits[i, 0], valid, out["texts"][i]))
+                    scene.texts.append(out["texts"][i])
+                bar.update(len(batch["meta"]))
+    bar.close()
 
 
 def predict_images(
@@ -83,28 +144,13 @@ def predict_images(
     The tiles of all files (and of all arrays) go through the model together, ``batch_size`` at a
     time, whichever image they come from; each image is stitched on its own.
     """
-    import torch
-    from lightning.fabric.utilities.apply_func import move_data_to_device
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
     from rsvlm.data.indices import normalize_category
     from rsvlm.data.raster import read_header
-    from rsvlm.data.spie.dataset import SpieCollate
     from rsvlm.data.spie.predict_dataset import ArrayPredictDataset, TiledPredictDataset
-    from rsvlm.inference.stitch import Stitcher
 
     s = predictor.settings
     category = None if category is None else normalize_category(category)
-    options = {
-        "tile": s.tile,
-        "overlap": min(s.overlap if overlap is None else overlap, s.tile // 2),
-        "categories": [category] if category else None,
-        "template": s.template,
-        "apg_style": s.apg_style,
-        "normalization": s.normalization,
-        "index_channels": s.index_channels,
-    }
+    options = tile_options(s, category, overlap)
     names: list[str] = []
     files: list[str] = []
     arrays: dict[str, np.ndarray] = {}
@@ -120,48 +166,32 @@ def predict_images(
             name = "array" if n_arrays == 1 else f"array_{len(arrays)}"
             arrays[name] = _as_array(image, s.bands, bands)
         names.append(name)
-    datasets = []
+    datasets: list[Dataset] = []
     if files:
         datasets.append(TiledPredictDataset(files, list(s.bands), s.mean, s.std, **options))
     if arrays:
         scenes = [(n, np.nan_to_num(a), np.all(np.isfinite(a), axis=0)) for n, a in arrays.items()]
         datasets.append(ArrayPredictDataset(scenes, list(s.bands), s.mean, s.std, **options))
-    state: dict[str, _Scene] = {}
+    state: dict[str, Scene] = {}
     for dataset in datasets:
         for scene in dataset.scenes:
             georef = read_header(scene.path) if scene.path in files else None
-            state[scene.path] = _Scene(
-                Stitcher(scene.height, scene.width),
-                np.zeros((scene.height, scene.width), dtype=bool),
+            state[scene.path] = Scene.of_size(
+                scene.height,
+                scene.width,
                 crs=georef.crs if georef else None,
                 transform=georef.transform if georef else None,
                 pixels=arrays.get(scene.path),
             )
-    model = predictor.model
-    device = next(model.parameters()).device
-    total = sum(len(d) for d in datasets)
-    bar = tqdm(total=total, desc=f"predict {len(state)} image(s)", disable=not progress)
-    with torch.no_grad():
-        for dataset in datasets:
-            if instruction is not None:
-                dataset = _WithInstruction(dataset, instruction, category)
-            for batch in DataLoader(dataset, batch_size=s.batch_size, collate_fn=SpieCollate(predictor.formatter)):
-                out = model.predict_masks(move_data_to_device(batch, device))
-                logits = out["mask_logits"].float().cpu()
-                for i, meta in enumerate(batch["meta"]):
-                    scene, (r, c, h, w) = state[meta["image"]], meta["window"]
-                    valid = batch["valid"][i, 0].cpu()
-                    scene.stitcher.add((r, c, h, w), logits[i, 0, :h, :w])
-                    scene.covered[r : r + h, c : c + w] |= valid[:h, :w].numpy()
-                    scene.tiles.append((meta, logits[i, 0], valid, out["texts"][i]))
-                    scene.texts.append(out["texts"][i])
-                bar.update(len(batch["meta"]))
-    bar.close()
+    if instruction is not None:
+        datasets = [_WithInstruction(d, instruction, category) for d in datasets]
+    label = f"predict {len(state)} image(s)" if progress else None
+    run_tiles(predictor.model, predictor.formatter, s.batch_size, datasets, state, label)
     return [_prediction(name, state[name], category, instruction, tuple(s.bands), threshold) for name in names]
 
 
 def _prediction(
-    name: str, scene: _Scene, category: str | None, instruction: str | None, bands: tuple[str, ...], threshold: float
+    name: str, scene: Scene, category: str | None, instruction: str | None, bands: tuple[str, ...], threshold: float
 ) -> Prediction:
     # float64 and ">" as the writer, so the saved mask and this one agree pixel for pixel.
     exact = 1.0 / (1.0 + np.exp(-scene.stitcher.result().astype(np.float64)))
