@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from conftest import tiny_sam2_config
 from torch import nn
 
 from rsvlm.bridges.seg_codebook import SegCodebookBridge
@@ -45,27 +46,8 @@ TINY_CLIP = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=32, patch_size=8
 )
 
-#: A tiny SAM 2 for a 64² input (transformers' tiny-random-Sam2Model geometry, FPN width PROMPT).
-TINY_SAM2 = {
-    "vision_config": {
-        "backbone_config": {
-            "model_type": "sam2_hiera_det_model",
-            "hidden_size": 12,
-            "num_attention_heads": 1,
-            "image_size": [64, 64],
-            "blocks_per_stage": [1, 2, 7, 2],
-            "embed_dim_per_stage": [12, 24, 48, 96],
-            "num_attention_heads_per_stage": [1, 2, 4, 8],
-            "window_size_per_stage": [8, 4, 14, 7],
-            "global_attention_blocks": [5, 7, 9],
-        },
-        "backbone_channel_list": [96, 48, 24, 12],
-        "backbone_feature_sizes": [[16, 16], [8, 8], [4, 4]],
-        "fpn_hidden_size": PROMPT,
-    },
-    "prompt_encoder_config": {"hidden_size": PROMPT, "image_size": 64, "patch_size": 16, "mask_input_channels": 8},
-    "mask_decoder_config": {"hidden_size": PROMPT, "mlp_dim": 64, "num_attention_heads": 4, "iou_head_hidden_dim": 32},
-}
+#: A tiny SAM 2 for a 64² input, FPN width PROMPT.
+TINY_SAM2 = tiny_sam2_config(image_size=64, width=PROMPT)
 TINY_BERT = {
     "vocab_size": 1500,
     "hidden_size": 32,

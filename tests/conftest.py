@@ -186,3 +186,54 @@ def scene(tmp_path_factory) -> Path:
     ) as dst:
         dst.write(data)
     return path
+
+
+def spy_instructions(monkeypatch, model) -> list[str]:
+    """The instructions every later ``model.predict_masks`` call receives, in order (the call still runs)."""
+    seen: list[str] = []
+    original = model.predict_masks
+
+    def spy(batch):
+        seen.extend(batch["instruction"])
+        return original(batch)
+
+    monkeypatch.setattr(model, "predict_masks", spy)
+    return seen
+
+
+def tiny_sam2_config(image_size: int = 128, width: int = 32) -> dict:
+    """A tiny random SAM 2 (transformers' tiny-random-Sam2Model geometry) for ``image_size``² input
+    with FPN / prompt / decoder width ``width``; deterministic single-mask output (no stability swap)."""
+    sizes = [[image_size // r, image_size // r] for r in (4, 8, 16)]
+    return {
+        "vision_config": {
+            "backbone_config": {
+                "model_type": "sam2_hiera_det_model",
+                "hidden_size": 12,
+                "num_attention_heads": 1,
+                "image_size": [image_size, image_size],
+                "blocks_per_stage": [1, 2, 7, 2],
+                "embed_dim_per_stage": [12, 24, 48, 96],
+                "num_attention_heads_per_stage": [1, 2, 4, 8],
+                "window_size_per_stage": [8, 4, 14, 7],
+                "global_attention_blocks": [5, 7, 9],
+            },
+            "backbone_channel_list": [96, 48, 24, 12],
+            "backbone_feature_sizes": sizes,
+            "fpn_hidden_size": width,
+        },
+        "prompt_encoder_config": {
+            "hidden_size": width,
+            "image_size": image_size,
+            "patch_size": 16,
+            "mask_input_channels": 8,
+        },
+        "mask_decoder_config": {
+            "hidden_size": width,
+            "mlp_dim": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "iou_head_hidden_dim": 32,
+            "dynamic_multimask_via_stability": False,
+        },
+    }

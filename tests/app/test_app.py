@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import spy_instructions
 
 import rsvlm
 from rsvlm.app import actions
@@ -162,13 +163,6 @@ def test_a_real_browser_uploads_clicks_runs_and_sees_the_answer(server, page_sce
 
 
 def test_a_referring_expression_becomes_the_segmentation_instruction(scene, predictor, monkeypatch, tmp_path):
-    seen = []
-    original = predictor.model.predict_masks
-
-    def spy(batch):
-        seen.extend(batch["instruction"])
-        return original(batch)
-
-    monkeypatch.setattr(predictor.model, "predict_masks", spy)
+    seen = spy_instructions(monkeypatch, predictor.model)
     actions.run(predictor, str(scene), actions.TASKS[2], None, "the white building by the river.", out_dir=tmp_path)
     assert set(seen) == {"Please segment the white building by the river in this image."}

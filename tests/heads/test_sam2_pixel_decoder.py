@@ -12,39 +12,13 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "Sam2Model"):
     pytest.skip("transformers < 4.56 has no Sam2Model", allow_module_level=True)
 
+from conftest import tiny_sam2_config
 from transformers import Sam2Config, Sam2Model
 
 from rsvlm.encoders.sam2_hiera import IMAGENET_MEAN, IMAGENET_STD, Sam2HieraEncoder
 from rsvlm.heads.sam2_pixel_decoder import Sam2PixelDecoder
 
-#: transformers' tiny-random-Sam2Model geometry (128² input, FPN width 32).
-TINY_SAM2 = {
-    "vision_config": {
-        "backbone_config": {
-            "model_type": "sam2_hiera_det_model",
-            "hidden_size": 12,
-            "num_attention_heads": 1,
-            "image_size": [128, 128],
-            "blocks_per_stage": [1, 2, 7, 2],
-            "embed_dim_per_stage": [12, 24, 48, 96],
-            "num_attention_heads_per_stage": [1, 2, 4, 8],
-            "window_size_per_stage": [8, 4, 14, 7],
-            "global_attention_blocks": [5, 7, 9],
-        },
-        "backbone_channel_list": [96, 48, 24, 12],
-        "backbone_feature_sizes": [[32, 32], [16, 16], [8, 8]],
-        "fpn_hidden_size": 32,
-    },
-    "prompt_encoder_config": {"hidden_size": 32, "image_size": 128, "patch_size": 16, "mask_input_channels": 8},
-    "mask_decoder_config": {
-        "hidden_size": 32,
-        "mlp_dim": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "iou_head_hidden_dim": 32,
-        "dynamic_multimask_via_stability": False,
-    },
-}
+TINY_SAM2 = tiny_sam2_config(image_size=128, width=32)
 
 
 @pytest.fixture(scope="module")

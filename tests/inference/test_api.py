@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import REPO
+from conftest import REPO, spy_instructions
 
 import rsvlm
 from rsvlm.data.bands import band_spec
@@ -106,14 +106,7 @@ def test_an_array_is_saved_without_georeferencing(scene, model, tmp_path):
 
 
 def test_own_instruction_reaches_the_model(scene, model, monkeypatch):
-    seen = []
-    original = model.model.predict_masks
-
-    def spy(batch):
-        seen.extend(batch["instruction"])
-        return original(batch)
-
-    monkeypatch.setattr(model.model, "predict_masks", spy)
+    seen = spy_instructions(monkeypatch, model.model)
     result = model.predict(str(scene), instruction="Where is the water?")
     assert seen and set(seen) == {"Where is the water?"} and result.instruction == "Where is the water?"
 
