@@ -86,12 +86,7 @@ class SegCodebookBridge(SegTokenBridge):
         Raises:
             ValueError: a sample's count is not a multiple of N (names the sample).
         """
-        positions = positions.bool()
-        if hidden_states.shape[:2] != positions.shape:
-            raise ValueError(
-                f"SegCodebookBridge: positions {tuple(positions.shape)} do not match hidden states "
-                f"{tuple(hidden_states.shape[:2])} (B×L)"
-            )
+        positions = self.checked_positions(hidden_states, positions)
         counts = positions.sum(dim=1)
         bad = torch.nonzero(counts % self.num_tokens).flatten().tolist()
         if bad:

@@ -31,17 +31,21 @@ class SegTokenBridge(Bridge):
         hidden = hidden_dim or in_dim
         self.proj = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
+    def checked_positions(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``positions`` as bool, or a ``ValueError`` naming the bridge when they are not ``B×L`` of the states."""
+        if hidden_states.shape[:2] != positions.shape:
+            raise ValueError(
+                f"{type(self).__name__}: positions {tuple(positions.shape)} do not match hidden states "
+                f"{tuple(hidden_states.shape[:2])} (B×L)"
+            )
+        return positions.bool()
+
     def forward(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``B×L×D_llm`` hidden states and ``B×L`` bool positions (K per sample) → ``B×K×out_dim``.
 
         The K tokens keep the order of their positions in the sequence.
         """
-        positions = positions.bool()
-        if hidden_states.shape[:2] != positions.shape:
-            raise ValueError(
-                f"SegTokenBridge: positions {tuple(positions.shape)} do not match hidden states "
-                f"{tuple(hidden_states.shape[:2])} (B×L)"
-            )
+        positions = self.checked_positions(hidden_states, positions)
         counts = positions.sum(dim=1)
         bad = torch.nonzero(counts != self.num_tokens).flatten().tolist()
         if bad:
