@@ -77,10 +77,11 @@ def export(run: str | os.PathLike, to: str | os.PathLike, overwrite: bool = Fals
     existing = [out / name for name in FILES if (out / name).exists()]
     if existing and not overwrite:
         raise ExportError(f"{existing[0]} already exists; pass --overwrite to replace the export in {out}")
-    model, datamodule = load_model(recipe_path, ckpt)
-    settings = ModelInput.from_datamodule(datamodule)
-    checkpoint = load_checkpoint(ckpt)
+    checkpoint = load_checkpoint(ckpt)  # read once: exported as it is, then loaded to check it fits the recipe
     state = {k: v.detach().contiguous().clone() for k, v in checkpoint["state_dict"].items()}
+    model, datamodule = load_model(recipe_path, None)
+    model.load_weights(checkpoint)
+    settings = ModelInput.from_datamodule(datamodule)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "rsvlm_export": str(EXPORT_FORMAT)})
@@ -177,8 +178,7 @@ def load_folder(path: str | os.PathLike) -> tuple[Any, Any]:
     checkpoint: dict[str, Any] = {"state_dict": state}
     trained_only = marker.get("trained_only") or {}
     if trained_only:
-        bases = trained_only.get("frozen_bases", {})
-        for identity in bases.values():
+        for identity in trained_only.get("frozen_bases", {}).values():
             if identity.get("fingerprint") is not None:
                 identity["fingerprint"] = torch.tensor(identity["fingerprint"])
         checkpoint["rsvlm"] = trained_only

@@ -20,6 +20,7 @@ Subclasses call :meth:`assemble` with their components, then implement the steps
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -173,12 +174,15 @@ class ComposedModule(L.LightningModule):
         """Components in data-flow order."""
         return {name: getattr(self, name) for name in self.component_names}
 
-    def load_weights(self, path: str) -> None:
-        """Load the model weights of a checkpoint of this model (trained-only or full), nothing else."""
+    def load_weights(self, path: str | dict[str, Any]) -> None:
+        """Load the model weights of a checkpoint of this model (trained-only or full), nothing else.
+
+        ``path``: the file, or a checkpoint already read (its ``state_dict`` gets the frozen
+        weights filled in)."""
         from rsvlm.training.checkpoints import load_checkpoint
         from rsvlm.training.trained_only import restore_frozen
 
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(path) if isinstance(path, (str, os.PathLike)) else path
         restore_frozen(self, checkpoint)
         self.load_state_dict(checkpoint["state_dict"], strict=True)
 
