@@ -5,12 +5,14 @@ jsonargparse can build it from ``class_path``/``init_args``. The base classes he
 what each kind promises to its neighbours (widths, strides) so that a model can check the
 wiring once, at assembly, and name both components when they disagree.
 
-Shapes: B batch, C bands, H×W pixels, D widths, L text tokens, K prompt tokens.
+Shapes: B batch, C bands, H×W pixels, D widths, L text tokens, K prompt tokens, M visual-prompt
+slots, P vertices of a free-form stroke.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,78 @@ def check_token_pool(owner: str, token_pool: int) -> int:
     if token_pool < 1:
         raise ValueError(f"{owner}: token_pool must be >= 1, got {token_pool}")
     return token_pool
+
+
+#: Kinds of visual prompt, as stored in :attr:`VisualPromptBatch.kind`.
+PROMPT_KINDS: dict[str, int] = {"empty": 0, "point": 1, "box": 2, "scribble": 3, "mask": 4}
+
+
+@dataclass
+class VisualPromptBatch:
+    """Points, boxes and free-form prompts drawn on a batch of images, M slots per sample.
+
+    Slot k of a sample is "Region k+1" in its text. Coordinates are pixels ``(x, y)`` of the
+    model input (after resizing, padding and augmentation), x to the right, y down, with pixel
+    centres at integer + 0.5 (SAM's convention: pixel (i, j) covers [j, j+1) × [i, i+1)).
+
+    Attributes:
+        kind: ``B×M`` int64, :data:`PROMPT_KINDS` (0 = empty slot).
+        points: ``B×M×P×2`` float: one vertex for a point, the stroke's vertices for a scribble
+            (``npoints`` of them, the rest zero), zero for boxes and masks.
+        npoints: ``B×M`` int64, vertices used in ``points``.
+        boxes: ``B×M×4`` float ``(x0, y0, x1, y1)``; for scribbles and masks their bounding box,
+            for points the point repeated.
+        labels: ``B×M`` int64, 1 for a foreground prompt and 0 for a background one (SAM's labels).
+        masks: ``B×M×H×W`` bool for free-form masks (kind 4), or None when no slot is a mask.
+        image_size: ``(H, W)`` of the frame the coordinates are in.
+    """
+
+    kind: torch.Tensor
+    points: torch.Tensor
+    npoints: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    image_size: tuple[int, int]
+    masks: torch.Tensor | None = None
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """``B×M`` bool, the slots that hold a prompt."""
+        return self.kind > 0
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.kind.shape[0])
+
+    @property
+    def slots(self) -> int:
+        return int(self.kind.shape[1])
+
+    def to(self, device: torch.device | str) -> VisualPromptBatch:
+        """The same prompts on ``device``."""
+        moved = {k: getattr(self, k).to(device) for k in ("kind", "points", "npoints", "boxes", "labels")}
+        return replace(self, **moved, masks=None if self.masks is None else self.masks.to(device))
+
+
+class PromptEncoder(nn.Module):
+    """A :class:`VisualPromptBatch` (and the image's fused features) → embeddings for the LLM.
+
+    Subclasses set ``out_dim`` (the LLM width), ``max_prompts`` (slots M they read), ``mode`` and
+    ``placeholder`` (the token their embeddings replace):
+
+    * ``"tokens"``: one group of embeddings per sample, spliced at a single ``placeholder``;
+    * ``"inline"``: one group per prompt, spliced at the sample's k-th ``placeholder`` for slot k.
+    """
+
+    out_dim: int
+    max_prompts: int
+    mode: ClassVar[Literal["tokens", "inline"]]
+    placeholder: str
+
+    def forward(
+        self, prompts: VisualPromptBatch, visual: FusedFeatures | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 class Encoder(nn.Module):
