@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from rsvlm.contracts import RsvlmError
+from rsvlm.data.coords import Grounding
 
 
 class PredictError(RsvlmError, ValueError):
@@ -31,6 +32,7 @@ class Prediction:
         crs, transform: the input's georeferencing (None for arrays and plain pictures).
         bands: the model's band names.
         threshold: the probability threshold.
+        boxes: (property) the boxes the answers write, in the image's pixels.
     """
 
     image: str
@@ -51,6 +53,21 @@ class Prediction:
     def text(self) -> str:
         """The answers of all tiles, one per line (one tile: its answer)."""
         return "\n".join(self.texts)
+
+    @property
+    def boxes(self) -> list[Grounding]:
+        """The boxes and points the answers write (``<p>phrase</p>[x0,y0,x1,y1;…]``, normalised on
+        the tile), each in the image's pixels, tile by tile; empty for answers without any."""
+        from rsvlm.data.coords import parse_grounding
+
+        found = []
+        for meta, logits, _, text in self.tiles:
+            row, col = meta["window"][:2]
+            for g in parse_grounding(text, tuple(logits.shape[-2:])):
+                g.boxes = [[b[0] + col, b[1] + row, b[2] + col, b[3] + row] for b in g.boxes]
+                g.points = [[p[0] + col, p[1] + row] for p in g.points]
+                found.append(g)
+        return found
 
     def show(self, composite: str = "auto") -> np.ndarray:
         """``H×W×3`` uint8: the mask in red over a true- or false-colour composite of the image."""
