@@ -23,17 +23,23 @@ from rsvlm.bridges.tcp import TokenCompressionProjector
 from rsvlm.encoders.clip_pyramid import ClipPyramidEncoder
 from rsvlm.encoders.clip_tokens import ClipTokenEncoder
 from rsvlm.encoders.internimage import InternImageEncoder
+from rsvlm.encoders.mixed import MixedExpertEncoder
+from rsvlm.encoders.modality_stem import MultiSourceStem, StemSpec
 from rsvlm.encoders.sam2_hiera import Sam2HieraEncoder
 from rsvlm.encoders.timm_encoder import TimmEncoder
+from rsvlm.encoders.timm_vit import TimmViTEncoder
 from rsvlm.fusion.msam import MSAM
 from rsvlm.fusion.projector import MLPProjector
 from rsvlm.fusion.single_scale import SingleScaleFusion
 from rsvlm.fusion.token_fusion import TokenFusion
 from rsvlm.fusion.upernet import UperNetFusion
+from rsvlm.fusion.views import ViewTiler
 from rsvlm.heads.granularity import TaskGranularityClassifier
 from rsvlm.heads.sam2_pixel_decoder import Sam2PixelDecoder
 from rsvlm.heads.sam_decoder import SamMaskDecoderHead
 from rsvlm.heads.upernet import UperNetSegHead
+from rsvlm.prompts.region_pool import RegionPoolPromptEncoder
+from rsvlm.prompts.sparse import SparsePromptEncoder
 
 BANDS = 4
 PYRAMID_CHANNELS = [16, 32, 64, 128]
@@ -74,6 +80,16 @@ def tiny_llm() -> nn.Module:
     return CausalLM(config=TINY_LLM_CONFIG, tokenizer=SpieDemoTokenizer(), freeze=False)
 
 
+#: A tiny DINOv2-style ViT (patch 14, one block, 32 wide), built for 56² inputs.
+TINY_DINOV2 = dict(model_name="vit_small_patch14_dinov2", img_size=56, depth=1, embed_dim=32, num_heads=2)
+
+
+def tiny_mixed_experts() -> nn.Module:
+    """ConvNeXt's stride-32 map ‖ a ViT's patch grid on the view resized to 56², both at a 4×4 grid."""
+    experts = [TimmEncoder("convnext_atto", in_bands=BANDS), TimmViTEncoder(**TINY_DINOV2, in_bands=BANDS)]
+    return MixedExpertEncoder(experts, levels=[-1, 0], grid=4, image_size=64, expert_sizes=[None, 56])
+
+
 CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     # ------------------------------------------------ encoders: image B×BANDS×H×W → pyramid
     "TimmEncoder": partial(TimmEncoder, model_name="resnet18", in_bands=BANDS),
@@ -82,6 +98,29 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     "Sam2HieraEncoder": partial(Sam2HieraEncoder, config=TINY_SAM2, image_size=64, in_bands=BANDS, rgb_bands=[2, 1, 0]),
     "ClipTokenEncoder": partial(
         ClipTokenEncoder, config={**TINY_CLIP, "image_size": 64}, image_size=64, in_bands=BANDS, rgb_bands=[2, 1, 0]
+    ),
+    "TimmViTEncoder": partial(
+        TimmViTEncoder,
+        model_name="vit_small_patch14_dinov2",
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        in_bands=BANDS,
+        out_indices=[0, -1],
+    ),
+    "MixedExpertEncoder": tiny_mixed_experts,
+    # a stem: image B×BANDS×H×W + modality B (+ band_valid) → B×3×H×W (tests/test_contracts.py run_stem)
+    "MultiSourceStem[replicate]": partial(
+        MultiSourceStem,
+        modalities={"optical": StemSpec(["b", "g", "r", "n"], "select", [2, 1, 0]), "sar": StemSpec(["vv", "vh"])},
+    ),
+    "MultiSourceStem[conv1x1]": partial(
+        MultiSourceStem,
+        modalities={
+            "optical": StemSpec(["b", "g", "r", "n"], "conv1x1", [2, 1, 0]),
+            "sar": StemSpec(["vv"], "conv1x1"),
+        },
     ),
     # new encoders go here
     # ------------------------------------------------ fusion: PYRAMID_CHANNELS maps → FusedFeatures
@@ -92,6 +131,7 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     ),
     "SingleScaleFusion": partial(SingleScaleFusion, in_channels=PYRAMID_CHANNELS, out_channels=FUSED, token_pool=2),
     "TokenFusion": partial(TokenFusion, in_channels=PYRAMID_CHANNELS, level=0, in_reduction=4),
+    "ViewTiler": partial(ViewTiler, layout="1+2x2", view_size=32, view_tags=True, dim=8),
     # new fusion modules go here
     # ------------------------------------------------ projector: visual tokens → LLM width
     "MLPProjector": partial(MLPProjector, in_dim=FUSED, out_dim=LLM_WIDTH),
@@ -111,6 +151,14 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     ),
     "Sam2PixelDecoder": partial(Sam2PixelDecoder, config=TINY_SAM2),
     "TaskGranularityClassifier": tiny_granularity_classifier,
+    # ------------------------------------------------ visual-prompt encoders: prompts (+ FusedFeatures) → LLM width
+    "SparsePromptEncoder": partial(SparsePromptEncoder, out_dim=LLM_WIDTH, max_prompts=4, pe_dim=32),
+    "RegionPoolPromptEncoder[roi_align]": partial(
+        RegionPoolPromptEncoder, in_channels=FUSED, out_dim=LLM_WIDTH, pool="roi_align", output_size=2, max_prompts=4
+    ),
+    "RegionPoolPromptEncoder[mask]": partial(
+        RegionPoolPromptEncoder, in_channels=FUSED, out_dim=LLM_WIDTH, pool="mask", max_prompts=4
+    ),
     # new heads, visual-prompt encoders and croppers go here
 }
 

@@ -12,13 +12,25 @@ import pkgutil
 
 import pytest
 import torch
-from catalogue import BANDS, CATALOGUE, INTERNAL_BLOCKS, PYRAMID_CHANNELS, PYRAMID_REDUCTIONS, class_of
+from catalogue import BANDS, CATALOGUE, FUSED, INTERNAL_BLOCKS, PYRAMID_CHANNELS, PYRAMID_REDUCTIONS, class_of
 from torch import nn
 
-from rsvlm.contracts import Bridge, Encoder, FusedFeatures, Fusion, MaskDecoder
+from rsvlm.contracts import (
+    PROMPT_KINDS,
+    Bridge,
+    Encoder,
+    FusedFeatures,
+    Fusion,
+    MaskDecoder,
+    PromptEncoder,
+    VisualPromptBatch,
+)
+from rsvlm.data.modalities import MODALITY_IDS
+from rsvlm.encoders.modality_stem import MultiSourceStem
 from rsvlm.fusion.projector import MLPProjector
 from rsvlm.fusion.single_scale import SingleScaleFusion
 from rsvlm.fusion.token_fusion import TokenFusion
+from rsvlm.fusion.views import ViewTiler
 from rsvlm.heads.granularity import TaskGranularityClassifier
 from rsvlm.heads.upernet import UperNetSegHead
 
@@ -166,9 +178,62 @@ def run_llm(llm: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return [out.hidden_states, out.logits], [tokens]
 
 
+def run_view_tiler(tiler: ViewTiler) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    image = torch.randn(BATCH, BANDS, tiler.input_size, tiler.input_size, requires_grad=True)
+    views = tiler.split(image)
+    assert tuple(views.shape) == (tiler.num_views * BATCH, BANDS, tiler.view_size, tiler.view_size)
+    tokens = torch.randn(tiler.num_views * BATCH, 3, tiler.dim, requires_grad=True)
+    merged = tiler.merge(tokens)
+    assert tuple(merged.shape) == (BATCH, tiler.num_views * 3 + tiler.extra_tokens, tiler.dim)
+    return [views, merged], [image, tokens]
+
+
+def visual_prompts() -> VisualPromptBatch:
+    """Per sample a point, a box and an empty slot on an ``IMAGE``×``IMAGE`` image."""
+    kind = torch.tensor([[PROMPT_KINDS["point"], PROMPT_KINDS["box"], PROMPT_KINDS["empty"]]] * BATCH)
+    points = torch.zeros(BATCH, 3, 1, 2)
+    points[:, 0, 0] = torch.tensor([[10.5, 20.5], [50.0, 7.25]])
+    boxes = torch.zeros(BATCH, 3, 4)
+    boxes[:, 0] = points[:, 0, 0].repeat(1, 2)  # a point's box is the point
+    boxes[:, 1] = torch.tensor([[8.0, 12.0, 40.0, 30.0], [0.0, 33.0, 64.0, 64.0]])
+    return VisualPromptBatch(
+        kind=kind,
+        points=points,
+        npoints=(kind == PROMPT_KINDS["point"]).long(),
+        boxes=boxes,
+        labels=torch.ones(BATCH, 3, dtype=torch.long),
+        image_size=(IMAGE, IMAGE),
+    )
+
+
+def run_prompt_encoder(encoder: PromptEncoder) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    prompts = visual_prompts()
+    assert encoder.max_prompts >= prompts.slots
+    if encoder.mode == "inline":  # reads the image's fused map
+        fused = torch.randn(BATCH, FUSED, IMAGE // 8, IMAGE // 8, requires_grad=True)
+        out = encoder(prompts, FusedFeatures.from_map(fused))
+        # one group per valid slot, spliced at the sample's k-th placeholder
+        assert [group.shape[0] for group in out] == prompts.valid.sum(1).tolist()
+        assert all(group.ndim == 3 and group.shape[2] == encoder.out_dim for group in out)
+        return list(out), [fused]
+    out = encoder(prompts)
+    assert out.ndim == 3 and out.shape[0] == BATCH and out.shape[2] == encoder.out_dim
+    return [out], []
+
+
+def run_stem(stem: MultiSourceStem) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    image = torch.randn(BATCH, stem.in_bands, IMAGE, IMAGE, requires_grad=True)
+    ids = [MODALITY_IDS[name] for name in stem.specs]
+    out = stem(image, torch.tensor([ids[b % len(ids)] for b in range(BATCH)]))  # one batch mixes modalities
+    assert tuple(out.shape) == (BATCH, stem.out_bands, IMAGE, IMAGE)
+    return [out], [image]
+
+
 def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Forward on a tiny input of the component's kind, checking the declared widths;
     returns (outputs, inputs that should receive gradients)."""
+    if isinstance(component, PromptEncoder):
+        return run_prompt_encoder(component)
     if isinstance(component, Encoder):
         assert component.in_bands == BANDS
         return run_encoder(component)
@@ -185,6 +250,10 @@ def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return run_seg_head(component)
     if hasattr(component, "hidden_size") and hasattr(component, "image_token_id"):
         return run_llm(component)
+    if isinstance(component, MultiSourceStem):
+        return run_stem(component)
+    if isinstance(component, ViewTiler):
+        return run_view_tiler(component)
     if isinstance(component, TaskGranularityClassifier):
         logits = component(["Please segment the ship.", "Describe the image."])
         assert tuple(logits.shape) == (2, len(component.labels))
