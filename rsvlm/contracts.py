@@ -118,12 +118,14 @@ class PromptEncoder(nn.Module):
     ``placeholder`` (the token their embeddings replace):
 
     * ``"tokens"``: one group of embeddings per sample, spliced at a single ``placeholder``;
-    * ``"inline"``: one group per prompt, spliced at the sample's k-th ``placeholder`` for slot k.
+    * ``"inline"``: one group per prompt, spliced at the sample's k-th ``placeholder`` for slot k;
+    * ``"dense"``: one embedding per visual token ``B×N×D_v``, merged into the image's tokens by a
+      prompt fusion (:class:`rsvlm.fusion.hybrid_prompt.HybridPromptFusion`); no placeholder.
     """
 
     out_dim: int
     max_prompts: int
-    mode: ClassVar[Literal["tokens", "inline"]]
+    mode: ClassVar[Literal["tokens", "inline", "dense"]]
     placeholder: str
 
     def forward(
@@ -181,11 +183,14 @@ class MaskDecoder(nn.Module):
     """Feature map ``B×D_in×h×w`` + prompt embeddings ``B×K×D_dec`` → mask logits
     ``B×1×H×W`` at the requested image size.
 
-    Subclasses set ``in_channels`` (D_in, the fused map's width) and ``prompt_dim`` (D_dec).
+    Subclasses set ``in_channels`` (D_in, the fused map's width) and ``prompt_dim`` (D_dec). One
+    that also reads the user's visual prompts sets ``use_visual_prompts`` and takes them as
+    ``forward(..., visual_prompts=VisualPromptBatch)``.
     """
 
     in_channels: int
     prompt_dim: int
+    use_visual_prompts: bool = False
 
     def forward(
         self, feature_map: torch.Tensor, prompts: torch.Tensor, image_size: tuple[int, int]

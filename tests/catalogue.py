@@ -28,6 +28,7 @@ from rsvlm.encoders.modality_stem import MultiSourceStem, StemSpec
 from rsvlm.encoders.sam2_hiera import Sam2HieraEncoder
 from rsvlm.encoders.timm_encoder import TimmEncoder
 from rsvlm.encoders.timm_vit import TimmViTEncoder
+from rsvlm.fusion.hybrid_prompt import HybridPromptFusion
 from rsvlm.fusion.msam import MSAM
 from rsvlm.fusion.projector import MLPProjector
 from rsvlm.fusion.single_scale import SingleScaleFusion
@@ -40,6 +41,7 @@ from rsvlm.heads.sam_decoder import SamMaskDecoderHead
 from rsvlm.heads.upernet import UperNetSegHead
 from rsvlm.prompts.region_pool import RegionPoolPromptEncoder
 from rsvlm.prompts.sparse import SparsePromptEncoder
+from rsvlm.prompts.spatial import SpatialAwarePromptEncoder
 
 BANDS = 4
 PYRAMID_CHANNELS = [16, 32, 64, 128]
@@ -132,6 +134,8 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     "SingleScaleFusion": partial(SingleScaleFusion, in_channels=PYRAMID_CHANNELS, out_channels=FUSED, token_pool=2),
     "TokenFusion": partial(TokenFusion, in_channels=PYRAMID_CHANNELS, level=0, in_reduction=4),
     "ViewTiler": partial(ViewTiler, layout="1+2x2", view_size=32, view_tags=True, dim=8),
+    # prompt fusion: image tokens + dense prompt tokens B×N×dim → B×N×dim (test_contracts run_prompt_fusion)
+    "HybridPromptFusion": partial(HybridPromptFusion, dim=FUSED, heads=2, mlp_ratio=2.0, depth=2),
     # new fusion modules go here
     # ------------------------------------------------ projector: visual tokens → LLM width
     "MLPProjector": partial(MLPProjector, in_dim=FUSED, out_dim=LLM_WIDTH),
@@ -159,12 +163,23 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     "RegionPoolPromptEncoder[mask]": partial(
         RegionPoolPromptEncoder, in_channels=FUSED, out_dim=LLM_WIDTH, pool="mask", max_prompts=4
     ),
+    "SpatialAwarePromptEncoder": partial(
+        SpatialAwarePromptEncoder,
+        out_dim=FUSED,
+        max_prompts=4,
+        canvas_size=28,
+        patch_size=14,
+        width=16,
+        depth=1,
+        heads=2,
+    ),
     # new heads, visual-prompt encoders and croppers go here
 }
 
 #: Public ``nn.Module`` classes of the component packages that are building blocks of a
 #: component, not components a recipe names (each with the reason).
 INTERNAL_BLOCKS = {
+    "rsvlm.fusion.hybrid_prompt.HybridPromptBlock",  # one layer of HybridPromptFusion
     "rsvlm.encoders.dcnv3.DCNv3",  # InternImage's deformable-conv layer
     "rsvlm.encoders._stem.FreezableEncoder",  # the base class of encoders that freeze their backbone
 }

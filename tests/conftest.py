@@ -237,3 +237,21 @@ def tiny_sam2_config(image_size: int = 128, width: int = 32) -> dict:
             "dynamic_multimask_via_stability": False,
         },
     }
+
+
+@pytest.fixture(scope="session")
+def sam_checkpoint(tmp_path_factory):
+    """A random-weight SAM ViT-B and a checkpoint file with its decoder/prompt-encoder keys.
+
+    The image-encoder weights are left out of the file (except one key, to check it is
+    ignored) to keep the file small; the head never reads them.
+    """
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"](checkpoint=None)
+    state = {k: v for k, v in sam.state_dict().items() if not k.startswith("image_encoder.")}
+    state["image_encoder.neck.0.weight"] = sam.state_dict()["image_encoder.neck.0.weight"]
+    path = tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth"
+    torch.save(state, path)
+    return sam, path

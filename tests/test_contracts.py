@@ -27,6 +27,7 @@ from rsvlm.contracts import (
 )
 from rsvlm.data.modalities import MODALITY_IDS
 from rsvlm.encoders.modality_stem import MultiSourceStem
+from rsvlm.fusion.hybrid_prompt import HybridPromptFusion
 from rsvlm.fusion.projector import MLPProjector
 from rsvlm.fusion.single_scale import SingleScaleFusion
 from rsvlm.fusion.token_fusion import TokenFusion
@@ -218,7 +219,16 @@ def run_prompt_encoder(encoder: PromptEncoder) -> tuple[list[torch.Tensor], list
         return list(out), [fused]
     out = encoder(prompts)
     assert out.ndim == 3 and out.shape[0] == BATCH and out.shape[2] == encoder.out_dim
+    if encoder.mode == "dense":  # one token per cell of the image's token grid
+        assert out.shape[1] == encoder.num_tokens
     return [out], []
+
+
+def run_prompt_fusion(fusion: HybridPromptFusion) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    image, prompt = (torch.randn(BATCH, 4, fusion.dim, requires_grad=True) for _ in range(2))
+    out = fusion(image, prompt, torch.tensor([True] + [False] * (BATCH - 1)))  # one unprompted sample
+    assert out.shape == image.shape
+    return [out], [image, prompt]
 
 
 def run_stem(stem: MultiSourceStem) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -252,6 +262,8 @@ def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return run_llm(component)
     if isinstance(component, MultiSourceStem):
         return run_stem(component)
+    if isinstance(component, HybridPromptFusion):
+        return run_prompt_fusion(component)
     if isinstance(component, ViewTiler):
         return run_view_tiler(component)
     if isinstance(component, TaskGranularityClassifier):

@@ -18,6 +18,9 @@ Batch contract (:class:`Batch`; the models rely on it exactly)::
     prompt_attention_mask  B×P long
     --- optional:
     task                   list[str] (B): the task of each sample, for datamodules that mix tasks
+    visual_prompts         VisualPromptBatch: points / boxes / strokes / masks drawn on each image
+                           (M slots, in the image's pixels; samples carry them as lists of
+                           :class:`rsvlm.data.visual_prompts.VisualPrompt`)
 
 Prediction batches hold ``image``, ``valid`` and ``meta`` and, with categories, ``category``,
 ``instruction`` and an empty ``response`` (plus the formatter's keys).
@@ -37,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rsvlm.contracts import VisualPromptBatch
 from rsvlm.data.bands import BandSpec, band_spec
 from rsvlm.data.loaders import (
     ResumableDataLoader,
@@ -60,6 +64,7 @@ class TextFields(TypedDict, total=False):
 
 class _OptionalFields(TextFields, total=False):
     task: list[str]
+    visual_prompts: VisualPromptBatch
 
 
 class Batch(_OptionalFields):

@@ -106,7 +106,7 @@ def _averaging(average: str) -> str:
 
 def _decoding(generation: dict[str, Any]) -> str:
     """The generation settings a run decodes with, in words (the model's defaults when unset)."""
-    from rsvlm.models.vlm import GenerationSettings
+    from rsvlm.llm.generation import GenerationSettings
 
     settings = GenerationSettings(**generation)
     if not settings.do_sample:

@@ -26,8 +26,9 @@ from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 from torch.func import functional_call
 
-from rsvlm.contracts import MaskDecoder
+from rsvlm.contracts import MaskDecoder, VisualPromptBatch
 from rsvlm.io.state_dicts import check_state_dict, read_state_dict
+from rsvlm.prompts.sam import sam_prompt_input
 
 # The geometry every official SAM checkpoint was trained with (segment_anything.build_sam).
 SAM_PROMPT_DIM = 256
@@ -63,6 +64,10 @@ class SamMaskDecoderHead(MaskDecoder):
             the highest predicted IoU; otherwise SAM's single-mask output (token 0) is used.
         freeze_prompt_encoder: freeze the prompt encoder. Only its ``no_mask_embed`` and
             positional encoding are used; its point/box/mask parts never receive gradients.
+        use_visual_prompts: also give the user's visual prompts (a
+            :class:`~rsvlm.contracts.VisualPromptBatch`) to SAM's prompt encoder, as LISA-style
+            pixel grounding with a drawn prompt does: their sparse embeddings follow the bridge's
+            tokens, and a free-form mask becomes the dense prompt (see :mod:`rsvlm.prompts.sam`).
 
     Under DDP, note that the IoU head (and, without multimask output, the three multimask
     hypernetwork MLPs) take no part in the mask loss, as in SAM-based training code.
@@ -78,6 +83,7 @@ class SamMaskDecoderHead(MaskDecoder):
         decoder_heads: int = SAM_DECODER_HEADS,
         multimask_output: bool = False,
         freeze_prompt_encoder: bool = True,
+        use_visual_prompts: bool = False,
     ) -> None:
         super().__init__()
         if prompt_dim % 8 or (prompt_dim // 2) % decoder_heads:
@@ -89,6 +95,7 @@ class SamMaskDecoderHead(MaskDecoder):
         self.in_channels = in_channels
         self.prompt_dim = prompt_dim
         self.multimask_output = multimask_output
+        self.use_visual_prompts = use_visual_prompts
 
         self.neck = nn.Sequential(
             nn.Conv2d(in_channels, prompt_dim, kernel_size=1, bias=False),
@@ -225,12 +232,54 @@ class SamMaskDecoderHead(MaskDecoder):
         best = iou_pred.argmax(dim=1)
         return masks[torch.arange(masks.shape[0], device=masks.device), best].unsqueeze(1)
 
-    def low_res_logits(self, feature_map: torch.Tensor, prompts: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def visual_prompt_embeddings(
+        self, visual_prompts: VisualPromptBatch, size: tuple[int, int]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """SAM's embeddings of each sample's visual prompts on an h×w map.
+
+        Returns:
+            Per sample, sparse embeddings ``1×K_i×D`` (points, then boxes, as SAM's
+            ``PromptEncoder.forward``; with points and no box SAM's padding point is added), and
+            dense embeddings ``B×D×h×w`` (the free-form mask's, else SAM's no-mask embedding).
+        """
+        encoder = self.prompt_encoder
+        dtype = encoder.point_embeddings[0].weight.dtype
+        device = encoder.point_embeddings[0].weight.device
+        h, w = size
+        sparse: list[torch.Tensor] = []
+        dense: list[torch.Tensor] = []
+        for index in range(visual_prompts.batch_size):
+            given = sam_prompt_input(visual_prompts, index)
+            parts = [torch.zeros(1, 0, self.prompt_dim, dtype=dtype, device=device)]
+            if given.coords is not None:
+                coords, labels = given.coords.to(device, dtype), given.labels.to(device)
+                parts.append(encoder._embed_points(coords, labels, pad=given.boxes is None))
+            if given.boxes is not None:
+                # SAM embeds a batch of boxes one per image; these all prompt this one image
+                corners = encoder._embed_boxes(given.boxes.to(device, dtype))
+                parts.append(rearrange(corners, "n c d -> 1 (n c) d"))
+            sparse.append(torch.cat(parts, dim=1))
+            if given.mask is None:
+                dense.append(self.no_mask_embedding(size))
+            else:
+                # SAM's mask input is 4× the embedding size (256² for its 64² map)
+                logits = F.interpolate(given.mask.to(device, dtype), size=(4 * h, 4 * w), mode="bilinear")
+                dense.append(encoder._embed_masks(logits))
+        return sparse, torch.cat(dense, dim=0)
+
+    def low_res_logits(
+        self,
+        feature_map: torch.Tensor,
+        prompts: torch.Tensor | Sequence[torch.Tensor],
+        visual_prompts: VisualPromptBatch | None = None,
+    ) -> torch.Tensor:
         """Mask logits ``B×1×4h×4w`` before upsampling to the image size.
 
         Args:
             feature_map: ``B×D_in×h×w``.
             prompts: ``B×K×D``, or a list of B tensors ``K_i×D`` (each image its own count).
+            visual_prompts: the user's prompts, given to SAM's prompt encoder when the head was
+                built with ``use_visual_prompts`` (ignored otherwise).
         """
         if feature_map.ndim != 4 or feature_map.shape[1] != self.in_channels:
             raise ValueError(
@@ -241,18 +290,26 @@ class SamMaskDecoderHead(MaskDecoder):
         pe = self.dense_positional_encoding((h, w))
         dense = self.no_mask_embedding((h, w)).to(embedding.dtype)
 
-        if isinstance(prompts, torch.Tensor):
+        if isinstance(prompts, torch.Tensor) and (visual_prompts is None or not self.use_visual_prompts):
             self._check_prompts(prompts, b)
             masks, iou = self.predict_masks(embedding, pe, prompts, dense)
             return self._select(masks, iou)
         if len(prompts) != b:
             raise ValueError(f"SamMaskDecoderHead: got {len(prompts)} prompt tensors for {b} images")
+        per_image = [p.unsqueeze(0) if p.ndim == 2 else p for p in prompts]
+        dense = dense.expand(b, -1, -1, -1)
+        if visual_prompts is not None and self.use_visual_prompts:
+            if visual_prompts.batch_size != b:
+                raise ValueError(
+                    f"SamMaskDecoderHead: got visual prompts for {visual_prompts.batch_size} of {b} images"
+                )
+            sparse, dense = self.visual_prompt_embeddings(visual_prompts, (h, w))
+            per_image = [torch.cat([p, s.to(p.dtype)], dim=1) for p, s in zip(per_image, sparse, strict=True)]
         # Different prompt counts cannot share one transformer call; images are few, so loop.
         out = []
-        for i, p in enumerate(prompts):
-            p = p.unsqueeze(0) if p.ndim == 2 else p
+        for i, p in enumerate(per_image):
             self._check_prompts(p, 1)
-            masks, iou = self.predict_masks(embedding[i : i + 1], pe, p, dense)
+            masks, iou = self.predict_masks(embedding[i : i + 1], pe, p, dense[i : i + 1].to(embedding.dtype))
             out.append(self._select(masks, iou))
         return torch.cat(out, dim=0)
 
@@ -268,6 +325,7 @@ class SamMaskDecoderHead(MaskDecoder):
         feature_map: torch.Tensor,
         prompts: torch.Tensor | Sequence[torch.Tensor],
         image_size: tuple[int, int],
+        visual_prompts: VisualPromptBatch | None = None,
     ) -> torch.Tensor:
         """Mask logits ``B×1×H×W`` for ``image_size=(H, W)``.
 
@@ -275,6 +333,7 @@ class SamMaskDecoderHead(MaskDecoder):
             feature_map: ``B×D_in×h×w`` fused map.
             prompts: ``B×K×D`` prompt tokens, or a list of B tensors ``K_i×D``.
             image_size: ``(H, W)`` of the input image.
+            visual_prompts: the user's prompts in the image's pixels (used with ``use_visual_prompts``).
         """
-        low = self.low_res_logits(feature_map, prompts)
+        low = self.low_res_logits(feature_map, prompts, visual_prompts)
         return F.interpolate(low, size=tuple(image_size), mode="bilinear", align_corners=False)

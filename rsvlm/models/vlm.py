@@ -18,70 +18,20 @@ encoder, named and weighted loss terms, metrics per task, generation settings.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from rsvlm.bridges.positions import BridgePositions, ResponseTokens, with_response_suffix
-from rsvlm.contracts import Bridge, ContractError, Encoder, Fusion, MaskDecoder
+from rsvlm.contracts import Bridge, ContractError, Encoder, FusedFeatures, Fusion, MaskDecoder
+from rsvlm.llm.generation import GenerationSettings
 from rsvlm.models.base import ComposedModule, Link, OptimizerGroup, StagePhase
+from rsvlm.models.vlm_stages import DEFAULT_OPTIMIZER_GROUPS, DEFAULT_STAGE_COMPONENTS
 from rsvlm.training.losses import MASK_LOSSES, combine
 from rsvlm.training.metrics import BinarySegmentationMetrics
 from rsvlm.training.optim import OptimSettings
-
-#: Which components each stage trains (the SPEX paper's two stages, plus both at once). Empty
-#: optional slots are dropped from a stage.
-DEFAULT_STAGE_COMPONENTS: dict[str, list[str]] = {
-    "text": ["cropper", "encoder", "fusion", "prompt_encoder", "projector", "llm"],
-    "mask": ["cropper", "encoder", "fusion", "prompt_encoder", "bridge", "mask_encoder", "decoder"],
-    "joint": [
-        "cropper",
-        "encoder",
-        "fusion",
-        "prompt_encoder",
-        "projector",
-        "llm",
-        "bridge",
-        "mask_encoder",
-        "decoder",
-    ],
-}
-
-#: The SPEX paper's optimiser groups: the vision side at 1e-4, the LLM's adapters at 1e-5.
-DEFAULT_OPTIMIZER_GROUPS: dict[str, OptimizerGroup] = {
-    "vision": OptimizerGroup(
-        components=["cropper", "encoder", "fusion", "prompt_encoder", "projector", "bridge", "mask_encoder", "decoder"],
-        lr=1e-4,
-    ),
-    "llm": OptimizerGroup(components=["llm"], lr=1e-5),
-}
-
-
-@dataclass
-class GenerationSettings:
-    """How responses are generated at test / predict time (passed to ``llm.generate``).
-
-    ``seed`` makes sampling repeatable: each generating call samples from its own random stream
-    seeded with ``seed`` (the global stream is left as it was), so a test run gives the same
-    texts and masks every time. None samples from the global stream.
-    """
-
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    temperature: float = 0.8
-    top_p: float = 0.9
-    repetition_penalty: float = 1.0
-    seed: int | None = 0
-
-    def sampling_seed(self) -> int | None:
-        """The seed a generating call uses, or None (no sampling, or no seed)."""
-        return self.seed if self.do_sample else None
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``llm.generate``."""
-        return {k: v for k, v in asdict(self).items() if k != "seed"}
 
 
 class VisionLanguageModel(ComposedModule):
@@ -98,9 +48,12 @@ class VisionLanguageModel(ComposedModule):
         positions: which hidden states the bridge reads (default: the response tokens, SPEX).
         mask_encoder: image → the map the decoder reads (e.g. a frozen SAM2 encoder); default:
             the fusion map.
-        prompt_encoder: visual prompts of the batch (``batch["visual_prompts"]``) → tokens
-            ``B×M×D_llm`` spliced at the LLM's placeholder named by its ``placeholder``
-            attribute (e.g. ``<region>``, a special token of the LLM); declares ``out_dim``.
+        prompt_encoder: a :class:`~rsvlm.contracts.PromptEncoder` of the batch's visual prompts
+            (``batch["visual_prompts"]``): tokens ``B×M×D_llm`` spliced at the LLM's placeholder
+            named by its ``placeholder`` attribute (``tokens`` / ``inline`` modes), or one
+            embedding per visual token (``dense``, with ``prompt_fusion``).
+        prompt_fusion: (visual tokens ``B×N×D``, dense prompt embeddings ``B×N×D``) → ``B×N×D``
+            before the projector (EarthGPT-X's hybrid fusion).
         cropper: ``(image B×C×H×W, batch) → image B×C×H×W`` of the same geometry (MagCrop), run
             before the encoder.
         stage, schedule, stage_components: which components train (see :class:`ComposedModule`);
@@ -135,7 +88,9 @@ class VisionLanguageModel(ComposedModule):
         Link("encoder", "reductions", "fusion", "in_reductions", what="reductions"),
         Link("fusion", "out_channels", "projector", "in_dim", what="width"),
         Link("projector", "out_dim", "llm", "hidden_size", what="width"),
-        Link("prompt_encoder", "out_dim", "llm", "hidden_size", what="width"),
+        Link("prompt_encoder", "out_dim", "llm", "hidden_size", what="width", unless="prompt_fusion"),
+        Link("prompt_encoder", "out_dim", "prompt_fusion", "dim", what="width"),
+        Link("fusion", "out_channels", "prompt_fusion", "dim", what="width"),
         Link("llm", "hidden_size", "bridge", "in_dim"),
         Link("bridge", "out_dim", "decoder", "prompt_dim"),
         Link("fusion", "out_channels", "decoder", "in_channels", unless="mask_encoder"),
@@ -153,6 +108,7 @@ class VisionLanguageModel(ComposedModule):
         positions: BridgePositions = ResponseTokens(),
         mask_encoder: nn.Module | None = None,
         prompt_encoder: nn.Module | None = None,
+        prompt_fusion: nn.Module | None = None,
         cropper: nn.Module | None = None,
         stage: str = "mask",
         schedule: list[StagePhase] | None = None,
@@ -179,6 +135,7 @@ class VisionLanguageModel(ComposedModule):
             "decoder",
             "mask_encoder",
             "prompt_encoder",
+            "prompt_fusion",
             "cropper",
         )
         inits = {**(component_init or {}), **({"encoder": encoder_init} if encoder_init else {})}
@@ -212,7 +169,22 @@ class VisionLanguageModel(ComposedModule):
             }
         )
         parts = dict(
-            zip(slots, (encoder, fusion, projector, llm, bridge, decoder, mask_encoder, prompt_encoder, cropper))
+            zip(
+                slots,
+                (
+                    encoder,
+                    fusion,
+                    projector,
+                    llm,
+                    bridge,
+                    decoder,
+                    mask_encoder,
+                    prompt_encoder,
+                    prompt_fusion,
+                    cropper,
+                ),
+                strict=True,
+            )
         )
         self.assemble(parts)
         # On the meta device (rsvlm summarize) an LLM may have no tokenizer: bind in setup then.
@@ -231,19 +203,34 @@ class VisionLanguageModel(ComposedModule):
             image = self.cropper(image, batch)
         fused = self.fusion(self.encoder(image))
         decoder_map = fused.map if self.mask_encoder is None else self.mask_encoder(image)
-        return fused, self.projector(fused.tokens), decoder_map
+        tokens = fused.tokens
+        if self.prompt_fusion is not None:  # dense prompts: one per visual token, merged before the LLM
+            prompts = self._visual_prompts(batch or {})
+            dense = self.prompt_encoder(prompts, fused)
+            tokens = self.prompt_fusion(tokens, dense, prompt_valid=prompts.valid.any(dim=1))
+        return fused, self.projector(tokens), decoder_map
 
-    def placeholders(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    def _visual_prompts(self, batch: Mapping[str, Any]):
+        if batch.get("visual_prompts") is None:
+            raise ContractError(
+                f"{type(self.prompt_encoder).__name__} needs the batch field 'visual_prompts', which the data left out"
+            )
+        return batch["visual_prompts"]
+
+    def placeholders(self, batch: Mapping[str, Any], fused: FusedFeatures | None = None) -> dict[str, Any]:
         """Embeddings spliced at placeholders other than ``<image>`` (the visual prompts)."""
-        if self.prompt_encoder is None:
+        if self.prompt_encoder is None or self.prompt_encoder.mode == "dense":
             return {}
-        return {self.prompt_encoder.placeholder: self.prompt_encoder(batch["visual_prompts"])}
+        return {self.prompt_encoder.placeholder: self.prompt_encoder(self._visual_prompts(batch), fused)}
 
     def decode_mask(
-        self, decoder_map: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, size
+        self, decoder_map: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, size, batch: Mapping[str, Any]
     ) -> torch.Tensor:
-        """Read hidden states at ``positions`` (``B×L`` bool) into prompts; decode ``B×1×H×W`` logits."""
+        """Read hidden states at ``positions`` (``B×L`` bool) into prompts; decode ``B×1×H×W`` logits
+        (a decoder that reads visual prompts also gets the batch's ``visual_prompts``)."""
         prompts = self.bridge(hidden, positions)
+        if getattr(self.decoder, "use_visual_prompts", False):
+            return self.decoder(decoder_map, prompts, tuple(size), visual_prompts=batch.get("visual_prompts"))
         return self.decoder(decoder_map, prompts, tuple(size))
 
     def forward(self, batch: dict[str, Any], with_mask: bool = True) -> dict[str, torch.Tensor]:
@@ -256,13 +243,13 @@ class VisionLanguageModel(ComposedModule):
             visual_tokens=visual,
             labels=batch["labels"],
             response_mask=batch["response_mask"],
-            **({"placeholders": extra} if (extra := self.placeholders(batch)) else {}),
+            **({"placeholders": extra} if (extra := self.placeholders(batch, fused)) else {}),
         )
         # the encoded image, so that scoring a batch both ways encodes it once (see _score_split)
-        result = {"text_loss": out.loss, "visual_tokens": visual, "decoder_map": decoder_map}
+        result = {"text_loss": out.loss, "visual_tokens": visual, "decoder_map": decoder_map, "fused": fused}
         if with_mask:
             positions = self.positions.teacher_forced(out)
-            result["mask_logits"] = self.decode_mask(decoder_map, out.hidden_states, positions, image.shape[-2:])
+            result["mask_logits"] = self.decode_mask(decoder_map, out.hidden_states, positions, image.shape[-2:], batch)
         return result
 
     def losses(
@@ -284,14 +271,16 @@ class VisionLanguageModel(ComposedModule):
 
         Returns ``mask_logits`` ``B×1×H×W``, the generated ``texts`` and their ``token_ids``.
         """
-        _, visual, decoder_map = self.encode_image(batch["image"], batch)
-        return self._generate_masks(batch, visual, decoder_map)
+        fused, visual, decoder_map = self.encode_image(batch["image"], batch)
+        return self._generate_masks(batch, visual, decoder_map, fused)
 
     @torch.no_grad()
-    def _generate_masks(self, batch: dict[str, Any], visual: torch.Tensor, decoder_map: torch.Tensor) -> dict[str, Any]:
+    def _generate_masks(
+        self, batch: dict[str, Any], visual: torch.Tensor, decoder_map: torch.Tensor, fused: FusedFeatures
+    ) -> dict[str, Any]:
         """:meth:`predict_masks` from an encoded image (visual tokens ``B×N×D_llm``, decoder map)."""
         image = batch["image"]
-        extra = self.placeholders(batch)
+        extra = self.placeholders(batch, fused)
         seed = self.generation.sampling_seed()
         with torch.random.fork_rng(
             devices=[image.device] if image.device.type == "cuda" else [], enabled=seed is not None
@@ -306,7 +295,7 @@ class VisionLanguageModel(ComposedModule):
                 **({"placeholders": extra} if extra else {}),
             )
         positions = self.positions.generated(gen)
-        logits = self.decode_mask(decoder_map, gen.hidden_states, positions, image.shape[-2:])
+        logits = self.decode_mask(decoder_map, gen.hidden_states, positions, image.shape[-2:], batch)
         return {"mask_logits": logits, "texts": gen.texts, "token_ids": gen.sequences}
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -361,7 +350,8 @@ class VisionLanguageModel(ComposedModule):
         ``split`` with the teacher-forced ones. Generation reuses the image ``outputs`` encoded."""
         teacher_forced = scored = outputs["mask_logits"]
         if with_generation:
-            scored = self._generate_masks(batch, outputs["visual_tokens"], outputs["decoder_map"])["mask_logits"]
+            encoded = (outputs["visual_tokens"], outputs["decoder_map"], outputs["fused"])
+            scored = self._generate_masks(batch, *encoded)["mask_logits"]
             self._update_metrics(f"{split}_teacher_forced", teacher_forced, batch)
         self._update_metrics(split, scored, batch)
         if split == "val" and batch_idx == 0 and self.log_images:

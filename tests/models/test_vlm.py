@@ -161,20 +161,6 @@ def test_seg_bridge_trains_a_step_and_predicts():
     assert out["mask_logits"].shape == (2, 1, 64, 64) and torch.isfinite(out["mask_logits"]).all()
 
 
-class _BoxPrompts(torch.nn.Module):
-    """A toy visual-prompt encoder: one token per box ``B×M×4`` → ``B×M×D_llm``."""
-
-    placeholder = "<region>"
-
-    def __init__(self, out_dim: int) -> None:
-        super().__init__()
-        self.out_dim = out_dim
-        self.proj = torch.nn.Linear(4, out_dim)
-
-    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
-        return self.proj(boxes)
-
-
 class _Flip(torch.nn.Module):
     """A toy cropper that keeps the geometry (a horizontal flip) and records its calls."""
 
@@ -188,18 +174,60 @@ class _Flip(torch.nn.Module):
 
 
 def test_visual_prompts_and_cropper_slots_reach_the_mask():
+    from rsvlm.data.visual_prompts import prompt_batch, prompts_from_arguments
+    from rsvlm.prompts.region_pool import RegionPoolPromptEncoder
+
     parts = tiny_spex_components(special_tokens=("<image>", "<region>"))
-    model = VisionLanguageModel(**parts, prompt_encoder=_BoxPrompts(32), cropper=_Flip(), stage="joint")
+    encoder = RegionPoolPromptEncoder(in_channels=parts["fusion"].out_channels, out_dim=32, output_size=2)
+    model = VisionLanguageModel(**parts, prompt_encoder=encoder, cropper=_Flip(), stage="joint")
     assert "prompt_encoder" in model.stages["joint"] and "cropper" in model.stages["joint"]
     batch = contract_batch(model.llm.formatter)
     batch.update(model.llm.formatter(["Describe the water in <region>."] * 2, batch["response"]))
-    boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.5]], [[0.2, 0.3, 0.9, 0.8]]])
-    logits = model({**batch, "visual_prompts": boxes})["mask_logits"]
+
+    def boxes(shift: float):
+        given = [[[4 + shift, 4, 30 + shift, 30]], [[10, 20 + shift, 60, 50 + shift]]]
+        return prompt_batch([prompts_from_arguments(boxes=b) for b in given], image_size=(64, 64))
+
+    logits = model({**batch, "visual_prompts": boxes(0.0)})["mask_logits"]
     assert model.cropper.calls == 1
-    moved = model({**batch, "visual_prompts": boxes + 0.3})["mask_logits"]
+    moved = model({**batch, "visual_prompts": boxes(12.0)})["mask_logits"]
     assert not torch.allclose(logits, moved)  # the region token flows into the mask
     logits.sum().backward()
     assert model.prompt_encoder.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ContractError, match="needs the batch field 'visual_prompts'"):
+        model(batch)
+
+
+def test_dense_prompts_fuse_into_the_visual_tokens_before_the_llm():
+    from rsvlm.data.visual_prompts import prompt_batch, prompts_from_arguments
+    from rsvlm.fusion.hybrid_prompt import HybridPromptFusion
+    from rsvlm.prompts.spatial import SpatialAwarePromptEncoder
+
+    parts = tiny_spex_components()
+    width, stride = parts["fusion"].out_channels, parts["fusion"].out_reduction
+    # the prompt canvas is the image's frame cut into the fused map's cells: one prompt token per visual token
+    encoder = SpatialAwarePromptEncoder(
+        out_dim=width, max_prompts=2, canvas_size=64, patch_size=stride, width=16, depth=1, heads=2
+    )
+    fusion = HybridPromptFusion(dim=width, heads=2, mlp_ratio=2.0, gate_init=0.5)
+    torch.nn.init.normal_(fusion.blocks[0].cross_attn.out_proj.weight, std=0.2)  # as if trained
+    model = VisionLanguageModel(**parts, prompt_encoder=encoder, prompt_fusion=fusion, stage="joint")
+    assert "prompt_fusion" in model.stages["text"] and "prompt_fusion" in model.stages["joint"]
+    batch = contract_batch(model.llm.formatter)
+
+    def points(x: float):
+        return prompt_batch([prompts_from_arguments(points=[[x, 10.5]]), []], image_size=(64, 64))
+
+    first = model({**batch, "visual_prompts": points(5.5)})
+    moved = model({**batch, "visual_prompts": points(50.5)})
+    assert not torch.allclose(first["mask_logits"][0], moved["mask_logits"][0])  # the prompt reaches the mask
+    assert torch.allclose(first["mask_logits"][1], moved["mask_logits"][1], atol=1e-6)  # the unprompted sample
+    first["text_loss"].backward()
+    assert encoder.vit.patch_embed.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ContractError, match="HybridPromptFusion expects width=8"):
+        VisionLanguageModel(
+            **tiny_spex_components(), prompt_encoder=encoder, prompt_fusion=HybridPromptFusion(dim=8, heads=2)
+        )
 
 
 def test_metric_average_reaches_every_metric_and_the_paper_recipe_averages_per_image():
@@ -213,7 +241,7 @@ def test_metric_average_reaches_every_metric_and_the_paper_recipe_averages_per_i
 
 
 def test_seeded_sampling_repeats_and_leaves_the_global_stream_alone(components, monkeypatch):
-    from rsvlm.models.vlm import GenerationSettings
+    from rsvlm.llm.generation import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=1.5, top_p=1.0, seed=3)
     model = VisionLanguageModel(**components, generation=settings).eval()

@@ -32,6 +32,7 @@ from rsvlm.data.base import CONTRACT_KEYS, TextFormatter
 from rsvlm.data.raster import RasterError, georef_meta, read_mask, read_raster
 from rsvlm.data.spie.records import SpieRecord
 from rsvlm.data.transforms import Normalization, normalize_as, random_dihedral, resize_pad, with_index_channels
+from rsvlm.data.visual_prompts import prompt_batch
 
 
 class SampleError(RsvlmError, ValueError):
@@ -202,6 +203,10 @@ class SpieCollate:
         for key in ("category", "instruction", "response", "meta"):
             if key in first:
                 batch[key] = [s[key] for s in samples]
+        if "visual_prompts" in first:
+            batch["visual_prompts"] = prompt_batch(
+                [s["visual_prompts"] for s in samples], image_size=tuple(batch["image"].shape[-2:])
+            )
         if self.formatter is not None and "instruction" in batch:
             extra = dict(self.formatter(batch["instruction"], batch["response"]))
             clash = sorted(set(extra) & set(CONTRACT_KEYS))

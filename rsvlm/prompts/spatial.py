@@ -1,0 +1,144 @@
+"""EarthGPT-X's spatial-aware prompt encoder (SAE): drawn prompts → a random-init ViT → a token grid.
+
+Encoder modes (:class:`~rsvlm.contracts.PromptEncoder`):
+
+* ``"tokens"``: one group of embeddings per sample, spliced at a single ``placeholder``;
+* ``"inline"``: one group per prompt, spliced at the sample's k-th ``placeholder`` for slot k;
+* ``"dense"`` (this module): one embedding per image token, ``B×N×D_v``, aligned with the image's
+  visual-token grid and added to it by :class:`~rsvlm.fusion.hybrid_prompt.HybridPromptFusion`;
+  no LLM tokens are added, so there is no placeholder.
+
+Pipeline: the prompts are drawn on an ``S×S`` canvas by :func:`rsvlm.prompts.geometry.rasterize`,
+``B×(M+3)×S×S`` in {0, 1} (M identity channels, slot k → channel k, "Region k+1"; then the point,
+box and free-form type channels), M = ``max_prompts`` (fewer slots are padded with empty ones).
+A randomly initialised timm ``VisionTransformer`` (no class token, no pooling) turns it into
+``(S/p)²`` tokens of width ``width``, and ``Linear(width → out_dim)`` lifts them to the image
+tokens' width:
+
+    E = Linear(ViT(PatchEmbed_p(canvas) + pos)) ∈ ℝ^{B×(S/p)²×out_dim}
+
+Alignment assumption. Token ``i·(S/p) + j`` (row-major) is the canvas patch in row i, column j,
+so E lines up with the image's tokens only when those are the same ``(S/p)×(S/p)`` grid, flattened
+row-major, over the same frame as the prompts' coordinates (:meth:`FusedFeatures.from_map` flattens
+row-major; a DINOv2-L/14 map of a 224-px view has ``(224/14)² = 256`` tokens). Prompts given in a
+frame of another size (``prompts.image_size``) are scaled to the canvas, per axis.
+
+Shapes: B batch, M slots, S canvas side, p patch, N = (S/p)² tokens, D = ``out_dim``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from rsvlm.contracts import FusedFeatures, PromptEncoder, VisualPromptBatch
+from rsvlm.prompts.geometry import rasterize
+from rsvlm.prompts.sparse import check_prompt_batch, pad_slots
+
+#: Channels of the canvas after the M identity channels: point, box, free-form (scribble or mask).
+TYPE_CHANNELS = 3
+
+
+class SpatialAwarePromptEncoder(PromptEncoder):
+    """Visual prompts → ``B×(canvas_size/patch_size)²×out_dim`` tokens on the image's token grid.
+
+    Args:
+        out_dim: D_v, the width of the image tokens the output is fused with.
+        max_prompts: M, slots per sample (the identity channels); fewer are padded, more are an error.
+        canvas_size: S, the canvas side and the ViT's input size; a multiple of ``patch_size``.
+        patch_size: p, the ViT's patch; the image tokens must be on the same ``(S/p)²`` grid.
+        width: the ViT's embedding width.
+        depth: the ViT's number of blocks (0: each token sees only its own patch).
+        heads: the ViT's attention heads; ``width`` must be a multiple.
+        point_radius, line_width: canvas pixels of a point's disc and a stroke's width; ``None``
+            takes :func:`rsvlm.prompts.geometry.default_point_radius` / ``default_line_width`` of S.
+        box_style: ``"fill"`` (the default, a filled rectangle) or ``"outline"`` (ViP-LLaVA's).
+    """
+
+    # "dense" is not yet in the base class' Literal (contracts.py is edited separately).
+    mode: ClassVar[Literal["dense"]] = "dense"
+    tokens_per_prompt: ClassVar[int] = 0  # dense: the prompts add no LLM tokens
+
+    def __init__(
+        self,
+        out_dim: int,
+        max_prompts: int = 10,
+        canvas_size: int = 224,
+        patch_size: int = 14,
+        width: int = 384,
+        depth: int = 6,
+        heads: int = 6,
+        point_radius: int | None = None,
+        line_width: int | None = None,
+        box_style: Literal["fill", "outline"] = "fill",
+    ) -> None:
+        super().__init__()
+        check_arguments(max_prompts, canvas_size, patch_size, width, heads, box_style)
+        self.out_dim = out_dim
+        self.max_prompts = max_prompts
+        self.canvas_size = canvas_size
+        self.patch_size = patch_size
+        self.grid = canvas_size // patch_size
+        self.num_tokens = self.grid**2
+        self.in_chans = max_prompts + TYPE_CHANNELS
+        self.point_radius = point_radius
+        self.line_width = line_width
+        self.box_style = box_style
+        # random init: EarthGPT-X's SAE is "a randomly initialised ViT" (no public weights exist)
+        self.vit = VisionTransformer(
+            img_size=canvas_size,
+            patch_size=patch_size,
+            in_chans=self.in_chans,
+            num_classes=0,
+            global_pool="",
+            embed_dim=width,
+            depth=depth,
+            num_heads=heads,
+            class_token=False,
+        )
+        self.proj = nn.Linear(width, out_dim)
+
+    def canvas(self, prompts: VisualPromptBatch) -> torch.Tensor:
+        """The SAE's input ``B×(M+3)×S×S`` float in {0, 1}: ``prompts`` padded to ``max_prompts`` slots,
+        drawn by :func:`~rsvlm.prompts.geometry.rasterize` at ``canvas_size``."""
+        check_prompt_batch("SpatialAwarePromptEncoder", prompts, self.max_prompts)
+        padded = pad_slots(prompts, self.max_prompts)
+        size = (self.canvas_size, self.canvas_size)
+        return rasterize(padded, size, self.point_radius, self.line_width, self.box_style)
+
+    def encode_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
+        """A canvas ``B×(M+3)×S×S`` (e.g. one view of a tiled larger canvas) → tokens ``B×(S/p)²×D``."""
+        expected = (self.in_chans, self.canvas_size, self.canvas_size)
+        if canvas.ndim != 4 or tuple(canvas.shape[1:]) != expected:
+            raise ValueError(
+                f"SpatialAwarePromptEncoder: canvas must be B×{expected[0]}×{expected[1]}×{expected[2]} "
+                f"(max_prompts+3 channels, canvas_size), got shape {tuple(canvas.shape)}"
+            )
+        weight = self.vit.patch_embed.proj.weight
+        # forward_features: patch embedding + position + blocks + final norm; no class token to drop
+        tokens = self.vit.forward_features(canvas.to(device=weight.device, dtype=weight.dtype))
+        return self.proj(tokens)
+
+    def forward(self, prompts: VisualPromptBatch, visual: FusedFeatures | None = None) -> torch.Tensor:
+        """``B×(S/p)²×D`` prompt tokens, row-major over the patch grid (``visual`` is unused)."""
+        return self.encode_canvas(self.canvas(prompts))
+
+
+def check_arguments(
+    max_prompts: int, canvas_size: int, patch_size: int, width: int, heads: int, box_style: str
+) -> None:
+    """Raise a one-line ValueError naming the first bad constructor argument."""
+    if max_prompts < 1:
+        raise ValueError(f"SpatialAwarePromptEncoder: max_prompts must be >= 1, got {max_prompts}")
+    if patch_size < 1 or canvas_size < patch_size or canvas_size % patch_size:
+        raise ValueError(
+            f"SpatialAwarePromptEncoder: canvas_size must be a positive multiple of patch_size={patch_size}, "
+            f"got {canvas_size}"
+        )
+    if heads < 1 or width % heads:
+        raise ValueError(f"SpatialAwarePromptEncoder: width={width} must be a multiple of heads, got heads={heads}")
+    if box_style not in ("fill", "outline"):
+        raise ValueError(f"SpatialAwarePromptEncoder: box_style must be 'fill' or 'outline', got {box_style!r}")
