@@ -19,6 +19,8 @@ TASKS = ("land-cover category", "free-text question", "referring expression")
 #: How a referring expression becomes the instruction (LISA / GeoPixel's wording).
 REFERRING_TEMPLATE = "Please segment {expression} in this image."
 RGB_NAMES = ("red", "green", "blue")
+#: What a click on the scene adds.
+PROMPT_TOOLS = ("point", "box")
 
 
 class AppError(RsvlmError, ValueError):
@@ -60,13 +62,48 @@ def preview(path: str | None, model_bands: Sequence[str], composite: str = "auto
         raise AppError(one_line(err)) from err
 
 
-def mark_points(picture: np.ndarray, points: Sequence[Sequence[int]], radius: int = 3) -> np.ndarray:
-    """``picture`` with a yellow square of side ``2·radius+1`` at each ``(x, y)`` point."""
-    out = picture.copy()
-    h, w = out.shape[:2]
-    for x, y in points:
-        out[max(0, y - radius) : min(h, y + radius + 1), max(0, x - radius) : min(w, x + radius + 1)] = (255, 255, 0)
-    return out
+def click_to_pixel(x: int, y: int) -> list[float]:
+    """A click on picture pixel ``(x, y)`` (column, row) → its centre in continuous pixels."""
+    return [x + 0.5, y + 0.5]
+
+
+def add_click(
+    mode: str, x: int, y: int, points: list, boxes: list, corner: list | None
+) -> tuple[list, list, list | None]:
+    """One click of the prompt tool: ``mode`` "point" adds a point; "box" takes two clicks, the
+    first corner and the opposite one. Returns the new ``(points, boxes, pending corner)``."""
+    if mode not in PROMPT_TOOLS:
+        raise AppError(f"unknown prompt tool {mode!r}; choose one of {', '.join(PROMPT_TOOLS)}")
+    if mode == "point":
+        return [*points, click_to_pixel(x, y)], boxes, None
+    if corner is None:
+        return points, boxes, [x, y]
+    (x0, x1), (y0, y1) = sorted((corner[0], x)), sorted((corner[1], y))
+    return points, [*boxes, [float(x0), float(y0), float(x1 + 1), float(y1 + 1)]], None
+
+
+def painted_mask(editor_value: dict | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The pixels painted in the free-form editor (``H×W`` bool at the scene's size), or None."""
+    layers = (editor_value or {}).get("layers") or []
+    painted = [np.asarray(layer)[..., 3] > 0 for layer in layers if np.asarray(layer).ndim == 3]
+    if not painted or not any(p.any() for p in painted):
+        return None
+    mask = np.any(painted, axis=0)
+    if mask.shape != tuple(shape):
+        raise AppError(f"the painted layer is {mask.shape[1]}×{mask.shape[0]} but the scene is {shape[1]}×{shape[0]}")
+    return mask
+
+
+def mark_prompts(picture: np.ndarray, points: Sequence, boxes: Sequence, corner: Sequence | None = None) -> np.ndarray:
+    """``picture`` with the prompts drawn on it as the model will see them (and a pending box corner)."""
+    from rsvlm.data.visual_prompts import prompt_batch, prompts_from_arguments
+    from rsvlm.prompts.geometry import overlay
+
+    extra = [click_to_pixel(*corner)] if corner is not None else []
+    prompts = prompts_from_arguments(points=[*points, *extra] or None, boxes=list(boxes) or None, where="app")
+    if not prompts:
+        return picture
+    return overlay(picture, prompt_batch([prompts], image_size=picture.shape[:2]))
 
 
 def run(
@@ -75,11 +112,14 @@ def run(
     task: str,
     category: str | None,
     question: str | None,
-    points: Sequence[Sequence[int]] = (),
+    points: Sequence[Sequence[float]] = (),
     out_dir: str | None = None,
     progress: bool = False,
+    boxes: Sequence[Sequence[float]] = (),
+    painted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str, list[str]]:
-    """Run the model on an uploaded scene.
+    """Run the model on an uploaded scene, with the clicked points and boxes (continuous pixels)
+    and the painted free-form region (``H×W`` bool) as visual prompts.
 
     Returns:
         ``(overlay H×W×3 uint8, answer text, [mask GeoTIFF, overlay PNG, answer JSON])``, the
@@ -97,9 +137,9 @@ def run(
         instruction = text if task == TASKS[1] else REFERRING_TEMPLATE.format(expression=text.rstrip("."))
     elif not category:
         raise AppError("choose a land-cover category")
-    prompts = {}
-    if points and getattr(predictor.model, "prompt_encoder", None) is not None:
-        prompts["points"] = [list(p) for p in points]
+    given = {"points": [list(p) for p in points], "boxes": [list(b) for b in boxes], "mask": painted}
+    given = {k: v for k, v in given.items() if v is not None and len(v)}
+    prompts = given if predictor.takes_visual_prompts else {}
     try:
         result = predictor.predict(
             path, category=category or None, instruction=instruction, progress=progress, **prompts
@@ -110,6 +150,6 @@ def run(
     except (RsvlmError, OSError, ValueError) as err:
         raise AppError(one_line(err)) from err
     answer = result.text if len(result.texts) == 1 else "\n".join(f"tile {i}: {t}" for i, t in enumerate(result.texts))
-    if points and "points" not in prompts:
-        answer += "\n(points ignored: this model takes no visual prompts)"
+    if given and not prompts:
+        answer += f"\n({', '.join(given)} ignored: this model takes no visual prompts)"
     return picture, answer, [str(files[k]) for k in ("mask", "overlay", "json")]

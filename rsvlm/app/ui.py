@@ -1,12 +1,14 @@
-"""The Gradio page: upload a scene, pick the task, click points, run, see and download the answer.
+"""The Gradio page: upload a scene, pick the task, add visual prompts, run, see and download the answer.
 
-Layout: the scene (a true- or false-colour composite of any band count; clicks add points) and
-the answer side by side; below them the task (a land-cover category, a free-text question, or a
-referring expression),
-the Run button, the answer text, the mask overlay and the downloads (mask GeoTIFF, overlay PNG,
-answer JSON). Errors are shown in the page as the one-line message of the command line.
-Endpoints (for ``gradio_client``): ``/preview`` (file, composite → picture) and ``/run``
-(file, task, category, question or expression → overlay, answer, files).
+Layout: the scene (a true- or false-colour composite of any band count) and the answer side by
+side. On the scene's Click tab a click adds a point, or with the box tool two clicks give a box's
+opposite corners; the Paint tab paints a free-form region with a brush. Below: the task (a
+land-cover category, a free-text question, or a referring expression), the Run button, the answer
+text, the mask overlay and the downloads (mask GeoTIFF, overlay PNG, answer JSON). Errors are
+shown in the page as the one-line message of the command line. Endpoints (for
+``gradio_client``): ``/preview`` (file, composite → picture, prompts reset, paint canvas) and
+``/run`` (file, task, category, question or expression, points, boxes, painting → overlay,
+answer, files).
 """
 
 # No `from __future__ import annotations`: Gradio reads the `gr.SelectData` annotation of the
@@ -29,36 +31,81 @@ def build_app(predictor: Any, title: str = "rsvlm") -> Any:
     gr = _require_gradio()
     bands = list(predictor.bands)
     categories = list(getattr(predictor.datamodule, "categories", None) or ["water", "vegetation", "building"])
-    takes_prompts = getattr(predictor.model, "prompt_encoder", None) is not None
+
+    def fail(err: actions.AppError):
+        return gr.Error(str(err))
 
     def on_upload(path, composite):
         try:
-            return actions.preview(path, bands, composite), []
+            picture = actions.preview(path, bands, composite)
         except actions.AppError as err:
-            raise gr.Error(str(err)) from err
+            raise fail(err) from err
+        return picture, [], [], None, picture
 
-    def on_click(path, composite, points, evt: gr.SelectData):
-        points = [*points, [int(evt.index[0]), int(evt.index[1])]]
-        picture = actions.preview(path, bands, composite)
-        return actions.mark_points(picture, points), points
-
-    def on_run(path, task, category, question, points=(), progress=gr.Progress(track_tqdm=True)):
+    def on_click(path, composite, tool, points, boxes, corner, evt: gr.SelectData):
         try:
-            return actions.run(predictor, path, task, category, question, points or (), progress=True)
+            points, boxes, corner = actions.add_click(tool, int(evt.index[0]), int(evt.index[1]), points, boxes, corner)
+            picture = actions.preview(path, bands, composite)
         except actions.AppError as err:
-            raise gr.Error(str(err)) from err
+            raise fail(err) from err
+        return actions.mark_prompts(picture, points, boxes, corner), points, boxes, corner
+
+    def on_clear(path, composite):
+        picture = actions.preview(path, bands, composite)
+        return picture, [], [], None, picture
+
+    def on_run(
+        path, task, category, question, points=(), boxes=(), painting=None, progress=gr.Progress(track_tqdm=True)
+    ):
+        try:
+            background = (painting or {}).get("background")
+            painted = None if background is None else actions.painted_mask(painting, background.shape[:2])
+            return actions.run(
+                predictor,
+                path,
+                task,
+                category,
+                question,
+                points or (),
+                progress=True,
+                boxes=boxes or (),
+                painted=painted,
+            )
+        except actions.AppError as err:
+            raise fail(err) from err
 
     with gr.Blocks(title=title) as page:
         gr.Markdown(
             f"## {title}\nModel bands: {', '.join(bands)}. "
-            + ("Click the scene to add point prompts." if takes_prompts else "This model takes no visual prompts.")
+            + (
+                "Click the scene to add points, or two opposite corners of a box; paint a free-form region "
+                "in the Paint tab."
+                if predictor.takes_visual_prompts
+                else "This model takes no visual prompts."
+            )
         )
-        points = gr.State([])
+        points, boxes, corner = gr.State([]), gr.State([]), gr.State(None)
         with gr.Row():
             with gr.Column():
                 scene = gr.File(label="Scene (GeoTIFF, PNG, JPEG)", type="filepath", elem_id="scene-file")
-                composite = gr.Radio(["auto", "true", "false"], value="auto", label="Composite")
-                picture = gr.Image(label="Scene", interactive=False, format="png", height=420, elem_id="scene-picture")
+                with gr.Row():
+                    composite = gr.Radio(["auto", "true", "false"], value="auto", label="Composite")
+                    tool = gr.Radio(list(actions.PROMPT_TOOLS), value="point", label="A click adds", elem_id="tool")
+                    clear = gr.Button("Clear prompts", elem_id="clear")
+                with gr.Tab("Click"):
+                    picture = gr.Image(
+                        label="Scene", interactive=False, format="png", height=420, elem_id="scene-picture"
+                    )
+                with gr.Tab("Paint", elem_id="paint-tab"):
+                    painting = gr.ImageEditor(
+                        label="Paint a free-form region",
+                        type="numpy",
+                        sources=(),
+                        brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"),
+                        format="png",
+                        height=420,
+                        elem_id="scene-painting",
+                    )
             with gr.Column():
                 overlay = gr.Image(label="Mask overlay", interactive=False, format="png", height=420, elem_id="overlay")
                 answer = gr.Textbox(label="Answer", lines=6, elem_id="answer")
@@ -68,11 +115,18 @@ def build_app(predictor: Any, title: str = "rsvlm") -> Any:
             category = gr.Dropdown(categories, value=categories[0], label="Land-cover category")
             question = gr.Textbox(label="Question or referring expression")
         run_button = gr.Button("Run", variant="primary", elem_id="run")
-        scene.upload(on_upload, [scene, composite], [picture, points], api_name="preview")
-        composite.change(on_upload, [scene, composite], [picture, points], api_name=False)
-        picture.select(on_click, [scene, composite, points], [picture, points], api_name=False)
+        reset = [picture, points, boxes, corner, painting]
+        scene.upload(on_upload, [scene, composite], reset, api_name="preview")
+        composite.change(on_upload, [scene, composite], reset, api_name=False)
+        clear.click(on_clear, [scene, composite], reset, api_name=False)
+        picture.select(
+            on_click, [scene, composite, tool, points, boxes, corner], [picture, points, boxes, corner], api_name=False
+        )
         run_button.click(
-            on_run, [scene, task, category, question, points], [overlay, answer, downloads], api_name="run"
+            on_run,
+            [scene, task, category, question, points, boxes, painting],
+            [overlay, answer, downloads],
+            api_name="run",
         )
     return page
 

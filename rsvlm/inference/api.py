@@ -79,15 +79,23 @@ class Predictor:
     def bands(self) -> tuple[str, ...]:
         return self.settings.bands
 
+    @property
+    def takes_visual_prompts(self) -> bool:
+        """Whether the model reads points, boxes and strokes (a visual-prompt encoder feeding its
+        LLM, or a mask decoder that gives them to SAM's prompt encoder)."""
+        model = self.model
+        return model.prompt_encoder is not None or bool(getattr(model.decoder, "use_visual_prompts", False))
+
     def predict(
         self,
         image: ImageLike | Sequence[ImageLike],
         category: str | None = None,
         instruction: str | None = None,
         bands: Sequence[str] | None = None,
-        points: Any = None,
-        boxes: Any = None,
-        scribble: Any = None,
+        points: Sequence[Sequence[float]] | None = None,
+        boxes: Sequence[Sequence[float]] | None = None,
+        scribble: Sequence[Sequence[Sequence[float]]] | None = None,
+        mask: np.ndarray | None = None,
         threshold: float = 0.5,
         overlap: int | None = None,
         progress: bool = False,
@@ -99,20 +107,34 @@ class Predictor:
             category: ``water``, ``vegetation`` or ``building``: the APG instruction of the tile.
             instruction: your own instruction instead of the APG one (``category`` optional).
             bands: names of an array's bands (default: the model's, in its order).
-            points, boxes, scribble: visual prompts, for models with a visual-prompt encoder.
+            points: ``[[x, y], ...]`` (or ``[x, y, label]``, label 0 for background) in the image's
+                pixels (x right, y down; the centre of pixel column j is x = j + 0.5).
+            boxes: ``[[x0, y0, x1, y1], ...]`` in pixels (edges).
+            scribble: free-form strokes, ``[[[x, y], ...], ...]``, one vertex list per stroke.
+            mask: a painted free-form region, ``H×W`` bool at the image's size.
+                Visual prompts need a model that reads them (:attr:`takes_visual_prompts`); each
+                tile gets the part of the prompts inside it; for a list of images they apply to each.
             threshold: probability threshold of the mask.
             overlap: pixels shared by neighbouring tiles (default: the recipe's).
             progress: a progress bar over the tiles.
         """
+        from rsvlm.data.visual_prompts import prompts_from_arguments
         from rsvlm.inference.tiles import predict_images
 
-        if (
-            any(p is not None for p in (points, boxes, scribble))
-            and getattr(self.model, "prompt_encoder", None) is None
-        ):
+        try:
+            prompts = prompts_from_arguments(
+                points=points,
+                boxes=boxes,
+                scribbles=scribble,
+                masks=None if mask is None else [np.asarray(mask, dtype=bool)],
+                where="predict",
+            )
+        except ValueError as error:
+            raise PredictError(str(error)) from None
+        if prompts and not self.takes_visual_prompts:
             raise PredictError(
-                f"{self.source or 'this model'} has no visual-prompt encoder (its recipe leaves prompt_encoder "
-                "empty): points=, boxes= and scribble= need a model trained with one"
+                f"{self.source or 'this model'} reads no visual prompts (its recipe has no prompt_encoder and its "
+                "decoder no use_visual_prompts): points=, boxes=, scribble= and mask= need a model trained with them"
             )
         if category is None and instruction is None:
             raise PredictError("predict needs category= (water, vegetation, building) or instruction=")
@@ -120,6 +142,14 @@ class Predictor:
             raise PredictError(f"predict: threshold must be in (0, 1), got {threshold}")
         several = isinstance(image, (list, tuple))
         results = predict_images(
-            self, list(image) if several else [image], category, instruction, bands, threshold, overlap, progress
+            self,
+            list(image) if several else [image],
+            category,
+            instruction,
+            bands,
+            threshold,
+            overlap,
+            progress,
+            prompts=prompts,
         )
         return results if several else results[0]

@@ -34,6 +34,24 @@ class _WithInstruction(Dataset):
         return sample
 
 
+class _WithPrompts(Dataset):
+    """A predict dataset whose samples carry the visual prompts that fall in their window."""
+
+    def __init__(self, base: Dataset, prompts: Sequence[Any]) -> None:
+        self.base, self.prompts = base, list(prompts)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from rsvlm.data.visual_prompts import window_prompts
+
+        sample = dict(self.base[index])
+        row, col, height, width = sample["meta"]["window"]
+        sample["visual_prompts"] = window_prompts(self.prompts, row, col, height, width)
+        return sample
+
+
 def _as_array(image: Any, model_bands: Sequence[str], bands: Sequence[str] | None) -> np.ndarray:
     """A ``C×H×W`` float32 array in the model's band order."""
     array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
@@ -138,6 +156,7 @@ def predict_images(
     threshold: float,
     overlap: int | None,
     progress: bool,
+    prompts: Sequence[Any] = (),
 ) -> list[Prediction]:
     """One :class:`Prediction` per image, in order (see :meth:`rsvlm.inference.api.Predictor.predict`).
 
@@ -185,6 +204,8 @@ def predict_images(
             )
     if instruction is not None:
         datasets = [_WithInstruction(d, instruction, category) for d in datasets]
+    if prompts:
+        datasets = [_WithPrompts(d, prompts) for d in datasets]
     label = f"predict {len(state)} image(s)" if progress else None
     run_tiles(predictor.model, predictor.formatter, s.batch_size, datasets, state, label)
     return [_prediction(name, state[name], category, instruction, tuple(s.bands), threshold) for name in names]

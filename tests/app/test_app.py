@@ -51,10 +51,41 @@ def test_preview_is_the_composite_of_the_scene(scene, predictor, one_band):
         actions.preview(str(one_band.parent / "broken.tif"), predictor.bands)
 
 
-def test_mark_points_draws_squares_at_x_y():
-    picture = np.zeros((10, 12, 3), np.uint8)
-    marked = actions.mark_points(picture, [(11, 0)], radius=1)
-    assert (marked[0:2, 10:12] == (255, 255, 0)).all() and marked.sum() == 4 * (255 + 255)
+def test_clicks_add_points_at_pixel_centres_and_two_clicks_make_a_box():
+    points, boxes, corner = actions.add_click("point", 11, 0, [], [], None)
+    assert points == [[11.5, 0.5]] and boxes == [] and corner is None
+    points, boxes, corner = actions.add_click("box", 30, 8, points, boxes, None)
+    assert corner == [30, 8] and boxes == []  # the first corner waits for the second
+    points, boxes, corner = actions.add_click("box", 20, 12, points, boxes, corner)
+    # opposite corners in any order; the box covers both clicked pixels (edges)
+    assert boxes == [[20.0, 8.0, 31.0, 13.0]] and corner is None and points == [[11.5, 0.5]]
+    with pytest.raises(actions.AppError, match="unknown prompt tool"):
+        actions.add_click("lasso", 1, 1, [], [], None)
+
+
+def test_marked_prompts_are_drawn_where_they_are():
+    picture = np.full((40, 50, 3), 60, np.uint8)
+    marked = actions.mark_prompts(picture, [[5.5, 5.5]], [[20.0, 10.0, 41.0, 31.0]])
+    changed = np.any(marked != picture, axis=-1)
+    assert changed[5, 5] and not changed[5, 15]  # the point's disc, not far from it
+    assert changed[10, 20] and changed[30, 40] and changed[20, 20]  # the box's outline
+    assert not changed[20, 30]  # ...not its inside
+    assert np.array_equal(actions.mark_prompts(picture, [], []), picture)
+    pending = actions.mark_prompts(picture, [], [], corner=[44, 2])  # a box's first corner shows as a mark
+    assert np.any(pending[2, 44] != picture[2, 44]) and not np.any(pending[30, 10] != picture[30, 10])
+
+
+def test_the_painted_layer_becomes_the_free_form_mask():
+    layer = np.zeros((8, 10, 4), np.uint8)
+    layer[2:4, 3:7, :] = (255, 48, 48, 255)
+    editor = {"background": np.zeros((8, 10, 3), np.uint8), "layers": [layer], "composite": None}
+    expected = np.zeros((8, 10), bool)
+    expected[2:4, 3:7] = True
+    assert np.array_equal(actions.painted_mask(editor, (8, 10)), expected)
+    assert actions.painted_mask({"layers": [np.zeros((8, 10, 4), np.uint8)]}, (8, 10)) is None
+    assert actions.painted_mask(None, (8, 10)) is None
+    with pytest.raises(actions.AppError, match="painted layer is 10×8 but the scene is 12×8"):
+        actions.painted_mask(editor, (8, 12))
 
 
 def test_run_gives_the_api_answer_and_the_predict_files(scene, predictor, tmp_path):
@@ -125,6 +156,15 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
+def _headless_chromium(webdriver):
+    browser, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+
+
 @pytest.mark.skipif(
     _chromium() is None, reason="no Chromium + chromedriver on PATH (Debian: apt install chromium chromium-driver)"
 )
@@ -134,12 +174,7 @@ def test_a_real_browser_uploads_clicks_runs_and_sees_the_answer(server, page_sce
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    driver = _headless_chromium(webdriver)
     try:
         wait = WebDriverWait(driver, 120)
         driver.get(server)
@@ -166,3 +201,98 @@ def test_a_referring_expression_becomes_the_segmentation_instruction(scene, pred
     seen = spy_instructions(monkeypatch, predictor.model)
     actions.run(predictor, str(scene), actions.TASKS[2], None, "the white building by the river.", out_dir=tmp_path)
     assert set(seen) == {"Please segment the white building by the river in this image."}
+
+
+# ---------------------------------------------------------------------------- visual prompts
+@pytest.fixture(scope="module")
+def prompted_server(run_folder):
+    """The page of the demo run with its SAM decoder reading the user's prompts (``use_visual_prompts``)."""
+    pytest.importorskip("gradio", reason='the app needs Gradio: pip install "rsvlm[app]"')
+    from rsvlm.app.ui import build_app
+
+    prompted = rsvlm.load(run_folder)
+    prompted.model.decoder.use_visual_prompts = True
+    page = build_app(prompted)
+    port = _free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", prompted
+    page.close()
+
+
+def prompt_kinds(monkeypatch, model) -> list[set[int]]:
+    """The kinds of visual prompt in each later batch of ``model.predict_masks`` (the call still runs)."""
+    seen: list[set[int]] = []
+    original = model.predict_masks
+
+    def spy(batch):
+        prompts = batch.get("visual_prompts")
+        seen.append(set() if prompts is None else set(prompts.kind[prompts.valid].tolist()))
+        return original(batch)
+
+    monkeypatch.setattr(model, "predict_masks", spy)
+    return seen
+
+
+def test_run_passes_boxes_and_the_painted_region_to_a_model_that_reads_them(prompted_server, scene, tmp_path):
+    _, prompted = prompted_server
+    painted = np.zeros((80, 100), bool)
+    painted[5:9, 5:30] = True
+    _, answer, _ = actions.run(
+        prompted,
+        str(scene),
+        actions.TASKS[0],
+        "water",
+        None,
+        [[3.5, 3.5]],
+        tmp_path,
+        boxes=[[10, 10, 40, 30]],
+        painted=painted,
+    )
+    assert "ignored" not in answer
+    expected = prompted.predict(
+        str(scene), category="water", points=[[3.5, 3.5]], boxes=[[10, 10, 40, 30]], mask=painted
+    )
+    assert answer == "\n".join(f"tile {i}: {t}" for i, t in enumerate(expected.texts))
+
+
+@pytest.mark.skipif(
+    _chromium() is None, reason="no Chromium + chromedriver on PATH (Debian: apt install chromium chromium-driver)"
+)
+def test_a_real_browser_draws_a_box_and_paints_a_region(prompted_server, scene, monkeypatch):
+    webdriver = pytest.importorskip("selenium.webdriver", reason='needs Selenium: pip install "rsvlm[app]"')
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from rsvlm.contracts import PROMPT_KINDS
+
+    url, prompted = prompted_server
+    kinds = prompt_kinds(monkeypatch, prompted.model)
+    driver = _headless_chromium(webdriver)
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(url)
+        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#scene-file input[type=file]")))
+        upload.send_keys(str(scene))
+        picture = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene-picture img")))
+        driver.find_element(By.XPATH, "//*[@id='tool']//label[contains(., 'box')]").click()
+        for dx, dy in ((-40, -40), (40, 30)):  # two opposite corners of a box
+            before = picture.get_attribute("src")
+            ActionChains(driver).move_to_element_with_offset(picture, dx, dy).click().perform()
+            wait.until(
+                lambda d, b=before: d.find_element(By.CSS_SELECTOR, "#scene-picture img").get_attribute("src") != b
+            )
+            picture = driver.find_element(By.CSS_SELECTOR, "#scene-picture img")
+        driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Paint')]").click()
+        canvas = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene-painting canvas")))
+        stroke = ActionChains(driver).move_to_element_with_offset(canvas, -30, 0).click_and_hold()
+        stroke.move_by_offset(30, 5).move_by_offset(30, 5).release().perform()
+        driver.find_element(By.CSS_SELECTOR, "#run").click()
+        wait.until(lambda d: "tile 0:" in d.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value"))
+        answer = driver.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value")
+        assert "ignored" not in answer
+        seen = set().union(*kinds)
+        assert PROMPT_KINDS["box"] in seen and PROMPT_KINDS["mask"] in seen, seen
+    finally:
+        driver.quit()

@@ -112,7 +112,7 @@ def test_own_instruction_reaches_the_model(scene, model, monkeypatch):
 
 
 def test_bad_calls_are_one_line_errors(scene, model):
-    with pytest.raises(PredictError, match="no visual-prompt encoder"):
+    with pytest.raises(PredictError, match="reads no visual prompts"):
         model.predict(str(scene), category="water", points=[[10, 10]])
     with pytest.raises(PredictError, match="category="):
         model.predict(str(scene))
