@@ -26,6 +26,7 @@ from rsvlm.encoders.internimage import InternImageEncoder
 from rsvlm.encoders.mixed import MixedExpertEncoder
 from rsvlm.encoders.modality_stem import MultiSourceStem, StemSpec
 from rsvlm.encoders.sam2_hiera import Sam2HieraEncoder
+from rsvlm.encoders.sam_vit import SamViTEncoder
 from rsvlm.encoders.timm_encoder import TimmEncoder
 from rsvlm.encoders.timm_vit import TimmViTEncoder
 from rsvlm.fusion.hybrid_prompt import HybridPromptFusion
@@ -123,6 +124,18 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
             "optical": StemSpec(["b", "g", "r", "n"], "conv1x1", [2, 1, 0]),
             "sar": StemSpec(["vv"], "conv1x1"),
         },
+    ),
+    # a mask encoder: image B×BANDS×H×W → one map B×out_channels×H/reduction² (test_contracts run_mask_encoder)
+    "SamViTEncoder": partial(
+        SamViTEncoder,
+        variant="vit_b",
+        image_size=64,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        global_attn_indexes=[1],
+        in_bands=BANDS,
+        rgb_bands=[2, 1, 0],
     ),
     # new encoders go here
     # ------------------------------------------------ fusion: PYRAMID_CHANNELS maps → FusedFeatures

@@ -239,6 +239,16 @@ def run_stem(stem: MultiSourceStem) -> tuple[list[torch.Tensor], list[torch.Tens
     return [out], [image]
 
 
+def run_mask_encoder(encoder: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A ``mask_encoder`` (the VLM hands its one map to the decoder as is): ``B×out_channels×s/r×s/r``,
+    s its square input side (SAM pads to it)."""
+    image = torch.randn(BATCH, encoder.in_bands, IMAGE, IMAGE, requires_grad=True)
+    side = getattr(encoder, "image_size", IMAGE) // encoder.reduction
+    out = encoder(image)
+    assert tuple(out.shape) == (BATCH, encoder.out_channels, side, side)
+    return [out], [image]
+
+
 def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Forward on a tiny input of the component's kind, checking the declared widths;
     returns (outputs, inputs that should receive gradients)."""
@@ -260,6 +270,8 @@ def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return run_seg_head(component)
     if hasattr(component, "hidden_size") and hasattr(component, "image_token_id"):
         return run_llm(component)
+    if all(hasattr(component, f) for f in ("in_bands", "out_channels", "reduction")):
+        return run_mask_encoder(component)
     if isinstance(component, MultiSourceStem):
         return run_stem(component)
     if isinstance(component, HybridPromptFusion):
