@@ -35,6 +35,7 @@ from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
 from rsvlm.llm.outputs import Generation, LMOutput, generation_masks
 from rsvlm.llm.splice import PlaceholderEmbeds, Spliced, image_token_positions, splice_placeholders
 from rsvlm.llm.tokenizer import TokenizerSource
+from rsvlm.llm.trainable_parts import train_parts
 
 __all__ = ["CausalLM", "Generation", "LMOutput", "LoraSettings", "generation_masks", "load_config_dict"]
 
@@ -60,6 +61,9 @@ class CausalLM(nn.Module):
         freeze: freeze the base model (without LoRA: nothing of the LLM trains).
         train_new_token_embeddings: let the embedding rows of the newly added special tokens
             (other than ``image_token``) train, through a peft trainable-token delta.
+        train_modules: parts of the frozen base that train, chosen by module type (never by name):
+            ``["attention"]`` trains every self-attention module (EarthGPT-X); also ``mlp``,
+            ``norm``, ``embeddings``, ``lm_head`` (see :mod:`rsvlm.llm.trainable_parts`).
         torch_dtype: dtype of the weights (``"bfloat16"``, ``"float16"``...); default float32 (not
             the checkpoint's dtype), which suits Lightning's mixed precision.
         attn_implementation: ``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``.
@@ -79,6 +83,7 @@ class CausalLM(nn.Module):
         lora: LoraSettings | None = None,
         freeze: bool = True,
         train_new_token_embeddings: bool = False,
+        train_modules: list[str] | None = None,
         torch_dtype: str | None = None,
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
@@ -91,6 +96,8 @@ class CausalLM(nn.Module):
             raise ValueError("CausalLM needs `model` (Hugging Face id or folder) or `config` (architecture)")
         if lora is not None and not freeze:
             raise ValueError("CausalLM: lora trains adapters on a frozen base; set freeze=True or drop lora")
+        if train_modules and (lora is not None or not freeze):
+            raise ValueError("CausalLM: train_modules trains parts of a frozen base; it needs freeze=True and no lora")
         self.image_token = image_token
         self.system_prompt = system_prompt
         self.max_length = max_length
@@ -150,11 +157,14 @@ class CausalLM(nn.Module):
         if freeze:
             self.model.requires_grad_(False)
         # Shown in the trainable-parameter table instead of a bare "partial".
-        self.trainable_mode = f"LoRA r={lora.r}" if lora is not None else None
+        self.trainable_mode = f"LoRA r={lora.r}" if lora is not None else ("+".join(train_modules or []) or None)
         if lora is not None:
             self.model = apply_lora(self.model, lora, trainable_ids or None)
         elif freeze and trainable_ids:
             self.model = apply_trainable_tokens(self.model, trainable_ids)
+        if train_modules:
+            # After any peft wrapping, which freezes everything but its own deltas.
+            train_parts(self.base_model, train_modules)
         self._formatter: ChatFormatter | None = None
 
     # ------------------------------------------------------------------ properties

@@ -68,6 +68,9 @@ def config_source_for(model: str) -> str:
     if (folder / "config.json").is_file():
         return str(folder)
     name = model.rstrip("/").split("/")[-1].lower()
+    # Meta's transformers-format repositories end in "-hf" (meta-llama/Llama-2-13b-hf → llama-2-13b).
+    if name not in shipped_configs():
+        name = name.removesuffix("-hf")
     if name not in shipped_configs():
         raise ValueError(
             f"building {model!r} on the meta device needs its architecture: pass `config` "
