@@ -379,13 +379,3 @@ def dihedral_prompts(prompts: list[VisualPrompt], size: tuple[int, int], rot90: 
         turned = torch.rot90(torch.from_numpy(p.mask.copy()), rot90, dims=(-2, -1))
         out.append(replace(p, mask=(torch.flip(turned, dims=(-1,)) if flip else turned).numpy()))
     return out
-
-
-def __getattr__(name: str) -> Any:
-    """``synthesize_point``, ``synthesize_scribble`` and ``jitter_box`` live in
-    :mod:`rsvlm.data.prompt_synthesis` (this module's size); they are importable from here too."""
-    if name in ("synthesize_point", "synthesize_scribble", "jitter_box"):
-        from rsvlm.data import prompt_synthesis
-
-        return getattr(prompt_synthesis, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

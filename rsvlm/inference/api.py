@@ -104,7 +104,9 @@ class Predictor:
 
         Args:
             image: a raster path, or a ``C×H×W`` array / tensor (see the module docstring).
-            category: ``water``, ``vegetation`` or ``building``: the APG instruction of the tile.
+            category: ``water``, ``vegetation`` or ``building``: the APG instruction of the tile (with
+                visual prompts, on a model trained on prompted extraction: its template, "Segment the
+                water region marked by Region 1.").
             instruction: your own instruction instead of the APG one (``category`` optional).
             bands: names of an array's bands (default: the model's, in its order).
             points: ``[[x, y], ...]`` (or ``[x, y, label]``, label 0 for background) in the image's
@@ -136,6 +138,12 @@ class Predictor:
                 f"{self.source or 'this model'} reads no visual prompts (its recipe has no prompt_encoder and its "
                 "decoder no use_visual_prompts): points=, boxes=, scribble= and mask= need a model trained with them"
             )
+        sampling = getattr(self.datamodule, "prompts", None)
+        if prompts and instruction is None and category is not None and sampling is not None:
+            # a model trained on prompted extraction is asked as it was trained
+            from rsvlm.data.indices import normalize_category
+
+            instruction = sampling.template.format(category=normalize_category(category))
         if category is None and instruction is None:
             raise PredictError("predict needs category= (water, vegetation, building) or instruction=")
         if not 0.0 < threshold < 1.0:

@@ -365,9 +365,6 @@ def test_jitter_box_stays_within_its_bounds():
 
 
 def test_synthesis_is_reproducible_and_rejects_empty_masks():
-    from rsvlm.data import visual_prompts
-
-    assert visual_prompts.synthesize_point is synthesize_point  # also importable from visual_prompts
     mask = ring()
     a = [
         synthesize_scribble(mask, np.random.default_rng(5)).vertices,

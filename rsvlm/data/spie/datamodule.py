@@ -22,6 +22,7 @@ from typing import Literal
 from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
 from rsvlm.data.generated import GeneratedData
 from rsvlm.data.indices import normalize_category
+from rsvlm.data.prompted import PromptedSamples, PromptSampling
 from rsvlm.data.spie.dataset import SpieCollate, SpieDataset
 from rsvlm.data.spie.records import RecordError, SpieRecord, read_records, select_datasets
 from rsvlm.data.stats import load_stats, mean_std
@@ -69,6 +70,9 @@ class SpieDataModule(RsvlmDataModule):
             normalised bands as channels, computed from the bands before normalisation (they
             keep the spectral shape that per-image normalisation removes); the encoder then
             takes ``len(bands) + len(index_channels)`` channels.
+        prompts: make a share of the train / val / test samples prompted extraction (the one
+            region a point, box or scribble marks; :mod:`rsvlm.data.prompted`); every sample
+            then carries ``visual_prompts`` and ``task``.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class SpieDataModule(RsvlmDataModule):
         datasets: list[str] | None = None,
         normalization: Normalization = "dataset",
         index_channels: list[str] | None = None,
+        prompts: PromptSampling | None = None,
     ) -> None:
         super().__init__(bands=bands, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         if records is None and generate is None and stats is None:
@@ -117,6 +122,7 @@ class SpieDataModule(RsvlmDataModule):
         self.predict_overlap = predict_overlap
         self.normalization = check_normalization(normalization, "SpieDataModule.normalization")
         self.index_channels = tuple(index_channels or ())
+        self.prompts = prompts
         self._mean = None
         self._std = None
 
@@ -199,6 +205,8 @@ class SpieDataModule(RsvlmDataModule):
                 normalization=self.normalization,
                 index_channels=self.index_channels,
             )
+            if self.prompts is not None:
+                self.datasets[split] = PromptedSamples(self.datasets[split], self.prompts)
         if stage in ("fit", None) and not by_split["train"]:
             raise ValueError(
                 f"{records_path}: no training records"

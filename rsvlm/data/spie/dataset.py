@@ -200,7 +200,7 @@ class SpieCollate:
         for key in ("image", "mask", "valid"):
             if key in first:
                 batch[key] = torch.stack([s[key] for s in samples])
-        for key in ("category", "instruction", "response", "meta"):
+        for key in ("category", "instruction", "response", "meta", "task"):
             if key in first:
                 batch[key] = [s[key] for s in samples]
         if "visual_prompts" in first:
