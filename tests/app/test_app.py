@@ -165,6 +165,17 @@ def _headless_chromium(webdriver):
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
 
 
+def _upload(driver, wait, url: str, scene: Path):
+    """Open the page at ``url``, upload ``scene`` and return the scene picture once it shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver.get(url)
+    upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#scene-file input[type=file]")))
+    upload.send_keys(str(scene))
+    return wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene-picture img")))
+
+
 @pytest.mark.skipif(
     _chromium() is None, reason="no Chromium + chromedriver on PATH (Debian: apt install chromium chromium-driver)"
 )
@@ -177,10 +188,7 @@ def test_a_real_browser_uploads_clicks_runs_and_sees_the_answer(server, page_sce
     driver = _headless_chromium(webdriver)
     try:
         wait = WebDriverWait(driver, 120)
-        driver.get(server)
-        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#scene-file input[type=file]")))
-        upload.send_keys(str(page_scene))
-        picture = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene-picture img")))
+        picture = _upload(driver, wait, server, page_scene)
         picture.click()  # a point in the middle of the scene
         driver.find_element(By.CSS_SELECTOR, "#run").click()
         wait.until(lambda d: "tile 0:" in d.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value"))
@@ -272,10 +280,7 @@ def test_a_real_browser_draws_a_box_and_paints_a_region(prompted_server, scene, 
     driver = _headless_chromium(webdriver)
     try:
         wait = WebDriverWait(driver, 120)
-        driver.get(url)
-        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#scene-file input[type=file]")))
-        upload.send_keys(str(scene))
-        picture = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene-picture img")))
+        picture = _upload(driver, wait, url, scene)
         driver.find_element(By.XPATH, "//*[@id='tool']//label[contains(., 'box')]").click()
         for dx, dy in ((-40, -40), (40, 30)):  # two opposite corners of a box
             before = picture.get_attribute("src")
