@@ -20,6 +20,7 @@ from torch import nn
 from rsvlm.bridges.seg_codebook import SegCodebookBridge
 from rsvlm.bridges.seg_token import SegTokenBridge
 from rsvlm.bridges.tcp import TokenCompressionProjector
+from rsvlm.crops.magcrop import MagCrop
 from rsvlm.encoders.clip_pyramid import ClipPyramidEncoder
 from rsvlm.encoders.clip_tokens import ClipTokenEncoder
 from rsvlm.encoders.internimage import InternImageEncoder
@@ -186,6 +187,9 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
         depth=1,
         heads=2,
     ),
+    # ------------------------------------------------ croppers: (image B×BANDS×H×W, batch) → image, same geometry
+    # boxes given by the batch (test_contracts run_cropper): online boxes need a whole VLM (tests/crops/test_magcrop.py)
+    "MagCrop": partial(MagCrop, boxes="given", image_level_size=16),
     # new heads, visual-prompt encoders and croppers go here
 }
 

@@ -25,6 +25,7 @@ from rsvlm.contracts import (
     PromptEncoder,
     VisualPromptBatch,
 )
+from rsvlm.crops.magcrop import MagCrop
 from rsvlm.data.modalities import MODALITY_IDS
 from rsvlm.encoders.modality_stem import MultiSourceStem
 from rsvlm.fusion.hybrid_prompt import HybridPromptFusion
@@ -249,6 +250,14 @@ def run_mask_encoder(encoder: nn.Module) -> tuple[list[torch.Tensor], list[torch
     return [out], [image]
 
 
+def run_cropper(cropper: MagCrop) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    image = torch.randn(BATCH, BANDS, IMAGE, IMAGE, requires_grad=True)
+    boxes = [[(4, 8, 40, 44)], [(10, 6, 50, 46), (5, 5, 25, 25)]]  # b₂ in b₁'s frame
+    out = cropper(image, {"granularity": ["region", "pixel"], "magcrop_boxes": boxes})
+    assert out.shape == image.shape  # the geometry is kept
+    return [out], [image]
+
+
 def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Forward on a tiny input of the component's kind, checking the declared widths;
     returns (outputs, inputs that should receive gradients)."""
@@ -278,6 +287,8 @@ def run(component: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return run_prompt_fusion(component)
     if isinstance(component, ViewTiler):
         return run_view_tiler(component)
+    if isinstance(component, MagCrop):
+        return run_cropper(component)
     if isinstance(component, TaskGranularityClassifier):
         logits = component(["Please segment the ship.", "Describe the image."])
         assert tuple(logits.shape) == (2, len(component.labels))

@@ -187,6 +187,7 @@ class VisionLanguageModel(ComposedModule):
             )
         )
         self.assemble(parts)
+        self._bind_cropper()
         # On the meta device (rsvlm summarize) an LLM may have no tokenizer: bind in setup then.
         if getattr(llm, "_tokenizer", None) is not None:
             positions.bind(llm)
@@ -299,8 +300,14 @@ class VisionLanguageModel(ComposedModule):
         return {"mask_logits": logits, "texts": gen.texts, "token_ids": gen.sequences}
 
     # ------------------------------------------------------------------ Lightning hooks
+    def _bind_cropper(self) -> None:
+        """A cropper that reads this model (MagCrop's attention pass) gets a weak reference to it."""
+        if self.cropper is not None and hasattr(self.cropper, "bind"):
+            self.cropper.bind(self)
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        self._bind_cropper()  # again: a pickled or copied model's cropper comes back unbound
         if getattr(self.positions, "token_id", 0) is None:  # built without a tokenizer (meta device)
             self.positions.bind(self.llm)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
