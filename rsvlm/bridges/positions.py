@@ -120,6 +120,38 @@ class SpecialToken(BridgePositions):
         return torch.where(enough, found, fallback)
 
 
+class SegGroups(SpecialToken):
+    """Every occurrence of a special token, read in groups of ``group_size`` (one group per target):
+    several targets per sample, each named by N ``[SEG]`` tokens (GeoMag's multi-token codebook).
+
+    The reference responses write the tokens themselves (nothing is appended). Among generated
+    tokens every complete group counts and a trailing group the model cut short is dropped, so a
+    sample may have fewer (or more) targets than its reference; :mod:`rsvlm.models.targets` pairs
+    them in order.
+
+    Args:
+        token: the special token.
+        group_size: N, tokens per target (the bridge's ``num_tokens``).
+        offset: ``"at"`` or ``"before"``, as :class:`SpecialToken`.
+    """
+
+    def __init__(self, token: str = "[SEG]", group_size: int = 1, offset: Literal["at", "before"] = "at") -> None:
+        if group_size < 1:
+            raise ValueError(f"SegGroups: group_size must be >= 1, got {group_size}")
+        super().__init__(token=token, offset=offset, count=0)
+        self.group_size = group_size
+
+    def generated(self, generation: Any) -> torch.Tensor:
+        return self._shift(complete_groups(self._at(generation.sequences) & generation.mask, self.group_size))
+
+
+def complete_groups(positions: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``B×L`` bool without each row's last ``count % group_size`` True positions (a group cut short)."""
+    spare = (positions.sum(dim=1) % group_size)[:, None]
+    from_end = positions.flip(1).long().cumsum(dim=1).flip(1)
+    return positions & (from_end > spare)
+
+
 def _last(mask: torch.Tensor, k: int) -> torch.Tensor:
     """``B×T`` bool: the last ``k`` True positions of each row of ``mask``."""
     from_end = mask.flip(1).long().cumsum(dim=1).flip(1)

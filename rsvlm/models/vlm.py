@@ -28,6 +28,7 @@ from rsvlm.bridges.positions import BridgePositions, ResponseTokens, with_respon
 from rsvlm.contracts import Bridge, ContractError, Encoder, FusedFeatures, Fusion, MaskDecoder
 from rsvlm.llm.generation import GenerationSettings
 from rsvlm.models.base import ComposedModule, Link, OptimizerGroup, StagePhase
+from rsvlm.models.targets import decoded_targets, scored_masks, update_task_metrics
 from rsvlm.models.vlm_stages import DEFAULT_OPTIMIZER_GROUPS, DEFAULT_STAGE_COMPONENTS
 from rsvlm.training.losses import MASK_LOSSES, combine
 from rsvlm.training.metrics import BinarySegmentationMetrics
@@ -226,13 +227,23 @@ class VisionLanguageModel(ComposedModule):
 
     def decode_mask(
         self, decoder_map: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, size, batch: Mapping[str, Any]
-    ) -> torch.Tensor:
-        """Read hidden states at ``positions`` (``B×L`` bool) into prompts; decode ``B×1×H×W`` logits
-        (a decoder that reads visual prompts also gets the batch's ``visual_prompts``)."""
+    ) -> dict[str, Any]:
+        """Read hidden states at ``positions`` (``B×L`` bool) into prompts; decode ``mask_logits``
+        ``B×1×H×W`` (a decoder that reads visual prompts also gets the batch's ``visual_prompts``).
+
+        With a bridge that reads several targets per sample (:mod:`rsvlm.models.targets`):
+        ``target_logits`` ``T×1×H×W`` and ``target_index``, paired with ``batch["masks"]`` when the
+        batch has them (``mask_logits`` then holds one row per reference target, ``target_masks``
+        the references), else ``mask_logits`` is each sample's union of its targets.
+        """
+        if hasattr(self.bridge, "targets"):
+            return decoded_targets(self.bridge, self.decoder, decoder_map, hidden, positions, size, batch)
         prompts = self.bridge(hidden, positions)
         if getattr(self.decoder, "use_visual_prompts", False):
-            return self.decoder(decoder_map, prompts, tuple(size), visual_prompts=batch.get("visual_prompts"))
-        return self.decoder(decoder_map, prompts, tuple(size))
+            logits = self.decoder(decoder_map, prompts, tuple(size), visual_prompts=batch.get("visual_prompts"))
+        else:
+            logits = self.decoder(decoder_map, prompts, tuple(size))
+        return {"mask_logits": logits}
 
     def forward(self, batch: dict[str, Any], with_mask: bool = True) -> dict[str, torch.Tensor]:
         """Teacher-forced pass: text loss and (optionally) mask logits for a collated batch."""
@@ -250,7 +261,7 @@ class VisionLanguageModel(ComposedModule):
         result = {"text_loss": out.loss, "visual_tokens": visual, "decoder_map": decoder_map, "fused": fused}
         if with_mask:
             positions = self.positions.teacher_forced(out)
-            result["mask_logits"] = self.decode_mask(decoder_map, out.hidden_states, positions, image.shape[-2:], batch)
+            result.update(self.decode_mask(decoder_map, out.hidden_states, positions, image.shape[-2:], batch))
         return result
 
     def losses(
@@ -261,7 +272,7 @@ class VisionLanguageModel(ComposedModule):
         if with_mask:
             for name in self.loss_weights:
                 if name in MASK_LOSSES:
-                    losses[name] = MASK_LOSSES[name](outputs["mask_logits"], batch["mask"], batch.get("valid"))
+                    losses[name] = MASK_LOSSES[name](outputs["mask_logits"], *scored_masks(outputs, batch))
         losses["total"] = combine(self.loss_weights, **losses)
         return losses
 
@@ -296,8 +307,8 @@ class VisionLanguageModel(ComposedModule):
                 **({"placeholders": extra} if extra else {}),
             )
         positions = self.positions.generated(gen)
-        logits = self.decode_mask(decoder_map, gen.hidden_states, positions, image.shape[-2:], batch)
-        return {"mask_logits": logits, "texts": gen.texts, "token_ids": gen.sequences}
+        decoded = self.decode_mask(decoder_map, gen.hidden_states, positions, image.shape[-2:], batch)
+        return {**decoded, "texts": gen.texts, "token_ids": gen.sequences}
 
     # ------------------------------------------------------------------ Lightning hooks
     def _bind_cropper(self) -> None:
@@ -355,16 +366,16 @@ class VisionLanguageModel(ComposedModule):
         """Update ``split`` with generated masks (and ``<split>_teacher_forced`` with the
         teacher-forced ones of ``outputs``, the batch's :meth:`forward`) or, without generation,
         ``split`` with the teacher-forced ones. Generation reuses the image ``outputs`` encoded."""
-        teacher_forced = scored = outputs["mask_logits"]
+        scored = outputs
         if with_generation:
             encoded = (outputs["visual_tokens"], outputs["decoder_map"], outputs["fused"])
-            scored = self._generate_masks(batch, *encoded)["mask_logits"]
-            self._update_metrics(f"{split}_teacher_forced", teacher_forced, batch)
+            scored = self._generate_masks(batch, *encoded)
+            self._update_metrics(f"{split}_teacher_forced", outputs, batch)
         self._update_metrics(split, scored, batch)
-        if split == "val" and batch_idx == 0 and self.log_images:
+        if split == "val" and batch_idx == 0 and self.log_images and "target_masks" not in scored:
             from rsvlm.training.image_logging import log_mask_overlays
 
-            log_mask_overlays(self, batch, scored, limit=self.log_images, tag="val/overlays")
+            log_mask_overlays(self, batch, scored["mask_logits"], limit=self.log_images, tag="val/overlays")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         if "prompt_ids" not in batch:
@@ -375,14 +386,8 @@ class VisionLanguageModel(ComposedModule):
         return {**self.predict_masks(batch), "meta": batch.get("meta")}
 
     # ------------------------------------------------------------------ metrics per task
-    def _update_metrics(self, split: str, logits: torch.Tensor, batch: dict[str, Any]) -> None:
-        tasks = batch.get("task") or [self.tasks[0]] * logits.shape[0]
-        valid = batch.get("valid")
-        for task in dict.fromkeys(tasks):
-            if task not in self.metrics[split]:
-                raise KeyError(f"batch field 'task' says {task!r}, which is not in the model's tasks {self.tasks}")
-            rows = torch.tensor([t == task for t in tasks], device=logits.device)
-            self.metrics[split][task].update(logits[rows], batch["mask"][rows], None if valid is None else valid[rows])
+    def _update_metrics(self, split: str, decoded: dict[str, Any], batch: dict[str, Any]) -> None:
+        update_task_metrics(self.metrics[split], self.tasks, decoded, batch)
 
     def _log_metrics(self, split: str) -> None:
         for task, metric in self.metrics[split].items():

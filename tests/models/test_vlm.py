@@ -285,14 +285,16 @@ def test_metrics_are_kept_per_task(components):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 1, 8, 8, generator=g)
     mask = (torch.rand(3, 1, 8, 8, generator=g) > 0.5).float()
-    model._update_metrics("val", logits, {"mask": mask, "task": ["water_body", "land_cover", "water_body"]})
+    model._update_metrics(
+        "val", {"mask_logits": logits}, {"mask": mask, "task": ["water_body", "land_cover", "water_body"]}
+    )
     for task, rows in (("land_cover", [1]), ("water_body", [0, 2])):
         reference = BinarySegmentationMetrics()
         reference.update(logits[rows], mask[rows])
         got = model.metrics["val"][task].compute()
         assert all(torch.equal(got[k], v) for k, v in reference.compute().items()), task
     with pytest.raises(KeyError, match="'roads'"):
-        model._update_metrics("val", logits, {"mask": mask, "task": ["roads"] * 3})
+        model._update_metrics("val", {"mask_logits": logits}, {"mask": mask, "task": ["roads"] * 3})
 
 
 @pytest.mark.parametrize("with_generation", [True, False])

@@ -1,0 +1,131 @@
+"""Several mask targets per sample (GeoMag, GCG, EarthGPT-X pixel grounding): decode, pair, score.
+
+SPEX decodes one mask per sample (``batch["mask"]`` ``B×1×H×W``). Instruction data can name
+several targets in one answer, each with its group of ``[SEG]`` tokens; the batch then carries
+``masks``, a list of B tensors ``T_b×H×W`` (``T_b`` may be 0 for a text-only sample), and a bridge
+with ``targets()`` (:class:`rsvlm.bridges.seg_codebook.SegCodebookBridge`) turns the hidden states
+into one prompt per target, ``T×1×D`` with the image each belongs to.
+
+Teacher-forced, the reference text has exactly one group per reference mask. Generated, a sample
+may end with fewer or more groups than references: they are paired in order, a reference without
+a prediction is scored against an empty mask (logits :data:`EMPTY_LOGIT`), and predictions beyond
+the references have nothing to be scored against and are left out (their count is returned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+#: The logit of "no mask" for a reference target the model gave no prediction for.
+EMPTY_LOGIT = -20.0
+
+
+def has_several_targets(bridge: nn.Module, batch: Mapping[str, Any]) -> bool:
+    """Whether ``batch`` names its targets one by one (``masks``) and ``bridge`` reads them so."""
+    return "masks" in batch and hasattr(bridge, "targets")
+
+
+def decode_targets(
+    bridge: nn.Module,
+    decoder: nn.Module,
+    decoder_map: torch.Tensor | list[torch.Tensor],
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask logits ``T×1×H×W`` of every target group in ``positions`` (``B×L`` bool), and the
+    image index ``T`` of each; each target is decoded against its own image's map(s)."""
+    tokens, index = bridge.targets(hidden, positions)
+    if hasattr(decoder, "decode_targets"):
+        return decoder.decode_targets(decoder_map, tokens, index, tuple(size)), index
+    maps = [m[index] for m in decoder_map] if isinstance(decoder_map, list) else decoder_map[index]
+    return decoder(maps, tokens, tuple(size)), index
+
+
+def reference_targets(batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference masks ``T×1×H×W`` (float) of ``batch["masks"]`` and their image index ``T``."""
+    masks = batch["masks"]
+    index = torch.repeat_interleave(
+        torch.arange(len(masks), device=batch["image"].device),
+        torch.tensor([len(m) for m in masks], device=batch["image"].device),
+    )
+    height, width = batch["image"].shape[-2:]
+    if not len(index):
+        return torch.zeros(0, 1, height, width, device=batch["image"].device), index
+    return torch.cat([m.float() for m in masks])[:, None], index
+
+
+def pair_targets(
+    logits: torch.Tensor, index: torch.Tensor, batch: Mapping[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Predicted and reference targets paired in order within each sample.
+
+    Args:
+        logits: ``T_pred×1×H×W`` predictions of images ``index`` (``T_pred``), samples in order.
+
+    Returns:
+        ``(logits T_ref×1×H×W, masks T_ref×1×H×W, image index T_ref, unpaired predictions)``:
+        one row per reference target; a reference without a prediction gets :data:`EMPTY_LOGIT`.
+    """
+    masks, ref_index = reference_targets(batch)
+    paired = torch.full_like(masks, EMPTY_LOGIT, dtype=logits.dtype)
+    extra = 0
+    for sample in range(len(batch["masks"])):
+        pred_rows = torch.nonzero(index == sample).flatten()
+        ref_rows = torch.nonzero(ref_index == sample).flatten()
+        shared = min(len(pred_rows), len(ref_rows))
+        paired[ref_rows[:shared]] = logits[pred_rows[:shared]]
+        extra += len(pred_rows) - shared
+    return paired, masks, ref_index, extra
+
+
+def decoded_targets(
+    bridge: nn.Module,
+    decoder: nn.Module,
+    decoder_map: torch.Tensor | list[torch.Tensor],
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    size: tuple[int, int],
+    batch: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What :meth:`rsvlm.models.vlm.VisionLanguageModel.decode_mask` returns for a bridge with
+    ``targets()`` (see there): the targets, paired with the batch's ``masks`` when it has them,
+    else united per sample into ``mask_logits`` ``B×1×H×W``."""
+    logits, index = decode_targets(bridge, decoder, decoder_map, hidden, positions, size)
+    out: dict[str, Any] = {"target_logits": logits, "target_index": index}
+    if "masks" in batch:
+        paired, masks, ref_index, extra = pair_targets(logits, index, batch)
+        return {**out, "mask_logits": paired, "target_masks": masks, "scored_index": ref_index, "unpaired": extra}
+    union = torch.full((hidden.shape[0], 1, *size), EMPTY_LOGIT, dtype=logits.dtype, device=logits.device)
+    union = union.index_reduce(0, index, logits, "amax", include_self=True)
+    return {**out, "mask_logits": union}
+
+
+def scored_masks(decoded: Mapping[str, Any], batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference masks ``decoded["mask_logits"]`` is scored against, and their validity."""
+    valid = batch.get("valid")
+    if "target_masks" not in decoded:
+        return batch["mask"], valid
+    rows = decoded["scored_index"]
+    return decoded["target_masks"], None if valid is None else valid[rows]
+
+
+def update_task_metrics(
+    metrics: nn.ModuleDict, tasks: list[str], decoded: Mapping[str, Any], batch: Mapping[str, Any]
+) -> None:
+    """Update each task's metric with its rows of ``decoded["mask_logits"]`` (a sample's task is
+    ``batch["task"]``, default the first of ``tasks``; a target's is its sample's)."""
+    logits = decoded["mask_logits"]
+    masks, valid = scored_masks(decoded, batch)
+    sample_tasks = batch.get("task") or [tasks[0]] * batch["image"].shape[0]
+    rows = decoded.get("scored_index")
+    row_tasks = sample_tasks if rows is None else [sample_tasks[i] for i in rows.tolist()]
+    for task in dict.fromkeys(row_tasks):
+        if task not in metrics:
+            raise KeyError(f"batch field 'task' says {task!r}, which is not in the model's tasks {tasks}")
+        keep = torch.tensor([t == task for t in row_tasks], device=logits.device)
+        metrics[task].update(logits[keep], masks[keep], None if valid is None else valid[keep])
