@@ -80,14 +80,7 @@ class SpecialToken(BridgePositions):
         self.token_id: int | None = None
 
     def bind(self, llm: Any) -> None:
-        tokenizer = llm.tokenizer
-        token_id = tokenizer.convert_tokens_to_ids(self.token)
-        if token_id is None or token_id == tokenizer.unk_token_id or self.token not in tokenizer.get_vocab():
-            raise KeyError(
-                f"SpecialToken: {self.token!r} is not a token of the LLM's tokenizer; add it to the LLM's "
-                f"special_tokens (e.g. special_tokens: ['<image>', '{self.token}'])"
-            )
-        self.token_id = int(token_id)
+        self.token_id = special_token_id(llm.tokenizer, self.token, type(self).__name__)
 
     def _at(self, ids: torch.Tensor) -> torch.Tensor:
         if self.token_id is None:
@@ -95,13 +88,7 @@ class SpecialToken(BridgePositions):
         return ids == self.token_id
 
     def _shift(self, at: torch.Tensor) -> torch.Tensor:
-        """``at`` moved one position earlier (a token at position 0 keeps its own position)."""
-        if self.offset == "at":
-            return at
-        before = torch.zeros_like(at)
-        before[:, :-1] = at[:, 1:]
-        before[:, 0] |= at[:, 0]
-        return before
+        return shifted(at, self.offset)
 
     def teacher_forced(self, output: Any) -> torch.Tensor:
         if getattr(output, "input_ids", None) is None:
@@ -120,9 +107,10 @@ class SpecialToken(BridgePositions):
         return torch.where(enough, found, fallback)
 
 
-class SegGroups(SpecialToken):
-    """Every occurrence of a special token, read in groups of ``group_size`` (one group per target):
-    several targets per sample, each named by N ``[SEG]`` tokens (GeoMag's multi-token codebook).
+class SegGroups(BridgePositions):
+    """Every occurrence of the ``[SEG]`` tokens, read in groups of ``group_size`` (one group per
+    target): several targets per sample, each named by N tokens — GeoMag's codebook
+    ``[SEG0][SEG1][SEG2]`` (N distinct tokens) or PixelLM-style N copies of one token.
 
     The reference responses write the tokens themselves (nothing is appended). Among generated
     tokens every complete group counts and a trailing group the model cut short is dropped, so a
@@ -130,19 +118,65 @@ class SegGroups(SpecialToken):
     them in order.
 
     Args:
-        token: the special token.
-        group_size: N, tokens per target (the bridge's ``num_tokens``).
+        tokens: the special token(s) of a group.
+        group_size: N, tokens per target (the bridge's ``num_tokens``); default ``len(tokens)``.
         offset: ``"at"`` or ``"before"``, as :class:`SpecialToken`.
     """
 
-    def __init__(self, token: str = "[SEG]", group_size: int = 1, offset: Literal["at", "before"] = "at") -> None:
-        if group_size < 1:
-            raise ValueError(f"SegGroups: group_size must be >= 1, got {group_size}")
-        super().__init__(token=token, offset=offset, count=0)
-        self.group_size = group_size
+    def __init__(
+        self,
+        tokens: list[str] = ["[SEG0]", "[SEG1]", "[SEG2]"],
+        group_size: int | None = None,
+        offset: Literal["at", "before"] = "at",
+    ) -> None:
+        if not tokens:
+            raise ValueError("SegGroups: tokens must name at least one special token")
+        if offset not in ("at", "before"):
+            raise ValueError(f"SegGroups: offset must be 'at' or 'before', got {offset!r}")
+        self.tokens, self.offset = list(tokens), offset
+        self.group_size = len(self.tokens) if group_size is None else group_size
+        if self.group_size < 1:
+            raise ValueError(f"SegGroups: group_size must be >= 1, got {self.group_size}")
+        self.token_ids: list[int] | None = None
+
+    def bind(self, llm: Any) -> None:
+        self.token_ids = [special_token_id(llm.tokenizer, t, "SegGroups") for t in self.tokens]
+
+    def _at(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.token_ids is None:
+            raise RuntimeError("SegGroups: bind(llm) was not called (the model does it at assembly)")
+        return torch.isin(ids, torch.tensor(self.token_ids, device=ids.device))
+
+    def teacher_forced(self, output: Any) -> torch.Tensor:
+        if getattr(output, "input_ids", None) is None:
+            raise ValueError("SegGroups: the LLM output carries no spliced input_ids")
+        return shifted(self._at(output.input_ids), self.offset)
 
     def generated(self, generation: Any) -> torch.Tensor:
-        return self._shift(complete_groups(self._at(generation.sequences) & generation.mask, self.group_size))
+        at = self._at(generation.sequences) & generation.mask
+        return shifted(complete_groups(at, self.group_size), self.offset)
+
+
+def special_token_id(tokenizer: Any, token: str, owner: str) -> int:
+    """The id of special ``token``, or a ``KeyError`` saying to add it to the LLM's special tokens."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
+        raise KeyError(
+            f"{owner}: {token!r} is not a token of the LLM's tokenizer; add it to the LLM's "
+            f"special_tokens (e.g. special_tokens: ['<image>', '{token}'])"
+        )
+    return int(token_id)
+
+
+def shifted(at: torch.Tensor, offset: str) -> torch.Tensor:
+    """``at`` (``B×L`` bool) as is (``"at"``), or moved one position earlier (``"before"``: the
+    state that predicts the token; a token at position 0 keeps its own position)."""
+    if offset == "at":
+        return at
+    before = torch.zeros_like(at)
+    before[:, :-1] = at[:, 1:]
+    before[:, 0] |= at[:, 0]
+    return before
 
 
 def complete_groups(positions: torch.Tensor, group_size: int) -> torch.Tensor:

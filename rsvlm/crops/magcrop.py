@@ -73,9 +73,13 @@ class MagCrop(nn.Module):
         boxes: ``"online"`` (PSC on the bound model) or ``"given"`` (``batch["magcrop_boxes"]``).
         skip_tasks: tasks (``batch["task"]``) whose images pass unchanged.
         granularity_field: the batch field holding each sample's granularity.
+        classifier: GeoMag's task-granularity classifier
+            (:class:`~rsvlm.heads.granularity.TaskGranularityClassifier`), trained alone and frozen
+            here; it gives the granularity of samples whose batch lacks ``granularity_field``
+            (test and predict, where no gold label exists), from their ``instruction``.
     """
 
-    #: Holds no tensors by design (the contracts' meta-device check accepts that).
+    #: Holds no tensors by design without a classifier (the contracts' meta-device check accepts that).
     parameter_free = True
 
     def __init__(
@@ -94,6 +98,7 @@ class MagCrop(nn.Module):
         boxes: Literal["online", "given"] = "online",
         skip_tasks: list[str] = ["gcg"],
         granularity_field: str = "granularity",
+        classifier: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if bbox_mode not in ("relative", "absolute"):
@@ -108,6 +113,10 @@ class MagCrop(nn.Module):
         self.boxes, self.skip_tasks, self.granularity_field = boxes, list(skip_tasks), granularity_field
         self.attention = GradAttentionMap(layer=attention_layer, query=query, grad_sign=grad_sign)
         self._model_ref: weakref.ReferenceType | None = None
+        self.classifier = classifier
+        if classifier is not None:
+            self.parameter_free = False
+            classifier.requires_grad_(False)
 
     # ------------------------------------------------------------------ the bound VLM
     def bind(self, model: nn.Module) -> None:
@@ -172,6 +181,8 @@ class MagCrop(nn.Module):
         if all(skipped):
             return [None] * count  # nothing to crop: no granularity needed
         field = self.granularity_field
+        if batch.get(field) is None and self.classifier is not None and batch.get("instruction") is not None:
+            batch = {**batch, field: self.classifier.eval().predict(list(batch["instruction"]))}
         if batch.get(field) is None:
             raise ContractError(
                 f"MagCrop needs the batch field {field!r} (image|region|pixel or 0|1|2 per sample), which the data left out"

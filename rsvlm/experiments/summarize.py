@@ -1,8 +1,9 @@
 """``rsvlm summarize``: build a recipe's model on the meta device and count its parameters.
 
 No weights are read and nothing is downloaded: every ``pretrained`` flag is turned off, every
-checkpoint path dropped, a CLIP tower named by a hub id built from its architecture
-(:data:`HUB_VISION_CONFIGS`); on the meta device, :class:`rsvlm.llm.causal_lm.CausalLM` builds an LLM
+checkpoint path dropped, a CLIP tower, SAM 2 or BERT named by a hub id built from its architecture
+(:mod:`rsvlm.experiments.architectures`); an LLM whose weights are a local folder that is absent
+is built from the ``config`` the recipe names beside it; on the meta device, :class:`rsvlm.llm.causal_lm.CausalLM` builds an LLM
 given by a Hugging Face id from the architecture config shipped with rsvlm (or the
 ``config.json`` of a local folder).
 
@@ -20,33 +21,9 @@ from typing import Any
 
 import yaml
 
+from rsvlm.experiments.architectures import with_architecture
+
 WEIGHT_PATH_KEYS = ("checkpoint", "checkpoint_path", "encoder_init", "init_from", "component_init")
-
-# Vision towers named by a hub id in the recipes, as architecture configs (transformers'
-# CLIPVisionConfig fields of the published checkpoints), so that no config is downloaded.
-HUB_VISION_CONFIGS: dict[str, dict[str, Any]] = {
-    "openai/clip-vit-large-patch14": dict(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=224,
-        patch_size=14,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-    ),
-    "openai/clip-vit-base-patch16": dict(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=16,
-        hidden_act="quick_gelu",
-        projection_dim=512,
-    ),
-}
-
 
 def summarize_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rsvlm summarize", description=__doc__)
@@ -155,8 +132,7 @@ def without_weights(node: Any) -> Any:
     if isinstance(node.get("class_path"), str) and isinstance(init_args, dict):
         if "pretrained" in init_args:
             init_args["pretrained"] = False
-        if node["class_path"].endswith("ClipPyramidEncoder") and init_args.get("model") in HUB_VISION_CONFIGS:
-            init_args["config"] = dict(HUB_VISION_CONFIGS[init_args.pop("model")])
+        with_architecture(node["class_path"].rsplit(".", 1)[-1], init_args)
         for key in WEIGHT_PATH_KEYS:
             if init_args.get(key) is not None:
                 init_args[key] = None

@@ -61,12 +61,15 @@ class TaskGranularityClassifier(nn.Module):
         else:
             self.encoder = BertModel(BertConfig(**text_encoder), add_pooling_layer=False)
         source = tokenizer if tokenizer is not None else text_encoder
-        if isinstance(source, dict):
+        if isinstance(source, dict) and torch.empty(0).device.type == "meta":
+            self.tokenizer = None  # counting parameters (rsvlm summarize) reads no text
+        elif isinstance(source, dict):
             raise ValueError(
                 "TaskGranularityClassifier: a text_encoder config needs tokenizer= (an id, folder or source)"
             )
-        self.tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else source.load()
-        if len(self.tokenizer) > self.encoder.config.vocab_size:
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else source.load()
+        if self.tokenizer is not None and len(self.tokenizer) > self.encoder.config.vocab_size:
             raise ValueError(
                 f"TaskGranularityClassifier: the tokenizer has {len(self.tokenizer)} tokens but the text encoder's "
                 f"vocab_size is {self.encoder.config.vocab_size}"

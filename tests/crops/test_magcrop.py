@@ -225,3 +225,18 @@ def test_the_attention_pass_runs_in_eval_mode_and_restores_every_mode(vlm):
         assert [m.training for m in vlm.modules()] == before
     finally:
         vlm.eval()
+
+
+def test_without_gold_granularity_the_classifier_routes_each_sample(image):
+    from catalogue import tiny_granularity_classifier
+
+    torch.manual_seed(3)
+    classifier = tiny_granularity_classifier()
+    crop = MagCrop(boxes="given", image_level_size=16, classifier=classifier)
+    queries = ["What is this scene?", "Segment the small boat by the pier.", "Is there a ship?"]
+    boxes = [[(2, 2, 30, 30), (4, 4, 12, 12)]] * 3
+    routed = crop(image, {"instruction": queries, "magcrop_boxes": boxes})
+    gold = crop(image, {"granularity": classifier.predict(queries), "magcrop_boxes": boxes})
+    assert torch.equal(routed, gold)
+    assert not any(p.requires_grad for p in crop.classifier.parameters())  # trained alone, frozen here
+    assert crop.parameter_free is False and MagCrop().parameter_free is True

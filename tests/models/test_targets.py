@@ -42,7 +42,7 @@ def test_pairs_are_made_in_order_and_missing_predictions_are_empty():
 def model():
     parts = tiny_spex_components(special_tokens=("<image>", "[SEG]"))
     parts["bridge"] = SegCodebookBridge(in_dim=32, out_dim=32, num_tokens=2)
-    return VisionLanguageModel(**parts, positions=SegGroups("[SEG]", group_size=2), stage="joint", log_images=0)
+    return VisionLanguageModel(**parts, positions=SegGroups(["[SEG]"], group_size=2), stage="joint", log_images=0)
 
 
 def target_batch(model):
@@ -99,3 +99,16 @@ def test_without_references_the_targets_of_a_sample_are_united(model):
         rows = out["target_index"] == sample
         expected = out["target_logits"][rows].amax(dim=0) if rows.any() else torch.full((1, 64, 64), EMPTY_LOGIT)
         assert torch.allclose(out["mask_logits"][sample], expected)
+
+
+def test_a_codebook_of_distinct_tokens_names_each_target():
+    parts = tiny_spex_components(special_tokens=("<image>", "[SEG0]", "[SEG1]"))
+    parts["bridge"] = SegCodebookBridge(in_dim=32, out_dim=32, num_tokens=2)
+    model = VisionLanguageModel(**parts, positions=SegGroups(["[SEG0]", "[SEG1]"]), stage="joint", log_images=0)
+    batch = target_batch(model)
+    responses = [r.replace("[SEG] [SEG]", "[SEG0][SEG1]") for r in batch["response"]]
+    batch.update(model.llm.formatter(batch["instruction"], responses))
+    out = model(batch)
+    assert out["scored_index"].tolist() == [0, 0, 1]
+    ids = model.llm.tokenizer.convert_tokens_to_ids(["[SEG0]", "[SEG1]"])
+    assert int(torch.isin(batch["input_ids"], torch.tensor(ids)).sum()) == 6
