@@ -25,6 +25,7 @@ from rsvlm.experiments.architectures import with_architecture
 
 WEIGHT_PATH_KEYS = ("checkpoint", "checkpoint_path", "encoder_init", "init_from", "component_init")
 
+
 def summarize_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rsvlm summarize", description=__doc__)
     parser.add_argument("--config", required=True, help="recipe YAML")
