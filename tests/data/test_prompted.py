@@ -48,9 +48,7 @@ class Scenes(Dataset):
 def test_regions_are_8_connected_and_small_ones_are_never_picked():
     target = three_regions()
     reference = label(target, connectivity=2)  # skimage: 8-connectivity in 2-D
-    picked = {
-        int(reference[pick_region(target, min_area=6, rng=np.random.default_rng(s))].max()) for s in range(60)
-    }
+    picked = {int(reference[pick_region(target, min_area=6, rng=np.random.default_rng(s))].max()) for s in range(60)}
     # all three reach min_area 6; the diagonal counts as one region only with 8-connectivity
     sizes = {r: int((reference == r).sum()) for r in picked}
     assert sorted(sizes.values()) == [6, 9, 100]
@@ -112,9 +110,7 @@ def test_the_datamodule_batches_prompts_and_tasks(tmp_path):
     from rsvlm.data.spie.datamodule import SpieDataModule
 
     data = GeneratedData(root=str(tmp_path), n_train=4, n_val=2, n_test=1, size=32, categories=["water"])
-    dm = SpieDataModule(
-        generate=data, image_size=32, batch_size=4, prompts=PromptSampling(probability=1.0, min_area=4)
-    )
+    dm = SpieDataModule(generate=data, image_size=32, batch_size=4, prompts=PromptSampling(probability=1.0, min_area=4))
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
