@@ -1,6 +1,8 @@
 """Multi-task instruction data shared by GeoMag and EarthGPT-X: one record schema, its JSON-lines
-file, its checks, the instruction templates, and converters from the official dataset formats
-(:mod:`rsvlm.data.multitask.converters`)."""
+file, its checks, the instruction templates, converters from the official dataset formats
+(:mod:`rsvlm.data.multitask.converters`) and the datamodule that mixes records files into batches
+(:class:`rsvlm.data.multitask.datamodule.InstructDataModule`, imported from its module so that
+reading and converting records does not load Lightning)."""
 
 from rsvlm.data.multitask.jsonl import check_records, read_records, write_records
 from rsvlm.data.multitask.masks import decode_mask, rle_of

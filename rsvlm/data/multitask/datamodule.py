@@ -1,0 +1,240 @@
+"""The datamodule of instruction records: one or more JSON-lines files mixed into one training stream.
+
+``InstructDataModule(sources=[...jsonl])`` reads every file (:func:`rsvlm.data.multitask.read_records`),
+routes each record to ``train`` / ``val`` / ``test`` by its ``split`` field
+(:func:`rsvlm.data.base.canonical_split`, or a file's own ``splits`` mapping; other splits are left
+out), and builds samples with :class:`rsvlm.data.multitask.dataset.InstructDataset` (batch keys there).
+
+Training draws from (source, task) groups — ``source`` the records' ``source`` field, so two files of
+one dataset and task form one group — with :class:`rsvlm.data.mixing.MixtureSampler`:
+``p_g ∝ m_g · n_g^α``, ``α = 0.5`` by default (LISA's ``sample_rates`` ∝ √size, the GeoMag spec's
+choice), ``m_g`` the file's ``multiplier`` times ``task_multipliers[task]``. The train set lists the
+groups back to back in order of first appearance, which is the sampler's flat layout. The sampler is
+seeded, DDP-sharded and resumes mid-epoch (the datamodule saves its position). Validation and test
+read each record once, in file order, sharded by :func:`rsvlm.data.loaders.evaluation_sampler`.
+
+Coordinates written in a record's text are normalised on the square of its ``coord_convention``; a file
+whose records do that with another placement than ``pad`` is warned about (text and image frames
+then differ by the pad offset).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
+from rsvlm.data.coords import parse_grounding
+from rsvlm.data.loaders import ResumableDataLoader
+from rsvlm.data.mixing import GroupKey, MixtureSampler, MixtureSpec
+from rsvlm.data.multitask.dataset import InstructCollate, InstructDataset, Item
+from rsvlm.data.multitask.geometry import check_pad
+from rsvlm.data.multitask.jsonl import read_records
+from rsvlm.data.multitask.records import TASKS, InstructRecord, InstructRecordError
+
+
+@dataclass
+class SourceOptions:
+    """Options of one records file (all optional).
+
+    Attributes:
+        multiplier: factor on the mixture weight of the file's (source, task) groups (0 leaves them out).
+        tasks: keep only records of these tasks (None: all).
+        splits: record ``split`` → datamodule split (``train``, ``val``, ``test``), e.g.
+            ``{"test_phili": "test"}``; splits it does not name are left out. None: canonical names only.
+        scale: pixel divisor of the file's images (None: the datamodule's ``scale``).
+    """
+
+    multiplier: float = 1.0
+    tasks: list[str] | None = None
+    splits: dict[str, str] | None = None
+    scale: float | None = None
+
+    def check(self, where: str) -> None:
+        """Raise a ValueError naming ``where`` and the field when an option is out of range."""
+        if not math.isfinite(self.multiplier) or self.multiplier < 0:
+            raise ValueError(f"{where}.multiplier: must be finite and >= 0, got {self.multiplier}")
+        unknown = sorted(set(self.tasks or ()) - set(TASKS))
+        if unknown:
+            raise ValueError(f"{where}.tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        bad = sorted(v for v in (self.splits or {}).values() if v not in SPLITS)
+        if bad:
+            raise ValueError(f"{where}.splits: maps to {bad}; the datamodule's splits are {', '.join(SPLITS)}")
+        if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"{where}.scale: must be a positive number, got {self.scale}")
+
+
+def has_text_coordinates(record: InstructRecord) -> bool:
+    """True when a turn writes a box or point bracket (:func:`rsvlm.data.coords.parse_grounding`)."""
+    return any(parse_grounding(turn.text, (1, 1)) for turn in record.conversations)
+
+
+class InstructDataModule(RsvlmDataModule):
+    """Batches of instruction records (see the module docstring and :mod:`rsvlm.data.multitask.dataset`).
+
+    Args:
+        sources: JSON-lines records files (:mod:`rsvlm.data.multitask.jsonl`).
+        source_options: one :class:`SourceOptions` (or dict) per file, or None for the defaults.
+        image_size: side S of the model's square input.
+        pad: where the resized image sits on the square: ``center`` (LLaVA, EarthGPT-X) or ``bottom_right``.
+        bands: channel names the model reads (``rgb``: 3; grey images are repeated, RGBA's alpha dropped).
+        scale: pixel divisor (255: 8-bit chips to [0, 1]).
+        mean, std: per-channel statistics applied after ``scale`` (e.g. CLIP's), or None for raw values.
+        alpha: size exponent of the group weights (``p_g ∝ m_g n_g^α``).
+        task_multipliers: factors per task on the group weights.
+        epoch_size: training samples per epoch (default: all train records).
+        seg_text: what ``[SEG]`` becomes in gpt turns (GeoMag's codebook ``"[SEG0][SEG1][SEG2]"``), or None.
+        check_files: check that images and mask files exist when reading the records.
+        batch_size, num_workers, pin_memory, seed: DataLoader settings and the sampling seed.
+    """
+
+    def __init__(
+        self,
+        sources: list[str],
+        source_options: list[SourceOptions] | None = None,
+        image_size: int = 336,
+        pad: str = "center",
+        bands: list[str] | str = "rgb",
+        scale: float = 255.0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        alpha: float = 0.5,
+        task_multipliers: dict[str, float] | None = None,
+        epoch_size: int | None = None,
+        seg_text: str | None = None,
+        check_files: bool = True,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(bands=bands, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
+        name = type(self).__name__
+        if not sources:
+            raise ValueError(f"{name}.sources: give at least one records file")
+        options = [SourceOptions() for _ in sources] if source_options is None else list(source_options)
+        if len(options) != len(sources):
+            raise ValueError(f"{name}.source_options: {len(options)} entries for {len(sources)} sources")
+        self.source_options = [SourceOptions(**o) if isinstance(o, Mapping) else o for o in options]
+        for i, option in enumerate(self.source_options):
+            option.check(f"{name}.source_options[{i}]")
+        if image_size < 1:
+            raise ValueError(f"{name}.image_size: must be a positive integer, got {image_size}")
+        for field, stats in (("mean", mean), ("std", std)):
+            if stats is not None and len(stats) != self.num_bands:
+                raise ValueError(f"{name}.{field}: {len(stats)} values for {self.num_bands} channels")
+        if std is not None and any(not s > 0 for s in std):
+            raise ValueError(f"{name}.std: must be positive, got {std}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"{name}.scale: must be a positive number, got {scale}")
+        self.sources = [os.fspath(s) for s in sources]
+        self.image_size = image_size
+        self.pad = check_pad(pad, f"{name}.pad")
+        self.scale, self.mean, self.std = scale, mean, std
+        self.alpha, self.task_multipliers, self.epoch_size = alpha, task_multipliers, epoch_size
+        self.seg_text = seg_text
+        self.check_files = check_files
+        self.mixture: MixtureSpec | None = None
+
+    def collate_fn(self) -> InstructCollate:
+        return InstructCollate(self._formatter)
+
+    # ------------------------------------------------------------------ setup
+    def _read(self, index: int) -> list[InstructRecord]:
+        path = self.sources[index]
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{type(self).__name__}.sources[{index}]: instruction records file not found: {path}"
+            )
+        records = read_records(path, check_files=self.check_files)
+        mismatched = [r for r in records if r.coord_convention not in ("pixel", self.pad) and has_text_coordinates(r)]
+        if mismatched:
+            warnings.warn(
+                f"{path}: {len(mismatched)} record(s) (first {mismatched[0].id!r}) write coordinates normalised on the "
+                f"{mismatched[0].coord_convention}-padded square, but {type(self).__name__}.pad is {self.pad!r}",
+                stacklevel=3,
+            )
+        return records
+
+    def _split_of(self, record: InstructRecord, option: SourceOptions) -> str | None:
+        split = option.splits.get(record.split) if option.splits is not None else canonical_split(record.split)
+        return split if split in SPLITS else None
+
+    def _items(self) -> tuple[dict[str, list[Item]], dict[GroupKey, tuple[float, str]]]:
+        """Records by datamodule split, and each train group's multiplier with the file that set it."""
+        items: dict[str, list[Item]] = {split: [] for split in SPLITS}
+        multipliers: dict[GroupKey, tuple[float, str]] = {}
+        for i, (path, option) in enumerate(zip(self.sources, self.source_options)):
+            for record in self._read(i):
+                split = self._split_of(record, option)
+                if split is None or (option.tasks is not None and record.task not in option.tasks):
+                    continue
+                if len(record.images) != 1:
+                    raise InstructRecordError(
+                        f"{path}: record {record.id!r}: field 'image': {len(record.images)} images; "
+                        f"{type(self).__name__} reads one image per record"
+                    )
+                items[split].append(Item(record, path, option.scale or self.scale))
+                key = (record.source, record.task)
+                if split == "train":
+                    earlier = multipliers.setdefault(key, (option.multiplier, path))
+                    if earlier[0] != option.multiplier:
+                        raise ValueError(
+                            f"{type(self).__name__}.source_options: group {key} has multiplier {earlier[0]} in "
+                            f"{earlier[1]} and {option.multiplier} in {path}"
+                        )
+        return items, multipliers
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the sources, split the records and build the train mixture."""
+        if self.datasets:
+            return
+        items, multipliers = self._items()
+        groups: dict[GroupKey, list[Item]] = {}
+        for item in items["train"]:
+            groups.setdefault((item.record.source, item.record.task), []).append(item)
+        if groups:
+            self.mixture = MixtureSpec.from_groups(
+                {key: len(members) for key, members in groups.items()},
+                alpha=self.alpha,
+                multipliers=tuple(multipliers[key][0] for key in groups),
+                task_multipliers=self.task_multipliers,
+                epoch_size=self.epoch_size,
+            )
+        elif stage == "fit":
+            raise ValueError(f"{type(self).__name__}: no train records in {', '.join(self.sources)}")
+        ordered = {**items, "train": [item for members in groups.values() for item in members]}
+        self.datasets = {
+            split: InstructDataset(
+                ordered[split],
+                self.image_size,
+                self.pad,  # type: ignore[arg-type]
+                self.num_bands,
+                self.mean,
+                self.std,
+                self.seg_text,
+            )
+            for split in SPLITS
+        }
+
+    def group_sizes(self) -> dict[GroupKey, int]:
+        """Train records per (source, task) group, in the sampler's order (after :meth:`setup`)."""
+        if self.mixture is None:
+            return {}
+        return dict(zip(self.mixture.groups, self.mixture.sizes))
+
+    # ------------------------------------------------------------------ loaders
+    def train_sampler(self) -> MixtureSampler:
+        """The mixture sampler of the train split (after :meth:`setup`)."""
+        if self.mixture is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup('fit') before the train sampler")
+        return MixtureSampler.from_spec(self.mixture, seed=self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._position.attach(self._loader("train", self.train_sampler(), ResumableDataLoader))
