@@ -16,6 +16,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from rsvlm.io.state_dicts import check_state_dict, read_state_dict
+
 LABELS: tuple[str, ...] = ("image", "region", "pixel")
 
 
@@ -34,6 +36,8 @@ class TaskGranularityClassifier(nn.Module):
         dropout: before each hidden layer.
         freeze_encoder: no gradients into the text encoder, which stays in eval mode.
         max_length: longest query in tokens (longer ones are cut).
+        checkpoint: a checkpoint of the classifier trained alone (``rsvlm fit`` with
+            :class:`rsvlm.models.granularity.GranularityTask`): its ``classifier.*`` weights load.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class TaskGranularityClassifier(nn.Module):
         dropout: float = 0.1,
         freeze_encoder: bool = True,
         max_length: int = 128,
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoTokenizer, BertConfig, BertModel
@@ -85,9 +90,27 @@ class TaskGranularityClassifier(nn.Module):
         layers.append(nn.Linear(widths[-1], len(self.labels)))
         self.head = nn.Sequential(*layers)
         self.freeze_encoder = freeze_encoder
+        if checkpoint is not None:
+            self.load_classifier_checkpoint(checkpoint)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
+
+    def load_classifier_checkpoint(self, path: str) -> None:
+        """Load the ``classifier.*`` weights of a :class:`rsvlm.models.granularity.GranularityTask`
+        checkpoint (``rsvlm fit`` of the classifier alone, GeoMag's stage A). The head must be
+        there; the text encoder's weights may be left out when they are the frozen source's."""
+        prefix = "classifier."
+        given = {
+            k[len(prefix) :]: v
+            for k, v in read_state_dict(path, "TaskGranularityClassifier.checkpoint").items()
+            if k.startswith(prefix)
+        }
+        expected = self.state_dict()
+        absent_encoder = [k for k in expected if k.startswith("encoder.") and k not in given]
+        header = f"TaskGranularityClassifier.checkpoint: {path} does not fit this classifier:"
+        check_state_dict(expected, given, header, module_name="classifier", ignore=absent_encoder)
+        self.load_state_dict(given, strict=False)
 
     def train(self, mode: bool = True) -> TaskGranularityClassifier:
         super().train(mode)

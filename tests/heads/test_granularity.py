@@ -103,3 +103,26 @@ def test_query_files_and_splits(tmp_path):
     with pytest.raises(QueryError, match=r"queries.jsonl:1: not JSON"):
         read_queries(path)
     assert np.mean([r["granularity"] == "pixel" for r in records]) == pytest.approx(1 / 3)
+
+
+def test_a_classifier_run_checkpoint_loads_into_a_new_classifier(tmp_path):
+    classifier = TaskGranularityClassifier(text_encoder=TINY_BERT, tokenizer=SpieDemoTokenizer())
+    trained = GranularityTask(classifier)
+    with torch.no_grad():
+        for p in classifier.head.parameters():
+            p.add_(torch.randn_like(p))
+    # a checkpoint of the run, its frozen BERT left out (it is the source's)
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("classifier.encoder.")}
+    torch.save({"state_dict": state}, tmp_path / "last.ckpt")
+    config = classifier.encoder.config.to_dict()
+    fresh = TaskGranularityClassifier(
+        text_encoder=config, tokenizer=SpieDemoTokenizer(), checkpoint=str(tmp_path / "last.ckpt")
+    )
+    for (name, got), want in zip(fresh.head.state_dict().items(), classifier.head.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name
+    del state["classifier.head.1.weight"]
+    torch.save({"state_dict": state}, tmp_path / "broken.ckpt")
+    with pytest.raises(ValueError, match="TaskGranularityClassifier.checkpoint"):
+        TaskGranularityClassifier(
+            text_encoder=config, tokenizer=SpieDemoTokenizer(), checkpoint=str(tmp_path / "broken.ckpt")
+        )
