@@ -103,29 +103,3 @@ def decoded_targets(
     union = torch.full((hidden.shape[0], 1, *size), EMPTY_LOGIT, dtype=logits.dtype, device=logits.device)
     union = union.index_reduce(0, index, logits, "amax", include_self=True)
     return {**out, "mask_logits": union}
-
-
-def scored_masks(decoded: Mapping[str, Any], batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The reference masks ``decoded["mask_logits"]`` is scored against, and their validity."""
-    valid = batch.get("valid")
-    if "target_masks" not in decoded:
-        return batch["mask"], valid
-    rows = decoded["scored_index"]
-    return decoded["target_masks"], None if valid is None else valid[rows]
-
-
-def update_task_metrics(
-    metrics: nn.ModuleDict, tasks: list[str], decoded: Mapping[str, Any], batch: Mapping[str, Any]
-) -> None:
-    """Update each task's metric with its rows of ``decoded["mask_logits"]`` (a sample's task is
-    ``batch["task"]``, default the first of ``tasks``; a target's is its sample's)."""
-    logits = decoded["mask_logits"]
-    masks, valid = scored_masks(decoded, batch)
-    sample_tasks = batch.get("task") or [tasks[0]] * batch["image"].shape[0]
-    rows = decoded.get("scored_index")
-    row_tasks = sample_tasks if rows is None else [sample_tasks[i] for i in rows.tolist()]
-    for task in dict.fromkeys(row_tasks):
-        if task not in metrics:
-            raise KeyError(f"batch field 'task' says {task!r}, which is not in the model's tasks {tasks}")
-        keep = torch.tensor([t == task for t in row_tasks], device=logits.device)
-        metrics[task].update(logits[keep], masks[keep], None if valid is None else valid[keep])

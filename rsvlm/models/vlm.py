@@ -28,10 +28,16 @@ from rsvlm.bridges.positions import BridgePositions, ResponseTokens, with_respon
 from rsvlm.contracts import Bridge, ContractError, Encoder, FusedFeatures, Fusion, MaskDecoder
 from rsvlm.llm.generation import GenerationSettings
 from rsvlm.models.base import ComposedModule, Link, OptimizerGroup, StagePhase
-from rsvlm.models.targets import decoded_targets, scored_masks, update_task_metrics
+from rsvlm.models.targets import decoded_targets
+from rsvlm.models.task_scoring import (
+    MetricKind,
+    build_task_metrics,
+    log_task_metrics,
+    scored_masks,
+    update_task_metrics,
+)
 from rsvlm.models.vlm_stages import DEFAULT_OPTIMIZER_GROUPS, DEFAULT_STAGE_COMPONENTS
 from rsvlm.training.losses import MASK_LOSSES, combine
-from rsvlm.training.metrics import BinarySegmentationMetrics
 from rsvlm.training.optim import OptimSettings
 
 
@@ -63,9 +69,10 @@ class VisionLanguageModel(ComposedModule):
         optim: weight decay, betas and warm-up shared by the groups.
         loss_weights: loss term → weight; ``text`` is the LLM's cross-entropy, the others name
             mask losses of :data:`rsvlm.training.losses.MASK_LOSSES` (paper 1/1/1, released 1/2/1).
-        tasks: task names scored with binary segmentation metrics; batches say their task in
-            ``batch["task"]`` (default: the first). The first task logs as ``val/F1``, others
-            as ``val/<task>/F1``.
+        tasks: task names; batches say their task in ``batch["task"]`` (default: the first).
+            The first task logs as ``val/F1``, others as ``val/<task>/F1``.
+        task_metrics: task → ``binary`` (default), ``referring`` or ``answer``
+            (:mod:`rsvlm.models.task_scoring`).
         metric_average: ``"global"`` (one confusion matrix over the split) or ``"image"`` (the
             mean of per-image scores, as the SPEX paper's tables); written into the run record
             and printed by ``rsvlm table``.
@@ -118,6 +125,7 @@ class VisionLanguageModel(ComposedModule):
         optim: OptimSettings = OptimSettings(),
         loss_weights: dict[str, float] = {"text": 1.0, "bce": 1.0, "dice": 1.0},
         tasks: list[str] = ["land_cover"],
+        task_metrics: dict[str, MetricKind] | None = None,
         metric_average: Literal["global", "image"] = "global",
         generation: GenerationSettings = GenerationSettings(),
         validate_with_generation: bool = True,
@@ -163,12 +171,7 @@ class VisionLanguageModel(ComposedModule):
         self.validate_with_generation = validate_with_generation
         self.test_with_generation = test_with_generation
         self.log_images = log_images
-        self.metrics = nn.ModuleDict(
-            {
-                split: nn.ModuleDict({task: BinarySegmentationMetrics(average=metric_average) for task in self.tasks})
-                for split in ("val", "val_teacher_forced", "test", "test_teacher_forced")
-            }
-        )
+        self.metrics = build_task_metrics(self.tasks, task_metrics, metric_average)
         parts = dict(
             zip(
                 slots,
@@ -390,9 +393,4 @@ class VisionLanguageModel(ComposedModule):
         update_task_metrics(self.metrics[split], self.tasks, decoded, batch)
 
     def _log_metrics(self, split: str) -> None:
-        for task, metric in self.metrics[split].items():
-            if not metric.update_called:
-                continue
-            prefix = split if task == self.tasks[0] else f"{split}/{task}"
-            self.log_dict({f"{prefix}/{k}": v for k, v in metric.compute().items()})
-            metric.reset()
+        log_task_metrics(self, self.metrics[split], split, self.tasks)
