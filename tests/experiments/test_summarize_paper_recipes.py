@@ -1,5 +1,5 @@
-"""`rsvlm summarize --config recipes/geomag.yaml`: the paper-size GeoMag on the meta device, with
-nothing read or downloaded, and the parameter counts of its published parts."""
+"""`rsvlm summarize` of the GeoMag and EarthGPT-X paper recipes: the paper-size models on the meta
+device, with nothing read or downloaded, and the parameter counts of their published parts."""
 
 from __future__ import annotations
 
@@ -33,3 +33,22 @@ def test_geomag_builds_on_meta_with_the_published_sizes():
     assert not any(p.requires_grad for p in model.cropper.parameters())
     assert count(model.encoder) == 303_507_456  # CLIP ViT-L/14 at 336: 24 layers × 1024 wide, 577 positions
     assert model.bridge.num_tokens == 3 and model.positions.group_size == 3
+
+
+def test_earthgptx_builds_on_meta_with_the_published_sizes():
+    from segment_anything import sam_model_registry
+
+    model = build_on_meta(REPO / "recipes" / "earthgptx.yaml")
+    llm = model.llm
+    total = count(llm)
+    trainable = sum(p.numel() for p in llm.parameters() if p.requires_grad)
+    new_rows = 2 * 2 * 5120  # <image> and [SEG]: their input and output rows at most
+    assert 13_015_864_320 <= total <= 13_015_864_320 + new_rows
+    assert 40 * 4 * 5120 * 5120 <= trainable <= 40 * 4 * 5120 * 5120 + new_rows  # self-attention only
+    with torch.device("meta"):
+        sam = sam_model_registry["vit_h"]()
+    assert count(model.mask_encoder) == count(sam.image_encoder)
+    assert not any(p.requires_grad for p in model.mask_encoder.parameters())
+    assert model.decoder.use_visual_prompts
+    # one prompt token per visual token: the SAE's grid is the experts' 16×16
+    assert model.prompt_encoder.num_tokens == 16 * 16 and model.encoder.channels == [1024 + 1536]
