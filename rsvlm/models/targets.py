@@ -101,5 +101,6 @@ def decoded_targets(
         paired, masks, ref_index, extra = pair_targets(logits, index, batch)
         return {**out, "mask_logits": paired, "target_masks": masks, "scored_index": ref_index, "unpaired": extra}
     union = torch.full((hidden.shape[0], 1, *size), EMPTY_LOGIT, dtype=logits.dtype, device=logits.device)
-    union = union.index_reduce(0, index, logits, "amax", include_self=True)
+    rows = index.view(-1, 1, 1, 1).expand_as(logits)
+    union = union.scatter_reduce(0, rows, logits, "amax", include_self=True)
     return {**out, "mask_logits": union}

@@ -31,7 +31,7 @@ DOCUMENTED = {
     "prompt_ids": (("B", "P"), torch.long),
     "prompt_attention_mask": (("B", "P"), torch.long),
 }
-OPTIONAL = {"task"}
+OPTIONAL = {"task", "visual_prompts"}  # datamodules that mix tasks; samples with drawn prompts
 
 
 def test_typed_contract_lists_the_documented_fields():
