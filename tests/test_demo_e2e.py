@@ -96,3 +96,33 @@ def test_a_short_demo_run_beats_trivial_predictors(tmp_path: Path, _offline_cach
     assert metrics["test/F1"] > everything_f1 + 0.25, (metrics["test/F1"], everything_f1)
     assert metrics["test/IoU"] > everything_iou + 0.25, (metrics["test/IoU"], everything_iou)
     assert torch.isfinite(torch.tensor(metrics["test_teacher_forced/F1"]))
+
+
+def test_geomag_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
+    """The GeoMag demo: four granularities in one run through MagCrop (PSC online), the [SEG]
+    codebook and the SAM 2 decoder; every task's metric, and the floors beside refseg's mIoU."""
+    root = tmp_path / "geomag"
+    args = [
+        sys.executable,
+        "-m",
+        "rsvlm.cli",
+        "fit",
+        "--config",
+        str(REPO / "recipes" / "geomag-demo.yaml"),
+        f"--trainer.default_root_dir={root}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.generate.n_train=8",
+        "--data.init_args.generate.n_val=4",
+        "--data.init_args.generate.n_test=4",
+        "--model.init_args.generation.max_new_tokens=6",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((root / "metrics.json").read_text())
+    for name in ("P@0.5", "oIoU", "mIoU", "mIoU_full_mask", "mIoU_empty_mask"):
+        assert 0.0 <= metrics[f"test/{name}"] <= 1.0, name
+    for task in ("scene_classification", "vqa", "referring_classification"):
+        assert 0.0 <= metrics[f"test/{task}/accuracy"] <= 1.0, task

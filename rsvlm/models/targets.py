@@ -40,6 +40,8 @@ def decode_targets(
     """Mask logits ``T×1×H×W`` of every target group in ``positions`` (``B×L`` bool), and the
     image index ``T`` of each; each target is decoded against its own image's map(s)."""
     tokens, index = bridge.targets(hidden, positions)
+    if not len(index):  # no target in the batch (text-only tasks): nothing to decode
+        return hidden.new_zeros(0, 1, *size), index
     if hasattr(decoder, "decode_targets"):
         return decoder.decode_targets(decoder_map, tokens, index, tuple(size)), index
     maps = [m[index] for m in decoder_map] if isinstance(decoder_map, list) else decoder_map[index]

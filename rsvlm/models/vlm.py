@@ -274,7 +274,7 @@ class VisionLanguageModel(ComposedModule):
         losses = {"text": outputs["text_loss"]} if "text" in self.loss_weights else {}
         if with_mask:
             for name in self.loss_weights:
-                if name in MASK_LOSSES:
+                if name in MASK_LOSSES and len(outputs["mask_logits"]):  # none: a batch of text-only tasks
                     losses[name] = MASK_LOSSES[name](outputs["mask_logits"], *scored_masks(outputs, batch))
         losses["total"] = combine(self.loss_weights, **losses)
         return losses

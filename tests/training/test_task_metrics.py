@@ -31,9 +31,13 @@ def test_referring_segmentation_matches_the_protocol_by_hand():
     assert float(got["mIoU"]) == pytest.approx(np.mean(ious))
     for k in (0.5, 0.6, 0.7, 0.8, 0.9):
         assert float(got[f"P@{k:g}"]) == pytest.approx(np.mean([iou >= k for iou in ious]))
+    # the floors: a full mask's IoU is the reference's share of the image; an empty mask's is 0
+    assert float(got["mIoU_full_mask"]) == pytest.approx(np.mean([g.mean() for g in refs]))
+    assert float(got["mIoU_empty_mask"]) == 0.0
     lisa = ReferringSegmentationMetrics(empty_pair=1.0)
     lisa.update([torch.zeros(3, 3)], [torch.zeros(3, 3, dtype=torch.bool)])  # logits ≤ 0: empty
     assert float(lisa.compute()["mIoU"]) == 1.0
+    assert float(lisa.compute()["mIoU_empty_mask"]) == 1.0  # an empty reference: the empty mask is right
 
 
 def test_grounding_accuracy_with_iou_by_hand():

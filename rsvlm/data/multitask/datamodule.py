@@ -34,6 +34,7 @@ from rsvlm.data.coords import parse_grounding
 from rsvlm.data.loaders import ResumableDataLoader
 from rsvlm.data.mixing import GroupKey, MixtureSampler, MixtureSpec
 from rsvlm.data.multitask.dataset import InstructCollate, InstructDataset, Item
+from rsvlm.data.multitask.generated import GeneratedInstructData
 from rsvlm.data.multitask.geometry import check_pad
 from rsvlm.data.multitask.jsonl import read_records
 from rsvlm.data.multitask.records import TASKS, InstructRecord, InstructRecordError
@@ -80,6 +81,8 @@ class InstructDataModule(RsvlmDataModule):
 
     Args:
         sources: JSON-lines records files (:mod:`rsvlm.data.multitask.jsonl`).
+        generate: generated scenes (:class:`rsvlm.data.multitask.generated.GeneratedInstructData`)
+            built in ``prepare_data`` and read as one more source (the demos; offline).
         source_options: one :class:`SourceOptions` (or dict) per file, or None for the defaults.
         image_size: side S of the model's square input.
         pad: where the resized image sits on the square: ``center`` (LLaVA, EarthGPT-X) or ``bottom_right``.
@@ -96,7 +99,8 @@ class InstructDataModule(RsvlmDataModule):
 
     def __init__(
         self,
-        sources: list[str],
+        sources: list[str] | None = None,
+        generate: GeneratedInstructData | None = None,
         source_options: list[SourceOptions] | None = None,
         image_size: int = 336,
         pad: str = "center",
@@ -116,8 +120,9 @@ class InstructDataModule(RsvlmDataModule):
     ) -> None:
         super().__init__(bands=bands, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         name = type(self).__name__
-        if not sources:
-            raise ValueError(f"{name}.sources: give at least one records file")
+        sources = list(sources or [])
+        if not sources and generate is None:
+            raise ValueError(f"{name}.sources: give at least one records file (or generate=)")
         options = [SourceOptions() for _ in sources] if source_options is None else list(source_options)
         if len(options) != len(sources):
             raise ValueError(f"{name}.source_options: {len(options)} entries for {len(sources)} sources")
@@ -134,6 +139,10 @@ class InstructDataModule(RsvlmDataModule):
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"{name}.scale: must be a positive number, got {scale}")
         self.sources = [os.fspath(s) for s in sources]
+        self.generate = generate
+        if generate is not None:  # its records file is known before it is built (a cache key)
+            self.sources.append(os.fspath(generate.records_path()))
+            self.source_options.append(SourceOptions())
         self.image_size = image_size
         self.pad = check_pad(pad, f"{name}.pad")
         self.scale, self.mean, self.std = scale, mean, std
@@ -141,6 +150,10 @@ class InstructDataModule(RsvlmDataModule):
         self.seg_text = seg_text
         self.check_files = check_files
         self.mixture: MixtureSpec | None = None
+
+    def prepare_data(self) -> None:
+        if self.generate is not None:
+            self.generate.prepare()
 
     def collate_fn(self) -> InstructCollate:
         return InstructCollate(self._formatter)

@@ -7,6 +7,8 @@ empty–empty pair 1: ``empty_pair=1.0``).
 * ``P@k`` = #(IoU_i ≥ k) / n for k in ``thresholds`` (the paper reports 0.5);
 * ``oIoU`` = Σ I_i / Σ U_i (LISA's cIoU);
 * ``mIoU`` = mean_i IoU_i (LISA's gIoU with ``empty_pair=1.0``).
+* ``mIoU_full_mask`` / ``mIoU_empty_mask``: the mIoU a full / an empty prediction would get on the
+  same references (the floor a model must clear).
 
 States are sums, so under DDP every process computes the numbers of one process.
 """
@@ -38,6 +40,9 @@ class ReferringSegmentationMetrics(Metric):
         self.add_state("iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hits", torch.zeros(len(self.thresholds), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        # what a full mask and an empty mask would score on the same references (the floor to beat)
+        self.add_state("full_iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("empty_iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(
         self, predicted: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor | Sequence[torch.Tensor]
@@ -58,10 +63,15 @@ class ReferringSegmentationMetrics(Metric):
             self.iou_sum += iou
             self.hits += (iou >= torch.tensor(self.thresholds, dtype=torch.float64, device=iou.device)).double()
             self.count += 1
+            area = g.sum().double()
+            self.full_iou_sum += area / g.numel()
+            self.empty_iou_sum += area.new_tensor(self.empty_pair if area == 0 else 0.0)
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp_min(1)
         out = {f"P@{k:g}": hit / n for k, hit in zip(self.thresholds, self.hits)}
         out["oIoU"] = self.intersection / self.union if self.union > 0 else self.union.new_tensor(0.0)
         out["mIoU"] = self.iou_sum / n
+        out["mIoU_full_mask"] = self.full_iou_sum / n
+        out["mIoU_empty_mask"] = self.empty_iou_sum / n
         return out
