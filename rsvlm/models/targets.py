@@ -24,11 +24,6 @@ from torch import nn
 EMPTY_LOGIT = -20.0
 
 
-def has_several_targets(bridge: nn.Module, batch: Mapping[str, Any]) -> bool:
-    """Whether ``batch`` names its targets one by one (``masks``) and ``bridge`` reads them so."""
-    return "masks" in batch and hasattr(bridge, "targets")
-
-
 def decode_targets(
     bridge: nn.Module,
     decoder: nn.Module,

@@ -15,21 +15,7 @@ from pathlib import Path
 from rsvlm.data.multitask.records import InstructRecord, InstructRecordError
 from rsvlm.data.multitask.validate import check_record
 from rsvlm.io.atomic import atomic_path
-
-
-def _relative(path: str, root: Path) -> str:
-    p = Path(path)
-    if not p.is_absolute():
-        return p.as_posix()
-    try:
-        return p.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(p)
-
-
-def _absolute(path: str, root: Path) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() else (root / p).resolve())
+from rsvlm.io.paths import absolute_from, relative_to
 
 
 def _with_paths(record: InstructRecord, move: Callable[[str], str], where: str) -> InstructRecord:
@@ -54,7 +40,7 @@ def write_records(path: str | os.PathLike, records: Iterable[InstructRecord], ov
         if record.id in seen:
             raise InstructRecordError(f"{out}: record {record.id!r}: field 'id': repeated")
         seen.add(record.id)
-        moved = _with_paths(record, lambda p: _relative(p, root), str(out))
+        moved = _with_paths(record, lambda p: relative_to(p, root), str(out))
         lines.append(json.dumps(moved.to_dict(), ensure_ascii=False) + "\n")
     with atomic_path(out, overwrite=overwrite) as tmp:
         tmp.write_text("".join(lines), encoding="utf-8")
@@ -88,7 +74,7 @@ def read_records(path: str | os.PathLike, check_files: bool = True) -> list[Inst
                 d = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InstructRecordError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-            record = _with_paths(InstructRecord.from_dict(d, where), lambda q: _absolute(q, root), where)
+            record = _with_paths(InstructRecord.from_dict(d, where), lambda q: absolute_from(q, root), where)
             if record.id in seen:
                 raise InstructRecordError(
                     f"{where}: record {record.id!r}: field 'id': repeated (first on line {seen[record.id]})"

@@ -28,6 +28,7 @@ from typing import Any
 
 from rsvlm.contracts import RsvlmError
 from rsvlm.io.atomic import atomic_write_text
+from rsvlm.io.paths import absolute_from, relative_to
 
 RECORDS_NAME = "spie.jsonl"
 
@@ -116,21 +117,6 @@ def dataset_of_source(source: str) -> str:
     return kind if kind in DATASET_CLASSES else source
 
 
-def _rel(path: str, root: Path) -> str:
-    p = Path(path)
-    if not p.is_absolute():
-        return p.as_posix()
-    try:
-        return p.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(p)
-
-
-def _abs(path: str, root: Path) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() else (root / p).resolve())
-
-
 def repair_jsonl(path: str | os.PathLike) -> int:
     """Cut a half-written last line (one without a trailing newline) off a JSON-lines file.
 
@@ -199,7 +185,7 @@ def read_records(path: str | os.PathLike) -> list[SpieRecord]:
         except json.JSONDecodeError as exc:
             raise RecordError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
         rec = SpieRecord.from_dict(d, where)
-        rec.image, rec.mask = _abs(rec.image, root), _abs(rec.mask, root)
+        rec.image, rec.mask = absolute_from(rec.image, root), absolute_from(rec.mask, root)
         out.append(rec)
     return out
 
@@ -224,7 +210,7 @@ class RecordWriter:
         lines = []
         for r in records:
             d = asdict(r)
-            d["image"], d["mask"] = _rel(r.image, root), _rel(r.mask, root)
+            d["image"], d["mask"] = relative_to(r.image, root), relative_to(r.mask, root)
             lines.append(json.dumps(d, ensure_ascii=False) + "\n")
         self._f.write("".join(lines))
         self._f.flush()
@@ -271,8 +257,8 @@ def export_llava(
         items.append(
             {
                 "id": Path(r.mask).stem,
-                "image": _rel(r.image, base),
-                "gt_image": _rel(r.mask, base),
+                "image": relative_to(r.image, base),
+                "gt_image": relative_to(r.mask, base),
                 "conversations": [
                     {"from": "human", "value": "<image>\n" + r.instruction},
                     {"from": "gpt", "value": r.response},
