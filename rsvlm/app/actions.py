@@ -135,14 +135,20 @@ def run(
             raise AppError(f"type {'a question' if task == TASKS[1] else 'an expression'} for the {task} task")
         text = question.strip()
         instruction = text if task == TASKS[1] else REFERRING_TEMPLATE.format(expression=text.rstrip("."))
+    elif getattr(predictor, "whole_image", False):
+        raise AppError("this model answers questions: choose the free-text question or referring expression task")
     elif not category:
         raise AppError("choose a land-cover category")
+    if getattr(predictor, "whole_image", False):  # what the question asks about, for MagCrop's routing
+        given_granularity = {"granularity": "pixel" if task == TASKS[2] else "region"}
+    else:
+        given_granularity = {}
     given = {"points": [list(p) for p in points], "boxes": [list(b) for b in boxes], "mask": painted}
     given = {k: v for k, v in given.items() if v is not None and len(v)}
     prompts = given if predictor.takes_visual_prompts else {}
     try:
         result = predictor.predict(
-            path, category=category or None, instruction=instruction, progress=progress, **prompts
+            path, category=category or None, instruction=instruction, progress=progress, **prompts, **given_granularity
         )
         folder = Path(out_dir or tempfile.mkdtemp(prefix="rsvlm-app-"))
         files = result.save(folder, overwrite=True)

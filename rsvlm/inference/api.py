@@ -70,14 +70,16 @@ class Predictor:
 
         self.model = model.eval().to(device)
         self.datamodule = datamodule
-        self.settings = ModelInput.from_datamodule(datamodule)
+        # models of instruction data see whole images (GeoMag, EarthGPT-X); SPEX models see tiles
+        self.whole_image = hasattr(datamodule, "seg_text")
+        self.settings = None if self.whole_image else ModelInput.from_datamodule(datamodule)
         self.formatter = with_response_suffix(model.llm.formatter, model.positions.response_suffix)
         self.source = source
         self.device = device
 
     @property
     def bands(self) -> tuple[str, ...]:
-        return self.settings.bands
+        return tuple(self.datamodule.band_names) if self.whole_image else self.settings.bands
 
     @property
     def takes_visual_prompts(self) -> bool:
@@ -96,6 +98,7 @@ class Predictor:
         boxes: Sequence[Sequence[float]] | None = None,
         scribble: Sequence[Sequence[Sequence[float]]] | None = None,
         mask: np.ndarray | None = None,
+        granularity: str = "pixel",
         threshold: float = 0.5,
         overlap: int | None = None,
         progress: bool = False,
@@ -114,6 +117,8 @@ class Predictor:
             boxes: ``[[x0, y0, x1, y1], ...]`` in pixels (edges).
             scribble: free-form strokes, ``[[[x, y], ...], ...]``, one vertex list per stroke.
             mask: a painted free-form region, ``H×W`` bool at the image's size.
+            granularity: ``image``, ``region`` or ``pixel``: what the question asks about, for
+                whole-image models whose cropper routes by it (GeoMag's MagCrop without its classifier).
                 Visual prompts need a model that reads them (:attr:`takes_visual_prompts`); each
                 tile gets the part of the prompts inside it; for a list of images they apply to each.
             threshold: probability threshold of the mask.
@@ -149,6 +154,15 @@ class Predictor:
         if not 0.0 < threshold < 1.0:
             raise PredictError(f"predict: threshold must be in (0, 1), got {threshold}")
         several = isinstance(image, (list, tuple))
+        if self.whole_image:
+            from rsvlm.inference.whole_image import predict_whole_images
+
+            if instruction is None:
+                raise PredictError(f"{self.source or 'this model'} answers questions: give instruction=")
+            results = predict_whole_images(
+                self, list(image) if several else [image], instruction, granularity, prompts, threshold
+            )
+            return results if several else results[0]
         results = predict_images(
             self,
             list(image) if several else [image],
