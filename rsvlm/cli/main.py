@@ -36,6 +36,9 @@ Use a trained model:
                                   statistics, model card); rsvlm.load(FOLDER) reads it offline
   app MODEL [--host --port]       a local browser app: upload a scene, ask, see and download
                                   the mask (pip install "rsvlm[app]")
+  ask MODEL IMAGE... --question TEXT --out FOLDER
+                                  one question about each image: the answer, and the mask
+                                  GeoTIFF and overlay PNG as predict writes them
 
 Convert:
   convert llava --from ID_OR_FOLDER --out FOLDER
@@ -125,6 +128,10 @@ def dispatch(argv: list[str], from_command_line: bool = False) -> int:
         from rsvlm.cli.evaluate import evaluate_main
 
         return evaluate_main(rest)
+    if command == "ask":
+        from rsvlm.cli.ask import ask_main
+
+        return ask_main(rest)
     if command == "app":
         from rsvlm.cli.app import app_main
 

@@ -103,3 +103,21 @@ def test_the_app_asks_whole_image_models_questions(predictor, geotiff, tmp_path,
     assert seen[-1]["granularity"] == ["region"]
     with pytest.raises(actions.AppError, match="this model answers questions"):
         actions.run(predictor, str(geotiff), actions.TASKS[0], "water", None, out_dir=tmp_path / "c")
+
+
+def test_rsvlm_ask_writes_what_the_api_saves(run_folder, scene, tmp_path):
+    import rsvlm
+    from rsvlm.cli.main import main
+
+    question = "Describe the water regions."
+    assert main(["ask", str(run_folder), str(scene), "--question", question, "--out", str(tmp_path / "cli")]) == 0
+    saved = rsvlm.load(run_folder).predict(str(scene), instruction=question).save(tmp_path / "api")
+    import json
+
+    assert (tmp_path / "cli" / saved["mask"].name).read_bytes() == saved["mask"].read_bytes()
+    answers = [json.loads(p.read_text()) for p in (tmp_path / "cli" / saved["json"].name, saved["json"])]
+    assert answers[0]["tiles"] == answers[1]["tiles"]  # each tile's window and generated answer
+    assert (
+        main(["ask", str(run_folder), str(tmp_path / "missing.tif"), "--question", question, "--out", str(tmp_path)])
+        == 2
+    )
