@@ -82,6 +82,17 @@ def add_click(
     return points, [*boxes, [float(x0), float(y0), float(x1 + 1), float(y1 + 1)]], None
 
 
+def add_drag(value: str, points: list, boxes: list) -> tuple[list, list]:
+    """A box dragged on the scene, ``"x0,y0,x1,y1"`` in picture pixels (any two opposite corners),
+    added to ``boxes`` (edges: the box covers both end pixels). Returns ``(points, boxes)``."""
+    try:
+        x0, y0, x1, y1 = (int(float(v)) for v in value.split(","))
+    except ValueError:
+        raise AppError(f"a dragged box is 'x0,y0,x1,y1', got {value!r}") from None
+    (left, right), (top, bottom) = sorted((x0, x1)), sorted((y0, y1))
+    return points, [*boxes, [float(left), float(top), float(right + 1), float(bottom + 1)]]
+
+
 def painted_mask(editor_value: dict | None, shape: tuple[int, int]) -> np.ndarray | None:
     """The pixels painted in the free-form editor (``H×W`` bool at the scene's size), or None."""
     layers = (editor_value or {}).get("layers") or []

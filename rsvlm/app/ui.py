@@ -1,8 +1,8 @@
 """The Gradio page: upload a scene, pick the task, add visual prompts, run, see and download the answer.
 
 Layout: the scene (a true- or false-colour composite of any band count) and the answer side by
-side. On the scene's Click tab a click adds a point, or with the box tool two clicks give a box's
-opposite corners; the Paint tab paints a free-form region with a brush. Below: the task (a
+side. On the scene's Click tab a click adds a point (or, with the box tool, two clicks give a box's
+opposite corners) and a drag draws a box; the Paint tab paints a free-form region with a brush. Below: the task (a
 land-cover category, a free-text question, or a referring expression), the Run button, the answer
 text, the mask overlay and the downloads (mask GeoTIFF, overlay PNG, answer JSON). Errors are
 shown in the page as the one-line message of the command line. Endpoints (for
@@ -16,6 +16,40 @@ answer, files).
 from typing import Any
 
 from rsvlm.app import actions
+
+# A drag on the scene picture: Gradio's image reports clicks only, so the page listens for the
+# mouse itself, keeps the dragged box (in the picture's own pixels) and clicks #drag-add, which
+# copies it into the #drag-box field and adds it; the click that ends a drag is swallowed so that
+# it adds no point. A box typed into the field is added by the same button.
+DRAG_JS = """
+() => {
+  let start = null, dragged = false;
+  const pixel = (e, img) => {
+    const r = img.getBoundingClientRect();
+    const scale = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+    const left = r.left + (r.width - img.naturalWidth * scale) / 2, top = r.top + (r.height - img.naturalHeight * scale) / 2;
+    const clamp = (v, n) => Math.max(0, Math.min(n - 1, Math.floor(v)));
+    return [clamp((e.clientX - left) / scale, img.naturalWidth), clamp((e.clientY - top) / scale, img.naturalHeight)];
+  };
+  document.addEventListener("mousedown", (e) => {
+    const img = e.target.closest && e.target.closest("#scene-picture img");
+    if (img) { start = pixel(e, img); dragged = false; e.preventDefault(); }
+  }, true);
+  document.addEventListener("mouseup", (e) => {
+    if (!start) return;
+    const img = document.querySelector("#scene-picture img"), end = pixel(e, img);
+    if (Math.abs(end[0] - start[0]) + Math.abs(end[1] - start[1]) > 3) {
+      dragged = true;
+      window.rsvlmDraggedBox = [start[0], start[1], end[0], end[1]].join(",");
+      document.querySelector("#drag-add").click();
+    }
+    start = null;
+  }, true);
+  document.addEventListener("click", (e) => {
+    if (dragged && e.target.closest && e.target.closest("#scene-picture")) { e.stopPropagation(); e.preventDefault(); dragged = false; }
+  }, true);
+}
+"""
 
 
 def _require_gradio():
@@ -50,6 +84,16 @@ def build_app(predictor: Any, title: str = "rsvlm") -> Any:
             raise fail(err) from err
         return actions.mark_prompts(picture, points, boxes, corner), points, boxes, corner
 
+    def on_drag(path, composite, value, points, boxes):
+        if not value:
+            return gr.skip(), points, boxes, None
+        try:
+            points, boxes = actions.add_drag(value, points, boxes)
+            picture = actions.preview(path, bands, composite)
+        except actions.AppError as err:
+            raise fail(err) from err
+        return actions.mark_prompts(picture, points, boxes), points, boxes, None
+
     def on_clear(path, composite):
         picture = actions.preview(path, bands, composite)
         return picture, [], [], None, picture
@@ -78,8 +122,8 @@ def build_app(predictor: Any, title: str = "rsvlm") -> Any:
         gr.Markdown(
             f"## {title}\nModel bands: {', '.join(bands)}. "
             + (
-                "Click the scene to add points, or two opposite corners of a box; paint a free-form region "
-                "in the Paint tab."
+                "Click the scene to add points (or, with the box tool, two opposite corners of a box), drag "
+                "on it to draw a box; paint a free-form region in the Paint tab."
                 if predictor.takes_visual_prompts
                 else "This model takes no visual prompts."
             )
@@ -96,6 +140,9 @@ def build_app(predictor: Any, title: str = "rsvlm") -> Any:
                     picture = gr.Image(
                         label="Scene", interactive=False, format="png", height=420, elem_id="scene-picture"
                     )
+                    with gr.Row():
+                        dragged = gr.Textbox(label="Dragged box (x0, y0, x1, y1)", max_lines=1, elem_id="drag-box")
+                        add_dragged = gr.Button("Add the dragged box", size="sm", elem_id="drag-add")
                 with gr.Tab("Paint", elem_id="paint-tab"):
                     painting = gr.ImageEditor(
                         label="Paint a free-form region",
@@ -122,6 +169,11 @@ def build_app(predictor: Any, title: str = "rsvlm") -> Any:
         picture.select(
             on_click, [scene, composite, tool, points, boxes, corner], [picture, points, boxes, corner], api_name=False
         )
+        # the page's script holds the box: a js-only step copies it into the field, then Python adds it
+        add_dragged.click(None, [dragged], [dragged], js="(v) => window.rsvlmDraggedBox || v", api_name=False).then(
+            on_drag, [scene, composite, dragged, points, boxes], [picture, points, boxes, corner], api_name=False
+        )
+        page.load(None, None, None, js=DRAG_JS)
         run_button.click(
             on_run,
             [scene, task, category, question, points, boxes, painting],

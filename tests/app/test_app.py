@@ -75,6 +75,12 @@ def test_marked_prompts_are_drawn_where_they_are():
     assert np.any(pending[2, 44] != picture[2, 44]) and not np.any(pending[30, 10] != picture[30, 10])
 
 
+def test_a_dragged_box_covers_both_end_pixels_in_either_direction():
+    assert actions.add_drag("30,8,20,12", [], []) == ([], [[20.0, 8.0, 31.0, 13.0]])
+    with pytest.raises(actions.AppError, match="a dragged box is 'x0,y0,x1,y1'"):
+        actions.add_drag("3,4", [], [])
+
+
 def test_the_painted_layer_becomes_the_free_form_mask():
     layer = np.zeros((8, 10, 4), np.uint8)
     layer[2:4, 3:7, :] = (255, 48, 48, 255)
@@ -266,7 +272,7 @@ def test_run_passes_boxes_and_the_painted_region_to_a_model_that_reads_them(prom
 @pytest.mark.skipif(
     _chromium() is None, reason="no Chromium + chromedriver on PATH (Debian: apt install chromium chromium-driver)"
 )
-def test_a_real_browser_draws_a_box_and_paints_a_region(prompted_server, scene, monkeypatch):
+def test_a_real_browser_drags_a_box_and_paints_a_region(prompted_server, scene, monkeypatch):
     webdriver = pytest.importorskip("selenium.webdriver", reason='needs Selenium: pip install "rsvlm[app]"')
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -281,14 +287,13 @@ def test_a_real_browser_draws_a_box_and_paints_a_region(prompted_server, scene, 
     try:
         wait = WebDriverWait(driver, 120)
         picture = _upload(driver, wait, url, scene)
-        driver.find_element(By.XPATH, "//*[@id='tool']//label[contains(., 'box')]").click()
-        for dx, dy in ((-40, -40), (40, 30)):  # two opposite corners of a box
-            before = picture.get_attribute("src")
-            ActionChains(driver).move_to_element_with_offset(picture, dx, dy).click().perform()
-            wait.until(
-                lambda d, b=before: d.find_element(By.CSS_SELECTOR, "#scene-picture img").get_attribute("src") != b
-            )
-            picture = driver.find_element(By.CSS_SELECTOR, "#scene-picture img")
+        before = picture.get_attribute("src")
+        drag = ActionChains(driver).move_to_element_with_offset(picture, -40, -40).click_and_hold()
+        drag.move_by_offset(40, 35).move_by_offset(40, 35).release().perform()  # a box dragged on the scene
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#scene-picture img").get_attribute("src") != before)
+        dragged = driver.find_element(By.CSS_SELECTOR, "#drag-box textarea, #drag-box input").get_attribute("value")
+        x0, y0, x1, y1 = (int(v) for v in dragged.split(","))
+        assert x1 > x0 and y1 > y0  # top left to bottom right, in the scene's pixels
         driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Paint')]").click()
         canvas = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene-painting canvas")))
         stroke = ActionChains(driver).move_to_element_with_offset(canvas, -30, 0).click_and_hold()
