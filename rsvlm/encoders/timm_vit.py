@@ -19,6 +19,7 @@ from pathlib import Path
 import timm
 import torch
 from einops import rearrange
+from timm.models import get_pretrained_cfg
 
 from rsvlm.contracts import ContractError, check_image_bands
 from rsvlm.encoders._stem import ExtraBandInit, FreezableEncoder, check_band_arguments, needs_widening, widen_stem_conv
@@ -109,9 +110,9 @@ class TimmViTEncoder(FreezableEncoder):
     def _load(self, model_name: str, checkpoint_path: str, kwargs: dict) -> torch.nn.Module:
         """The 3-band ViT with the file's weights, loaded strictly through timm's checkpoint filter."""
         path = Path(checkpoint_path)
-        with torch.device("meta"):
-            probe = timm.create_model(model_name, pretrained=False, **kwargs)
-        cfg = dict(probe.pretrained_cfg)
+        # the registry's config, without building a model (timm 1.0.3 cannot build a ViT on meta)
+        found = get_pretrained_cfg(model_name, allow_unregistered=True)
+        cfg = found.to_dict() if found is not None else {}
         hub_id = cfg.get("hf_hub_id") or f"timm/{model_name}"
         state = read_state_dict(
             path,
