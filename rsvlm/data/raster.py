@@ -370,3 +370,12 @@ def write_geotiff(
             for i, name in enumerate(band_names, start=1):
                 dst.set_band_description(i, name)
     return out
+
+
+def map_to_pixels(transform: Any, xy: np.ndarray) -> np.ndarray:
+    """``N×2`` map coordinates (x, y in the raster's CRS) → continuous pixel coordinates
+    (column, row; pixel ``(i, j)`` covers ``[j, j+1) × [i, i+1)``) through the inverse of the
+    raster's affine ``transform``."""
+    inverse = ~transform
+    cols, rows = inverse * (xy[:, 0], xy[:, 1])
+    return np.stack([np.asarray(cols, dtype=np.float64), np.asarray(rows, dtype=np.float64)], axis=1)

@@ -99,6 +99,7 @@ class Predictor:
         scribble: Sequence[Sequence[Sequence[float]]] | None = None,
         mask: np.ndarray | None = None,
         granularity: str = "pixel",
+        prompt_coordinates: str = "pixel",
         threshold: float = 0.5,
         overlap: int | None = None,
         progress: bool = False,
@@ -117,6 +118,8 @@ class Predictor:
             boxes: ``[[x0, y0, x1, y1], ...]`` in pixels (edges).
             scribble: free-form strokes, ``[[[x, y], ...], ...]``, one vertex list per stroke.
             mask: a painted free-form region, ``H×W`` bool at the image's size.
+            prompt_coordinates: ``pixel`` (default) or ``map``: points, boxes and strokes in the
+                image's CRS (one georeferenced file), turned into its pixels by its transform.
             granularity: ``image``, ``region`` or ``pixel``: what the question asks about, for
                 whole-image models whose cropper routes by it (GeoMag's MagCrop without its classifier).
                 Visual prompts need a model that reads them (:attr:`takes_visual_prompts`); each
@@ -128,6 +131,10 @@ class Predictor:
         from rsvlm.data.visual_prompts import prompts_from_arguments
         from rsvlm.inference.tiles import predict_images
 
+        if prompt_coordinates == "map":
+            points, boxes, scribble = _prompts_in_pixels(image, points, boxes, scribble)
+        elif prompt_coordinates != "pixel":
+            raise PredictError(f"predict: prompt_coordinates must be 'pixel' or 'map', got {prompt_coordinates!r}")
         try:
             prompts = prompts_from_arguments(
                 points=points,
@@ -175,3 +182,27 @@ class Predictor:
             prompts=prompts,
         )
         return results if several else results[0]
+
+
+def _prompts_in_pixels(image: Any, points: Any, boxes: Any, scribble: Any) -> tuple[Any, Any, Any]:
+    """Points, boxes and strokes given in map coordinates of one georeferenced file, in its pixels."""
+    from rsvlm.data.raster import map_to_pixels, read_header
+
+    if not isinstance(image, (str, os.PathLike)):
+        raise PredictError("predict: prompt_coordinates='map' needs one georeferenced image file")
+    header = read_header(image)
+    if header.crs is None:
+        raise PredictError(f"predict: {image} has no CRS, so prompt_coordinates='map' cannot place the prompts")
+
+    def moved(xy: Any) -> list[list[float]]:
+        values = np.asarray(xy, dtype=np.float64)
+        return map_to_pixels(header.transform, values[:, :2]).tolist() if len(values) else []
+
+    if points is not None:
+        points = [p + list(np.asarray(q)[2:]) for p, q in zip(moved(points), points, strict=True)]
+    if boxes is not None:
+        corners = [moved([[b[0], b[1]], [b[2], b[3]]]) for b in boxes]  # a north-up raster flips y
+        boxes = [[min(a[0], c[0]), min(a[1], c[1]), max(a[0], c[0]), max(a[1], c[1])] for a, c in corners]
+    if scribble is not None:
+        scribble = [moved(stroke) for stroke in scribble]
+    return points, boxes, scribble

@@ -113,3 +113,28 @@ def test_bad_prompt_arguments_are_one_line_errors(prompted, scene):
         prompted.predict(str(scene), category="water", boxes=[[1, 2, 3]])
     with pytest.raises(PredictError, match="mask"):
         prompted.predict(str(scene), category="water", mask=np.zeros((5, 5), dtype=bool))
+
+
+def test_prompts_in_map_coordinates_land_where_the_same_pixels_do(prompted, scene, monkeypatch):
+    # the scene: 10 m pixels, north up, its top-left corner at (500000, 5300000) in EPSG:32632
+    def to_map(x: float, y: float) -> list[float]:
+        return [500000.0 + 10.0 * x, 5300000.0 - 10.0 * y]
+
+    batches = spy_batches(monkeypatch, prompted.model)
+    prompted.predict(str(scene), category="water", points=[[10.5, 5.5]], boxes=[[60.0, 30.0, 90.0, 70.0]])
+    (west, north), (east, south) = to_map(60.0, 30.0), to_map(90.0, 70.0)
+    prompted.predict(
+        str(scene),
+        category="water",
+        points=[to_map(10.5, 5.5)],
+        boxes=[[west, south, east, north]],  # a map box: (min x, min y, max x, max y)
+        prompt_coordinates="map",
+    )
+    half = len(batches) // 2
+    in_pixels, in_map = tile_prompts(batches[:half]), tile_prompts(batches[half:])
+    assert in_pixels.keys() == in_map.keys()
+    for window, (kinds, points, boxes) in in_pixels.items():
+        assert in_map[window][0] == kinds
+        assert np.allclose(in_map[window][1], points) and np.allclose(in_map[window][2], boxes)
+    with pytest.raises(PredictError, match="needs one georeferenced image file"):
+        prompted.predict(np.zeros((6, 8, 8), np.float32), category="water", points=[[1, 1]], prompt_coordinates="map")
