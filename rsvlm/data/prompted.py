@@ -69,8 +69,7 @@ def draw_prompt(kind: str, region: np.ndarray, rng: np.random.Generator) -> Visu
         return synthesize_point(region, rng)
     if kind == "scribble":
         return synthesize_scribble(region, rng)
-    rows, cols = np.nonzero(region)
-    box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
+    box = VisualPrompt(kind="mask", mask=region).bounds  # the region's pixel edges
     return VisualPrompt(kind="box", box=tuple(jitter_box(box, rng, image_size=region.shape)))
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rsvlm.io.state_dicts import check_state_dict, read_state_dict
+from rsvlm.llm.loading import on_meta_device
 
 LABELS: tuple[str, ...] = ("image", "region", "pixel")
 
@@ -66,7 +67,7 @@ class TaskGranularityClassifier(nn.Module):
         else:
             self.encoder = BertModel(BertConfig(**text_encoder), add_pooling_layer=False)
         source = tokenizer if tokenizer is not None else text_encoder
-        if isinstance(source, dict) and torch.empty(0).device.type == "meta":
+        if isinstance(source, dict) and on_meta_device():
             self.tokenizer = None  # counting parameters (rsvlm summarize) reads no text
         elif isinstance(source, dict):
             raise ValueError(
