@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm.auto import tqdm
 
     import rsvlm
-    from rsvlm.data.visual_prompts import prompt_batch
+    from rsvlm.contracts import PROMPT_KINDS
     from rsvlm.prompts.geometry import rasterize
     from rsvlm.training.metrics import BinarySegmentationMetrics
 
@@ -45,10 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     datamodule.setup("validate" if args.split == "val" else "test")
     datamodule.set_text_formatter(predictor.formatter)
     dataset = datamodule.datasets[args.split]
-    prompted = [i for i in range(len(dataset)) if dataset[i]["task"] == datamodule.prompts.task]
+    samples = [(i, dataset[i]) for i in range(len(dataset))]  # each sample read once
+    prompted = [
+        s | {"category_mask": dataset.base[i]["mask"]} for i, s in samples if s["task"] == datamodule.prompts.task
+    ]
     scores: dict[tuple[str, str], BinarySegmentationMetrics] = defaultdict(BinarySegmentationMetrics)
+    kind_names = {code: name for name, code in PROMPT_KINDS.items()}
     loader = DataLoader(
-        [dataset[i] | {"category_mask": dataset.base[i]["mask"]} for i in prompted],
+        prompted,
         batch_size=datamodule.batch_size,
         collate_fn=lambda samples: {
             **datamodule.collate_fn()(samples),
@@ -59,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         for batch in tqdm(loader, desc=f"prompted {args.split}"):
             out = model.predict_masks(move_data_to_device(batch, device))
-            drawn = rasterize(prompt_batch([[p] for p in _prompts(batch)], batch["image"].shape[-2:]), point_radius=3)
-            kinds = [p.kind for p in _prompts(batch)]
+            prompts = batch["visual_prompts"]  # one prompt per sample, in slot 0
+            drawn = rasterize(prompts, point_radius=3)
+            kinds = [kind_names[int(k)] for k in prompts.kind[:, 0]]
             guesses = {
                 "model": out["mask_logits"].cpu(),
                 "prompt as the mask": drawn[:, :1] * 2 - 1,
@@ -81,22 +86,6 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{float(total[m]):.3f}" for m in ("F1", "Recall", "Precision", "IoU")]
         cells += [f"{float(scores[(method, k)].compute()['F1']):.3f}" for k in kinds]
         print(f"| {method} | " + " | ".join(cells) + " |")
-
-
-def _prompts(batch: dict) -> list:
-    """The one prompt of each prompted sample of a collated batch, as :class:`VisualPrompt`."""
-    from rsvlm.data.visual_prompts import VisualPrompt
-
-    prompts = batch["visual_prompts"]
-    out = []
-    for i in range(prompts.batch_size):
-        kind = int(prompts.kind[i, 0])
-        if kind == 2:
-            out.append(VisualPrompt("box", box=tuple(prompts.boxes[i, 0].tolist())))
-        else:
-            vertices = prompts.points[i, 0, : int(prompts.npoints[i, 0])].numpy()
-            out.append(VisualPrompt("point" if kind == 1 else "scribble", vertices=vertices))
-    return out
 
 
 if __name__ == "__main__":
