@@ -70,8 +70,10 @@ class Predictor:
 
         self.model = model.eval().to(device)
         self.datamodule = datamodule
+        from rsvlm.data.multitask.datamodule import InstructDataModule
+
         # models of instruction data see whole images (GeoMag, EarthGPT-X); SPEX models see tiles
-        self.whole_image = hasattr(datamodule, "seg_text")
+        self.whole_image = isinstance(datamodule, InstructDataModule)
         self.settings = None if self.whole_image else ModelInput.from_datamodule(datamodule)
         self.formatter = with_response_suffix(model.llm.formatter, model.positions.response_suffix)
         self.source = source
