@@ -255,3 +255,17 @@ def sam_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth"
     torch.save(state, path)
     return sam, path
+
+
+def coco_runs(mask) -> list[int]:
+    """Uncompressed COCO RLE of an ``H×W`` mask, by hand: column-major run lengths, starting with a
+    run of zeros (what the converters' RLE decoding is tested against)."""
+    flat = mask.T.ravel().astype(int)
+    out, current, length = [], 0, 0
+    for v in flat:
+        if v == current:
+            length += 1
+        else:
+            out.append(length)
+            current, length = v, 1
+    return [*out, length]

@@ -12,16 +12,16 @@ from pathlib import Path
 from conftest import REPO
 
 
-def fit_demo(root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """``rsvlm fit --config recipes/spex-demo.yaml`` into ``root`` with command-line overrides,
-    in a subprocess as a user runs it; the run must succeed."""
+def fit_demo(root: Path, *overrides: str, recipe: str = "spex-demo.yaml") -> subprocess.CompletedProcess:
+    """``rsvlm fit --config recipes/<recipe>`` into ``root`` with command-line overrides, in a
+    subprocess as a user runs it; the run must succeed."""
     args = [
         sys.executable,
         "-m",
         "rsvlm.cli",
         "fit",
         "--config",
-        str(REPO / "recipes" / "spex-demo.yaml"),
+        str(REPO / "recipes" / recipe),
         f"--trainer.default_root_dir={root}",
         *overrides,
     ]
@@ -102,14 +102,8 @@ def test_geomag_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
     """The GeoMag demo: four granularities in one run through MagCrop (PSC online), the [SEG]
     codebook and the SAM 2 decoder; every task's metric, and the floors beside refseg's mIoU."""
     root = tmp_path / "geomag"
-    args = [
-        sys.executable,
-        "-m",
-        "rsvlm.cli",
-        "fit",
-        "--config",
-        str(REPO / "recipes" / "geomag-demo.yaml"),
-        f"--trainer.default_root_dir={root}",
+    fit_demo(
+        root,
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1",
@@ -117,10 +111,8 @@ def test_geomag_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
         "--data.init_args.generate.n_val=4",
         "--data.init_args.generate.n_test=4",
         "--model.init_args.generation.max_new_tokens=6",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        recipe="geomag-demo.yaml",
+    )
     metrics = json.loads((root / "metrics.json").read_text())
     for name in ("P@0.5", "oIoU", "mIoU", "mIoU_full_mask", "mIoU_empty_mask"):
         assert 0.0 <= metrics[f"test/{name}"] <= 1.0, name

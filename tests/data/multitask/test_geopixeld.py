@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import coco_runs
 from PIL import Image
 
 from rsvlm.data.multitask import decode_mask, read_records, write_records
@@ -40,23 +41,10 @@ def expected_masks() -> list[np.ndarray]:
     return masks
 
 
-def runs(mask: np.ndarray) -> list[int]:
-    """Uncompressed COCO RLE by hand: column-major run lengths, starting with a run of zeros."""
-    flat = mask.T.ravel().astype(int)
-    out, current, length = [], 0, 0
-    for v in flat:
-        if v == current:
-            length += 1
-        else:
-            out.append(length)
-            current, length = v, 1
-    return [*out, length]
-
-
 def write_geopixeld(root: Path, patches: dict | None = None) -> Path:
     """``{split: {patch: annotation}}`` written as ``<split>/<patch>.json`` beside an 8-bit ``<patch>.png``."""
     if patches is None:
-        rle = [{"size": [H, W], "counts": runs(m)} for m in expected_masks()[:2]]
+        rle = [{"size": [H, W], "counts": coco_runs(m)} for m in expected_masks()[:2]]
         patches = {
             "train": {
                 "P0001_0_800_0_800": {"polygons": POLYGONS, "gcg_description": DESCRIPTION},

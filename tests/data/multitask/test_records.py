@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import coco_runs
 from PIL import Image
 from skimage.draw import polygon as draw_polygon
 
@@ -16,19 +17,6 @@ from rsvlm.data.multitask import InstructRecord, InstructRecordError, Turn, deco
 from rsvlm.data.multitask.masks import coco_segmentation_rle, rle_of
 
 H, W = 40, 60
-
-
-def runs(mask: np.ndarray) -> list[int]:
-    """Uncompressed COCO RLE by hand: column-major run lengths, starting with a run of zeros."""
-    flat = mask.T.ravel().astype(int)
-    out, current, length = [], 0, 0
-    for v in flat:
-        if v == current:
-            length += 1
-        else:
-            out.append(length)
-            current, length = v, 1
-    return [*out, length]
 
 
 def drawn(xs: list[int], ys: list[int]) -> np.ndarray:
@@ -141,7 +129,7 @@ def test_spec_aliases_read_as_canonical_names(folder: Path) -> None:
 def test_mask_forms_decode_to_the_drawn_masks(folder: Path) -> None:
     square = drawn([10, 30, 30, 10], [5, 5, 20, 20])
     assert np.array_equal(decode_mask({"rle": rle_of(square)}, (H, W)), square)
-    assert np.array_equal(decode_mask({"rle": {"size": [H, W], "counts": runs(square)}}, (H, W)), square)
+    assert np.array_equal(decode_mask({"rle": {"size": [H, W], "counts": coco_runs(square)}}, (H, W)), square)
     threshold = np.zeros((H, W), dtype=bool)
     threshold[5:10, 5:20] = True
     assert np.array_equal(decode_mask({"path": str(folder / "masks" / "m.png"), "threshold": 50}, (H, W)), threshold)
@@ -154,7 +142,7 @@ def test_mask_forms_decode_to_the_drawn_masks(folder: Path) -> None:
 
 def test_coco_segmentation_parts_are_united(folder: Path) -> None:
     a, b = drawn([2, 20, 20, 2], [2, 2, 10, 10]), drawn([15, 40, 40, 15], [8, 8, 30, 30])
-    rle = coco_segmentation_rle([{"size": [H, W], "counts": runs(a)}, rle_of(b)], H, W, "seg")
+    rle = coco_segmentation_rle([{"size": [H, W], "counts": coco_runs(a)}, rle_of(b)], H, W, "seg")
     assert np.array_equal(decode_mask({"rle": rle}, (H, W)), a | b)
 
 

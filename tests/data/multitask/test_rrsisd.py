@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import coco_runs
 from PIL import Image
 from pycocotools import mask as coco_mask
 from skimage.draw import polygon as draw_polygon
@@ -26,18 +27,6 @@ def drawn(xs: list[int], ys: list[int]) -> np.ndarray:
     rr, cc = draw_polygon(np.array(ys), np.array(xs), (H, W))
     mask[rr, cc] = True
     return mask
-
-
-def runs(mask: np.ndarray) -> list[int]:
-    """Uncompressed COCO RLE by hand: column-major run lengths, starting with zeros."""
-    flat, out, current, length = mask.T.ravel().astype(int), [], 0, 0
-    for v in flat:
-        if v == current:
-            length += 1
-        else:
-            out.append(length)
-            current, length = v, 1
-    return [*out, length]
 
 
 RECT = drawn([20, 50, 50, 20], [10, 10, 35, 35])
@@ -70,7 +59,7 @@ def instances() -> dict:
             {"id": 11, "image_id": 2, "category_id": 2, "bbox": [20, 10, 30, 25], "iscrowd": 0,
              "segmentation": [{"size": [H, W], "counts": rle["counts"].decode()}]},
             {"id": 12, "image_id": 2, "category_id": 2, "bbox": [2, 2, 38, 28], "iscrowd": 0,
-             "segmentation": [{"size": [H, W], "counts": runs(PART_A)}, {"size": [H, W], "counts": runs(PART_B)}]},
+             "segmentation": [{"size": [H, W], "counts": coco_runs(PART_A)}, {"size": [H, W], "counts": coco_runs(PART_B)}]},
         ],
         "categories": [{"id": 1, "name": "vehicle"}, {"id": 2, "name": "storage tank"}],
     }  # fmt: skip
