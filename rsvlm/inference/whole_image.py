@@ -6,13 +6,18 @@ the aspect, padded as the data module pads) and answer a free-text question abou
 image and the question become an instruction record (:class:`rsvlm.data.multitask.records.InstructRecord`)
 and go through the data module's own dataset and collate, so a prediction sees exactly what
 training saw; the answer is generated, the mask of every ``[SEG]`` group decoded, their union
-mapped back through the padding and the resize to the image's pixels and georeferencing.
+mapped back through the padding and the resize to the image's pixels and georeferencing
+(:func:`whole_image_tile`).
+
+``rsvlm predict`` builds the same samples (:class:`rsvlm.data.multitask.predict.WholeImagePredictDataset`,
+:class:`~rsvlm.data.multitask.predict.PredictCollate`) and its writer maps them back with the same
+:func:`whole_image_tile`, so both write the same files.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rsvlm.data.multitask.predict import (
+    TASK_OF_GRANULARITY,
+    PredictCollate,
+    PredictInputError,
+    WholeImagePredictDataset,
+    check_granularity,
+)
+from rsvlm.data.raster import read_header
 from rsvlm.inference.prediction import PredictError, Prediction
 
-#: The task a record of each granularity is given (MagCrop reads the granularity; a task it skips, GCG, is not one).
-TASK_OF_GRANULARITY = {"image": "scene_classification", "region": "vqa", "pixel": "referring_segmentation"}
+__all__ = ["TASK_OF_GRANULARITY", "predict_whole_images", "whole_image_tile"]
 
 
 def predict_whole_images(
@@ -35,8 +47,10 @@ def predict_whole_images(
     threshold: float,
 ) -> list[Prediction]:
     """One :class:`Prediction` per image (paths, or ``C×H×W`` arrays in the model's bands)."""
-    if granularity not in TASK_OF_GRANULARITY:
-        raise PredictError(f"predict: granularity must be one of {', '.join(TASK_OF_GRANULARITY)}, got {granularity!r}")
+    try:
+        check_granularity(granularity, "predict")
+    except PredictInputError as error:
+        raise PredictError(str(error)) from None
     with tempfile.TemporaryDirectory(prefix="rsvlm-predict-") as scratch:
         paths, names, pixels = [], [], []
         for i, image in enumerate(images):
@@ -76,49 +90,21 @@ def _predict_one(
     prompts: Sequence[Any],
     threshold: float,
 ) -> Prediction:
-    from rsvlm.data.multitask.dataset import InstructCollate, InstructDataset, Item
-    from rsvlm.data.multitask.records import InstructRecord, Turn
-    from rsvlm.data.raster import read_header
-    from rsvlm.data.visual_prompts import prompts_to_json
-
-    dm = predictor.datamodule
-    header = read_header(path)
-    record = InstructRecord(
-        id="predict",
-        images=[path],
-        task=TASK_OF_GRANULARITY[granularity],
-        granularity=granularity,
-        conversations=[Turn("human", f"<image>\n{instruction}"), Turn("gpt", "")],
-        source="predict",
-        split="test",
-        visual_prompts=prompts_to_json(list(prompts)),
-    )
-    dataset = InstructDataset(
-        [Item(record, "predict", dm.scale)], dm.image_size, dm.pad, dm.num_bands, dm.mean, dm.std, dm.seg_text
-    )
+    try:
+        dataset = WholeImagePredictDataset.of_datamodule(
+            predictor.datamodule, [path], instruction, granularity, prompts
+        )
+    except PredictInputError as error:
+        raise PredictError(str(error)) from None
     sample = dataset[0]
-    batch = InstructCollate(predictor.formatter)([sample])
-    batch.pop("masks")  # no reference targets: the model unites the targets it answers with
+    batch = PredictCollate(predictor.formatter)([sample])
     device = next(predictor.model.parameters()).device
     with torch.inference_mode(False), torch.no_grad():
         out = predictor.model.predict_masks(_to(batch, device))
-    info = sample["meta"]["resize"]
-    logits = _to_original(out["mask_logits"][0, 0].float().cpu(), info)
-    valid = _to_original(sample["valid"][0].float(), info) > 0.5
+    meta, logits, valid, text = whole_image_tile(
+        sample["meta"], out["mask_logits"][0, 0], sample["valid"][0], out["texts"][0]
+    )
     exact = 1.0 / (1.0 + np.exp(-logits.numpy().astype(np.float64)))
-    height, width = logits.shape
-    meta = {
-        "image": path,
-        "window": [0, 0, height, width],
-        "scene_size": [height, width],
-        "tile_index": 0,
-        "num_tiles": 1,
-        "crs": header.crs,
-        "transform": header.transform,
-        "bands": list(predictor.bands),
-        "category": None,
-    }
-    text = out["texts"][0]
     return Prediction(
         image=name,
         category=None,
@@ -127,13 +113,52 @@ def _predict_one(
         probabilities=np.where(valid.numpy(), exact, 0.0).astype(np.float32),
         mask=(exact > threshold) & valid.numpy(),
         valid=valid.numpy(),
-        crs=None if array is not None else header.crs,
-        transform=None if array is not None else header.transform,
+        crs=None if array is not None else meta["crs"],
+        transform=None if array is not None else meta["transform"],
         bands=tuple(predictor.bands),
         threshold=threshold,
         pixels=array,
         tiles=[(meta, logits, valid, text)],
     )
+
+
+def whole_image_tile(
+    meta: Mapping[str, Any], logits: torch.Tensor, valid: torch.Tensor, text: str | None
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, str | None]:
+    """One whole-image sample's prediction on the model's square → the image's one tile, as
+    :meth:`rsvlm.inference.writer.PredictionWriter.add` and :class:`Prediction` hold it.
+
+    Args:
+        meta: the sample's meta (:class:`rsvlm.data.multitask.predict.WholeImagePredictDataset`):
+            ``image`` (path), ``resize`` (the resize info), ``bands``, ``instruction``, ``granularity``.
+        logits: ``S×S`` mask logits on the square (any device).
+        valid: ``S×S`` bool validity on the square.
+        text: the generated answer.
+
+    Returns:
+        ``(tile meta, logits H×W float32 CPU, valid H×W bool CPU, text)``: the padding cut off and
+        the resize undone; the tile meta is one window ``[0, 0, H, W]`` of the image with its CRS and
+        transform (read from the file), ``bands``, ``category`` None, ``instruction`` and ``granularity``.
+    """
+    info = meta["resize"]
+    square = _to_original(logits.float().cpu(), info)
+    inside = _to_original(valid.float().cpu(), info) > 0.5
+    header = read_header(meta["image"])
+    height, width = square.shape
+    tile = {
+        "image": meta["image"],
+        "window": [0, 0, height, width],
+        "scene_size": [height, width],
+        "tile_index": 0,
+        "num_tiles": 1,
+        "crs": header.crs,
+        "transform": header.transform,
+        "bands": list(meta["bands"]),
+        "category": None,
+        "instruction": meta["instruction"],
+        "granularity": meta["granularity"],
+    }
+    return tile, square, inside, text
 
 
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:

@@ -11,8 +11,9 @@ Outputs, per input GeoTIFF and category
 * ``<out>/<stem>.overlay.png``: the mask in red over a true-colour (red, green, blue) or,
   failing that, false-colour (nir, red, green) composite, or the first band in grey; scenes
   larger than ``overlay_max_side`` are drawn downsampled;
-* ``<out>/<stem>.json``: the generated description of each tile, the category, threshold,
-  tiling and the paths written.
+* ``<out>/<stem>.json``: the generated description of each tile (a whole-image model's answer:
+  its one tile, with the question as ``instruction``), the category, threshold, tiling and the
+  paths written.
 
 With several categories per image the stem is ``<stem>.<category>``. Inputs are never
 overwritten, and existing outputs only with ``overwrite=True`` (the error names the file).
@@ -37,6 +38,7 @@ from rsvlm.data.bands import BandError
 from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
 from rsvlm.data.tiling import Window
 from rsvlm.inference.stitch import BLENDS, Blend, Stitcher
+from rsvlm.inference.whole_image import whole_image_tile
 from rsvlm.io.atomic import atomic_write_text
 from rsvlm.io.pictures import CompositeKind, composite_or_stretch, overlay, save_png
 
@@ -134,9 +136,12 @@ class PredictionWriter(BasePredictionWriter):
         overlay_max_side: longer side of the overlay PNG at most (larger scenes are downsampled).
 
     Works with :class:`rsvlm.data.spie.predict_dataset.TiledPredictDataset` batches (meta
-    ``window``/``scene_size``/``num_tiles``) and with whole-image batches resized to the model
+    ``window``/``scene_size``/``num_tiles``), with whole-image batches resized to the model
     input (meta ``original_size``, ``resized_size``, ``pad``), which are resized back to the
-    scene's size.
+    scene's size, and with the whole-image question batches of
+    :class:`rsvlm.data.multitask.predict.WholeImagePredictDataset` (meta ``resize``), mapped back
+    by :func:`rsvlm.inference.whole_image.whole_image_tile` as ``Prediction.save`` maps them (the
+    JSON then also holds the ``instruction`` and ``granularity``).
     """
 
     def __init__(
@@ -205,6 +210,8 @@ class PredictionWriter(BasePredictionWriter):
 
         Returns the mask path when the scene was written, else None.
         """
+        if "resize" in meta:  # a whole-image question (rsvlm.data.multitask.predict): its one tile on the image
+            meta, logits, valid, text = whole_image_tile(meta, logits, valid, text)
         image = str(meta["image"])
         category = meta.get("category")
         key = (image, category)
@@ -281,6 +288,7 @@ class PredictionWriter(BasePredictionWriter):
             "transform": None if transform is None else list(transform)[:6],
             "positive_fraction": float(mask.sum() / max(state.valid.sum(), 1)),
             "tiles": sorted(state.descriptions, key=lambda d: d["tile_index"]),
+            **{key: meta[key] for key in ("instruction", "granularity") if key in meta},
             "outputs": {k: str(v) for k, v in paths.items()},
         }
         atomic_write_text(paths["json"], json.dumps(payload, indent=1), overwrite=self.overwrite)

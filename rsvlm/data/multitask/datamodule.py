@@ -16,6 +16,11 @@ read each record once, in file order, sharded by :func:`rsvlm.data.loaders.evalu
 Coordinates written in a record's text are normalised on the square of its ``coord_convention``; a file
 whose records do that with another placement than ``pad`` is warned about (text and image frames
 then differ by the pad offset).
+
+Prediction (``rsvlm predict``) reads no records: ``predict_paths`` are whole images, each asked
+``question`` at ``granularity``, prepared as the Python API prepares them
+(:class:`rsvlm.data.multitask.predict.WholeImagePredictDataset`; with
+:class:`rsvlm.inference.writer.PredictionWriter` the same files as ``Prediction.save``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
@@ -37,6 +43,12 @@ from rsvlm.data.multitask.dataset import InstructCollate, InstructDataset, Item
 from rsvlm.data.multitask.generated import GeneratedInstructData
 from rsvlm.data.multitask.geometry import check_pad
 from rsvlm.data.multitask.jsonl import read_records
+from rsvlm.data.multitask.predict import (
+    PredictCollate,
+    WholeImagePredictDataset,
+    check_granularity,
+    check_question,
+)
 from rsvlm.data.multitask.records import TASKS, InstructRecord, InstructRecordError
 
 
@@ -95,6 +107,10 @@ class InstructDataModule(RsvlmDataModule):
         seg_text: what ``[SEG]`` becomes in gpt turns (GeoMag's codebook ``"[SEG0][SEG1][SEG2]"``), or None.
         check_files: check that images and mask files exist when reading the records.
         batch_size, num_workers, pin_memory, seed: DataLoader settings and the sampling seed.
+        predict_paths: images for ``predict_dataloader`` (GeoTIFF, PNG, JPEG), whole (no tiling); prediction
+            alone needs no ``sources`` and builds no ``generate`` data.
+        question: the free-text question asked about every predict image (required to predict).
+        granularity: what ``question`` asks about: ``image``, ``region`` or ``pixel`` (MagCrop routes by it).
     """
 
     def __init__(
@@ -117,12 +133,15 @@ class InstructDataModule(RsvlmDataModule):
         num_workers: int = 0,
         pin_memory: bool = True,
         seed: int = 0,
+        predict_paths: list[str] | None = None,
+        question: str | None = None,
+        granularity: str = "pixel",
     ) -> None:
         super().__init__(bands=bands, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         name = type(self).__name__
         sources = list(sources or [])
-        if not sources and generate is None:
-            raise ValueError(f"{name}.sources: give at least one records file (or generate=)")
+        if not sources and generate is None and not predict_paths:
+            raise ValueError(f"{name}.sources: give at least one records file (or generate=, or predict_paths=)")
         options = [SourceOptions() for _ in sources] if source_options is None else list(source_options)
         if len(options) != len(sources):
             raise ValueError(f"{name}.source_options: {len(options)} entries for {len(sources)} sources")
@@ -150,9 +169,16 @@ class InstructDataModule(RsvlmDataModule):
         self.seg_text = seg_text
         self.check_files = check_files
         self.mixture: MixtureSpec | None = None
+        self.predict_paths = [os.fspath(p) for p in predict_paths or []]
+        self.question = question
+        self.granularity = check_granularity(granularity, f"{name}.granularity")
+
+    def _predicting(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and bool(trainer.predicting)
 
     def prepare_data(self) -> None:
-        if self.generate is not None:
+        if self.generate is not None and not self._predicting():  # prediction reads no records
             self.generate.prepare()
 
     def collate_fn(self) -> InstructCollate:
@@ -205,8 +231,11 @@ class InstructDataModule(RsvlmDataModule):
         return items, multipliers
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the sources, split the records and build the train mixture."""
-        if self.datasets:
+        """Read the sources, split the records and build the train mixture (``predict``: the predict images only)."""
+        if stage == "predict":
+            self._setup_predict()
+            return
+        if any(split in self.datasets for split in SPLITS):
             return
         items, multipliers = self._items()
         groups: dict[GroupKey, list[Item]] = {}
@@ -223,7 +252,7 @@ class InstructDataModule(RsvlmDataModule):
         elif stage == "fit":
             raise ValueError(f"{type(self).__name__}: no train records in {', '.join(self.sources)}")
         ordered = {**items, "train": [item for members in groups.values() for item in members]}
-        self.datasets = {
+        self.datasets |= {
             split: InstructDataset(
                 ordered[split],
                 self.image_size,
@@ -251,3 +280,27 @@ class InstructDataModule(RsvlmDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._position.attach(self._loader("train", self.train_sampler(), ResumableDataLoader))
+
+    # ------------------------------------------------------------------ predict
+    def _setup_predict(self) -> None:
+        """The predict images with the question (:class:`WholeImagePredictDataset`); errors name the field or file."""
+        name = type(self).__name__
+        question = check_question(self.question, f"{name}.question")
+        self.datasets["predict"] = WholeImagePredictDataset.of_datamodule(
+            self, self.predict_paths, question, self.granularity, where=f"{name}.predict_paths"
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of whole images (``image`` ``B×C×S×S``, ``valid`` ``B×1×S×S``, ``meta``, the text fields),
+        without reference ``masks`` (:class:`rsvlm.data.multitask.predict.PredictCollate`)."""
+        if "predict" not in self.datasets:
+            raise RuntimeError(f"{type(self).__name__}: call setup('predict') before the predict dataloader")
+        return DataLoader(
+            self.datasets["predict"],
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            collate_fn=PredictCollate(self._formatter),
+        )
