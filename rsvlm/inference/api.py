@@ -99,7 +99,7 @@ class Predictor:
         points: Sequence[Sequence[float]] | None = None,
         boxes: Sequence[Sequence[float]] | None = None,
         scribble: Sequence[Sequence[Sequence[float]]] | None = None,
-        mask: np.ndarray | None = None,
+        mask: np.ndarray | Sequence[np.ndarray] | None = None,
         granularity: str = "pixel",
         prompt_coordinates: str = "pixel",
         threshold: float = 0.5,
@@ -119,7 +119,7 @@ class Predictor:
                 pixels (x right, y down; the centre of pixel column j is x = j + 0.5).
             boxes: ``[[x0, y0, x1, y1], ...]`` in pixels (edges).
             scribble: free-form strokes, ``[[[x, y], ...], ...]``, one vertex list per stroke.
-            mask: a painted free-form region, ``H×W`` bool at the image's size.
+            mask: a painted free-form region, ``H×W`` bool at the image's size (a list: one prompt each).
             prompt_coordinates: ``pixel`` (default) or ``map``: points, boxes and strokes in the
                 image's CRS (one georeferenced file), turned into its pixels by its transform.
             granularity: ``image``, ``region`` or ``pixel``: what the question asks about, for
@@ -142,7 +142,7 @@ class Predictor:
                 points=points,
                 boxes=boxes,
                 scribbles=scribble,
-                masks=None if mask is None else [np.asarray(mask, dtype=bool)],
+                masks=None if mask is None else [np.asarray(m, dtype=bool) for m in _as_list(mask)],
                 where="predict",
             )
         except ValueError as error:
@@ -171,7 +171,7 @@ class Predictor:
             results = predict_whole_images(
                 self, list(image) if several else [image], instruction, granularity, prompts, threshold
             )
-            return results if several else results[0]
+            return _with_prompts(results, prompts, several)
         results = predict_images(
             self,
             list(image) if several else [image],
@@ -183,7 +183,19 @@ class Predictor:
             progress,
             prompts=prompts,
         )
-        return results if several else results[0]
+        return _with_prompts(results, prompts, several)
+
+
+def _as_list(mask: Any) -> list[Any]:
+    """One painted mask (an ``H×W`` array) as a list of one; a list or tuple of them as given."""
+    return list(mask) if isinstance(mask, (list, tuple)) else [mask]
+
+
+def _with_prompts(results: list[Prediction], prompts: list[Any], several: bool) -> Prediction | list[Prediction]:
+    """``results`` holding the prompts they were asked with (drawn by ``show`` and ``save``)."""
+    for result in results:
+        result.prompts = list(prompts)
+    return results if several else results[0]
 
 
 def _prompts_in_pixels(image: Any, points: Any, boxes: Any, scribble: Any) -> tuple[Any, Any, Any]:

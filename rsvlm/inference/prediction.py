@@ -1,5 +1,6 @@
 """One image's answer (:class:`Prediction`): texts, probabilities, mask, georeferencing; saved as
-``rsvlm predict`` saves it, shown as an overlay."""
+``rsvlm predict`` saves it (with the answer's boxes as GeoJSON), shown as an overlay with the
+visual prompts it was asked with."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Prediction:
         crs, transform: the input's georeferencing (None for arrays and plain pictures).
         bands: the model's band names.
         threshold: the probability threshold.
+        prompts: the visual prompts asked with (:class:`rsvlm.data.visual_prompts.VisualPrompt`, in
+            the image's pixels), drawn on the overlay.
         boxes: (property) the boxes the answers write, in the image's pixels.
     """
 
@@ -48,6 +51,7 @@ class Prediction:
     threshold: float
     pixels: np.ndarray | None = None
     tiles: list[tuple[dict, Any, Any, str]] = field(default_factory=list, repr=False)
+    prompts: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def text(self) -> str:
@@ -69,33 +73,69 @@ class Prediction:
                 found.append(g)
         return found
 
-    def show(self, composite: str = "auto") -> np.ndarray:
-        """``H×W×3`` uint8: the mask in red over a true- or false-colour composite of the image."""
+    def show(self, composite: str = "auto", prompts: bool = True) -> np.ndarray:
+        """``H×W×3`` uint8: the mask in red over a true- or false-colour composite of the image, and
+        (``prompts``) the visual prompts in their slot colours (:func:`draw_prompts`); a scene larger
+        than 4096 pixels a side is drawn downsampled, as the writer draws it."""
         from rsvlm.inference.writer import overlay_picture
         from rsvlm.io.pictures import composite_or_stretch, overlay
 
         if self.pixels is None:
-            return overlay_picture(self.image, self.mask, self.bands, composite_kind=composite)
-        rgb = composite_or_stretch(np.where(self.valid[None], self.pixels, np.nan), self.bands, composite)
-        return overlay(rgb, self.mask, color=(255, 0, 0), alpha=0.45)
+            picture = overlay_picture(self.image, self.mask, self.bands, composite_kind=composite)
+        else:
+            rgb = composite_or_stretch(np.where(self.valid[None], self.pixels, np.nan), self.bands, composite)
+            picture = overlay(rgb, self.mask, color=(255, 0, 0), alpha=0.45)
+        return draw_prompts(picture, self.prompts, self.mask.shape) if prompts and self.prompts else picture
 
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> dict[str, Path]:
         """Write ``<stem>.mask.tif``, ``<stem>.overlay.png`` and ``<stem>.json`` into ``folder``:
         for a file input exactly what ``rsvlm predict``'s writer writes (``<stem>`` the input's
-        name); an array is written as ``array.mask.tif`` without georeferencing.
+        name), the overlay with the visual prompts drawn when there are some; an array is written
+        as ``array.mask.tif`` without georeferencing. When the answers hold boxes or points,
+        ``<stem>.boxes.geojson`` too: a FeatureCollection of Polygons (and Points) in the image's
+        CRS with each one's ``phrase`` (pixel coordinates and no CRS for a picture without
+        georeferencing; :func:`rsvlm.io.geojson.grounding_collection`).
 
         Returns:
-            ``{"mask", "overlay", "json"}`` → path. Existing files are refused unless ``overwrite``.
+            ``{"mask", "overlay", "json"}`` (and ``"boxes"``) → path. Existing files are refused
+            unless ``overwrite``.
         """
-        from rsvlm.inference.writer import PredictionWriter
+        from rsvlm.inference.writer import PredictionWriter, output_paths
+        from rsvlm.io.geojson import write_groundings
+        from rsvlm.io.pictures import save_png
 
-        writer = PredictionWriter(str(folder), threshold=self.threshold, overwrite=overwrite)
+        groundings = [g for g in self.boxes if g.boxes or g.points]
+        several = len((self.tiles[0][0].get("categories") if self.tiles else None) or []) > 1
+        boxes_path = output_paths(folder, self.image, self.category, several)["json"].with_suffix(".boxes.geojson")
+        if groundings and boxes_path.exists() and not overwrite:
+            raise FileExistsError(f"{boxes_path} already exists; pass overwrite=True to replace it")
         Path(folder).mkdir(parents=True, exist_ok=True)
         if self.pixels is None:
+            writer = PredictionWriter(str(folder), threshold=self.threshold, overwrite=overwrite)
             for meta, logits, valid, text in self.tiles:
                 writer.add(meta, logits, valid, text)
-            return {k: Path(v) for k, v in writer.written[-1].items()}
-        return _save_array(self, Path(folder), overwrite)
+            paths = {k: Path(v) for k, v in writer.written[-1].items()}
+            if self.prompts:  # the writer draws the mask only
+                save_png(paths["overlay"], self.show(), overwrite=True)
+        else:
+            paths = _save_array(self, Path(folder), overwrite)
+        if groundings:
+            georeferenced = self.pixels is None and self.transform is not None
+            transform = self.transform if georeferenced else None
+            paths["boxes"] = write_groundings(boxes_path, groundings, self.crs, transform, overwrite=overwrite)
+        return paths
+
+
+def draw_prompts(picture: np.ndarray, prompts: list[Any], size: tuple[int, int]) -> np.ndarray:
+    """``picture`` (``h×w×3`` uint8, the image drawn at any size) with ``prompts`` (in pixels of an
+    image of ``size`` = ``(H, W)``) painted over it by :func:`rsvlm.prompts.geometry.overlay`: slot k in
+    ``PALETTE[k + 1]`` (the palette's red is the mask's), boxes as outlines."""
+    from rsvlm.data.visual_prompts import prompt_batch
+    from rsvlm.prompts.geometry import PALETTE, overlay
+
+    most = max([2] + [len(p.vertices) for p in prompts if p.vertices is not None])
+    batch = prompt_batch([prompts], tuple(size), max_vertices=most)
+    return overlay(picture, batch, colours=PALETTE[1:] + PALETTE[:1])
 
 
 def _save_array(prediction: Prediction, folder: Path, overwrite: bool) -> dict[str, Path]:
