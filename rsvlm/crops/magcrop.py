@@ -75,8 +75,15 @@ class MagCrop(nn.Module):
         granularity_field: the batch field holding each sample's granularity.
         classifier: GeoMag's task-granularity classifier
             (:class:`~rsvlm.heads.granularity.TaskGranularityClassifier`), trained alone and frozen
-            here; it gives the granularity of samples whose batch lacks ``granularity_field``
-            (test and predict, where no gold label exists), from their ``instruction``.
+            here (the paper); it gives the granularity of samples whose batch lacks
+            ``granularity_field`` (predict, where no gold label exists), from their ``instruction``.
+        route: ``"gold"`` routes by the batch's granularity where it has one; ``"classifier"``
+            routes every sample by the classifier's prediction outside training (validation,
+            test: the paper's test-time routing, so its errors count), by the gold label in training.
+        train_classifier: train the classifier's head inside the VLM (its text encoder stays as
+            its ``freeze_encoder`` says) with :meth:`classifier_loss` — the offline demo's
+            shortcut for the paper's separate stage; the VLM adds the loss as the ``granularity``
+            term of its ``loss_weights``.
     """
 
     #: Holds no tensors by design without a classifier (the contracts' meta-device check accepts that).
@@ -99,6 +106,8 @@ class MagCrop(nn.Module):
         skip_tasks: list[str] = ["gcg"],
         granularity_field: str = "granularity",
         classifier: nn.Module | None = None,
+        route: Literal["gold", "classifier"] = "gold",
+        train_classifier: bool = False,
     ) -> None:
         super().__init__()
         if bbox_mode not in ("relative", "absolute"):
@@ -107,16 +116,21 @@ class MagCrop(nn.Module):
             raise ValueError(f"MagCrop: boxes must be online|given, got {boxes!r}")
         if not ratios:
             raise ValueError("MagCrop: ratios must name at least one crop size")
+        if route not in ("gold", "classifier"):
+            raise ValueError(f"MagCrop: route must be gold|classifier, got {route!r}")
+        if (route == "classifier" or train_classifier) and classifier is None:
+            raise ValueError(f"MagCrop: route={route!r}, train_classifier={train_classifier} need classifier=")
         self.enabled, self.image_level_size, self.degrade_factor = enabled, image_level_size, degrade_factor
         self.bbox_mode, self.bbox_fraction, self.bbox_size = bbox_mode, bbox_fraction, bbox_size
         self.ratios, self.max_fraction = [float(r) for r in ratios], max_fraction
         self.boxes, self.skip_tasks, self.granularity_field = boxes, list(skip_tasks), granularity_field
         self.attention = GradAttentionMap(layer=attention_layer, query=query, grad_sign=grad_sign)
         self._model_ref: weakref.ReferenceType | None = None
-        self.classifier = classifier
+        self.classifier, self.route, self.train_classifier = classifier, route, train_classifier
         if classifier is not None:
             self.parameter_free = False
-            classifier.requires_grad_(False)
+            if not train_classifier:
+                classifier.requires_grad_(False)
 
     # ------------------------------------------------------------------ the bound VLM
     def bind(self, model: nn.Module) -> None:
@@ -181,14 +195,43 @@ class MagCrop(nn.Module):
         if all(skipped):
             return [None] * count  # nothing to crop: no granularity needed
         field = self.granularity_field
-        if batch.get(field) is None and self.classifier is not None and batch.get("instruction") is not None:
-            batch = {**batch, field: self.classifier.eval().predict(list(batch["instruction"]))}
+        by_classifier = self.route == "classifier" and not self._in_training()
+        if (batch.get(field) is None or by_classifier) and (predicted := self.routing(batch)) is not None:
+            batch = {**batch, field: predicted}
         if batch.get(field) is None:
             raise ContractError(
                 f"MagCrop needs the batch field {field!r} (image|region|pixel or 0|1|2 per sample), which the data left out"
             )
         values = _per_sample(batch[field], count, field)
         return [None if skip else _granularity(v, field, i) for i, (v, skip) in enumerate(zip(values, skipped))]
+
+    def routing(self, batch: Mapping[str, Any]) -> list[str] | None:
+        """The classifier's granularity for each sample's ``instruction``; None without either."""
+        if self.classifier is None or batch.get("instruction") is None:
+            return None
+        was_training = self.classifier.training
+        predicted = self.classifier.eval().predict(list(batch["instruction"]))
+        self.classifier.train(was_training)
+        return predicted
+
+    def classifier_loss(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """Cross-entropy of the classifier on the batch's gold granularity (``train_classifier``);
+        None when it is not trained here or the batch lacks instructions or gold labels."""
+        gold = batch.get(self.granularity_field)
+        if not self.train_classifier or gold is None or batch.get("instruction") is None:
+            return None
+        labels = list(self.classifier.labels)
+        values = _per_sample(gold, len(batch["instruction"]), self.granularity_field)
+        levels = [_granularity(v, self.granularity_field, i) for i, v in enumerate(values)]
+        logits = self.classifier(list(batch["instruction"]))
+        target = torch.tensor([labels.index(level) for level in levels], device=logits.device)
+        return F.cross_entropy(logits, target)
+
+    def _in_training(self) -> bool:
+        """Whether the model being trained is in training mode (the bound VLM's flag: a frozen,
+        parameter-free cropper sits in eval mode whatever the model does)."""
+        model = self._model_ref() if self._model_ref is not None else None
+        return bool(model.training if model is not None else self.training)
 
     def given_boxes(self, batch: Mapping[str, Any], levels: Sequence[str | None]) -> list[list[Box] | None]:
         """``batch["magcrop_boxes"]``: per sample ``None`` or ``[b₁]`` / ``[b₁, b₂]`` (``b₂`` in ``b₁``'s frame)."""

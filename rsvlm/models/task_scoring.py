@@ -10,6 +10,10 @@ is one of :data:`METRIC_KINDS`:
   text was generated;
 * ``none``: trained, not scored here (captions are scored over a whole split by ``rsvlm evaluate``
   with :mod:`rsvlm.training.metrics.captions`).
+
+A cropper that routes by a classifier (MagCrop with GeoMag's task-granularity classifier) is
+scored too: :data:`ROUTING` keeps the classifier's accuracy against the batch's gold
+granularity, logged as ``<split>/granularity_classifier/accuracy``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
 
 from rsvlm.training.metrics import BinarySegmentationMetrics
 from rsvlm.training.metrics.answers import AnswerAccuracy
@@ -27,12 +33,18 @@ from rsvlm.training.metrics.referring import ReferringSegmentationMetrics
 MetricKind = Literal["binary", "referring", "answer", "none"]
 METRIC_KINDS: tuple[str, ...] = ("binary", "referring", "answer", "none")
 SPLITS = ("val", "val_teacher_forced", "test", "test_teacher_forced")
+#: The metrics entry of a routing classifier (not a task: every sample is routed).
+ROUTING = "granularity_classifier"
 
 
 def build_task_metrics(
-    tasks: list[str], kinds: Mapping[str, str] | None, average: Literal["global", "image"]
+    tasks: list[str],
+    kinds: Mapping[str, str] | None,
+    average: Literal["global", "image"],
+    routing_labels: list[str] | None = None,
 ) -> nn.ModuleDict:
-    """``split → task → metric`` for every split the model logs (a task's kind defaults to ``binary``)."""
+    """``split → task → metric`` for every split the model logs (a task's kind defaults to ``binary``),
+    plus :data:`ROUTING` → accuracy over ``routing_labels`` when a cropper routes by a classifier."""
     kinds = dict(kinds or {})
     unknown = sorted(set(kinds) - set(tasks))
     if unknown:
@@ -49,7 +61,30 @@ def build_task_metrics(
             return nn.Identity()
         return AnswerAccuracy() if kind == "answer" else BinarySegmentationMetrics(average=average)
 
-    return nn.ModuleDict({split: nn.ModuleDict({t: metric(t) for t in tasks}) for split in SPLITS})
+    def split_metrics() -> nn.ModuleDict:
+        out = nn.ModuleDict({t: metric(t) for t in tasks})
+        if routing_labels:
+            out[ROUTING] = MetricCollection({"accuracy": MulticlassAccuracy(len(routing_labels), average="micro")})
+        return out
+
+    return nn.ModuleDict({split: split_metrics() for split in SPLITS})
+
+
+def routing_labels(cropper: nn.Module | None) -> list[str] | None:
+    """The classes of a cropper's routing classifier (MagCrop's ``classifier.labels``), or None."""
+    classifier = getattr(cropper, "classifier", None)
+    return None if classifier is None else list(classifier.labels)
+
+
+def update_routing_metric(metrics: nn.ModuleDict, cropper: nn.Module | None, batch: Mapping[str, Any]) -> None:
+    """Score the cropper's classifier (``cropper.routing(batch)``) against the batch's gold
+    ``granularity``; nothing when either is missing."""
+    gold = batch.get("granularity")
+    if ROUTING not in metrics or gold is None or (predicted := cropper.routing(batch)) is None:
+        return
+    labels = routing_labels(cropper)
+    index = [labels.index(g) if isinstance(g, str) else int(g) for g in gold]
+    metrics[ROUTING].update(torch.tensor([labels.index(g) for g in predicted]), torch.tensor(index))
 
 
 def scored_masks(decoded: Mapping[str, Any], batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -95,7 +130,8 @@ def log_task_metrics(module: Any, metrics: nn.ModuleDict, split: str, tasks: lis
     """Log and reset every metric of ``split`` (``metrics``: task → metric) that saw data: the first
     task as ``<split>/<name>``, the others as ``<split>/<task>/<name>``."""
     for task, metric in metrics.items():
-        if not getattr(metric, "update_called", False):
+        parts = metric.values() if isinstance(metric, MetricCollection) else [metric]
+        if not any(getattr(m, "update_called", False) for m in parts):
             continue
         prefix = split if task == tasks[0] else f"{split}/{task}"
         module.log_dict({f"{prefix}/{k}": v for k, v in metric.compute().items()})

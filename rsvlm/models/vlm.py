@@ -33,7 +33,9 @@ from rsvlm.models.task_scoring import (
     MetricKind,
     build_task_metrics,
     log_task_metrics,
+    routing_labels,
     scored_masks,
+    update_routing_metric,
     update_task_metrics,
 )
 from rsvlm.models.vlm_stages import DEFAULT_OPTIMIZER_GROUPS, DEFAULT_STAGE_COMPONENTS
@@ -67,8 +69,9 @@ class VisionLanguageModel(ComposedModule):
             ``stage_components`` overrides entries of :data:`DEFAULT_STAGE_COMPONENTS`.
         optimizer_groups: group name → components, lr, weight decay (default: the SPEX paper's).
         optim: weight decay, betas and warm-up shared by the groups.
-        loss_weights: loss term → weight; ``text`` is the LLM's cross-entropy, the others name
-            mask losses of :data:`rsvlm.training.losses.MASK_LOSSES` (paper 1/1/1, released 1/2/1).
+        loss_weights: loss term → weight; ``text`` is the LLM's cross-entropy, ``granularity`` a
+            cropper's classifier (``classifier_loss``), the others name mask losses of
+            :data:`rsvlm.training.losses.MASK_LOSSES` (paper 1/1/1, released 1/2/1).
         tasks: task names; batches say their task in ``batch["task"]`` (default: the first).
             The first task logs as ``val/F1``, others as ``val/<task>/F1``.
         task_metrics: task → ``binary`` (default), ``referring`` or ``answer``
@@ -158,9 +161,11 @@ class VisionLanguageModel(ComposedModule):
             component_init=inits,
         )
         self.save_hyperparameters(ignore=[*slots, "positions"])
-        unknown = sorted(set(loss_weights) - {"text", *MASK_LOSSES})
+        unknown = sorted(set(loss_weights) - {"text", "granularity", *MASK_LOSSES})
         if unknown:
-            raise KeyError(f"loss_weights: unknown term(s) {unknown}; known: text, {', '.join(MASK_LOSSES)}")
+            raise KeyError(
+                f"loss_weights: unknown term(s) {unknown}; known: text, granularity, {', '.join(MASK_LOSSES)}"
+            )
         if not tasks:
             raise ValueError("VisionLanguageModel: tasks must name at least one task")
         self.positions = positions
@@ -171,26 +176,9 @@ class VisionLanguageModel(ComposedModule):
         self.validate_with_generation = validate_with_generation
         self.test_with_generation = test_with_generation
         self.log_images = log_images
-        self.metrics = build_task_metrics(self.tasks, task_metrics, metric_average)
-        parts = dict(
-            zip(
-                slots,
-                (
-                    encoder,
-                    fusion,
-                    projector,
-                    llm,
-                    bridge,
-                    decoder,
-                    mask_encoder,
-                    prompt_encoder,
-                    prompt_fusion,
-                    cropper,
-                ),
-                strict=True,
-            )
-        )
-        self.assemble(parts)
+        self.metrics = build_task_metrics(self.tasks, task_metrics, metric_average, routing_labels(cropper))
+        given = (encoder, fusion, projector, llm, bridge, decoder, mask_encoder, prompt_encoder, prompt_fusion, cropper)
+        self.assemble(dict(zip(slots, given, strict=True)))
         self._bind_cropper()
         # On the meta device (rsvlm summarize) an LLM may have no tokenizer: bind in setup then.
         if getattr(llm, "_tokenizer", None) is not None:
@@ -276,6 +264,9 @@ class VisionLanguageModel(ComposedModule):
             for name in self.loss_weights:
                 if name in MASK_LOSSES and len(outputs["mask_logits"]):  # none: a batch of text-only tasks
                     losses[name] = MASK_LOSSES[name](outputs["mask_logits"], *scored_masks(outputs, batch))
+        routing = getattr(self.cropper, "classifier_loss", None)  # MagCrop's classifier, trained alongside
+        if "granularity" in self.loss_weights and routing is not None and (term := routing(batch)) is not None:
+            losses["granularity"] = term
         losses["total"] = combine(self.loss_weights, **losses)
         return losses
 
@@ -391,6 +382,7 @@ class VisionLanguageModel(ComposedModule):
     # ------------------------------------------------------------------ metrics per task
     def _update_metrics(self, split: str, decoded: dict[str, Any], batch: dict[str, Any]) -> None:
         update_task_metrics(self.metrics[split], self.tasks, decoded, batch)
+        update_routing_metric(self.metrics[split], self.cropper, batch)
 
     def _log_metrics(self, split: str) -> None:
         log_task_metrics(self, self.metrics[split], split, self.tasks)

@@ -231,7 +231,7 @@ def test_without_gold_granularity_the_classifier_routes_each_sample(image):
     from catalogue import tiny_granularity_classifier
 
     torch.manual_seed(3)
-    classifier = tiny_granularity_classifier()
+    classifier = tiny_granularity_classifier().eval()  # predictions without the head's dropout
     crop = MagCrop(boxes="given", image_level_size=16, classifier=classifier)
     queries = ["What is this scene?", "Segment the small boat by the pier.", "Is there a ship?"]
     boxes = [[(2, 2, 30, 30), (4, 4, 12, 12)]] * 3
@@ -240,3 +240,45 @@ def test_without_gold_granularity_the_classifier_routes_each_sample(image):
     assert torch.equal(routed, gold)
     assert not any(p.requires_grad for p in crop.classifier.parameters())  # trained alone, frozen here
     assert crop.parameter_free is False and MagCrop().parameter_free is True
+
+
+def test_classifier_routing_overrides_gold_outside_training_only(image):
+    """route='classifier': validation and test route by the classifier's prediction even where the
+    batch has a gold label (its errors then count); training routes by the gold label."""
+    from catalogue import tiny_granularity_classifier
+
+    torch.manual_seed(3)
+    classifier = tiny_granularity_classifier().eval()  # predictions without the head's dropout
+    crop = MagCrop(boxes="given", image_level_size=16, classifier=classifier, route="classifier").eval()
+    queries = ["What is this scene?", "Segment the small boat by the pier.", "Is there a ship?"]
+    predicted = classifier.predict(queries)
+    wrong = [{"image": "pixel", "region": "image", "pixel": "region"}[p] for p in predicted]
+    boxes = [[(2, 2, 30, 30), (4, 4, 12, 12)]] * 3
+    batch = {"instruction": queries, "granularity": wrong, "magcrop_boxes": boxes}
+    expected_eval = crop(image, {"granularity": predicted, "magcrop_boxes": boxes})
+    expected_train = crop(image, {"granularity": wrong, "magcrop_boxes": boxes})
+    assert torch.equal(crop(image, batch), expected_eval)
+    crop.training = True  # the flag alone (train() would also switch the classifier's dropout on)
+    assert torch.equal(crop(image, batch), expected_train)
+    crop.training = False
+    assert crop.routing(batch) == predicted
+
+
+def test_classifier_loss_is_cross_entropy_on_the_gold_granularity():
+    from catalogue import tiny_granularity_classifier
+
+    torch.manual_seed(4)
+    crop = MagCrop(boxes="given", classifier=tiny_granularity_classifier(), train_classifier=True).eval()  # no dropout
+    queries = ["What is this scene?", "Segment the small boat by the pier.", "Is there a ship?"]
+    gold = ["image", "pixel", 1]  # labels or their indices, as the batch field allows
+    loss = crop.classifier_loss({"instruction": queries, "granularity": gold})
+    logits = crop.classifier(queries).detach()
+    reference = -torch.log_softmax(logits, dim=-1)[torch.arange(3), torch.tensor([0, 2, 1])].mean()
+    torch.testing.assert_close(loss.detach(), reference)
+    loss.backward()
+    head = [p for p in crop.classifier.head.parameters()]
+    assert all(p.requires_grad and p.grad is not None for p in head)
+    assert not any(p.requires_grad for p in crop.classifier.encoder.parameters())  # BERT stays frozen
+    assert MagCrop(boxes="given", classifier=tiny_granularity_classifier()).classifier_loss({}) is None
+    with pytest.raises(ValueError, match="need classifier="):
+        MagCrop(route="classifier")

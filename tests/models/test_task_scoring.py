@@ -70,3 +70,36 @@ def test_unknown_tasks_and_kinds_are_named():
         update_task_metrics(
             metrics, TASKS, {"mask_logits": torch.zeros(1, 1, 8, 8)}, {"task": ["roads"], "image": torch.zeros(1)}
         )
+
+
+def test_a_routing_classifier_is_scored_against_the_gold_granularity():
+    """MagCrop's classifier accuracy over a split equals scikit-learn's on the same predictions."""
+    from catalogue import tiny_granularity_classifier
+    from sklearn.metrics import accuracy_score
+
+    from rsvlm.crops.magcrop import MagCrop
+    from rsvlm.models.task_scoring import ROUTING, log_task_metrics, routing_labels, update_routing_metric
+
+    torch.manual_seed(5)
+    cropper = MagCrop(boxes="given", classifier=tiny_granularity_classifier().eval(), route="classifier").eval()
+    metrics = build_task_metrics(["vqa"], {"vqa": "answer"}, "global", routing_labels(cropper))
+    batches = [
+        {"instruction": ["What is this scene?", "Is there a ship?"], "granularity": ["image", "region"]},
+        {"instruction": ["Segment the small boat by the pier.", "Where is the red car?"], "granularity": [2, "region"]},
+    ]
+    predicted, gold = [], []
+    for batch in batches:
+        update_routing_metric(metrics["test"], cropper, batch)
+        predicted += cropper.routing(batch)
+        gold += [g if isinstance(g, str) else ["image", "region", "pixel"][g] for g in batch["granularity"]]
+    update_routing_metric(metrics["test"], cropper, {"instruction": ["no gold label"]})  # skipped
+
+    logged = {}
+
+    class Logger:
+        def log_dict(self, values):
+            logged.update({k: float(v) for k, v in values.items()})
+
+    log_task_metrics(Logger(), metrics["test"], "test", ["vqa"])
+    assert logged == pytest.approx({f"test/{ROUTING}/accuracy": accuracy_score(gold, predicted)})
+    assert ROUTING not in build_task_metrics(["vqa"], {"vqa": "answer"}, "global")["test"]
