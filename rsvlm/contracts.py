@@ -105,6 +105,12 @@ class VisualPromptBatch:
     def slots(self) -> int:
         return int(self.kind.shape[1])
 
+    def rows(self, index: torch.Tensor) -> VisualPromptBatch:
+        """The prompts of samples ``index`` (``T`` int64, repeats allowed), in that order: one row
+        per decoded target of a batch with several targets per sample."""
+        picked = {k: getattr(self, k)[index] for k in ("kind", "points", "npoints", "boxes", "labels")}
+        return replace(self, **picked, masks=None if self.masks is None else self.masks[index])
+
     def to(self, device: torch.device | str) -> VisualPromptBatch:
         """The same prompts on ``device``."""
         moved = {k: getattr(self, k).to(device) for k in ("kind", "points", "npoints", "boxes", "labels")}

@@ -31,15 +31,21 @@ def decode_targets(
     hidden: torch.Tensor,
     positions: torch.Tensor,
     size: tuple[int, int],
+    visual_prompts: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask logits ``T×1×H×W`` of every target group in ``positions`` (``B×L`` bool), and the
-    image index ``T`` of each; each target is decoded against its own image's map(s)."""
+    image index ``T`` of each; each target is decoded against its own image's map(s), and with
+    its own image's visual prompts (a :class:`~rsvlm.contracts.VisualPromptBatch`) when the decoder
+    reads them (``use_visual_prompts``)."""
     tokens, index = bridge.targets(hidden, positions)
     if not len(index):  # no target in the batch (text-only tasks): nothing to decode
         return hidden.new_zeros(0, 1, *size), index
     if hasattr(decoder, "decode_targets"):
         return decoder.decode_targets(decoder_map, tokens, index, tuple(size)), index
     maps = [m[index] for m in decoder_map] if isinstance(decoder_map, list) else decoder_map[index]
+    if getattr(decoder, "use_visual_prompts", False):
+        prompts = None if visual_prompts is None else visual_prompts.rows(index.to(visual_prompts.kind.device))
+        return decoder(maps, tokens, tuple(size), visual_prompts=prompts), index
     return decoder(maps, tokens, tuple(size)), index
 
 
@@ -92,7 +98,9 @@ def decoded_targets(
     """What :meth:`rsvlm.models.vlm.VisionLanguageModel.decode_mask` returns for a bridge with
     ``targets()`` (see there): the targets, paired with the batch's ``masks`` when it has them,
     else united per sample into ``mask_logits`` ``B×1×H×W``."""
-    logits, index = decode_targets(bridge, decoder, decoder_map, hidden, positions, size)
+    logits, index = decode_targets(
+        bridge, decoder, decoder_map, hidden, positions, size, visual_prompts=batch.get("visual_prompts")
+    )
     out: dict[str, Any] = {"target_logits": logits, "target_index": index}
     if "masks" in batch:
         paired, masks, ref_index, extra = pair_targets(logits, index, batch)

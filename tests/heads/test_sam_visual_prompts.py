@@ -169,3 +169,34 @@ def test_a_head_built_without_use_visual_prompts_ignores_them(sam_checkpoint):
     prompts = batch_of([[{"kind": "point", "xy": [5.0, 5.0]}]])
     with torch.no_grad():
         assert torch.equal(head.low_res_logits(feature_map, bridge, prompts), head.low_res_logits(feature_map, bridge))
+
+
+def test_several_targets_per_sample_each_decode_with_their_own_images_prompts(head):
+    """decode_targets gives each [SEG] target its own sample's prompts: equal to one decoder call per
+    target with that sample's prompts (sample 0 has two targets, sample 1 one)."""
+    from rsvlm.models.targets import decode_targets
+
+    class Targets(torch.nn.Module):  # a bridge that hands out fixed target tokens and image indices
+        def __init__(self, tokens, index):
+            super().__init__()
+            self.tokens, self.index = tokens, index
+
+        def targets(self, hidden, positions):
+            return self.tokens, self.index
+
+    torch.manual_seed(7)
+    feature_map = torch.randn(2, 16, 64, 64)
+    tokens, index = torch.randn(3, 1, 256), torch.tensor([0, 0, 1])
+    prompts = batch_of([[{"kind": "point", "xy": [50.0, 60.0]}], [{"kind": "box", "box": [5.0, 5.0, 100.0, 90.0]}]])
+    with torch.no_grad():
+        got, rows = decode_targets(
+            Targets(tokens, index), head, feature_map, torch.zeros(2, 4, 8), None, (H, W), visual_prompts=prompts
+        )
+        expected = [
+            head(feature_map[i : i + 1], tokens[t : t + 1], (H, W), visual_prompts=prompts.rows(torch.tensor([i])))
+            for t, i in enumerate(index.tolist())
+        ]
+    assert torch.equal(rows, index)
+    torch.testing.assert_close(got, torch.cat(expected), atol=1e-5, rtol=1e-5)
+    single = batch_of([[{"kind": "point", "xy": [50.0, 60.0]}]])
+    assert torch.equal(prompts.rows(torch.tensor([0])).boxes, single.boxes)  # rows() picks a sample's slots
