@@ -27,8 +27,10 @@ validation, test and predict: the attention pass switches autograd on itself
 online should still set ``trainer.inference_mode: false`` (the spec's rule), so nothing upstream
 of the pass is an inference tensor. Only the attention is differentiated: no parameter gets a
 gradient. ``boxes="given"`` reads boxes computed once (``batch["magcrop_boxes"]``, the spec's
-cache mode, e.g. from :meth:`MagCrop.find_boxes`) and needs neither the model nor gradients;
-training uses it to skip the two extra forwards per sample.
+cache mode, e.g. from :meth:`MagCrop.find_boxes`) and needs neither the model nor gradients.
+The spec's training default, boxes found once with the model as training starts, is the callback
+:class:`rsvlm.crops.box_cache.MagCropBoxCache`: training then skips the two extra forwards per
+sample, and validation and test stay online.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ class MagCrop(nn.Module):
         self.boxes, self.skip_tasks, self.granularity_field = boxes, list(skip_tasks), granularity_field
         self.attention = GradAttentionMap(layer=attention_layer, query=query, grad_sign=grad_sign)
         self._model_ref: weakref.ReferenceType | None = None
+        #: Training boxes found once per sample (:class:`rsvlm.crops.box_cache.MagCropBoxCache` sets it).
+        self.box_cache: Any = None
         self.classifier, self.route, self.train_classifier = classifier, route, train_classifier
         if classifier is not None:
             self.parameter_free = False
@@ -165,7 +169,12 @@ class MagCrop(nn.Module):
         levels = self.levels(batch, image.shape[0])
         if all(level is None for level in levels):
             return image
-        boxes = self.given_boxes(batch, levels) if self.boxes == "given" else self.find_boxes(image, batch, levels)
+        if self.boxes == "given":
+            boxes = self.given_boxes(batch, levels)
+        elif self.box_cache is not None and self._in_training():  # boxes found once (MagCropBoxCache)
+            boxes = self.given_boxes({**batch, "magcrop_boxes": self.box_cache.lookup(batch)}, levels)
+        else:
+            boxes = self.find_boxes(image, batch, levels)
         out = [
             x if level is None else self.compose(x, level, b).to(x.dtype) for x, level, b in zip(image, levels, boxes)
         ]
