@@ -138,7 +138,10 @@ def whole_image_tile(
     Returns:
         ``(tile meta, logits H×W float32 CPU, valid H×W bool CPU, text)``: the padding cut off and
         the resize undone; the tile meta is one window ``[0, 0, H, W]`` of the image with its CRS and
-        transform (read from the file), ``bands``, ``category`` None, ``instruction`` and ``granularity``.
+        transform (read from the file), ``bands``, ``category`` None, ``instruction``, ``granularity``
+        and ``square``: the resize info, by which :attr:`rsvlm.inference.prediction.Prediction.boxes`
+        maps the boxes the answer writes on the square back to the image
+        (:func:`rsvlm.data.multitask.geometry.unmove_boxes`).
     """
     info = meta["resize"]
     square = _to_original(logits.float().cpu(), info)
@@ -157,6 +160,7 @@ def whole_image_tile(
         "category": None,
         "instruction": meta["instruction"],
         "granularity": meta["granularity"],
+        "square": dict(info),
     }
     return tile, square, inside, text
 

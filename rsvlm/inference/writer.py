@@ -13,7 +13,11 @@ Outputs, per input GeoTIFF and category
   larger than ``overlay_max_side`` are drawn downsampled;
 * ``<out>/<stem>.json``: the generated description of each tile (a whole-image model's answer:
   its one tile, with the question as ``instruction``), the category, threshold, tiling and the
-  paths written.
+  paths written;
+* ``<out>/<stem>.boxes.geojson``, when the answers write boxes or points (``<p>phrase</p>[…]``):
+  them in the image's CRS, mapped to the image's pixels and written by the code of
+  :meth:`rsvlm.inference.prediction.Prediction.save` (:func:`~rsvlm.inference.prediction.tile_groundings`,
+  :func:`~rsvlm.inference.prediction.save_boxes`).
 
 With several categories per image the stem is ``<stem>.<category>``. Inputs are never
 overwritten, and existing outputs only with ``overwrite=True`` (the error names the file).
@@ -35,8 +39,10 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from rsvlm.data.bands import BandError
+from rsvlm.data.coords import Grounding
 from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
 from rsvlm.data.tiling import Window
+from rsvlm.inference.prediction import boxes_path, save_boxes, tile_groundings
 from rsvlm.inference.stitch import BLENDS, Blend, Stitcher
 from rsvlm.inference.whole_image import whole_image_tile
 from rsvlm.io.atomic import atomic_write_text
@@ -113,13 +119,15 @@ def overlay_picture(
 
 @dataclass
 class _SceneState:
-    """One scene (and category) being stitched: its first tile's meta, logits, valid ``H×W`` pixels, tiles seen."""
+    """One scene (and category) being stitched: its first tile's meta, logits, valid ``H×W`` pixels, tiles
+    seen, and each tile's boxes in the scene's pixels (by tile index)."""
 
     meta: dict[str, Any]
     stitcher: Stitcher
     valid: np.ndarray
     descriptions: list[dict[str, Any]] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
+    groundings: dict[int, list[Grounding]] = field(default_factory=dict)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -249,6 +257,7 @@ class PredictionWriter(BasePredictionWriter):
         r, c, h, w = window
         state.valid[r : r + h, c : c + w] |= tile_valid.cpu().numpy().astype(bool)
         state.descriptions.append({"tile_index": index, "window": list(window), "description": text})
+        state.groundings[index] = tile_groundings(meta, tuple(logits.shape[-2:]), text)
         if len(state.seen) == num_tiles:
             del self._scenes[key]
             return self._write_scene(state)
@@ -258,7 +267,9 @@ class PredictionWriter(BasePredictionWriter):
         meta = state.meta
         image, category = str(meta["image"]), meta.get("category")
         paths = output_paths(self.output_dir, image, category, meta["several"])
-        check_outputs(paths, self._inputs, self.overwrite)
+        groundings = [g for i in sorted(state.groundings) for g in state.groundings[i]]
+        boxes = boxes_path(paths["json"]) if any(g.boxes or g.points for g in groundings) else None
+        check_outputs({**paths, **({"boxes": boxes} if boxes else {})}, self._inputs, self.overwrite)
         logits = state.stitcher.result()
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         mask = (probs > self.threshold) & state.valid
@@ -278,6 +289,8 @@ class PredictionWriter(BasePredictionWriter):
         bands = meta.get("bands") or self.bands
         picture = overlay_picture(image, mask, bands, self.overlay_max_side, self.composite)
         save_png(paths["overlay"], picture, overwrite=self.overwrite)
+        if boxes is not None:
+            paths["boxes"] = save_boxes(paths["json"], groundings, crs, transform, self.overwrite)
         payload = {
             "image": image,
             "category": category,

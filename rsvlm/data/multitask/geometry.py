@@ -9,7 +9,10 @@ invalid in ``valid``. ``bottom_right`` is the SPEX recipes' placement, ``center`
 LLaVA's (``earthgpt-x.md`` §4.1).
 
 :func:`move_boxes` maps pixel boxes as :func:`rsvlm.data.visual_prompts.resize_pad_prompts` maps
-prompts: ``x' = x·w/W + left``, ``y' = y·h/H + top`` (the resize maps pixel edges linearly).
+prompts: ``x' = x·w/W + left``, ``y' = y·h/H + top`` (the resize maps pixel edges linearly);
+:func:`unmove_boxes` is its inverse, ``x = (x' − left)·W/w``, ``y = (y' − top)·H/h``: what a box the
+model writes on its square (``<p>phrase</p>[…]`` normalised on it, :mod:`rsvlm.data.coords`) is on the
+image (:attr:`rsvlm.inference.prediction.Prediction.boxes`).
 """
 
 from __future__ import annotations
@@ -79,3 +82,26 @@ def move_boxes(boxes: Tensor, info: dict[str, Any]) -> Tensor:
     shift = torch.tensor([left, top, left, top], dtype=torch.float64)
     # float64 as resize_pad_prompts computes, so a box and its visual prompt agree to the last bit.
     return (boxes.double() * scale + shift).to(boxes.dtype)
+
+
+def square_side(info: dict[str, Any]) -> int:
+    """Side S of the square that ``info`` (of :func:`resize_pad_square` or
+    :func:`~rsvlm.data.transforms.resize_pad`) describes: the resized height plus its top and bottom pad."""
+    return int(info["resized_size"][0]) + int(info["pad"][0]) + int(info["pad"][2])
+
+
+def unmove_boxes(coords: Tensor, info: dict[str, Any]) -> Tensor:
+    """Pixel coordinates on the square → the same on the original image (the inverse of :func:`move_boxes`).
+
+    Args:
+        coords: ``N×2k`` float, ``k`` interleaved ``(x, y)`` pairs per row (boxes ``N×4``, points ``N×2``),
+            in pixels of the square (returned in its dtype).
+        info: the ``info`` of :func:`resize_pad_square` (any placement) or
+            :func:`~rsvlm.data.transforms.resize_pad` (bottom/right).
+    """
+    (h0, w0), (h, w) = info["original_size"], info["resized_size"]
+    top, left = info["pad"][0], info["pad"][1]
+    pairs = coords.shape[-1] // 2
+    scale = torch.tensor([w0 / w, h0 / h] * pairs, dtype=torch.float64)
+    shift = torch.tensor([left, top] * pairs, dtype=torch.float64)
+    return ((coords.double() - shift) * scale).to(coords.dtype)
