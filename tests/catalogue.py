@@ -26,6 +26,7 @@ from rsvlm.encoders.clip_tokens import ClipTokenEncoder
 from rsvlm.encoders.internimage import InternImageEncoder
 from rsvlm.encoders.mixed import MixedExpertEncoder
 from rsvlm.encoders.modality_stem import MultiSourceStem, StemSpec
+from rsvlm.encoders.multisource import MultiSourceEncoder
 from rsvlm.encoders.sam2_hiera import Sam2HieraEncoder
 from rsvlm.encoders.sam_vit import SamViTEncoder
 from rsvlm.encoders.timm_encoder import TimmEncoder
@@ -94,6 +95,14 @@ def tiny_mixed_experts() -> nn.Module:
     return MixedExpertEncoder(experts, levels=[-1, 0], grid=4, image_size=64, expert_sizes=[None, 56])
 
 
+def tiny_multisource() -> nn.Module:
+    """Optical (BANDS bands, trainable 1×1 conv from B4-B3-B2) and SAR stems in front of a 3-band ConvNeXt."""
+    stem = MultiSourceStem(
+        {"optical": StemSpec(["b", "g", "r", "n"], "conv1x1", [2, 1, 0]), "sar": StemSpec(["vv", "vh"])}
+    )
+    return MultiSourceEncoder(stem, TimmEncoder("convnext_atto", in_bands=3))
+
+
 CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     # ------------------------------------------------ encoders: image B×BANDS×H×W → pyramid
     "TimmEncoder": partial(TimmEncoder, model_name="resnet18", in_bands=BANDS),
@@ -126,6 +135,7 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
             "sar": StemSpec(["vv"], "conv1x1"),
         },
     ),
+    "MultiSourceEncoder": tiny_multisource,  # read as all-optical here (no batch); views: tests/encoders
     # a mask encoder: image B×BANDS×H×W → one map B×out_channels×H/reduction² (test_contracts run_mask_encoder)
     "SamViTEncoder": partial(
         SamViTEncoder,

@@ -74,8 +74,10 @@ class VisionLanguageModel(ComposedModule):
             :data:`rsvlm.training.losses.MASK_LOSSES` (paper 1/1/1, released 1/2/1).
         tasks: task names; batches say their task in ``batch["task"]`` (default: the first).
             The first task logs as ``val/F1``, others as ``val/<task>/F1``.
-        task_metrics: task → ``binary`` (default), ``referring`` or ``answer``
-            (:mod:`rsvlm.models.task_scoring`).
+        task_metrics: task → ``binary`` (default), ``referring``, ``answer``, ``grounding`` or ``none``
+            (:mod:`rsvlm.models.task_scoring`; each logs its trivial baselines beside it).
+        metric_groups: per-sample field → values, declared up front (``{modality: [optical, sar]}``):
+            a task's metric per value, ``<split>/<task>/<field>=<value>/*`` (:mod:`rsvlm.models.metric_groups`).
         metric_average: ``"global"`` (one confusion matrix over the split) or ``"image"`` (the
             mean of per-image scores, as the SPEX paper's tables); written into the run record
             and printed by ``rsvlm table``.
@@ -129,6 +131,7 @@ class VisionLanguageModel(ComposedModule):
         loss_weights: dict[str, float] = {"text": 1.0, "bce": 1.0, "dice": 1.0},
         tasks: list[str] = ["land_cover"],
         task_metrics: dict[str, MetricKind] | None = None,
+        metric_groups: dict[str, list[str] | None] | list[str] | None = None,
         metric_average: Literal["global", "image"] = "global",
         generation: GenerationSettings = GenerationSettings(),
         validate_with_generation: bool = True,
@@ -176,7 +179,9 @@ class VisionLanguageModel(ComposedModule):
         self.validate_with_generation = validate_with_generation
         self.test_with_generation = test_with_generation
         self.log_images = log_images
-        self.metrics = build_task_metrics(self.tasks, task_metrics, metric_average, routing_labels(cropper))
+        self.metrics = build_task_metrics(
+            self.tasks, task_metrics, metric_average, routing_labels(cropper), metric_groups
+        )
         given = (encoder, fusion, projector, llm, bridge, decoder, mask_encoder, prompt_encoder, prompt_fusion, cropper)
         self.assemble(dict(zip(slots, given, strict=True)))
         self._bind_cropper()
@@ -194,7 +199,8 @@ class VisionLanguageModel(ComposedModule):
             )
         if self.cropper is not None:
             image = self.cropper(image, batch)
-        fused = self.fusion(self.encoder(image))
+        reads_batch = getattr(self.encoder, "reads_batch", False)  # e.g. per-sample modality stems
+        fused = self.fusion(self.encoder(image, batch or {}) if reads_batch else self.encoder(image))
         decoder_map = fused.map if self.mask_encoder is None else self.mask_encoder(image)
         tokens = fused.tokens
         if self.prompt_fusion is not None:  # dense prompts: one per visual token, merged before the LLM
