@@ -123,3 +123,83 @@ def test_gcg_greedy_miou_recall_and_ap50():
     assert gcg_scores([perfect])["AP50"] == pytest.approx(1.0)
     ious = iou_matrix([square, half], [half, square])
     assert greedy_pairs(ious) == [(0, 1), (1, 0)]
+
+
+def test_grounding_accuracy_and_its_centre_box_baseline_against_torchvision():
+    """Acc@0.5 / mIoU of the pairs and of the centre box (half the image's width and height, centred in
+    the image's extent), against ``torchvision.ops.box_iou`` run here."""
+    from torchvision.ops import box_iou
+
+    g = torch.Generator().manual_seed(3)
+    corner = torch.rand(40, 2, generator=g) * 50
+    target = torch.cat([corner, corner + 5 + torch.rand(40, 2, generator=g) * 40], dim=1)
+    predicted = target + torch.randn(40, 4, generator=g) * 6
+    predicted[:, 2:] = torch.maximum(predicted[:, 2:], predicted[:, :2])
+    extent = torch.tensor([[0.0, 10.0, 100.0, 90.0]] * 20 + [[20.0, 0.0, 80.0, 100.0]] * 20)
+    metric = GroundingAccuracy()
+    metric.update(predicted[:25], target[:25], extent[:25])
+    metric.update(predicted[25:], target[25:], extent[25:])
+    got = metric.compute()
+    ious = box_iou(predicted.double(), target.double()).diagonal()
+    width, height = extent[:, 2] - extent[:, 0], extent[:, 3] - extent[:, 1]
+    cx, cy = (extent[:, 0] + extent[:, 2]) / 2, (extent[:, 1] + extent[:, 3]) / 2
+    centre = torch.stack([cx - width / 4, cy - height / 4, cx + width / 4, cy + height / 4], dim=1)
+    centre_ious = box_iou(centre.double(), target.double()).diagonal()
+    assert 0 < float((ious >= 0.5).double().mean()) < 1 and 0 < float((centre_ious >= 0.5).double().mean()) < 1
+    assert float(got["Acc@0.5"]) == pytest.approx(float((ious >= 0.5).double().mean()))
+    assert float(got["mIoU"]) == pytest.approx(float(ious.mean()))
+    assert float(got["Acc@0.5_centre_box"]) == pytest.approx(float((centre_ious >= 0.5).double().mean()))
+    assert float(got["mIoU_centre_box"]) == pytest.approx(float(centre_ious.mean()))
+    bare = GroundingAccuracy()
+    bare.update(predicted, target)  # no image extents: no baseline
+    assert set(bare.compute()) == {"Acc@0.5", "mIoU"}
+
+
+def test_referring_prompt_box_baseline_by_hand():
+    """``mIoU_prompt_box``: the given baseline masks scored like the predictions, over the same samples
+    (a sample without one as an empty prediction); absent when no sample had one."""
+    rng = np.random.default_rng(4)
+    refs = [rng.random((9, 11)) > 0.6 for _ in range(5)] + [np.zeros((9, 11), bool)]
+    boxes = [rng.random((9, 11)) > 0.5 for _ in range(6)]
+    given = [0, 2, 3, 5]
+    metric = ReferringSegmentationMetrics(thresholds=(0.5,))
+    prompts = [torch.from_numpy(boxes[i]) if i in given else None for i in range(6)]
+    preds = [torch.from_numpy(rng.random((9, 11)) > 0.5) for _ in range(6)]
+    metric.update(preds[:3], [torch.from_numpy(r) for r in refs[:3]], prompts[:3])
+    metric.update(preds[3:], [torch.from_numpy(r) for r in refs[3:]], prompts[3:])
+
+    def iou(p, g):
+        union = np.logical_or(p, g).sum()
+        return np.logical_and(p, g).sum() / union if union else 0.0
+
+    want = np.mean([iou(boxes[i] if i in given else np.zeros_like(refs[i]), refs[i]) for i in range(6)])
+    assert float(metric.compute()["mIoU_prompt_box"]) == pytest.approx(want)
+    bare = ReferringSegmentationMetrics()
+    bare.update(preds, [torch.from_numpy(r) for r in refs])
+    assert "mIoU_prompt_box" not in bare.compute()
+    with pytest.raises(ValueError, match="prompt masks"):
+        bare.update(preds, [torch.from_numpy(r) for r in refs], prompts[:2])
+
+
+def test_answer_accuracy_majority_baseline_by_hand():
+    """``accuracy_majority``: the share of references equal (after normalisation) to the most frequent one."""
+    from collections import Counter
+
+    from rsvlm.training.metrics.answers import AnswerAccuracy
+
+    refs = ["Airport", "airport.", "forest", "beach", "Forest", "airport", "river", "beach"]
+    preds = ["airport", "forest", "forest", "x", "y", "airport", "z", "beach"]
+    metric = AnswerAccuracy()
+    metric.update(preds[:5], refs[:5])
+    metric.update([], [])
+    metric.update(preds[5:], refs[5:])
+    got = metric.compute()
+    counts = Counter(normalize_answer(r) for r in refs)
+    assert float(got["accuracy_majority"]) == pytest.approx(max(counts.values()) / len(refs)) == 3 / 8
+    assert float(got["accuracy_majority"]) >= 1 / len(counts)  # at least chance
+    assert float(got["accuracy"]) == pytest.approx(
+        np.mean([normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs)])
+    )
+    metric.reset()
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert float(metric.compute()["accuracy_majority"]) == 0.0

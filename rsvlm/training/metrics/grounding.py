@@ -2,6 +2,11 @@
 
 Boxes are ``(x1, y1, x2, y2)`` in any one unit per pair; IoU is ``torchvision.ops.box_iou``. A sample
 with no parsable predicted box counts as a miss (give a degenerate box, e.g. zeros).
+
+Given each pair's image extent (``image_boxes``: the image's own box in the same unit, without the
+pad of a square), the trivial baseline is scored beside: ``Acc@τ_centre_box`` / ``mIoU_centre_box``,
+the box centred in the image with half the image's width and half its height (a fixed size: nothing
+of the reference leaks into it).
 """
 
 from __future__ import annotations
@@ -11,29 +16,52 @@ from torchmetrics import Metric
 from torchvision.ops import box_iou
 
 
+def centre_boxes(image_boxes: torch.Tensor) -> torch.Tensor:
+    """``N×4`` image extents → the box centred in each, half its width and half its height."""
+    centre = (image_boxes[:, :2] + image_boxes[:, 2:]) / 2
+    half = (image_boxes[:, 2:] - image_boxes[:, :2]) / 4  # a half-size box spans ± a quarter side
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
 class GroundingAccuracy(Metric):
-    """Acc@``threshold`` and mean IoU over box pairs (DDP-safe sums)."""
+    """Acc@``threshold`` and mean IoU over box pairs, and the centre-box baseline's (DDP-safe sums)."""
 
     full_state_update = False
 
     def __init__(self, threshold: float = 0.5) -> None:
         super().__init__()
         self.threshold = float(threshold)
-        self.add_state("hits", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("iou_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("hits", "iou_sum", "count", "centre_hits", "centre_iou_sum", "centre_count"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
-        """``N×4`` predicted and reference boxes, pairwise."""
-        if predicted.shape != target.shape or predicted.shape[-1] != 4:
+    def _pairs(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        iou = torch.nan_to_num(box_iou(predicted.double(), target.double()).diagonal(), nan=0.0)
+        return iou.to(self.count.device)
+
+    def update(self, predicted: torch.Tensor, target: torch.Tensor, image_boxes: torch.Tensor | None = None) -> None:
+        """``N×4`` predicted and reference boxes, pairwise; ``image_boxes`` (``N×4``, optional): each
+        pair's image extent, for the centre-box baseline."""
+        if predicted.shape != target.shape or predicted.shape[-1] != 4 or predicted.dim() != 2:
             raise ValueError(
                 f"GroundingAccuracy: boxes must be N×4 pairs, got {tuple(predicted.shape)} and {tuple(target.shape)}"
             )
-        iou = torch.nan_to_num(box_iou(predicted.double(), target.double()).diagonal(), nan=0.0)
+        iou = self._pairs(predicted, target)
         self.hits += (iou >= self.threshold).sum()
         self.iou_sum += iou.sum()
         self.count += len(iou)
+        if image_boxes is None:
+            return
+        if image_boxes.shape != target.shape:
+            raise ValueError(f"GroundingAccuracy: image_boxes {tuple(image_boxes.shape)} vs {tuple(target.shape)}")
+        centre = self._pairs(centre_boxes(image_boxes.double()), target)
+        self.centre_hits += (centre >= self.threshold).sum()
+        self.centre_iou_sum += centre.sum()
+        self.centre_count += len(centre)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        n = self.count.clamp_min(1)
-        return {f"Acc@{self.threshold:g}": self.hits / n, "mIoU": self.iou_sum / n}
+        n, acc = self.count.clamp_min(1), f"Acc@{self.threshold:g}"
+        out = {acc: self.hits / n, "mIoU": self.iou_sum / n}
+        if self.centre_count > 0:  # the same on every process: compute runs on the synced states
+            out[f"{acc}_centre_box"] = self.centre_hits / self.centre_count
+            out["mIoU_centre_box"] = self.centre_iou_sum / self.centre_count
+        return out
