@@ -13,6 +13,11 @@ groups back to back in order of first appearance, which is the sampler's flat la
 seeded, DDP-sharded and resumes mid-epoch (the datamodule saves its position). Validation and test
 read each record once, in file order, sharded by :func:`rsvlm.data.loaders.evaluation_sampler`.
 
+Records of several modalities (optical, SAR, infrared) with their own units and band counts read
+with ``modality_presets``: each image is normalised by its modality's preset
+(:data:`rsvlm.data.modalities.MODALITIES`) and zero-padded to the ``bands`` count ``C_max``; batches
+then carry ``band_valid`` (B×C_max) beside ``modality`` (EarthGPT-X spec §3.3).
+
 Coordinates written in a record's text are normalised on the square of its ``coord_convention``; a file
 whose records do that with another placement than ``pad`` is warned about (text and image frames
 then differ by the pad offset).
@@ -31,6 +36,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
@@ -39,6 +45,7 @@ from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
 from rsvlm.data.coords import parse_grounding
 from rsvlm.data.loaders import ResumableDataLoader
 from rsvlm.data.mixing import GroupKey, MixtureSampler, MixtureSpec
+from rsvlm.data.modalities import Modality, ModalityError, modality_preset
 from rsvlm.data.multitask.dataset import InstructCollate, InstructDataset, Item
 from rsvlm.data.multitask.generated import GeneratedInstructData
 from rsvlm.data.multitask.geometry import check_pad
@@ -83,6 +90,20 @@ class SourceOptions:
             raise ValueError(f"{where}.scale: must be a positive number, got {self.scale}")
 
 
+@runtime_checkable
+class InstructGenerator(Protocol):
+    """Generated records built offline in ``prepare_data`` (:class:`GeneratedInstructData`,
+    :class:`rsvlm.data.multitask.generated_multisource.GeneratedMultisourceData`)."""
+
+    def records_path(self) -> Path:
+        """The records file the build writes (known before it is built)."""
+        ...
+
+    def prepare(self) -> Path:
+        """Build the records and their images unless done before; returns :meth:`records_path`."""
+        ...
+
+
 def has_text_coordinates(record: InstructRecord) -> bool:
     """True when a turn writes a box or point bracket (:func:`rsvlm.data.coords.parse_grounding`)."""
     return any(parse_grounding(turn.text, (1, 1)) for turn in record.conversations)
@@ -93,14 +114,22 @@ class InstructDataModule(RsvlmDataModule):
 
     Args:
         sources: JSON-lines records files (:mod:`rsvlm.data.multitask.jsonl`).
-        generate: generated scenes (:class:`rsvlm.data.multitask.generated.GeneratedInstructData`)
-            built in ``prepare_data`` and read as one more source (the demos; offline).
+        generate: generated scenes built in ``prepare_data`` and read as one more source (the demos;
+            offline): a plain mapping of settings is :class:`rsvlm.data.multitask.generated.GeneratedInstructData`
+            (GeoMag); another generator is given by ``class_path``, e.g.
+            :class:`rsvlm.data.multitask.generated_multisource.GeneratedMultisourceData` (EarthGPT-X).
         source_options: one :class:`SourceOptions` (or dict) per file, or None for the defaults.
         image_size: side S of the model's square input.
         pad: where the resized image sits on the square: ``center`` (LLaVA, EarthGPT-X) or ``bottom_right``.
         bands: channel names the model reads (``rgb``: 3; grey images are repeated, RGBA's alpha dropped).
         scale: pixel divisor (255: 8-bit chips to [0, 1]).
         mean, std: per-channel statistics applied after ``scale`` (e.g. CLIP's), or None for raw values.
+        modality_presets: record modality → its normalisation (a :data:`rsvlm.data.modalities.MODALITIES`
+            preset name or a :class:`~rsvlm.data.modalities.Modality`), e.g. ``{optical: optical_dn8, sar:
+            sentinel1_db, infrared: infrared_kelvin}``; images then keep their own bands (at most the
+            ``bands`` count), are normalised by their modality's preset instead of ``scale`` / ``mean`` /
+            ``std``, zero-padded to the ``bands`` count, and batches carry ``band_valid``. None: one
+            normalisation for every record.
         alpha: size exponent of the group weights (``p_g ∝ m_g n_g^α``).
         task_multipliers: factors per task on the group weights.
         epoch_size: training samples per epoch (default: all train records).
@@ -116,7 +145,9 @@ class InstructDataModule(RsvlmDataModule):
     def __init__(
         self,
         sources: list[str] | None = None,
-        generate: GeneratedInstructData | None = None,
+        # The protocol comes first: jsonargparse then keeps a ``class_path`` generator through command-line
+        # overrides, and still reads a plain mapping as GeneratedInstructData.
+        generate: InstructGenerator | GeneratedInstructData | None = None,
         source_options: list[SourceOptions] | None = None,
         image_size: int = 336,
         pad: str = "center",
@@ -124,6 +155,7 @@ class InstructDataModule(RsvlmDataModule):
         scale: float = 255.0,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        modality_presets: dict[str, Modality | str] | None = None,
         alpha: float = 0.5,
         task_multipliers: dict[str, float] | None = None,
         epoch_size: int | None = None,
@@ -157,6 +189,7 @@ class InstructDataModule(RsvlmDataModule):
             raise ValueError(f"{name}.std: must be positive, got {std}")
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"{name}.scale: must be a positive number, got {scale}")
+        self.modality_presets = None if modality_presets is None else self._presets(modality_presets, mean, std)
         self.sources = [os.fspath(s) for s in sources]
         self.generate = generate
         if generate is not None:  # its records file is known before it is built (a cache key)
@@ -172,6 +205,28 @@ class InstructDataModule(RsvlmDataModule):
         self.predict_paths = [os.fspath(p) for p in predict_paths or []]
         self.question = question
         self.granularity = check_granularity(granularity, f"{name}.granularity")
+
+    def _presets(
+        self, presets: dict[str, Modality | str], mean: list[float] | None, std: list[float] | None
+    ) -> dict[str, Modality]:
+        """The presets, checked: known names, each modality's bands fit ``bands``, no ``mean`` / ``std`` beside."""
+        name = f"{type(self).__name__}.modality_presets"
+        if mean is not None or std is not None:
+            raise ValueError(f"{name}: each preset normalises its modality; drop mean and std")
+        out = {}
+        for modality, preset in presets.items():
+            try:
+                out[modality] = modality_preset(preset)
+            except ModalityError as error:
+                raise ValueError(f"{name}[{modality!r}]: {error}") from None
+            if out[modality].name != modality:
+                raise ValueError(f"{name}[{modality!r}]: preset {preset!r} is for {out[modality].name!r} images")
+            if out[modality].min_channels > self.num_bands:
+                raise ValueError(
+                    f"{name}[{modality!r}]: {out[modality].min_channels} band(s) or more, more than the "
+                    f"{self.num_bands} of bands"
+                )
+        return out
 
     def _predicting(self) -> bool:
         trainer = getattr(self, "trainer", None)
@@ -261,6 +316,7 @@ class InstructDataModule(RsvlmDataModule):
                 self.mean,
                 self.std,
                 self.seg_text,
+                self.modality_presets,
             )
             for split in SPLITS
         }

@@ -2,7 +2,10 @@
 
 One sample (shapes for a model side S, T_i targets, M_i visual prompts)::
 
-    image            C×S×S float32   pixels / scale, then (x − mean) / std when given; pad and nodata 0
+    image            C×S×S float32   pixels / scale, then (x − mean) / std when given; pad and nodata 0 (with
+                                     modality presets: the record's C_m bands normalised by its modality's
+                                     preset, then zeros up to C)
+    band_valid       C bool          only with modality presets: True on the record's C_m bands
     valid            1×S×S bool      False on the pad and on nodata
     mask             1×S×S float32   the union of the record's masks (zeros without masks)
     masks            T_i×S×S float32 one mask per target, in [SEG] order (0×S×S without masks)
@@ -18,9 +21,10 @@ One sample (shapes for a model side S, T_i targets, M_i visual prompts)::
     meta             dict            id, split, records file, image path, original size, the resize info,
                                      labels, references, qtype, coord_convention and the record's meta
 
-The collated batch stacks ``image``, ``valid``, ``mask``, ``has_mask`` (B bool) and ``modality`` (B
-long), collates ``visual_prompts`` with :func:`rsvlm.data.visual_prompts.prompt_batch` (M = the most
-prompts of a sample, 0 when none) and keeps the rest as lists of B (``masks`` and ``boxes`` as lists of
+The collated batch stacks ``image``, ``valid``, ``mask``, ``has_mask`` (B bool), ``modality`` (B
+long) and, with modality presets, ``band_valid`` (B×C; with ``image`` and ``modality`` the input of
+:class:`rsvlm.encoders.modality_stem.MultiSourceStem`), collates ``visual_prompts`` with
+:func:`rsvlm.data.visual_prompts.prompt_batch` (M = the most prompts of a sample, 0 when none) and keeps the rest as lists of B (``masks`` and ``boxes`` as lists of
 T_i×S×S and T_i×4 tensors: targets differ in number). A text formatter with a ``conversations``
 method (:class:`rsvlm.llm.chat.ChatFormatter`) formats the whole conversation, so multi-turn records
 train on every gpt turn and ``prompt_ids`` end where the last answer starts; any other formatter gets
@@ -39,7 +43,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rsvlm.data.base import CONTRACT_KEYS, TextFormatter
-from rsvlm.data.modalities import MODALITY_IDS
+from rsvlm.data.modalities import MODALITY_IDS, Modality, ModalityError, modality_preset, to_model_input
 from rsvlm.data.multitask.geometry import PadMode, move_boxes, resize_pad_square
 from rsvlm.data.multitask.masks import decode_mask
 from rsvlm.data.multitask.records import InstructRecord, InstructRecordError
@@ -76,11 +80,13 @@ def _error(item: Item, field: str, what: str) -> InstructRecordError:
     return InstructRecordError(f"{item.origin}: record {item.record.id!r}: field {field!r}: {what}")
 
 
-def read_image(item: Item, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def read_image(item: Item, channels: int, keep_bands: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(C×H×W float32, H×W bool valid)`` of the record's image with ``channels`` channels.
 
     One band is repeated (grey SAR / IR chips, as ``PIL.convert("RGB")``); a fourth band of a
-    three-channel read is dropped (RGBA's alpha, as ``convert("RGB")`` drops it).
+    three-channel read is dropped (RGBA's alpha, as ``convert("RGB")`` drops it). With
+    ``keep_bands`` the file's own ``C_m <= channels`` bands come back as they are (the caller
+    normalises them by modality and zero-pads them).
     """
     path = item.record.image
     try:
@@ -88,7 +94,10 @@ def read_image(item: Item, channels: int) -> tuple[np.ndarray, np.ndarray]:
     except (FileNotFoundError, RasterError) as error:
         raise _error(item, "image", str(error)) from None
     count = data.shape[0]
-    if count == 1 and channels > 1:
+    if keep_bands:
+        if count > channels:
+            raise _error(item, "image", f"{count} band(s) in {path}, more than the {channels} the datamodule reads")
+    elif count == 1 and channels > 1:
         data = np.repeat(data, channels, axis=0)
     elif count == 4 and channels == 3:
         data = data[:3]
@@ -126,6 +135,10 @@ class InstructDataset(Dataset):
         channels: C, the channels the model reads.
         mean, std: per-channel statistics applied after the divisor, or None (values stay pixels / scale).
         seg_text: what ``[SEG]`` becomes in gpt turns (GeoMag's codebook ``"[SEG0][SEG1][SEG2]"``), or None.
+        modality_presets: modality name → :class:`rsvlm.data.modalities.Modality` or preset name, or None.
+            When given, a record's image keeps its own bands, is normalised by its modality's preset
+            (:func:`rsvlm.data.modalities.to_model_input`; ``scale``, ``mean`` and ``std`` are not used)
+            and zero-padded to ``channels``, and samples carry ``band_valid``.
     """
 
     def __init__(
@@ -137,6 +150,7 @@ class InstructDataset(Dataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         seg_text: str | None = None,
+        modality_presets: Mapping[str, Modality | str] | None = None,
     ) -> None:
         self.items = list(items)
         self.image_size = image_size
@@ -145,6 +159,9 @@ class InstructDataset(Dataset):
         self.mean = np.zeros(channels, np.float32) if mean is None else np.asarray(mean, np.float32)
         self.std = np.ones(channels, np.float32) if std is None else np.asarray(std, np.float32)
         self.seg_text = seg_text
+        self.presets = (
+            None if modality_presets is None else {k: modality_preset(v) for k, v in modality_presets.items()}
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -159,13 +176,32 @@ class InstructDataset(Dataset):
                 raise _error(item, f"masks[{i}]", str(error).removeprefix(f"masks[{i}]: ")) from None
         return torch.stack(masks).float() if masks else None
 
+    def _by_modality(self, item: Item) -> tuple[Tensor, Tensor, Tensor]:
+        """``(C×H×W image, 1×H×W valid, C band_valid)``: the file's ``C_m`` bands normalised by the
+        record's modality preset, zeros after them."""
+        modality = item.record.modality
+        if modality not in self.presets:
+            raise _error(item, "modality", f"{modality!r} has no entry in modality_presets ({', '.join(self.presets)})")
+        data, ok = read_image(item, self.channels, keep_bands=True)
+        try:
+            x, ok = to_model_input(data, self.presets[modality], valid=ok, source=item.record.image)
+        except ModalityError as error:
+            raise _error(item, "image", str(error)) from None
+        image = torch.zeros(self.channels, *x.shape[-2:])
+        image[: len(x)] = torch.from_numpy(x)
+        return image, torch.from_numpy(ok)[None], torch.arange(self.channels) < len(x)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         record = item.record
-        data, ok = read_image(item, self.channels)
-        valid = torch.from_numpy(ok)[None]
-        image = normalize(torch.from_numpy(data) / item.scale, valid, self.mean, self.std)
-        size = (int(data.shape[-2]), int(data.shape[-1]))
+        band_valid = None
+        if self.presets is None:
+            data, ok = read_image(item, self.channels)
+            valid = torch.from_numpy(ok)[None]
+            image = normalize(torch.from_numpy(data) / item.scale, valid, self.mean, self.std)
+        else:
+            image, valid, band_valid = self._by_modality(item)
+        size = (int(image.shape[-2]), int(image.shape[-1]))
         image, masks, valid, info = resize_pad_square(
             image, self._targets(item, size), valid, self.image_size, self.pad
         )
@@ -191,7 +227,7 @@ class InstructDataset(Dataset):
             "coord_convention": record.coord_convention,
             "record_meta": dict(record.meta),
         }
-        return {
+        sample = {
             "image": image.contiguous(),
             "valid": valid.contiguous(),
             "mask": masks.amax(dim=0, keepdim=True) if len(masks) else torch.zeros(1, *square),
@@ -209,6 +245,7 @@ class InstructDataset(Dataset):
             "source": record.source,
             "meta": meta,
         }
+        return sample if band_valid is None else {**sample, "band_valid": band_valid}
 
 
 class InstructCollate:
@@ -230,6 +267,8 @@ class InstructCollate:
         batch: dict[str, Any] = {key: torch.stack([s[key] for s in samples]) for key in ("image", "valid", "mask")}
         batch["has_mask"] = torch.tensor([s["has_mask"] for s in samples], dtype=torch.bool)
         batch["modality"] = torch.tensor([s["modality"] for s in samples], dtype=torch.long)
+        if "band_valid" in samples[0]:
+            batch["band_valid"] = torch.stack([s["band_valid"] for s in samples])
         batch.update({key: [s[key] for s in samples] for key in LIST_KEYS})
         batch["visual_prompts"] = prompt_batch(
             [s["visual_prompts"] for s in samples], image_size=tuple(batch["image"].shape[-2:])

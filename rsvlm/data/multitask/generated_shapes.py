@@ -12,6 +12,7 @@ that range, so no background pixel ever has an object's colour: the pixels of on
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -121,26 +122,32 @@ def sample_shape(rng: np.random.Generator, name: str, size: int) -> Shape:
     return replace(shape, cx=cx, cy=cy)
 
 
-def max_extent() -> float:
-    """The largest side of any object's box (pixels), over every rotation."""
+def _kinds(names: Iterable[str] | None) -> list[ObjectKind]:
+    return list(OBJECT_CLASSES.values()) if names is None else [OBJECT_CLASSES[n] for n in names]
+
+
+def max_extent(names: Iterable[str] | None = None) -> float:
+    """The largest side of any object's box (pixels), over every rotation, among the classes ``names``
+    (default: all of :data:`OBJECT_CLASSES`)."""
     sides = []
-    for kind in OBJECT_CLASSES.values():
+    for kind in _kinds(names):
         a, b, w = kind.length[1], kind.width[1], kind.span[1]
         sides.append(math.hypot(max(a, w), b) if kind.shape != "disc" else a)
     return max(sides)
 
 
-def mean_extent() -> float:
-    """A typical object box side (mid-range sizes at 45°): the unit of the packing check."""
+def mean_extent(names: Iterable[str] | None = None) -> float:
+    """A typical object box side (mid-range sizes at 45°) among the classes ``names`` (default: all):
+    the unit of the packing check."""
     sides = []
-    for kind in OBJECT_CLASSES.values():
+    for kind in _kinds(names):
         a, b, w = (sum(r) / 2 for r in (kind.length, kind.width, kind.span))
         sides.append((max(a, w) + b) / math.sqrt(2) if kind.shape != "disc" else a)
     return sum(sides) / len(sides)
 
 
 # ---------------------------------------------------------------------------------------------- backgrounds
-def _smooth(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
+def coarse_noise(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
     """``size``² noise in [-1, 1] that varies over ``cell`` pixels (a coarse grid, bilinear upsampled)."""
     grid = rng.uniform(-1.0, 1.0, (size // cell + 2, size // cell + 2)).astype(np.float32)
     image = Image.fromarray(grid).resize((size, size), Image.Resampling.BILINEAR)
@@ -170,7 +177,7 @@ def _farmland(rng: np.random.Generator, size: int) -> np.ndarray:
 def _forest(rng: np.random.Generator, size: int) -> np.ndarray:
     """Dark green canopy in crowns of a few pixels."""
     base = np.array((40, 85, 40), np.float32)
-    canopy = _smooth(rng, size, 3)[..., None] * np.array((12, 22, 12), np.float32)
+    canopy = coarse_noise(rng, size, 3)[..., None] * np.array((12, 22, 12), np.float32)
     return base + canopy + _fine(rng, size, 5.0)
 
 
@@ -190,7 +197,7 @@ def _residential(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _harbour(rng: np.random.Generator, size: int) -> np.ndarray:
     """Blue water with a grey quay along one edge."""
-    water = np.array((40, 75, 130), np.float32) + _smooth(rng, size, 8)[..., None] * 10.0
+    water = np.array((40, 75, 130), np.float32) + coarse_noise(rng, size, 8)[..., None] * 10.0
     out = np.broadcast_to(water, (size, size, 3)).copy()
     width = int(rng.integers(size // 7, size // 4 + 1))
     side = int(rng.integers(4))
@@ -202,7 +209,7 @@ def _harbour(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _desert(rng: np.random.Generator, size: int) -> np.ndarray:
     """Pale sand with broad dunes."""
-    dunes = _smooth(rng, size, 12)[..., None] * np.array((15, 14, 10), np.float32)
+    dunes = coarse_noise(rng, size, 12)[..., None] * np.array((15, 14, 10), np.float32)
     return np.array((185, 160, 115), np.float32) + dunes + _fine(rng, size, 3.0)
 
 
