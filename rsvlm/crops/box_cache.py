@@ -73,10 +73,10 @@ class MagCropBoxCache(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         cropper = getattr(pl_module, "cropper", None)
-        if cropper is None or not hasattr(cropper, "find_boxes"):
-            raise ContractError("MagCropBoxCache: the model has no MagCrop cropper (model.init_args.cropper)")
-        if cropper.boxes == "given" or not cropper.enabled:
-            return  # boxes come from the data, or nothing is cropped: nothing to cache
+        if cropper is None or not cropper.enabled or cropper.boxes == "given":
+            return  # no MagCrop (e.g. Table 7's "w/o" cell), nothing cropped, or boxes from the data
+        if not hasattr(cropper, "find_boxes"):
+            raise ContractError(f"MagCropBoxCache: the model's cropper {type(cropper).__name__} is not MagCrop")
         path = self.cache_path(trainer)
         if path.is_file():
             cropper.box_cache = BoxCache(json.loads(path.read_text(encoding="utf-8")), str(path))
