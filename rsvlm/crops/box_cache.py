@@ -9,8 +9,9 @@ stay online with the model being trained.
 :meth:`MagCrop.find_boxes <rsvlm.crops.magcrop.MagCrop.find_boxes>` over the train split in order,
 writes ``{record id: [[x1, y1, x2, y2], ...]}`` to a JSON file (atomically; an existing file is read
 instead, so a resumed run keeps its boxes), and hands the cropper a :class:`BoxCache` that it reads
-whenever the model trains. Every process of a multi-device run computes the same boxes (PSC is
-deterministic in eval mode); the first one writes the file.
+whenever the model trains. In a multi-device run each process finds the boxes of every
+``world_size``-th record (its shard) and the shards are gathered, so every process holds them all;
+the first one writes the file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from rsvlm.contracts import ContractError
@@ -89,8 +90,10 @@ class MagCropBoxCache(Callback):
     def find_all(self, trainer: L.Trainer, pl_module: L.LightningModule, cropper: Any) -> dict[str, list[list[int]]]:
         """``{record id: boxes}`` over the train split, in order, with the model as it is now."""
         datamodule = trainer.datamodule
+        dataset = datamodule.datasets["train"]
+        world, rank = getattr(trainer, "world_size", 1), getattr(trainer, "global_rank", 0)
         loader = DataLoader(
-            datamodule.datasets["train"],
+            Subset(dataset, range(rank, len(dataset), world)),  # this process's shard
             batch_size=self.batch_size or datamodule.batch_size,
             shuffle=False,
             collate_fn=datamodule.collate_fn(),
@@ -108,4 +111,8 @@ class MagCropBoxCache(Callback):
                         found[record_id] = [[int(v) for v in box] for box in boxes]
         finally:
             pl_module.train(was_training)
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            shards: list[Any] = [None] * world
+            torch.distributed.all_gather_object(shards, found)
+            found = {key: boxes for shard in shards for key, boxes in shard.items()}
         return found

@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 class _Trainer:
     """What the callback reads of a Lightning trainer."""
 
-    def __init__(self, datamodule, log_dir: Path) -> None:
+    def __init__(self, datamodule, log_dir: Path, rank: int = 0, world: int = 1) -> None:
         self.datamodule, self.log_dir, self.default_root_dir = datamodule, str(log_dir), str(log_dir)
-        self.is_global_zero = True
+        self.global_rank, self.world_size, self.is_global_zero = rank, world, rank == 0
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,11 @@ def test_the_cache_holds_each_training_records_psc_boxes_of_the_initial_model(ge
     levels = {len(b) for b in expected.values()}
     assert levels == {1, 2}  # region samples have b₁, pixel samples b₁ and b₂
     assert model.cropper.box_cache.boxes == expected
+    # two processes: each finds its shard, and the shards are the whole split without overlap
+    shards = [
+        MagCropBoxCache(progress=False).find_all(_Trainer(data, tmp_path, r, 2), model, model.cropper) for r in (0, 1)
+    ]
+    assert not set(shards[0]) & set(shards[1]) and {**shards[0], **shards[1]} == expected
 
 
 def test_training_reads_the_cache_and_evaluation_stays_online(geomag, tmp_path):
