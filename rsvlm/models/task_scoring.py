@@ -7,8 +7,8 @@ is one of :data:`METRIC_KINDS`:
 * ``referring``: referring segmentation P@k, oIoU, mIoU of the decoded masks (one per target), beside
   the floors ``mIoU_full_mask`` / ``mIoU_empty_mask`` and, when the batch carries visual prompts,
   ``mIoU_prompt_box``: the sample's first prompt's box filled as the mask (:func:`prompt_box_masks`);
-* ``answer``: short-answer accuracy and S-IoU of the generated text against the reference
-  response (VQA, scene classification, referring-object classification), beside
+* ``answer``: short-answer accuracy and S-IoU (and SS, given the model's ``similarity_model``) of the
+  generated text against the reference response (VQA, scene classification, referring-object classification), beside
   ``accuracy_majority``, the split's most frequent reference answered every time
   (:mod:`rsvlm.training.metrics.answers`); scored only where the text was generated;
 * ``grounding``: Acc@0.5 and mean IoU of the boxes the generated text writes
@@ -64,10 +64,13 @@ def build_task_metrics(
     average: Literal["global", "image"],
     routing_labels: list[str] | None = None,
     groups: MetricGroups | None = None,
+    similarity_model: str | None = None,
 ) -> nn.ModuleDict:
     """``split → task → metric`` for every split the model logs (a task's kind defaults to ``binary``),
     plus :data:`ROUTING` → accuracy over ``routing_labels`` when a cropper routes by a classifier and
-    :data:`GROUPED` → the per-group copies when ``groups`` names fields."""
+    :data:`GROUPED` → the per-group copies when ``groups`` names fields. ``similarity_model`` (a local
+    sentence-transformers folder) adds ``SS`` to the ``answer`` metrics
+    (:class:`~rsvlm.training.metrics.answers.AnswerAccuracy`)."""
     kinds = dict(kinds or {})
     unknown = sorted(set(kinds) - set(tasks))
     if unknown:
@@ -86,7 +89,9 @@ def build_task_metrics(
             return nn.Identity()
         if kind == "grounding":
             return GroundingAccuracy(threshold=0.5)
-        return AnswerAccuracy() if kind == "answer" else BinarySegmentationMetrics(average=average)
+        if kind == "answer":
+            return AnswerAccuracy(similarity_model=similarity_model)
+        return BinarySegmentationMetrics(average=average)
 
     def split_metrics() -> nn.ModuleDict:
         out = nn.ModuleDict({t: metric(t) for t in tasks})

@@ -94,6 +94,7 @@ class VisionLanguageModel(ComposedModule):
         component_init: component → checkpoint whose ``<component>.*`` weights start it.
         init_from: a checkpoint of this model whose weights (only) start this run.
         log_images: validation overlays logged per epoch (0 turns it off).
+        similarity_model: local sentence-transformers folder (all-MiniLM-L6-v2): ``answer`` tasks also log SS.
     """
 
     links = (
@@ -140,6 +141,7 @@ class VisionLanguageModel(ComposedModule):
         component_init: dict[str, str] | None = None,
         init_from: str | None = None,
         log_images: int = 4,
+        similarity_model: str | None = None,
     ) -> None:
         slots = (
             "encoder",
@@ -180,7 +182,7 @@ class VisionLanguageModel(ComposedModule):
         self.test_with_generation = test_with_generation
         self.log_images = log_images
         self.metrics = build_task_metrics(
-            self.tasks, task_metrics, metric_average, routing_labels(cropper), metric_groups
+            self.tasks, task_metrics, metric_average, routing_labels(cropper), metric_groups, similarity_model
         )
         given = (encoder, fusion, projector, llm, bridge, decoder, mask_encoder, prompt_encoder, prompt_fusion, cropper)
         self.assemble(dict(zip(slots, given, strict=True)))
