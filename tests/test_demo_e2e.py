@@ -118,3 +118,38 @@ def test_geomag_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
         assert 0.0 <= metrics[f"test/{name}"] <= 1.0, name
     for task in ("scene_classification", "vqa", "referring_classification"):
         assert 0.0 <= metrics[f"test/{task}/accuracy"] <= 1.0, task
+
+
+def test_earthgptx_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
+    """The EarthGPT-X demo: per-modality stems, mixed experts, SAE + hybrid fusion, [SEG] → SAM decoder
+    with the user's prompts; every score per modality and prompt kind, each beside its baseline, and the
+    table of them printed after the test."""
+    root = tmp_path / "earthgptx"
+    result = fit_demo(
+        root,
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.generate.init_args.n_train=8",
+        "--data.init_args.generate.init_args.n_val=3",
+        "--data.init_args.generate.init_args.n_test=9",  # 3 scenes per modality: every prompt kind per task
+        "--model.init_args.generation.max_new_tokens=6",
+        recipe="earthgptx-demo.yaml",
+    )
+    metrics = json.loads((root / "metrics.json").read_text())
+    modalities = [f"modality={m}" for m in ("optical", "sar", "infrared")]
+    kinds = [f"prompt_kind={k}" for k in ("point", "box", "scribble")]
+    expected = ["test/mIoU", "test/mIoU_prompt_box"]  # gcg, the first task, logs without its name
+    for task, names, groups in (
+        ("gcg", ("mIoU", "mIoU_prompt_box"), modalities + kinds),
+        ("grounding", ("Acc@0.5", "Acc@0.5_centre_box"), modalities),  # no prompts: no prompt kinds
+        ("referring_classification", ("accuracy", "accuracy_majority"), modalities + kinds),
+    ):
+        if task != "gcg":
+            expected += [f"test/{task}/{name}" for name in names]
+        expected += [f"test/{task}/{group}/{name}" for group in groups for name in names]
+    for key in expected:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    table = result.stdout[result.stdout.index("test scores per group: model / baseline") :]
+    for group in ["all", *modalities, *kinds]:
+        assert f"\n{group} " in table, group

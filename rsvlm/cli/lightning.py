@@ -55,10 +55,17 @@ class RsvlmCLI(LightningCLI):
             ckpt = _best_checkpoint(self.trainer)
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
             metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+            self._print_group_table(metrics)
         self._write_record(metrics)
 
     def after_test(self) -> None:
-        self._write_record({k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        self._print_group_table(metrics)
+        self._write_record(metrics)
+
+    def _print_group_table(self, metrics: dict[str, float]) -> None:
+        if self.trainer.is_global_zero:
+            print_group_table(metrics, getattr(self.model, "tasks", None))
 
     def _write_record(self, metrics: dict[str, Any]) -> None:
         if not self.trainer.is_global_zero:
@@ -85,6 +92,18 @@ class RsvlmCLI(LightningCLI):
         for folder in dict.fromkeys(folders):
             write_run_record(folder, metrics, config_dict, extra)
         print(f"run record: {folders[0] / 'metrics.json'}")
+
+
+def print_group_table(metrics: dict[str, float], tasks: list[str] | None) -> None:
+    """Print the test scores per group beside their baselines when the model logged ``metric_groups``
+    (:mod:`rsvlm.experiments.group_table`; ``tasks``: the model's, the first one logged without its
+    name); nothing otherwise."""
+    from rsvlm.experiments.group_table import format_group_table
+
+    tasks = list(tasks or [])
+    table = format_group_table(metrics, "test", tasks[0] if tasks else None, tasks)
+    if table:
+        print(table)
 
 
 def next_version(folder: Path) -> int:
