@@ -98,7 +98,7 @@ def predict_args(run: Path, out: Path, root: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_predict_writes_what_the_api_saves(geomag_run, predictor, geotiff, seg_answers, tmp_path):
+def test_predict_writes_what_the_api_saves(geomag_run, predictor, geotiff, seg_answers, tmp_path, monkeypatch):
     model = predictor
     probabilities = model.predict(str(geotiff), instruction=QUESTION).probabilities
     threshold = float(np.median(probabilities))  # a mask of about half the pixels: one the two must agree on
@@ -108,8 +108,14 @@ def test_predict_writes_what_the_api_saves(geomag_run, predictor, geotiff, seg_a
 
     question = f"--data.init_args.question={QUESTION}"
     args = [f"--data.init_args.predict_paths=[{geotiff}]", question, f"--trainer.callbacks.threshold={threshold}"]
-    assert main(predict_args(geomag_run, tmp_path / "cli", tmp_path / "root", *args)) == 0
-    assert not predictor.datamodule.generate.records_path().exists()  # prediction built no training data
+    from rsvlm.data.multitask.generated import GeneratedInstructData
+
+    def no_training_data(self):  # prediction must not build the demo's training data
+        raise AssertionError("rsvlm predict generated training scenes")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GeneratedInstructData, "prepare", no_training_data)
+        assert main(predict_args(geomag_run, tmp_path / "cli", tmp_path / "root", *args)) == 0
 
     cli = {kind: tmp_path / "cli" / path.name for kind, path in api.items()}
     with rasterio.open(cli["mask"]) as src, rasterio.open(api["mask"]) as ref, rasterio.open(geotiff) as scene:
