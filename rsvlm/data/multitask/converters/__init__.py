@@ -3,7 +3,8 @@
 :data:`CONVERTERS` maps a dataset name to its function (what ``rsvlm data convert <dataset>`` calls);
 each returns a list of checked :class:`~rsvlm.data.multitask.records.InstructRecord`. Names that share
 a reader (the two RSVQA sets, the two caption sets, the scene folders) are that reader with its
-dataset-specific argument fixed (``functools.partial``).
+dataset-specific argument fixed (``functools.partial``). ``sen1floods11`` also writes image tiles, so it
+takes an output folder (``convert_sen1floods11(root, out)``).
 """
 
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from rsvlm.data.multitask.converters.refsegrs import convert_refsegrs
 from rsvlm.data.multitask.converters.rrsisd import convert_rrsisd
 from rsvlm.data.multitask.converters.rsvqa import convert_rsvqa
 from rsvlm.data.multitask.converters.scenes import convert_scene_folders
+from rsvlm.data.multitask.converters.sen1floods11 import convert_sen1floods11
 
 CONVERTERS: dict[str, Callable[..., list]] = {
     "aid": partial(convert_scene_folders, source="aid"),
@@ -29,6 +31,7 @@ CONVERTERS: dict[str, Callable[..., list]] = {
     "rrsisd": convert_rrsisd,
     "rsvqa_hr": partial(convert_rsvqa, variant="hr"),
     "rsvqa_lr": partial(convert_rsvqa, variant="lr"),
+    "sen1floods11": convert_sen1floods11,
     "sydney_captions": partial(convert_captions, source="sydney_captions"),
     "ucm_captions": partial(convert_captions, source="ucm_captions"),
     "ucm_scenes": partial(convert_scene_folders, source="ucm"),
@@ -45,4 +48,5 @@ __all__ = [
     "convert_rrsisd",
     "convert_rsvqa",
     "convert_scene_folders",
+    "convert_sen1floods11",
 ]
