@@ -104,7 +104,10 @@ def tiny_earthgptx(model_config: dict[str, Any]) -> int:
     """Shrink the paper EarthGPT-X (in place) to :data:`TINY_EARTHGPTX`; returns the image side."""
     slots = model_config["init_args"]
     for slot, values in TINY_EARTHGPTX.items():
-        slots[slot]["init_args"].update(values)
+        target = slots[slot]["init_args"]
+        if slot == "encoder" and "stem" in target:  # MultiSourceEncoder: the experts sit behind the stems
+            target = target["encoder"]["init_args"]
+        target.update(values)
     llm = slots["llm"]["init_args"]
     base = llm["config"] if isinstance(llm["config"], str) else llm["config"].get("base")
     llm["config"] = {"base": base, **TINY_LLM, "num_key_value_heads": TINY_LLM["num_attention_heads"]}
@@ -112,12 +115,8 @@ def tiny_earthgptx(model_config: dict[str, Any]) -> int:
 
 
 def segmentation_batch(datamodule: Any, size: int) -> dict[str, Any]:
-    """``size`` referring-segmentation samples (one ``[SEG]`` each) collated into a training batch.
-
-    Not the mixed first batch of the train loader: EarthGPT-X's bridge (``SegTokenBridge``,
-    ``num_tokens: 1``) reads exactly one ``[SEG]`` per sample, so a batch that mixes in a task
-    without one (scene classification, VQA) stops with a ``ValueError`` in the teacher-forced pass.
-    """
+    """``size`` referring-segmentation samples (one ``[SEG]`` each) collated into a training batch:
+    the step that runs every component (text-only tasks skip the mask decoder)."""
     return granularity_batches(datamodule, size)["pixel"]
 
 
