@@ -5,7 +5,6 @@ visual prompts it was asked with."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 
 from rsvlm.contracts import RsvlmError
 from rsvlm.data.coords import Grounding
+from rsvlm.inference.tile_outputs import boxes_path, save_boxes, tile_groundings
 
 
 class PredictError(RsvlmError, ValueError):
@@ -62,7 +62,7 @@ class Prediction:
     @property
     def boxes(self) -> list[Grounding]:
         """The boxes and points the answers write (``<p>phrase</p>[x0,y0,x1,y1;…]``, normalised on
-        the model's input), each in the image's pixels (:func:`tile_groundings`), tile by tile; empty
+        the model's input), each in the image's pixels (:func:`rsvlm.inference.tile_outputs.tile_groundings`), tile by tile; empty
         for answers without any."""
         return [g for meta, logits, _, text in self.tiles for g in tile_groundings(meta, logits.shape[-2:], text)]
 
@@ -113,75 +113,6 @@ class Prediction:
             written = save_boxes(json_path, self.boxes, None, None, overwrite)
             paths.update({"boxes": written} if written else {})
         return paths
-
-
-def tile_groundings(meta: Mapping[str, Any], size: Sequence[int], text: str | None) -> list[Grounding]:
-    """The boxes and points one tile's answer writes, in the image's pixels.
-
-    The answer's coordinates are normalised on the square the model saw (:mod:`rsvlm.data.coords`).
-    A tile meta with the resize info (``square``: a whole-image model's tile, see
-    :func:`rsvlm.inference.whole_image.whole_image_tile`; or no ``window`` but ``original_size``,
-    ``resized_size`` and ``pad``: a whole image resized to the model input) is read on that square
-    of side S and mapped back
-    through its padding and resize (:func:`rsvlm.data.multitask.geometry.unmove_boxes`, centred or
-    bottom/right as the image was padded); a tiled scene's tile (``window``: row, col, ...) is read on
-    its ``size`` and shifted by the window's offset.
-
-    Args:
-        meta: the tile's meta, as :meth:`rsvlm.inference.writer.PredictionWriter.add` receives it
-            after :func:`~rsvlm.inference.whole_image.whole_image_tile`.
-        size: ``(T, T)``: the tile's logits shape (used for ``window`` tiles).
-        text: the tile's answer (None: nothing).
-    """
-    import torch
-
-    from rsvlm.data.coords import parse_grounding
-    from rsvlm.data.multitask.geometry import square_side, unmove_boxes
-
-    if not text:
-        return []
-    info = meta.get("square", meta if "window" not in meta else None)
-    if info is not None:
-        side = square_side(info)
-        found = parse_grounding(text, (side, side))
-
-        def move(values: list[list[float]]) -> list[list[float]]:
-            return unmove_boxes(torch.tensor(values, dtype=torch.float64), info).tolist() if values else []
-
-    else:
-        row, col = meta["window"][:2]
-        found = parse_grounding(text, (int(size[0]), int(size[1])))
-
-        def move(values: list[list[float]]) -> list[list[float]]:
-            return [[v + (col if i % 2 == 0 else row) for i, v in enumerate(xy)] for xy in values]
-
-    for g in found:
-        g.boxes, g.points = move(g.boxes), move(g.points)
-    return found
-
-
-def boxes_path(json_path: str | os.PathLike) -> Path:
-    """``<stem>.boxes.geojson`` of the answer JSON ``<stem>.json`` (:func:`rsvlm.inference.writer.output_paths`)."""
-    return Path(json_path).with_suffix(".boxes.geojson")
-
-
-def save_boxes(
-    json_path: str | os.PathLike, groundings: Sequence[Grounding], crs: Any, transform: Any, overwrite: bool
-) -> Path | None:
-    """Write the boxes and points of ``groundings`` (image pixels) as ``<stem>.boxes.geojson`` beside
-    the answer JSON: a FeatureCollection in ``crs`` through ``transform``, pixel coordinates without a
-    CRS when ``transform`` is None (:func:`rsvlm.io.geojson.write_groundings`). One path for
-    :meth:`Prediction.save` and :class:`rsvlm.inference.writer.PredictionWriter`.
-
-    Returns:
-        the path written, or None (nothing written) when there are no boxes or points.
-    """
-    from rsvlm.io.geojson import write_groundings
-
-    found = [g for g in groundings if g.boxes or g.points]
-    if not found:
-        return None
-    return write_groundings(boxes_path(json_path), found, crs if transform is not None else None, transform, overwrite)
 
 
 def draw_prompts(picture: np.ndarray, prompts: list[Any], size: tuple[int, int]) -> np.ndarray:

@@ -7,23 +7,22 @@ image and the question become an instruction record (:class:`rsvlm.data.multitas
 and go through the data module's own dataset and collate, so a prediction sees exactly what
 training saw; the answer is generated, the mask of every ``[SEG]`` group decoded, their union
 mapped back through the padding and the resize to the image's pixels and georeferencing
-(:func:`whole_image_tile`).
+(:func:`rsvlm.inference.tile_outputs.whole_image_tile`).
 
 ``rsvlm predict`` builds the same samples (:class:`rsvlm.data.multitask.predict.WholeImagePredictDataset`,
 :class:`~rsvlm.data.multitask.predict.PredictCollate`) and its writer maps them back with the same
-:func:`whole_image_tile`, so both write the same files.
+:func:`rsvlm.inference.tile_outputs.whole_image_tile`, so both write the same files.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rsvlm.data.multitask.predict import (
     TASK_OF_GRANULARITY,
@@ -32,10 +31,10 @@ from rsvlm.data.multitask.predict import (
     WholeImagePredictDataset,
     check_granularity,
 )
-from rsvlm.data.raster import read_header
 from rsvlm.inference.prediction import PredictError, Prediction
+from rsvlm.inference.tile_outputs import whole_image_tile
 
-__all__ = ["TASK_OF_GRANULARITY", "predict_whole_images", "whole_image_tile"]
+__all__ = ["TASK_OF_GRANULARITY", "predict_whole_images"]
 
 
 def predict_whole_images(
@@ -122,59 +121,7 @@ def _predict_one(
     )
 
 
-def whole_image_tile(
-    meta: Mapping[str, Any], logits: torch.Tensor, valid: torch.Tensor, text: str | None
-) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, str | None]:
-    """One whole-image sample's prediction on the model's square → the image's one tile, as
-    :meth:`rsvlm.inference.writer.PredictionWriter.add` and :class:`Prediction` hold it.
-
-    Args:
-        meta: the sample's meta (:class:`rsvlm.data.multitask.predict.WholeImagePredictDataset`):
-            ``image`` (path), ``resize`` (the resize info), ``bands``, ``instruction``, ``granularity``.
-        logits: ``S×S`` mask logits on the square (any device).
-        valid: ``S×S`` bool validity on the square.
-        text: the generated answer.
-
-    Returns:
-        ``(tile meta, logits H×W float32 CPU, valid H×W bool CPU, text)``: the padding cut off and
-        the resize undone; the tile meta is one window ``[0, 0, H, W]`` of the image with its CRS and
-        transform (read from the file), ``bands``, ``category`` None, ``instruction``, ``granularity``
-        and ``square``: the resize info, by which :attr:`rsvlm.inference.prediction.Prediction.boxes`
-        maps the boxes the answer writes on the square back to the image
-        (:func:`rsvlm.data.multitask.geometry.unmove_boxes`).
-    """
-    info = meta["resize"]
-    square = _to_original(logits.float().cpu(), info)
-    inside = _to_original(valid.float().cpu(), info) > 0.5
-    header = read_header(meta["image"])
-    height, width = square.shape
-    tile = {
-        "image": meta["image"],
-        "window": [0, 0, height, width],
-        "scene_size": [height, width],
-        "tile_index": 0,
-        "num_tiles": 1,
-        "crs": header.crs,
-        "transform": header.transform,
-        "bands": list(meta["bands"]),
-        "category": None,
-        "instruction": meta["instruction"],
-        "granularity": meta["granularity"],
-        "square": dict(info),
-    }
-    return tile, square, inside, text
-
-
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     return move_data_to_device(batch, device)
-
-
-def _to_original(square: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
-    """``S×S`` on the model's square → ``H×W`` of the image: the padding cut off, the resize undone."""
-    top, left = int(info["pad"][0]), int(info["pad"][1])
-    h, w = (int(x) for x in info["resized_size"])
-    crop = square[top : top + h, left : left + w].float()[None, None]
-    height, width = (int(x) for x in info["original_size"])
-    return F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0, 0]

@@ -16,8 +16,8 @@ Outputs, per input GeoTIFF and category
   paths written;
 * ``<out>/<stem>.boxes.geojson``, when the answers write boxes or points (``<p>phrase</p>[…]``):
   them in the image's CRS, mapped to the image's pixels and written by the code of
-  :meth:`rsvlm.inference.prediction.Prediction.save` (:func:`~rsvlm.inference.prediction.tile_groundings`,
-  :func:`~rsvlm.inference.prediction.save_boxes`).
+  :meth:`rsvlm.inference.prediction.Prediction.save` (:func:`~rsvlm.inference.tile_outputs.tile_groundings`,
+  :func:`~rsvlm.inference.tile_outputs.save_boxes`).
 
 With several categories per image the stem is ``<stem>.<category>``. Inputs are never
 overwritten, and existing outputs only with ``overwrite=True`` (the error names the file).
@@ -42,9 +42,8 @@ from rsvlm.data.bands import BandError
 from rsvlm.data.coords import Grounding
 from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
 from rsvlm.data.tiling import Window
-from rsvlm.inference.prediction import boxes_path, save_boxes, tile_groundings
 from rsvlm.inference.stitch import BLENDS, Blend, Stitcher
-from rsvlm.inference.whole_image import whole_image_tile
+from rsvlm.inference.tile_outputs import boxes_path, save_boxes, tile_groundings, whole_image_tile
 from rsvlm.io.atomic import atomic_write_text
 from rsvlm.io.pictures import CompositeKind, composite_or_stretch, overlay, save_png
 
@@ -148,7 +147,7 @@ class PredictionWriter(BasePredictionWriter):
     input (meta ``original_size``, ``resized_size``, ``pad``), which are resized back to the
     scene's size, and with the whole-image question batches of
     :class:`rsvlm.data.multitask.predict.WholeImagePredictDataset` (meta ``resize``), mapped back
-    by :func:`rsvlm.inference.whole_image.whole_image_tile` as ``Prediction.save`` maps them (the
+    by :func:`rsvlm.inference.tile_outputs.whole_image_tile` as ``Prediction.save`` maps them (the
     JSON then also holds the ``instruction`` and ``granularity``).
     """
 

@@ -17,7 +17,7 @@ from rsvlm.cli.main import main
 from rsvlm.data.coords import format_grounding
 from rsvlm.data.multitask.predict import WholeImagePredictDataset
 from rsvlm.inference.prediction import Prediction
-from rsvlm.inference.whole_image import whole_image_tile
+from rsvlm.inference.tile_outputs import whole_image_tile
 
 
 def prediction_with(tiles: list) -> Prediction:

@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from rsvlm.data.multitask.geometry import resize_pad_square
 from rsvlm.inference.api import PredictError, Predictor
 from rsvlm.inference.evaluate import build_from_config
-from rsvlm.inference.whole_image import _to_original
+from rsvlm.inference.tile_outputs import to_original
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_the_square_maps_back_onto_the_image(pad):
     _, square, _, info = resize_pad_square(
         torch.zeros(3, 48, 80), mask, torch.ones(1, 48, 80, dtype=torch.bool), 64, pad
     )
-    back = _to_original(square[0], info) > 0.5
+    back = to_original(square[0], info) > 0.5
     inter, union = (back & (mask[0] > 0)).sum(), (back | (mask[0] > 0)).sum()
     assert back.shape == (48, 80) and inter / union >= 0.98
 
