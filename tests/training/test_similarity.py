@@ -107,8 +107,9 @@ def test_merged_states_equal_one_metric_over_all(sentence_model):
     # What the DDP reduction does: each state summed over the processes.
     summed = {name: getattr(first, name) + getattr(second, name) for name in ("cosine", "count")}
     assert float(summed["cosine"] / summed["count"]) == pytest.approx(float(whole.compute()), rel=1e-6)
-    first.merge_state(second)
-    assert float(first.compute()) == pytest.approx(float(whole.compute()), rel=1e-6)
+    if hasattr(first, "merge_state"):  # torchmetrics >= 1.1; the sums above are what DDP does either way
+        first.merge_state(second)
+        assert float(first.compute()) == pytest.approx(float(whole.compute()), rel=1e-6)
 
 
 def test_missing_folder_is_a_one_line_error_naming_the_argument(tmp_path):
