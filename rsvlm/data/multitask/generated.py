@@ -132,7 +132,7 @@ def _specs(rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
     return specs
 
 
-def _place(
+def place_object(
     rng: np.random.Generator, name: str, colour: str, size: int, taken: np.ndarray, used: set[tuple[str, str, str]]
 ) -> SceneObject | None:
     """One object on free ground with an unused (class, colour, cell); None when every try failed."""
@@ -160,7 +160,7 @@ def compose(rng: np.random.Generator, size: int, count: int) -> list[SceneObject
     used: set[tuple[str, str, str]] = set()
     objects = []
     for name, colour in _specs(rng, count):
-        placed = _place(rng, name, colour, size, taken, used)
+        placed = place_object(rng, name, colour, size, taken, used)
         if placed is None:
             return None
         objects.append(placed)
@@ -202,7 +202,8 @@ def task_turns(
     return {**fields, "turns": refseg_turns("geomag", obj.expression), "masks": [{"rle": rle_of(obj.mask)}]}
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray) -> None:
+    """``image`` (``H×W×3`` or ``H×W`` uint8) as a PNG at ``path``, written atomically."""
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")  # the temporary name has no .png
 
@@ -359,7 +360,7 @@ class GeneratedInstructData:
                 for index, scene_class in enumerate(self.scene_classes(split_index, count)):
                     image, objects = self.scene(split_index, index, scene_class)
                     path = out / "images" / f"{SPLIT_NAMES[split_index]}_{index:05d}.png"
-                    _write_png(path, image)
+                    write_png(path, image)
                     records += self.records(split_index, index, path, scene_class, objects)
                     scenes.append(
                         {

@@ -48,7 +48,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rsvlm.data.modalities import MODALITY_IDS
-from rsvlm.data.multitask.generated import GAP, PACKING, SCENE_TRIES, SPLIT_NAMES, SceneObject, _place, _write_png
+from rsvlm.data.multitask.generated import GAP, PACKING, SCENE_TRIES, SPLIT_NAMES, SceneObject, place_object, write_png
 from rsvlm.data.multitask.generated_modalities import CLASSES, FORMATS, ON_WATER, Layout, render, shoreline
 from rsvlm.data.multitask.generated_shapes import OBJECT_CLASSES, max_extent, mean_extent
 from rsvlm.data.multitask.jsonl import check_records, write_records
@@ -230,7 +230,7 @@ class GeneratedMultisourceData:
         for name in names:
             # The other cover counts as taken, so that the object's whole box lies on its own cover.
             ground = taken | (~water if name in ON_WATER else water)
-            placed = _place(rng, name, "", self.size, ground, used)  # no colour: (class, cell) is unique
+            placed = place_object(rng, name, "", self.size, ground, used)  # no colour: (class, cell) is unique
             if placed is None:
                 return None
             x0, y0, x1, y1 = placed.shape.bounds()
@@ -317,7 +317,7 @@ class GeneratedMultisourceData:
 
     def _write(self, path: Path, modality: str, image: np.ndarray) -> None:
         if FORMATS[modality].suffix == ".png":
-            _write_png(path, np.ascontiguousarray(image.transpose(1, 2, 0)))
+            write_png(path, np.ascontiguousarray(image.transpose(1, 2, 0)))
         else:
             write_geotiff(path, image, band_names=FORMATS[modality].bands)
 
