@@ -28,10 +28,8 @@ marks it complete last (a killed preparation is redone, never half-used)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from rsvlm.data.multitask.generated_shapes import (
     sample_shape,
 )
 from rsvlm.data.multitask.jsonl import check_records, write_records
+from rsvlm.data.multitask.keyed_build import COMPLETE_MARKER, RECORDS_NAME, KeyedBuild
 from rsvlm.data.multitask.masks import rle_of
 from rsvlm.data.multitask.records import DEFAULT_GRANULARITY, TASK_ALIASES, InstructRecord, Turn
 from rsvlm.data.multitask.templates import IMAGE_PREFIX, refseg_turns, roc_turns
@@ -62,7 +61,6 @@ from rsvlm.io.atomic import atomic_path, atomic_write_text
 
 DEFAULT_ROOT = "~/.cache/rsvlm/generated-geomag"
 SOURCE = "generated_rgb"
-RECORDS_NAME = "records.jsonl"
 SUPPORTED_TASKS = ("scene_classification", "vqa", "referring_classification", "referring_segmentation")
 SPLIT_NAMES = ("train", "val", "test")
 #: Coarse locations on a 3×3 grid of the scene (row, column) as they read after the object's name.
@@ -209,7 +207,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 @dataclass
-class GeneratedInstructData:
+class GeneratedInstructData(KeyedBuild):
     """Generated RGB scenes with GeoMag instruction records of four granularity-spanning tasks.
 
     Args:
@@ -223,6 +221,9 @@ class GeneratedInstructData:
         objects_per_scene: ``[min, max]`` objects drawn on each scene.
         progress: show a progress bar over scenes (not part of the cache key).
     """
+
+    default_root = DEFAULT_ROOT
+    cache_name = "generated-geomag"
 
     root: str = DEFAULT_ROOT
     n_train: int = 320
@@ -259,11 +260,6 @@ class GeneratedInstructData:
             )
 
     # ------------------------------------------------------------------ cache
-    def resolved_root(self) -> Path:
-        if self.root == DEFAULT_ROOT and os.environ.get("RSVLM_CACHE"):
-            return Path(os.environ["RSVLM_CACHE"]).expanduser() / "generated-geomag"
-        return Path(self.root).expanduser()
-
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the output (the cache key)."""
         return {
@@ -276,18 +272,6 @@ class GeneratedInstructData:
             "tasks": list(self.tasks),
             "objects_per_scene": list(self.objects_per_scene),
         }
-
-    def folder(self) -> Path:
-        """Folder of the build for these settings (keyed by their hash)."""
-        key = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
-        return self.resolved_root() / key
-
-    def records_path(self) -> Path:
-        """The records file of the build (prepared or not); InstructDataModule's ``sources`` entry."""
-        return self.folder() / RECORDS_NAME
-
-    def is_prepared(self) -> bool:
-        return (self.folder() / "complete.json").exists()
 
     # ------------------------------------------------------------------ generation
     def scene_classes(self, split_index: int, count: int) -> list[str]:
@@ -349,7 +333,7 @@ class GeneratedInstructData:
             The records file (:meth:`records_path`), ready for ``InstructDataModule(sources=[...])``.
         """
         out = self.folder()
-        marker = out / "complete.json"
+        marker = out / COMPLETE_MARKER
         if marker.exists():
             return out / RECORDS_NAME
         counts = [self.n_train, self.n_val, self.n_test]

@@ -36,10 +36,8 @@ normalised by its modality's preset and zero-padded to the model's channels.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ from rsvlm.data.multitask.generated import GAP, PACKING, SCENE_TRIES, SPLIT_NAME
 from rsvlm.data.multitask.generated_modalities import CLASSES, FORMATS, ON_WATER, Layout, render, shoreline
 from rsvlm.data.multitask.generated_shapes import OBJECT_CLASSES, max_extent, mean_extent
 from rsvlm.data.multitask.jsonl import check_records, write_records
+from rsvlm.data.multitask.keyed_build import COMPLETE_MARKER, RECORDS_NAME, KeyedBuild
 from rsvlm.data.multitask.masks import rle_of
 from rsvlm.data.multitask.records import DEFAULT_GRANULARITY, TASK_ALIASES, InstructRecord, Turn
 from rsvlm.data.multitask.templates import grounding_turns, refseg_turns, roc_turns
@@ -62,7 +61,6 @@ from rsvlm.io.atomic import atomic_write_text
 
 DEFAULT_ROOT = "~/.cache/rsvlm/generated-multisource"
 SOURCE = "generated_multisource"
-RECORDS_NAME = "records.jsonl"
 SUPPORTED_TASKS = ("referring_classification", "grounding", "gcg")
 PROMPTED_TASKS = ("referring_classification", "gcg")
 PROMPT_KINDS = ("point", "box", "scribble")
@@ -105,7 +103,7 @@ class SceneSpec:
 
 
 @dataclass
-class GeneratedMultisourceData:
+class GeneratedMultisourceData(KeyedBuild):
     """Generated optical / SAR / infrared scenes with EarthGPT-X instruction records (module docstring).
 
     Args:
@@ -122,6 +120,9 @@ class GeneratedMultisourceData:
         sar_looks: the number of looks ``L`` of the SAR speckle (Gamma(L, 1/L); 1: single look).
         progress: show a progress bar over scenes (not part of the cache key).
     """
+
+    default_root = DEFAULT_ROOT
+    cache_name = "generated-multisource"
 
     root: str = DEFAULT_ROOT
     n_train: int = 270
@@ -164,11 +165,6 @@ class GeneratedMultisourceData:
             raise ValueError(f"{name}.sar_looks: must be a number >= 1, got {self.sar_looks}")
 
     # ------------------------------------------------------------------ cache
-    def resolved_root(self) -> Path:
-        if self.root == DEFAULT_ROOT and os.environ.get("RSVLM_CACHE"):
-            return Path(os.environ["RSVLM_CACHE"]).expanduser() / "generated-multisource"
-        return Path(self.root).expanduser()
-
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the output (the cache key)."""
         return {
@@ -184,18 +180,6 @@ class GeneratedMultisourceData:
             "objects_per_scene": list(self.objects_per_scene),
             "sar_looks": float(self.sar_looks),
         }
-
-    def folder(self) -> Path:
-        """Folder of the build for these settings (keyed by their hash)."""
-        key = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
-        return self.resolved_root() / key
-
-    def records_path(self) -> Path:
-        """The records file of the build (prepared or not); InstructDataModule's ``sources`` entry."""
-        return self.folder() / RECORDS_NAME
-
-    def is_prepared(self) -> bool:
-        return (self.folder() / "complete.json").exists()
 
     # ------------------------------------------------------------------ generation
     def scene_specs(self, split_index: int, count: int) -> list[SceneSpec]:
@@ -328,7 +312,7 @@ class GeneratedMultisourceData:
             The records file (:meth:`records_path`), ready for ``InstructDataModule(sources=[...])``.
         """
         out = self.folder()
-        marker = out / "complete.json"
+        marker = out / COMPLETE_MARKER
         if marker.exists():
             return out / RECORDS_NAME
         counts = [self.n_train, self.n_val, self.n_test]

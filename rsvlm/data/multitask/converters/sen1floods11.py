@@ -51,6 +51,7 @@ from rasterio.windows import transform as window_transform
 
 from rsvlm.data.multitask.converters.common import ConverterError, require_file
 from rsvlm.data.multitask.jsonl import check_records, write_records
+from rsvlm.data.multitask.keyed_build import RECORDS_NAME
 from rsvlm.data.multitask.records import DEFAULT_GRANULARITY, InstructRecord, Turn
 from rsvlm.data.multitask.templates import roc_turns
 from rsvlm.data.raster import write_geotiff
@@ -63,7 +64,6 @@ TASK = "referring_classification"
 #: Label value → answer (0 is "not water": vegetation, soil and built-up mixed).
 ANSWERS = {1: "water", 0: "land"}
 BANDS = ("vv", "vh")
-RECORDS_NAME = "records.jsonl"
 MARKER = "sen1floods11.json"
 SPLITS = ("train", "val", "test")
 

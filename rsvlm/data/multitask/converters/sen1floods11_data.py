@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,11 @@ from rsvlm.data.multitask.converters.common import ConverterError
 from rsvlm.data.multitask.converters.sen1floods11 import (
     CHIP,
     MARKER,
-    RECORDS_NAME,
     check_settings,
     chip_files,
     convert_sen1floods11,
 )
+from rsvlm.data.multitask.keyed_build import KeyedBuild
 
 DEFAULT_SOURCE = "../shared/data/sen1floods11-spain"
 DEFAULT_ROOT = "~/.cache/rsvlm/sen1floods11"
@@ -39,7 +37,7 @@ def _digest(paths: tuple[Path, ...]) -> str:
 
 
 @dataclass
-class Sen1Floods11Data:
+class Sen1Floods11Data(KeyedBuild):
     """The Sen1Floods11 conversion as an ``InstructDataModule(generate=...)`` preparer (an
     :class:`~rsvlm.data.multitask.datamodule.InstructGenerator`), written once into a folder keyed by
     its settings and the chip's bytes.
@@ -54,6 +52,10 @@ class Sen1Floods11Data:
         ConverterError: (from :meth:`records_path` or :meth:`prepare`) ``source`` is not a folder holding the
             chip, or a bad setting; one line naming the field.
     """
+
+    default_root = DEFAULT_ROOT
+    cache_name = "sen1floods11"
+    marker = MARKER
 
     source: str = DEFAULT_SOURCE
     root: str = DEFAULT_ROOT
@@ -98,12 +100,6 @@ class Sen1Floods11Data:
         except ConverterError:
             return "missing"
 
-    def resolved_root(self) -> Path:
-        """The cache folder (``$RSVLM_CACHE/sen1floods11`` for the default when that variable is set)."""
-        if self.root == DEFAULT_ROOT and os.environ.get("RSVLM_CACHE"):
-            return Path(os.environ["RSVLM_CACHE"]).expanduser() / "sen1floods11"
-        return Path(self.root).expanduser()
-
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the output, with the chip's SHA-256 (the cache key)."""
         return {
@@ -115,19 +111,6 @@ class Sen1Floods11Data:
             "val_rows": self.val_rows,
             "seed": self.seed,
         }
-
-    def folder(self) -> Path:
-        """Folder of the build for these settings (keyed by their hash)."""
-        key = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
-        return self.resolved_root() / key
-
-    def records_path(self) -> Path:
-        """The records file of the build (prepared or not); InstructDataModule's ``sources`` entry."""
-        return self.folder() / RECORDS_NAME
-
-    def is_prepared(self) -> bool:
-        """True when the build for these settings is complete."""
-        return (self.folder() / MARKER).is_file()
 
     def prepare(self) -> Path:
         """Convert the chip unless done before; returns :meth:`records_path`.
