@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable, Mapping
 from itertools import zip_longest
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -46,6 +45,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from overhead import stand_in_trainer  # noqa: E402
 
 #: MagCrop's levels, in the order of :data:`rsvlm.heads.granularity.LABELS`.
 GRANULARITIES = ("image", "region", "pixel")
@@ -99,20 +101,6 @@ def generated_data(config: dict[str, Any], scenes: int, size: int | None, root: 
     data["generate"] = generate
     data["num_workers"] = 0
     return config
-
-
-def stand_in_trainer(model: Any, datamodule: Any, steps: int) -> None:
-    """What the model reads from its trainer, answered as a single-process fit at step 0 would
-    (``benchmarks/overhead.py``'s plain loop does the same); ``self.log`` becomes a no-op."""
-    model.trainer = SimpleNamespace(
-        estimated_stepping_batches=steps,
-        current_epoch=0,
-        global_step=0,
-        is_global_zero=True,
-        datamodule=datamodule,
-        world_size=1,
-    )
-    model.log = model.log_dict = lambda *args, **kwargs: None
 
 
 def prepare(model: Any, datamodule: Any, steps: int = 1000) -> torch.optim.Optimizer:

@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,26 +134,28 @@ def optimizer_and_scheduler(config: Any) -> tuple[torch.optim.Optimizer, Any]:
     raise TypeError(f"configure_optimizers returned {type(config).__name__}; expected one optimiser (and scheduler)")
 
 
+def stand_in_trainer(model: Any, datamodule: Any, steps: int) -> None:
+    """Give ``model`` what a LightningModule reads from its trainer (the total step count for the LR
+    schedule, the epoch for its stage schedule, the rank for printing, the datamodule to configure its
+    collate), answered as a single-process fit at step 0 would; ``self.log`` becomes a no-op, since it
+    would need the whole Lightning logging machinery."""
+    model.trainer = SimpleNamespace(
+        estimated_stepping_batches=steps,
+        current_epoch=0,
+        global_step=0,
+        is_global_zero=True,
+        datamodule=datamodule,
+        world_size=1,
+    )
+    model.log = model.log_dict = lambda *args, **kwargs: None
+
+
 def train_with_plain_loop(recipe: Path, steps: int, overrides: Sequence[str]) -> Run:
     run = Run()
     with tempfile.TemporaryDirectory() as root:
         cli = build(recipe, Path(root), steps, overrides)  # the Trainer it builds is never used
         model, datamodule = cli.model, cli.datamodule
-        # The LightningModule reads a few things from its trainer (the total step count for the
-        # LR schedule, the epoch for its stage schedule, the rank for printing, the datamodule to
-        # configure its collate). A stand-in answers those as a single-process fit at step 0
-        # would. `self.log` would need the whole Lightning logging machinery: it is a no-op here,
-        # so the plain loop does not pay for logging (which is part of what is measured).
-        model.trainer = SimpleNamespace(
-            estimated_stepping_batches=steps,
-            current_epoch=0,
-            global_step=0,
-            is_global_zero=True,
-            datamodule=datamodule,
-            world_size=1,
-        )
-        no_op: Callable[..., None] = lambda *args, **kwargs: None  # noqa: E731
-        model.log, model.log_dict = no_op, no_op
+        stand_in_trainer(model, datamodule, steps)  # `self.log` a no-op: the loop does not pay for logging
 
         # The hooks a fit calls before its first step, in Lightning's order (for a plain
         # LightningModule they do nothing; rsvlm's models set their training stage in them).
