@@ -28,8 +28,8 @@ marks it complete last (a killed preparation is redone, never half-used)::
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +52,11 @@ from rsvlm.data.multitask.generated_shapes import (
     rasterise,
     sample_shape,
 )
-from rsvlm.data.multitask.jsonl import check_records, write_records
-from rsvlm.data.multitask.keyed_build import COMPLETE_MARKER, RECORDS_NAME, KeyedBuild
+from rsvlm.data.multitask.keyed_build import KeyedBuild
 from rsvlm.data.multitask.masks import rle_of
 from rsvlm.data.multitask.records import DEFAULT_GRANULARITY, TASK_ALIASES, InstructRecord, Turn
 from rsvlm.data.multitask.templates import IMAGE_PREFIX, refseg_turns, roc_turns
-from rsvlm.io.atomic import atomic_path, atomic_write_text
+from rsvlm.io.atomic import atomic_path
 
 DEFAULT_ROOT = "~/.cache/rsvlm/generated-geomag"
 SOURCE = "generated_rgb"
@@ -206,6 +205,31 @@ def write_png(path: Path, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format="PNG")  # the temporary name has no .png
 
 
+def check_scene_settings(generator: Any, classes: Sequence[str] | None = None) -> tuple[int, int]:
+    """Check a scene generator's ``n_train`` / ``n_val`` / ``n_test``, ``size`` and ``objects_per_scene``
+    for objects of ``classes`` (default: all); errors name ``<its class>.<field>``.
+
+    Returns:
+        ``objects_per_scene`` as ``(min, max)`` ints.
+    """
+    name = type(generator).__name__
+    for split in SPLIT_NAMES:
+        if getattr(generator, f"n_{split}") < 0:
+            raise ValueError(f"{name}.n_{split}: must be >= 0, got {getattr(generator, f'n_{split}')}")
+    if generator.n_train + generator.n_val + generator.n_test == 0:
+        raise ValueError(f"{name}.n_train: no scenes to generate (n_train + n_val + n_test is 0)")
+    size, largest = generator.size, max_extent(classes)
+    if size < math.ceil(2 * largest):
+        raise ValueError(f"{name}.size: must be >= {math.ceil(2 * largest)} (objects span up to {largest:.0f} px)")
+    lo, hi = (int(v) for v in generator.objects_per_scene)
+    if not 1 <= lo <= hi:
+        raise ValueError(f"{name}.objects_per_scene: needs 1 <= min <= max, got {[lo, hi]}")
+    fits = int(PACKING * size**2 / (mean_extent(classes) + 2 * GAP) ** 2)
+    if hi > fits:
+        raise ValueError(f"{name}.objects_per_scene: {hi} objects cannot fit a {size}×{size} scene (at most {fits})")
+    return lo, hi
+
+
 @dataclass
 class GeneratedInstructData(KeyedBuild):
     """Generated RGB scenes with GeoMag instruction records of four granularity-spanning tasks.
@@ -242,22 +266,7 @@ class GeneratedInstructData(KeyedBuild):
         if not self.tasks or unknown:
             raise ValueError(f"{name}.tasks: must be some of {', '.join(SUPPORTED_TASKS)}, got {self.tasks}")
         self.tasks = [t for t in SUPPORTED_TASKS if t in self.tasks]  # canonical order, no repeats
-        for split in SPLIT_NAMES:
-            if getattr(self, f"n_{split}") < 0:
-                raise ValueError(f"{name}.n_{split}: must be >= 0, got {getattr(self, f'n_{split}')}")
-        if self.n_train + self.n_val + self.n_test == 0:
-            raise ValueError(f"{name}.n_train: no scenes to generate (n_train + n_val + n_test is 0)")
-        smallest = math.ceil(2 * max_extent())
-        if self.size < smallest:
-            raise ValueError(f"{name}.size: must be >= {smallest} (objects span up to {max_extent():.0f} px)")
-        lo, hi = self.objects_per_scene = tuple(int(v) for v in self.objects_per_scene)  # type: ignore[assignment]
-        if not 1 <= lo <= hi:
-            raise ValueError(f"{name}.objects_per_scene: needs 1 <= min <= max, got {[lo, hi]}")
-        fits = int(PACKING * self.size**2 / (mean_extent() + 2 * GAP) ** 2)
-        if hi > fits:
-            raise ValueError(
-                f"{name}.objects_per_scene: {hi} objects cannot fit a {self.size}×{self.size} scene (at most {fits})"
-            )
+        self.objects_per_scene = check_scene_settings(self)
 
     # ------------------------------------------------------------------ cache
     def settings(self) -> dict[str, Any]:
@@ -332,10 +341,9 @@ class GeneratedInstructData(KeyedBuild):
         Returns:
             The records file (:meth:`records_path`), ready for ``InstructDataModule(sources=[...])``.
         """
+        if self.is_prepared():
+            return self.records_path()
         out = self.folder()
-        marker = out / COMPLETE_MARKER
-        if marker.exists():
-            return out / RECORDS_NAME
         counts = [self.n_train, self.n_val, self.n_test]
         records: list[InstructRecord] = []
         scenes: list[dict[str, Any]] = []
@@ -356,8 +364,4 @@ class GeneratedInstructData(KeyedBuild):
                         }
                     )
                     bar.update()
-        check_records(records, str(out))
-        write_records(out / RECORDS_NAME, records)
-        atomic_write_text(out / "scenes.json", json.dumps(scenes, indent=1))
-        atomic_write_text(marker, json.dumps({**self.settings(), "records": len(records)}, indent=1))
-        return out / RECORDS_NAME
+        return self.write_build(records, scenes)

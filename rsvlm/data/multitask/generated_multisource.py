@@ -36,7 +36,6 @@ normalised by its modality's preset and zero-padded to the model's channels.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,18 +45,24 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rsvlm.data.modalities import MODALITY_IDS
-from rsvlm.data.multitask.generated import GAP, PACKING, SCENE_TRIES, SPLIT_NAMES, SceneObject, place_object, write_png
+from rsvlm.data.multitask.generated import (
+    GAP,
+    SCENE_TRIES,
+    SPLIT_NAMES,
+    SceneObject,
+    check_scene_settings,
+    place_object,
+    write_png,
+)
 from rsvlm.data.multitask.generated_modalities import CLASSES, FORMATS, ON_WATER, Layout, render, shoreline
-from rsvlm.data.multitask.generated_shapes import OBJECT_CLASSES, max_extent, mean_extent
-from rsvlm.data.multitask.jsonl import check_records, write_records
-from rsvlm.data.multitask.keyed_build import COMPLETE_MARKER, RECORDS_NAME, KeyedBuild
+from rsvlm.data.multitask.generated_shapes import OBJECT_CLASSES
+from rsvlm.data.multitask.keyed_build import KeyedBuild
 from rsvlm.data.multitask.masks import rle_of
 from rsvlm.data.multitask.records import DEFAULT_GRANULARITY, TASK_ALIASES, InstructRecord, Turn
 from rsvlm.data.multitask.templates import grounding_turns, refseg_turns, roc_turns
 from rsvlm.data.prompt_synthesis import synthesize_point, synthesize_scribble
 from rsvlm.data.raster import write_geotiff
 from rsvlm.data.visual_prompts import VisualPrompt, prompts_to_json
-from rsvlm.io.atomic import atomic_write_text
 
 DEFAULT_ROOT = "~/.cache/rsvlm/generated-multisource"
 SOURCE = "generated_multisource"
@@ -145,22 +150,7 @@ class GeneratedMultisourceData(KeyedBuild):
             if not given or set(given) - set(known):
                 raise ValueError(f"{name}.{attr}: must be some of {', '.join(known)}, got {given}")
             setattr(self, attr, [k for k in known if k in given])  # canonical order, no repeats
-        for split in SPLIT_NAMES:
-            if getattr(self, f"n_{split}") < 0:
-                raise ValueError(f"{name}.n_{split}: must be >= 0, got {getattr(self, f'n_{split}')}")
-        if self.n_train + self.n_val + self.n_test == 0:
-            raise ValueError(f"{name}.n_train: no scenes to generate (n_train + n_val + n_test is 0)")
-        smallest = math.ceil(2 * max_extent(CLASSES))
-        if self.size < smallest:
-            raise ValueError(f"{name}.size: must be >= {smallest} (objects span up to {max_extent(CLASSES):.0f} px)")
-        lo, hi = self.objects_per_scene = tuple(int(v) for v in self.objects_per_scene)  # type: ignore[assignment]
-        if not 1 <= lo <= hi:
-            raise ValueError(f"{name}.objects_per_scene: needs 1 <= min <= max, got {[lo, hi]}")
-        fits = int(PACKING * self.size**2 / (mean_extent(CLASSES) + 2 * GAP) ** 2)
-        if hi > fits:
-            raise ValueError(
-                f"{name}.objects_per_scene: {hi} objects cannot fit a {self.size}×{self.size} scene (at most {fits})"
-            )
+        self.objects_per_scene = check_scene_settings(self, CLASSES)
         if not (math.isfinite(self.sar_looks) and self.sar_looks >= 1):
             raise ValueError(f"{name}.sar_looks: must be a number >= 1, got {self.sar_looks}")
 
@@ -311,10 +301,9 @@ class GeneratedMultisourceData(KeyedBuild):
         Returns:
             The records file (:meth:`records_path`), ready for ``InstructDataModule(sources=[...])``.
         """
+        if self.is_prepared():
+            return self.records_path()
         out = self.folder()
-        marker = out / COMPLETE_MARKER
-        if marker.exists():
-            return out / RECORDS_NAME
         counts = [self.n_train, self.n_val, self.n_test]
         records: list[InstructRecord] = []
         scenes: list[dict[str, Any]] = []
@@ -348,8 +337,4 @@ class GeneratedMultisourceData(KeyedBuild):
                         }
                     )
                     bar.update()
-        check_records(records, str(out))
-        write_records(out / RECORDS_NAME, records)
-        atomic_write_text(out / "scenes.json", json.dumps(scenes, indent=1))
-        atomic_write_text(marker, json.dumps({**self.settings(), "records": len(records)}, indent=1))
-        return out / RECORDS_NAME
+        return self.write_build(records, scenes)

@@ -56,6 +56,19 @@ class KeyedBuild:
         """The records file of the build (prepared or not); InstructDataModule's ``sources`` entry."""
         return self.folder() / RECORDS_NAME
 
+    def write_build(self, records: list[Any], scenes: list[dict[str, Any]]) -> Path:
+        """Finish a build in :meth:`folder`: check and write the records, the scene list
+        (``scenes.json``), then the marker with the settings (last); returns :meth:`records_path`."""
+        from rsvlm.data.multitask.jsonl import check_records, write_records
+        from rsvlm.io.atomic import atomic_write_text
+
+        out = self.folder()
+        check_records(records, str(out))
+        write_records(out / RECORDS_NAME, records)
+        atomic_write_text(out / "scenes.json", json.dumps(scenes, indent=1))
+        atomic_write_text(out / self.marker, json.dumps({**self.settings(), "records": len(records)}, indent=1))
+        return out / RECORDS_NAME
+
     def is_prepared(self) -> bool:
         """True when the build for these settings is complete (its marker was written)."""
         return (self.folder() / self.marker).is_file()
