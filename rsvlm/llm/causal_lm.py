@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from rsvlm.llm.chat import IGNORE_INDEX, ChatFormatter, single_token_id
+from rsvlm.llm.chat import ChatFormatter, single_token_id
 from rsvlm.llm.configs import build_config, config_source_for, load_config_dict
 from rsvlm.llm.loading import DTYPE_KW, load_pretrained, load_tokenizer, on_meta_device, parse_dtype
 from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
 from rsvlm.llm.outputs import Generation, LMOutput, generation_masks
 from rsvlm.llm.splice import PlaceholderEmbeds, Spliced, image_token_positions, splice_placeholders
+from rsvlm.llm.text_loss import LOSS_AVERAGES, LossAverage, next_token_loss
 from rsvlm.llm.tokenizer import TokenizerSource
 from rsvlm.llm.trainable_parts import train_parts
 
@@ -71,6 +71,8 @@ class CausalLM(nn.Module):
         system_prompt: system message of the chat template; None keeps the template's default.
         max_length: most text tokens of one sample (before splicing).
         gradient_checkpointing: recompute activations in backward to save memory.
+        loss_average: ``token`` (every target token weighs the same) or ``sample`` (each sample's
+            tokens averaged first; :func:`rsvlm.llm.text_loss.next_token_loss`).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class CausalLM(nn.Module):
         system_prompt: str | None = None,
         max_length: int = 2048,
         gradient_checkpointing: bool = False,
+        loss_average: LossAverage = "token",
     ) -> None:
         super().__init__()
         if model is None and config is None:
@@ -101,6 +104,9 @@ class CausalLM(nn.Module):
         self.image_token = image_token
         self.system_prompt = system_prompt
         self.max_length = max_length
+        if loss_average not in LOSS_AVERAGES:
+            raise ValueError(f"CausalLM.loss_average: must be one of {', '.join(LOSS_AVERAGES)}, got {loss_average!r}")
+        self.loss_average = loss_average
         meta = on_meta_device()
         # float32 unless asked: transformers would otherwise pick the checkpoint's or config's dtype.
         dtype = parse_dtype(torch_dtype) or torch.float32
@@ -298,12 +304,7 @@ class CausalLM(nn.Module):
         )
         loss = None
         if s.labels is not None:
-            # Position t predicts token t+1.
-            target = s.labels[:, 1:]
-            logits = out.logits[:, :-1].float()
-            valid = target != IGNORE_INDEX
-            total = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = total / valid.sum().clamp(min=1)
+            loss = next_token_loss(out.logits, s.labels, self.loss_average)
         return LMOutput(
             loss, out.logits, out.hidden_states[-1], s.attention_mask, s.response_mask, s.input_ids, s.labels
         )
