@@ -1,7 +1,8 @@
 """Boxes and points written in text, and read back: the grounding format of EarthGPT / MMRS-1M.
 
 A box is written ``[x0,y0,x1,y1]`` and a point ``[x,y]``, each coordinate normalised to [0, 1]
-on the square the model sees, with 3 decimals; several boxes of one phrase share a bracket,
+on the square the model sees, with 3 decimals (``decimals`` sets it: 2 gives one token per coordinate
+in a tokenizer with every two-digit number, as the offline demo's); several boxes of one phrase share a bracket,
 separated by ``;``; a phrase is tagged ``<p>phrase</p>`` before its bracket::
 
     <p>the ship</p>[0.125,0.250,0.375,0.500;0.600,0.100,0.700,0.200]
@@ -56,25 +57,36 @@ def _to_pixels(values: list[float], size: tuple[int, int], pad: PadMode, scale: 
     return [v / scale * side - (pad_x if i % 2 == 0 else pad_y) for i, v in enumerate(values)]
 
 
-def format_box(box: list[float] | tuple[float, ...], size: tuple[int, int], pad: PadMode = "bottom_right") -> str:
-    """``[x0,y0,x1,y1]`` of a pixel box on an image of ``size`` (H, W), normalised, 3 decimals."""
+def _check_decimals(decimals: int) -> None:
+    if not (isinstance(decimals, int) and 1 <= decimals <= 6):
+        raise ValueError(f"decimals: must be an integer in 1..6, got {decimals!r}")
+
+
+def format_box(
+    box: list[float] | tuple[float, ...], size: tuple[int, int], pad: PadMode = "bottom_right", decimals: int = 3
+) -> str:
+    """``[x0,y0,x1,y1]`` of a pixel box on an image of ``size`` (H, W), normalised, ``decimals`` decimals."""
     if len(box) != 4:
         raise ValueError(f"format_box: a box is [x0, y0, x1, y1], got {list(box)}")
-    return "[" + ",".join(f"{v:.3f}" for v in _normalise(list(box), size, pad)) + "]"
+    _check_decimals(decimals)
+    return "[" + ",".join(f"{v:.{decimals}f}" for v in _normalise(list(box), size, pad)) + "]"
 
 
-def format_point(point: list[float] | tuple[float, ...], size: tuple[int, int], pad: PadMode = "bottom_right") -> str:
-    """``[x,y]`` of a pixel point, normalised, 3 decimals."""
+def format_point(
+    point: list[float] | tuple[float, ...], size: tuple[int, int], pad: PadMode = "bottom_right", decimals: int = 3
+) -> str:
+    """``[x,y]`` of a pixel point, normalised, ``decimals`` decimals."""
     if len(point) != 2:
         raise ValueError(f"format_point: a point is [x, y], got {list(point)}")
-    return "[" + ",".join(f"{v:.3f}" for v in _normalise(list(point), size, pad)) + "]"
+    _check_decimals(decimals)
+    return "[" + ",".join(f"{v:.{decimals}f}" for v in _normalise(list(point), size, pad)) + "]"
 
 
 def format_grounding(
-    phrase: str, boxes: list[list[float]], size: tuple[int, int], pad: PadMode = "bottom_right"
+    phrase: str, boxes: list[list[float]], size: tuple[int, int], pad: PadMode = "bottom_right", decimals: int = 3
 ) -> str:
     """``<p>phrase</p>[box;box;…]`` for pixel boxes."""
-    inner = ";".join(format_box(b, size, pad)[1:-1] for b in boxes)
+    inner = ";".join(format_box(b, size, pad, decimals)[1:-1] for b in boxes)
     return f"<p>{phrase}</p>[{inner}]"
 
 

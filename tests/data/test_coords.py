@@ -37,6 +37,22 @@ def test_random_boxes_survive_a_round_trip_to_within_the_third_decimal(pad):
     assert np.abs(np.array(g.boxes) - np.array(boxes)).max() <= 0.5e-3 * 500 + 1e-9
 
 
+@pytest.mark.parametrize("decimals", [1, 2, 4])
+def test_decimals_set_the_rounding_and_read_back_within_half_a_unit(decimals):
+    rng = np.random.default_rng(decimals)
+    size = (64, 64)
+    x0, x1 = sorted(rng.uniform(0, 64, 2))
+    y0, y1 = sorted(rng.uniform(0, 64, 2))
+    text = format_grounding("ship", [[x0, y0, x1, y1]], size, "center", decimals=decimals)
+    numbers = text[text.index("[") + 1 : -1].split(",")
+    assert all(len(n.split(".")[1]) == decimals for n in numbers)
+    assert [float(n) for n in numbers] == [round(v / 64, decimals) for v in (x0, y0, x1, y1)]
+    [g] = parse_grounding(text, size, "center")
+    assert np.abs(np.array(g.boxes[0]) - [x0, y0, x1, y1]).max() <= 0.5 * 10**-decimals * 64 + 1e-9
+    with pytest.raises(ValueError, match="decimals"):
+        format_box([0, 0, 1, 1], size, decimals=0)
+
+
 def test_phrases_brackets_points_and_non_coordinates_are_told_apart():
     text = (
         "<p>a ship</p>[0.1,0.2,0.3,0.4] next to <p>the pier</p> [0.5, 0.5; 0.25,0.75] "

@@ -4,18 +4,22 @@
 A :class:`Layout` is what every modality shares: a straight shoreline splitting the scene into water
 and land, and objects (:class:`rsvlm.data.multitask.generated.SceneObject`, drawn by
 :mod:`rsvlm.data.multitask.generated_shapes`) with an optical colour each. The object classes
-(:data:`CLASSES`) differ by shape, so SAR and infrared, which have no colour, still tell them apart:
-ship (elongated ellipse, on water), storage tank (disc), airplane (cross), building (rectangle).
+(:data:`CLASSES`) differ by shape — ship (elongated ellipse, on water), storage tank (disc), airplane
+(cross), building (rectangle) — and by signature: one optical colour per class (:data:`CLASS_COLOURS`),
+σ⁰ levels 3-4 dB apart (above 4-look speckle's 2.3 dB per pixel, below it for a single pixel) and
+brightness temperatures 10 K apart on land. A tiny randomly initialised demo model learns a signature
+within minutes; shape alone it did not (the demo's referring classification stayed at the majority
+answer when colours were shared between classes and the σ⁰ / temperatures lay 1-2 dB / 1 K apart).
 
 =========  =======  ============  ========================================================================
 modality   bands    unit          rendering
 =========  =======  ============  ========================================================================
-optical    3 (RGB)  ``dn8``       textured water / land in [20, 200], objects in flat colours (GeoMag's)
+optical    3 (RGB)  ``dn8``       textured water / land in [20, 200], objects in their class's flat colour
 sar        2 (VV,   ``db``        σ⁰ per cover: water −22 / −29 dB (flat), land −12 / −19 dB ± texture,
-           VH)                    metal objects −3…+1 dB; times speckle ``n ~ Gamma(L, 1/L)`` (mean 1,
+           VH)                    objects −6…+5 dB; times speckle ``n ~ Gamma(L, 1/L)`` (mean 1,
                                   variance 1/L, ``L`` looks; L = 1 is exponential) on linear intensity,
                                   then 10·log10, unclipped
-infrared   1        ``kelvin``    water 288 K, land 300 K ± texture; ship 297, tank 292, airplane 291,
+infrared   1        ``kelvin``    water 288 K, land 300 K ± texture; ship 297, tank 284, airplane 294,
                                   building 309 K; Gaussian blur σ 0.7 px, then N(0, 0.3 K) noise (NETD)
 =========  =======  ============  ========================================================================
 
@@ -43,6 +47,8 @@ SHORE_TILT = 25.0  # degrees the shoreline turns away from the scene's edge, at 
 
 # ------------------------------------------------------------------------------------ optical
 WATER_RGB = (40, 75, 130)
+#: Each class's optical colour (a :data:`~rsvlm.data.multitask.generated_shapes.COLOURS` key), none shared.
+CLASS_COLOURS = {"ship": "white", "storage tank": "yellow", "airplane": "blue", "building": "red"}
 LAND_RGB = ((150, 140, 110), (125, 140, 85), (170, 160, 130), (140, 125, 105))
 
 # ---------------------------------------------------------------------------------------- SAR
@@ -51,9 +57,9 @@ SAR_DB: dict[str, tuple[float, float]] = {
     "water": (-22.0, -29.0),
     "land": (-12.0, -19.0),
     "ship": (-1.0, -9.0),
-    "storage tank": (1.0, -8.0),
-    "airplane": (-3.0, -11.0),
-    "building": (-2.0, -9.0),
+    "storage tank": (5.0, -4.0),
+    "airplane": (-6.0, -14.0),
+    "building": (2.0, -6.0),
 }
 SAR_LAND_TEXTURE_DB = 1.5  # amplitude of the land's smooth σ⁰ variation; water stays flat
 
@@ -63,8 +69,8 @@ IR_KELVIN: dict[str, float] = {
     "water": 288.0,
     "land": 300.0,
     "ship": 297.0,
-    "storage tank": 292.0,
-    "airplane": 291.0,
+    "storage tank": 284.0,
+    "airplane": 294.0,
     "building": 309.0,
 }
 IR_TEXTURE_K = {"water": 0.5, "land": 2.5}

@@ -54,8 +54,15 @@ from rsvlm.data.multitask.generated import (
     place_object,
     write_png,
 )
-from rsvlm.data.multitask.generated_modalities import CLASSES, FORMATS, ON_WATER, Layout, render, shoreline
-from rsvlm.data.multitask.generated_shapes import OBJECT_CLASSES
+from rsvlm.data.multitask.generated_modalities import (
+    CLASS_COLOURS,
+    CLASSES,
+    FORMATS,
+    ON_WATER,
+    Layout,
+    render,
+    shoreline,
+)
 from rsvlm.data.multitask.keyed_build import KeyedBuild
 from rsvlm.data.multitask.masks import rle_of
 from rsvlm.data.multitask.records import DEFAULT_GRANULARITY, TASK_ALIASES, InstructRecord, Turn
@@ -74,7 +81,7 @@ MODALITIES = tuple(MODALITY_IDS)
 MODALITY_PRESETS: dict[str, str] = {name: f.preset for name, f in FORMATS.items()}
 SCRIBBLE_VERTICES = 16
 # Bump when the generated data changes, so old caches are not reused.
-_VERSION = 1
+_VERSION = 2  # 2: class signatures (one colour per class, σ⁰ and temperatures apart)
 
 
 def expression(obj: SceneObject) -> str:
@@ -123,6 +130,8 @@ class GeneratedMultisourceData(KeyedBuild):
             ``roc``, ``vg`` and ``pixel_grounding`` are read as their names.
         objects_per_scene: ``[min, max]`` objects drawn on each scene.
         sar_looks: the number of looks ``L`` of the SAR speckle (Gamma(L, 1/L); 1: single look).
+        box_decimals: decimals of the grounding answers' coordinates (3 as EarthGPT; 2 gives the offline
+            demo tokenizer one token per coordinate, where 3 splits some into two).
         progress: show a progress bar over scenes (not part of the cache key).
     """
 
@@ -140,6 +149,7 @@ class GeneratedMultisourceData(KeyedBuild):
     tasks: list[str] = field(default_factory=lambda: list(SUPPORTED_TASKS))
     objects_per_scene: tuple[int, int] = (3, 5)
     sar_looks: float = 4.0
+    box_decimals: int = 3
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -153,6 +163,8 @@ class GeneratedMultisourceData(KeyedBuild):
         self.objects_per_scene = check_scene_settings(self, CLASSES)
         if not (math.isfinite(self.sar_looks) and self.sar_looks >= 1):
             raise ValueError(f"{name}.sar_looks: must be a number >= 1, got {self.sar_looks}")
+        if not (isinstance(self.box_decimals, int) and 1 <= self.box_decimals <= 6):
+            raise ValueError(f"{name}.box_decimals: must be an integer in 1..6, got {self.box_decimals!r}")
 
     # ------------------------------------------------------------------ cache
     def settings(self) -> dict[str, Any]:
@@ -169,6 +181,7 @@ class GeneratedMultisourceData(KeyedBuild):
             "tasks": list(self.tasks),
             "objects_per_scene": list(self.objects_per_scene),
             "sar_looks": float(self.sar_looks),
+            "box_decimals": self.box_decimals,
         }
 
     # ------------------------------------------------------------------ generation
@@ -210,7 +223,7 @@ class GeneratedMultisourceData(KeyedBuild):
             x0, y0, x1, y1 = placed.shape.bounds()
             taken[max(0, y0 - GAP) : y1 + GAP, max(0, x0 - GAP) : x1 + GAP] = True
             objects.append(placed)
-        colours = [str(rng.choice(OBJECT_CLASSES[o.name].colours)) for o in objects]
+        colours = [CLASS_COLOURS[o.name] for o in objects]
         return Layout(water, objects, colours)
 
     def scene(self, split_index: int, index: int, spec: SceneSpec) -> tuple[np.ndarray, Layout]:
@@ -248,7 +261,7 @@ class GeneratedMultisourceData(KeyedBuild):
         }
         fields = {"boxes": [obj.box], "labels": [obj.name], "meta": meta, "visual_prompts": []}
         if task == "grounding":
-            return {**fields, "turns": grounding_turns(expression(obj), obj.name, [obj.box], size)}
+            return {**fields, "turns": grounding_turns(expression(obj), obj.name, [obj.box], size, self.box_decimals)}
         fields["visual_prompts"] = prompts_to_json([visual_prompt(str(kind), obj.mask, obj.box, rng)])
         if task == "referring_classification":
             return {**fields, "turns": roc_turns("earthgptx", obj.name, obj.box, size)}

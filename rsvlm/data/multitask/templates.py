@@ -61,11 +61,12 @@ def roc_turns(style: Style, label: str, box: Sequence[float], size: tuple[int, i
 
 
 def grounding_turns(
-    expression: str, phrase: str, boxes: Sequence[Sequence[float]], size: tuple[int, int]
+    expression: str, phrase: str, boxes: Sequence[Sequence[float]], size: tuple[int, int], decimals: int = 3
 ) -> tuple[str, str]:
-    """(human, gpt) of visual grounding: "Where is the …? Answer with its bounding box." → ``<p>…</p>[…]``."""
+    """(human, gpt) of visual grounding: "Where is the …? Answer with its bounding box." → ``<p>…</p>[…]``
+    (coordinates with ``decimals`` decimals)."""
     question = f"Where is the {bare_expression(expression)}? Answer with its bounding box."
-    answer = format_grounding(phrase, [list(b) for b in boxes], size, pad="center")
+    answer = format_grounding(phrase, [list(b) for b in boxes], size, pad="center", decimals=decimals)
     return IMAGE_PREFIX + question, answer
 
 

@@ -192,6 +192,7 @@ def test_same_seed_same_bytes_and_every_setting_keys_the_cache(tmp_path: Path) -
         {"tasks": ["roc"]},
         {"objects_per_scene": (2, 4)},
         {"sar_looks": 1},
+        {"box_decimals": 2},
     )
     assert len({GeneratedMultisourceData(**settings(**c)).folder() for c in changes}) == len(changes)
     assert (
@@ -206,6 +207,7 @@ def test_same_seed_same_bytes_and_every_setting_keys_the_cache(tmp_path: Path) -
         ({"prompt_kinds": ["mask"]}, "prompt_kinds"),
         ({"tasks": ["vqa"]}, "tasks"),
         ({"sar_looks": 0.5}, "sar_looks"),
+        ({"box_decimals": 0}, "box_decimals"),
         ({"size": 16}, "size"),
         ({"objects_per_scene": (3, 40)}, "objects_per_scene"),
         ({"n_train": 0, "n_val": 0, "n_test": 0}, "n_train"),
