@@ -23,7 +23,7 @@ import yaml
 
 from rsvlm.experiments.architectures import with_architecture
 
-WEIGHT_PATH_KEYS = ("checkpoint", "checkpoint_path", "encoder_init", "init_from", "component_init")
+WEIGHT_PATH_KEYS = ("checkpoint", "checkpoint_path", "sam_checkpoint", "encoder_init", "init_from", "component_init")
 
 
 def summarize_main(argv: list[str]) -> int:

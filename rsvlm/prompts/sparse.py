@@ -105,6 +105,10 @@ class SparsePromptEncoder(PromptEncoder):
             point / corner / not-a-point embeddings are loaded (the rest of the file is ignored).
         freeze_pe: freeze those SAM parts. The Fourier matrix is a buffer, as in SAM, and never
             trains; the embeddings train when ``freeze_pe`` is False.
+        skip_unprompted: give a sample without a valid slot no tokens (``forward`` then returns one
+            ``(max_prompts+2)×D`` or ``0×D`` tensor per sample): for data whose unprompted samples'
+            text holds no ``placeholder``, e.g. EarthGPT-X's records with ``placeholder="<Region 1>"``,
+            where grounding names its object in words. False: every sample gets its tokens (SPHINX-V).
     """
 
     mode: ClassVar[Literal["tokens", "inline"]] = "tokens"
@@ -117,6 +121,7 @@ class SparsePromptEncoder(PromptEncoder):
         placeholder: str = "<visual_prompts>",
         sam_checkpoint: str | None = None,
         freeze_pe: bool = True,
+        skip_unprompted: bool = False,
     ) -> None:
         super().__init__()
         if pe_dim < 2 or pe_dim % 2:
@@ -127,6 +132,7 @@ class SparsePromptEncoder(PromptEncoder):
         self.max_prompts = max_prompts
         self.pe_dim = pe_dim
         self.placeholder = placeholder
+        self.skip_unprompted = skip_unprompted
 
         # Named as in segment_anything's PromptEncoder so that its state-dict keys load as they are.
         self.pe_layer = PositionEmbeddingRandom(pe_dim // 2)
@@ -212,10 +218,16 @@ class SparsePromptEncoder(PromptEncoder):
         tokens = torch.where(kind == PROMPT_KINDS["point"], point, box)
         return torch.where(kind == PROMPT_KINDS["empty"], empty.to(tokens.dtype), tokens)
 
-    def forward(self, prompts: VisualPromptBatch, visual: FusedFeatures | None = None) -> torch.Tensor:
-        """``B×(max_prompts+2)×D``: start, the slots' tokens in slot order, end (``visual`` is unused)."""
+    def forward(
+        self, prompts: VisualPromptBatch, visual: FusedFeatures | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """``B×(max_prompts+2)×D``: start, the slots' tokens in slot order, end (``visual`` is unused);
+        with ``skip_unprompted`` a list of B such tensors, ``0×D`` for a sample without a valid slot."""
         check_prompt_batch("SparsePromptEncoder", prompts, self.max_prompts)
         slots = self.slot_embeddings(pad_slots(prompts, self.max_prompts))
         start, end = repeat(self.start_end.to(slots.dtype), "t e -> t b 1 e", b=slots.shape[0])
-        tokens = torch.cat([start, slots, end], dim=1)
-        return self.norm(self.proj(tokens))
+        tokens = self.norm(self.proj(torch.cat([start, slots, end], dim=1)))
+        if not self.skip_unprompted:
+            return tokens
+        prompted = prompts.valid.any(dim=1).tolist()  # False for every sample of a batch without slots
+        return [sample if keep else sample[:0] for sample, keep in zip(tokens, prompted, strict=True)]

@@ -193,3 +193,28 @@ def test_bad_arguments_are_named():
         SparsePromptEncoder(out_dim=16, pe_dim=33)
     with pytest.raises(ValueError, match="max_prompts must be >= 1"):
         SparsePromptEncoder(out_dim=16, max_prompts=0)
+
+
+def test_skip_unprompted_gives_unprompted_samples_no_tokens(sam_reference):
+    _, path = sam_reference
+    torch.manual_seed(1)
+    every = SparsePromptEncoder(out_dim=32, max_prompts=5, sam_checkpoint=str(path)).eval()
+    skipping = SparsePromptEncoder(out_dim=32, max_prompts=5, sam_checkpoint=str(path), skip_unprompted=True).eval()
+    skipping.load_state_dict(every.state_dict())
+    prompts = random_prompts([[POINT, EMPTY], [EMPTY, EMPTY], [EMPTY, SCRIBBLE]], (64, 64))
+    with torch.no_grad():
+        full, groups = every(prompts), skipping(prompts)
+    assert [tuple(g.shape) for g in groups] == [(7, 32), (0, 32), (7, 32)]
+    assert torch.equal(groups[0], full[0]) and torch.equal(groups[2], full[2])
+    # a batch without any slot (every sample asks in words): no tokens at all
+    none = random_prompts([[EMPTY], [EMPTY]], (64, 64))
+    none = VisualPromptBatch(
+        kind=none.kind[:, :0],
+        points=none.points[:, :0],
+        npoints=none.npoints[:, :0],
+        boxes=none.boxes[:, :0],
+        labels=none.labels[:, :0],
+        image_size=(64, 64),
+    )
+    with torch.no_grad():
+        assert [tuple(g.shape) for g in skipping(none)] == [(0, 32), (0, 32)]

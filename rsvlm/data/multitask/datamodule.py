@@ -18,6 +18,12 @@ with ``modality_presets``: each image is normalised by its modality's preset
 (:data:`rsvlm.data.modalities.MODALITIES`) and zero-padded to the ``bands`` count ``C_max``; batches
 then carry ``band_valid`` (B×C_max) beside ``modality`` (EarthGPT-X spec §3.3).
 
+``split_modalities`` keeps only some modalities in a split (``{train: [sar]}``: train on SAR, validate
+and test on every modality). ``overlay`` draws each sample's visual prompts onto its image
+(:class:`rsvlm.prompts.overlay.OverlayPrompts` through :class:`rsvlm.data.overlaid.OverlaidSamples`, ViP-LLaVA's
+route: the model then takes no prompt encoder), at the model's resolution after the normalisation; the
+samples keep their ``visual_prompts``, so a SAM decoder still reads them.
+
 Coordinates written in a record's text are normalised on the square of its ``coord_convention``; a file
 whose records do that with another placement than ``pad`` is warned about (text and image frames
 then differ by the pad offset).
@@ -34,15 +40,12 @@ import math
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
-from rsvlm.data.coords import parse_grounding
 from rsvlm.data.loaders import ResumableDataLoader
 from rsvlm.data.mixing import GroupKey, MixtureSampler, MixtureSpec
 from rsvlm.data.modalities import Modality, ModalityError, modality_preset
@@ -56,57 +59,15 @@ from rsvlm.data.multitask.predict import (
     check_granularity,
     check_question,
 )
-from rsvlm.data.multitask.records import TASKS, InstructRecord, InstructRecordError
-
-
-@dataclass
-class SourceOptions:
-    """Options of one records file (all optional).
-
-    Attributes:
-        multiplier: factor on the mixture weight of the file's (source, task) groups (0 leaves them out).
-        tasks: keep only records of these tasks (None: all).
-        splits: record ``split`` → datamodule split (``train``, ``val``, ``test``), e.g.
-            ``{"test_phili": "test"}``; splits it does not name are left out. None: canonical names only.
-        scale: pixel divisor of the file's images (None: the datamodule's ``scale``).
-    """
-
-    multiplier: float = 1.0
-    tasks: list[str] | None = None
-    splits: dict[str, str] | None = None
-    scale: float | None = None
-
-    def check(self, where: str) -> None:
-        """Raise a ValueError naming ``where`` and the field when an option is out of range."""
-        if not math.isfinite(self.multiplier) or self.multiplier < 0:
-            raise ValueError(f"{where}.multiplier: must be finite and >= 0, got {self.multiplier}")
-        unknown = sorted(set(self.tasks or ()) - set(TASKS))
-        if unknown:
-            raise ValueError(f"{where}.tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
-        bad = sorted(v for v in (self.splits or {}).values() if v not in SPLITS)
-        if bad:
-            raise ValueError(f"{where}.splits: maps to {bad}; the datamodule's splits are {', '.join(SPLITS)}")
-        if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"{where}.scale: must be a positive number, got {self.scale}")
-
-
-@runtime_checkable
-class InstructGenerator(Protocol):
-    """Generated records built offline in ``prepare_data`` (:class:`GeneratedInstructData`,
-    :class:`rsvlm.data.multitask.generated_multisource.GeneratedMultisourceData`)."""
-
-    def records_path(self) -> Path:
-        """The records file the build writes (known before it is built)."""
-        ...
-
-    def prepare(self) -> Path:
-        """Build the records and their images unless done before; returns :meth:`records_path`."""
-        ...
-
-
-def has_text_coordinates(record: InstructRecord) -> bool:
-    """True when a turn writes a box or point bracket (:func:`rsvlm.data.coords.parse_grounding`)."""
-    return any(parse_grounding(turn.text, (1, 1)) for turn in record.conversations)
+from rsvlm.data.multitask.records import InstructRecord, InstructRecordError
+from rsvlm.data.multitask.source_options import (
+    InstructGenerator,
+    SourceOptions,
+    check_split_modalities,
+    has_text_coordinates,
+)
+from rsvlm.data.overlaid import OverlaidSamples
+from rsvlm.prompts.overlay import OverlayPrompts
 
 
 class InstructDataModule(RsvlmDataModule):
@@ -133,6 +94,10 @@ class InstructDataModule(RsvlmDataModule):
         alpha: size exponent of the group weights (``p_g ∝ m_g n_g^α``).
         task_multipliers: factors per task on the group weights.
         epoch_size: training samples per epoch (default: all train records).
+        split_modalities: split → the record modalities it keeps (``optical``, ``sar``, ``infrared``);
+            splits not named keep every record. None: no filter.
+        overlay: draw the visual prompts on every split's images (:class:`OverlayPrompts`; its ``white``,
+            ``mean`` and ``std`` must describe the images as normalised here), or None.
         seg_text: what ``[SEG]`` becomes in gpt turns (GeoMag's codebook ``"[SEG0][SEG1][SEG2]"``), or None.
         check_files: check that images and mask files exist when reading the records.
         batch_size, num_workers, pin_memory, seed: DataLoader settings and the sampling seed.
@@ -159,6 +124,8 @@ class InstructDataModule(RsvlmDataModule):
         alpha: float = 0.5,
         task_multipliers: dict[str, float] | None = None,
         epoch_size: int | None = None,
+        split_modalities: dict[str, list[str]] | None = None,
+        overlay: OverlayPrompts | None = None,
         seg_text: str | None = None,
         check_files: bool = True,
         batch_size: int = 2,
@@ -199,6 +166,8 @@ class InstructDataModule(RsvlmDataModule):
         self.pad = check_pad(pad, f"{name}.pad")
         self.scale, self.mean, self.std = scale, mean, std
         self.alpha, self.task_multipliers, self.epoch_size = alpha, task_multipliers, epoch_size
+        self.split_modalities = check_split_modalities(split_modalities, f"{name}.split_modalities")
+        self.overlay = overlay
         self.seg_text = seg_text
         self.check_files = check_files
         self.mixture: MixtureSpec | None = None
@@ -269,6 +238,9 @@ class InstructDataModule(RsvlmDataModule):
                 split = self._split_of(record, option)
                 if split is None or (option.tasks is not None and record.task not in option.tasks):
                     continue
+                kept = (self.split_modalities or {}).get(split)  # None: every modality
+                if kept is not None and record.modality not in kept:
+                    continue
                 if len(record.images) != 1:
                     raise InstructRecordError(
                         f"{path}: record {record.id!r}: field 'image': {len(record.images)} images; "
@@ -308,18 +280,24 @@ class InstructDataModule(RsvlmDataModule):
             raise ValueError(f"{type(self).__name__}: no train records in {', '.join(self.sources)}")
         ordered = {**items, "train": [item for members in groups.values() for item in members]}
         self.datasets |= {
-            split: InstructDataset(
-                ordered[split],
-                self.image_size,
-                self.pad,  # type: ignore[arg-type]
-                self.num_bands,
-                self.mean,
-                self.std,
-                self.seg_text,
-                self.modality_presets,
+            split: self._overlaid(
+                InstructDataset(
+                    ordered[split],
+                    self.image_size,
+                    self.pad,  # type: ignore[arg-type]
+                    self.num_bands,
+                    self.mean,
+                    self.std,
+                    self.seg_text,
+                    self.modality_presets,
+                )
             )
             for split in SPLITS
         }
+
+    def _overlaid(self, dataset: Dataset) -> Dataset:
+        """``dataset`` with the prompts drawn on its images when ``overlay`` is set, else itself."""
+        return dataset if self.overlay is None else OverlaidSamples(dataset, self.overlay)
 
     def group_sizes(self) -> dict[GroupKey, int]:
         """Train records per (source, task) group, in the sampler's order (after :meth:`setup`)."""
@@ -342,8 +320,10 @@ class InstructDataModule(RsvlmDataModule):
         """The predict images with the question (:class:`WholeImagePredictDataset`); errors name the field or file."""
         name = type(self).__name__
         question = check_question(self.question, f"{name}.question")
-        self.datasets["predict"] = WholeImagePredictDataset.of_datamodule(
-            self, self.predict_paths, question, self.granularity, where=f"{name}.predict_paths"
+        self.datasets["predict"] = self._overlaid(
+            WholeImagePredictDataset.of_datamodule(
+                self, self.predict_paths, question, self.granularity, where=f"{name}.predict_paths"
+            )
         )
 
     def predict_dataloader(self) -> DataLoader:
