@@ -35,3 +35,15 @@ def test_wrong_channels_is_a_contract_error():
     fusion = SingleScaleFusion(in_channels=[8, 16, 33, 64], out_channels=4)
     with pytest.raises(ContractError, match="level 2: got 32 channels, expected 33"):
         fusion(_pyramid())
+
+
+def test_batch_norm_centres_each_channel_over_the_batch_and_space():
+    torch.manual_seed(0)
+    fusion = SingleScaleFusion(in_channels=[8], in_reductions=[4], out_channels=6, target_reduction=4, norm="batch")
+    x = torch.randn(3, 8, 5, 5) + 4.0  # a shared offset, as random encoders give
+    out = fusion([x]).map
+    conv = torch.nn.functional.conv2d(x, fusion.proj.weight, fusion.proj.bias)
+    mean, var = conv.mean(dim=(0, 2, 3), keepdim=True), conv.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(out, (conv - mean) / torch.sqrt(var + fusion.bn.eps), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="norm must be"):
+        SingleScaleFusion(in_channels=[8], in_reductions=[4], out_channels=6, target_reduction=4, norm="layer")
