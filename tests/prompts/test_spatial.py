@@ -198,3 +198,14 @@ def test_errors_name_the_field():
         make_encoder(heads=3)
     with pytest.raises(ValueError, match="box_style"):
         make_encoder(box_style="dashed")
+
+
+def test_relative_to_empty_subtracts_the_empty_canvas_tokens():
+    plain, relative = make_encoder(depth=2), make_encoder(depth=2, relative_to_empty=True)
+    prompts = batch(MIXED + [[None] * M])
+    canvas = plain.canvas(prompts)
+    expected = plain.encode_canvas(canvas) - plain.encode_canvas(torch.zeros_like(canvas[:1]))
+    out = relative(prompts)
+    torch.testing.assert_close(out, expected)
+    assert out[1].abs().max() == 0  # the unprompted sample adds nothing
+    assert out[0].abs().max() > 0
