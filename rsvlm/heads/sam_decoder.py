@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from rsvlm.contracts import MaskDecoder, VisualPromptBatch
 from rsvlm.io.state_dicts import check_state_dict, read_state_dict
-from rsvlm.prompts.sam import sam_prompt_input
+from rsvlm.prompts.sam import drawn_prompt_masks, mask_logits, sam_prompt_input
 
 # The geometry every official SAM checkpoint was trained with (segment_anything.build_sam).
 SAM_PROMPT_DIM = 256
@@ -68,6 +68,11 @@ class SamMaskDecoderHead(MaskDecoder):
             :class:`~rsvlm.contracts.VisualPromptBatch`) to SAM's prompt encoder, as LISA-style
             pixel grounding with a drawn prompt does: their sparse embeddings follow the bridge's
             tokens, and a free-form mask becomes the dense prompt (see :mod:`rsvlm.prompts.sam`).
+        prompts_as_mask: with ``use_visual_prompts``, a sample without a free-form mask prompt gets
+            its drawn prompts (:func:`rsvlm.prompts.sam.drawn_prompt_masks`: the box filled, the
+            point's disc, the stroke) as SAM's mask input, so the decoder sees where the prompt lies
+            on its own map instead of learning it from the corner encodings alone (a decoder trained
+            from scratch on the EarthGPT-X demo left its box-prompted masks below the box itself).
 
     Under DDP, note that the IoU head (and, without multimask output, the three multimask
     hypernetwork MLPs) take no part in the mask loss, as in SAM-based training code.
@@ -84,6 +89,7 @@ class SamMaskDecoderHead(MaskDecoder):
         multimask_output: bool = False,
         freeze_prompt_encoder: bool = True,
         use_visual_prompts: bool = False,
+        prompts_as_mask: bool = False,
     ) -> None:
         super().__init__()
         if prompt_dim % 8 or (prompt_dim // 2) % decoder_heads:
@@ -96,6 +102,7 @@ class SamMaskDecoderHead(MaskDecoder):
         self.prompt_dim = prompt_dim
         self.multimask_output = multimask_output
         self.use_visual_prompts = use_visual_prompts
+        self.prompts_as_mask = prompts_as_mask
 
         self.neck = nn.Sequential(
             nn.Conv2d(in_channels, prompt_dim, kernel_size=1, bias=False),
@@ -248,8 +255,11 @@ class SamMaskDecoderHead(MaskDecoder):
         h, w = size
         sparse: list[torch.Tensor] = []
         dense: list[torch.Tensor] = []
+        drawn = drawn_prompt_masks(visual_prompts) if self.prompts_as_mask else None
         for index in range(visual_prompts.batch_size):
             given = sam_prompt_input(visual_prompts, index)
+            if drawn is not None and given.mask is None and bool(drawn[index].any()):
+                given.mask = mask_logits(drawn[index])
             parts = [torch.zeros(1, 0, self.prompt_dim, dtype=dtype, device=device)]
             if given.coords is not None:
                 coords, labels = given.coords.to(device, dtype), given.labels.to(device)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from rsvlm.contracts import PROMPT_KINDS, VisualPromptBatch
-from rsvlm.prompts.geometry import resample_stroke
+from rsvlm.prompts.geometry import resample_stroke, slot_marks
 
 SAM_FRAME = 1024
 MASK_LOGIT = 10.0
@@ -78,10 +78,19 @@ def sam_prompt_input(
         coords=(torch.cat(coords) * scale - 0.5)[None] if coords else None,
         labels=torch.cat(labels).long()[None] if labels else None,
         boxes=torch.stack(boxes) * scale.repeat(2) - 0.5 if boxes else None,
-        mask=_mask_logits(torch.stack(masks).any(0)) if masks else None,
+        mask=mask_logits(torch.stack(masks).any(0)) if masks else None,
     )
 
 
-def _mask_logits(mask: torch.Tensor) -> torch.Tensor:
+def mask_logits(mask: torch.Tensor) -> torch.Tensor:
     """``H×W`` bool → ``1×1×H×W`` logits ±10."""
     return (2 * MASK_LOGIT * (mask.float() - 0.5))[None, None]
+
+
+def drawn_prompt_masks(prompts: VisualPromptBatch) -> torch.Tensor:
+    """``B×H×W`` bool at ``prompts.image_size``: the union of each sample's foreground prompts as drawn
+    by :func:`~rsvlm.prompts.geometry.slot_marks` (points as discs, boxes filled, scribbles as strokes,
+    masks as they are), for SAM's mask input when no free-form mask is given."""
+    marks = torch.from_numpy(slot_marks(prompts))  # B×M×H×W
+    foreground = (prompts.labels.cpu() == 1)[..., None, None]
+    return (marks & foreground).any(dim=1)

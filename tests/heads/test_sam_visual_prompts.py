@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from rsvlm.contracts import PROMPT_KINDS, VisualPromptBatch
 from rsvlm.heads.sam_decoder import SamMaskDecoderHead
-from rsvlm.prompts.sam import sam_prompt_input
+from rsvlm.prompts.sam import drawn_prompt_masks, sam_prompt_input
 
 H, W = 256, 192  # a non-square image: SAM's frame scales x and y differently
 
@@ -200,3 +200,37 @@ def test_several_targets_per_sample_each_decode_with_their_own_images_prompts(he
     torch.testing.assert_close(got, torch.cat(expected), atol=1e-5, rtol=1e-5)
     single = batch_of([[{"kind": "point", "xy": [50.0, 60.0]}]])
     assert torch.equal(prompts.rows(torch.tensor([0])).boxes, single.boxes)  # rows() picks a sample's slots
+
+
+def test_prompts_as_mask_give_sam_the_drawn_box_and_point_as_its_mask_input(sam_checkpoint):
+    sam, path = sam_checkpoint
+    torch.manual_seed(5)
+    drawing = SamMaskDecoderHead(in_channels=16, checkpoint=str(path), use_visual_prompts=True, prompts_as_mask=True)
+    box, point = [20.0, 10.0, 90.0, 60.0], [150.5, 200.5]
+    prompts = batch_of(
+        [
+            [
+                {"kind": "box", "box": box},
+                {"kind": "point", "xy": point},
+                {"kind": "point", "xy": [5.5, 5.5], "label": 0},
+            ],
+            [{"kind": "point", "xy": point, "label": 0}],  # background only: nothing drawn, no mask input
+        ]
+    )
+    # Drawn by hand: the box's pixels (pixel centres inside its continuous edges) and the point's disc
+    # (radius 2 on a 256-px side, pixel centres within it); the background point is not drawn.
+    rows, cols = np.mgrid[0:H, 0:W] + 0.5
+    expected = (cols >= box[0]) & (cols <= box[2]) & (rows >= box[1]) & (rows <= box[3])
+    expected |= (cols - point[0]) ** 2 + (rows - point[1]) ** 2 <= 2**2
+    drawn = drawn_prompt_masks(prompts)
+    assert drawn.shape == (2, H, W) and not drawn[1].any()
+    assert (drawn[0].numpy() == expected).all()
+    with torch.no_grad():
+        _, dense = drawing.visual_prompt_embeddings(prompts, (32, 16))
+        logits = torch.where(drawn[0], 10.0, -10.0)[None, None].float()
+        _, ref = sam.prompt_encoder(
+            points=None, boxes=None, masks=F.interpolate(logits, size=(128, 64), mode="bilinear")
+        )
+    torch.testing.assert_close(dense[0:1], ref, atol=1e-5, rtol=1e-5)
+    no_mask = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 32, 16)
+    torch.testing.assert_close(dense[1:2], no_mask, atol=1e-5, rtol=1e-5)
