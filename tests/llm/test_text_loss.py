@@ -41,7 +41,9 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("average", ["token", "sample"])
 def test_averages_match_a_per_token_loop(batch, average):
     logits, labels = batch
-    assert math.isclose(float(next_token_loss(logits, labels, average)), brute_force(logits, labels, average), rel_tol=1e-5)
+    assert math.isclose(
+        float(next_token_loss(logits, labels, average)), brute_force(logits, labels, average), rel_tol=1e-5
+    )
 
 
 def test_sample_average_weighs_a_short_answer_as_much_as_a_long_one(batch):
