@@ -66,27 +66,37 @@ def rsvlm_cache_dir() -> Path:
     return Path(os.environ.get("RSVLM_CACHE", Path.home() / ".cache" / "rsvlm")).expanduser()
 
 
-def bpe_fingerprint(corpus: Sequence[str], vocab_size: int) -> str:
-    """Identifies one build: a hash of the corpus (in order), the chat template, the special tokens
-    and the vocabulary size (16 hex digits)."""
+def bpe_fingerprint(corpus: Sequence[str], vocab_size: int, individual_digits: bool = False) -> str:
+    """Identifies one build: a hash of the corpus (in order), the chat template, the special tokens,
+    the vocabulary size and the digit splitting (16 hex digits)."""
     digest = hashlib.sha256()
-    for part in (*corpus, CHATML_TEMPLATE, *SPECIAL_TOKENS, str(vocab_size)):
+    # The digit flag enters only when set, so builds made before it existed keep their fingerprint.
+    digits = ("individual_digits",) if individual_digits else ()
+    for part in (*corpus, CHATML_TEMPLATE, *SPECIAL_TOKENS, str(vocab_size), *digits):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
 
 
-def train_bpe(corpus: Sequence[str], vocab_size: int) -> Tokenizer:
+def train_bpe(corpus: Sequence[str], vocab_size: int, individual_digits: bool = False) -> Tokenizer:
     """A byte-level BPE trained on ``corpus`` (deterministic: the same corpus gives the same merges).
 
     Args:
         corpus: training sentences, in order.
         vocab_size: the vocabulary the trainer aims for (bytes + special tokens + merges); training
             stops earlier when the corpus has no more pairs to merge.
+        individual_digits: every digit its own token, as Qwen2's and LLaMA's tokenizers split
+            numbers (``"0.25"`` → ``0 . 2 5``), so a coordinate is written digit by digit instead of
+            as one of a hundred unrelated word tokens.
     """
     tok = Tokenizer(models.BPE())
     # Byte-level like GPT-2/Qwen2: every string is encodable, no unknown token is needed.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if individual_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -117,7 +127,11 @@ def wrap_chatml(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def build_bpe_tokenizer(
-    folder: str | Path, corpus: Sequence[str], vocab_size: int, label: str = "BPE"
+    folder: str | Path,
+    corpus: Sequence[str],
+    vocab_size: int,
+    label: str = "BPE",
+    individual_digits: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Train a ChatML byte-level BPE on ``corpus`` into ``folder``, or load it from there.
 
@@ -132,6 +146,7 @@ def build_bpe_tokenizer(
         corpus: training sentences, in order.
         vocab_size: target vocabulary size of the BPE trainer.
         label: what the tokenizer is called in errors (``"demo"`` → "not a demo tokenizer folder").
+        individual_digits: split numbers into single digits (see :func:`train_bpe`).
 
     Returns:
         A fast tokenizer with a vocabulary of about ``vocab_size`` entries (fewer when the corpus
@@ -142,13 +157,13 @@ def build_bpe_tokenizer(
     """
     folder = Path(folder).expanduser()
     marker = folder / DONE_MARKER
-    fingerprint = bpe_fingerprint(corpus, vocab_size)
+    fingerprint = bpe_fingerprint(corpus, vocab_size, individual_digits)
     if marker.is_file() and marker.read_text().strip() == fingerprint:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     if folder.exists() and not marker.is_file() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists and is not a {label} tokenizer folder; choose an empty or new folder")
 
-    fast = wrap_chatml(train_bpe(corpus, vocab_size))
+    fast = wrap_chatml(train_bpe(corpus, vocab_size, individual_digits))
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Write into a private temporary folder and move it into place.
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))

@@ -191,27 +191,39 @@ def demo_fingerprint(vocab_size: int = DEMO_VOCAB_SIZE) -> str:
     return bpe_fingerprint(demo_corpus(), vocab_size)
 
 
-def build_demo_tokenizer(folder: str | Path, vocab_size: int = DEMO_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+def build_demo_tokenizer(
+    folder: str | Path, vocab_size: int = DEMO_VOCAB_SIZE, individual_digits: bool = False
+) -> PreTrainedTokenizerFast:
     """Train (or load from ``folder``) the demo tokenizer; see :func:`~rsvlm.llm.tokenizer.build_bpe_tokenizer`."""
-    return build_bpe_tokenizer(folder, demo_corpus(), vocab_size, label="demo")
+    return build_bpe_tokenizer(folder, demo_corpus(), vocab_size, label="demo", individual_digits=individual_digits)
 
 
 class SpieDemoTokenizer(TokenizerSource):
     """The offline demo tokenizer, built once into ``$RSVLM_CACHE/demo-tokenizer`` (default
-    ``~/.cache/rsvlm``) and loaded from there afterwards.
+    ``~/.cache/rsvlm``; ``demo-tokenizer-digits`` with ``individual_digits``) and loaded from there
+    afterwards.
 
     Args:
         vocab_size: target vocabulary size of the BPE trainer.
         folder: where to build it instead of the cache.
+        individual_digits: one token per digit, as Qwen2's and LLaMA's tokenizers split numbers
+            (the EarthGPT-X demo writes box coordinates; by default numbers merge like words).
     """
 
-    def __init__(self, vocab_size: int = DEMO_VOCAB_SIZE, folder: str | None = None) -> None:
+    def __init__(
+        self, vocab_size: int = DEMO_VOCAB_SIZE, folder: str | None = None, individual_digits: bool = False
+    ) -> None:
         self.vocab_size = vocab_size
         self.folder = folder
+        self.individual_digits = individual_digits
 
     def load(self) -> PreTrainedTokenizerFast:
-        folder = Path(self.folder) if self.folder is not None else rsvlm_cache_dir() / "demo-tokenizer"
-        return build_demo_tokenizer(folder, self.vocab_size)
+        default = "demo-tokenizer-digits" if self.individual_digits else "demo-tokenizer"
+        folder = Path(self.folder) if self.folder is not None else rsvlm_cache_dir() / default
+        return build_demo_tokenizer(folder, self.vocab_size, self.individual_digits)
 
     def __repr__(self) -> str:
-        return f"SpieDemoTokenizer(vocab_size={self.vocab_size}, folder={self.folder!r})"
+        return (
+            f"SpieDemoTokenizer(vocab_size={self.vocab_size}, folder={self.folder!r}, "
+            f"individual_digits={self.individual_digits})"
+        )
