@@ -1,11 +1,14 @@
 """Projector from visual tokens to the LLM width.
 
-LLaVA's ``mlp2x_gelu`` projector: ``Linear → GELU → Linear``, applied token by token.
+LLaVA's ``mlp2x_gelu`` projector: ``Linear → GELU → Linear``, applied token by token, optionally
+after adding a fixed 2-D sin-cos position embedding to the tokens (as Qwen-VL's connector adds 2-D
+absolute positions), for encoders whose features carry little of where they lie.
 """
 
 from __future__ import annotations
 
 import torch
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import nn
 
 
@@ -18,6 +21,10 @@ class MLPProjector(nn.Module):
         hidden_dim: width between the two layers; ``None`` uses ``out_dim`` as LLaVA does.
         checkpoint: a weight file of the projector (``rsvlm convert llava`` writes one).
         freeze: no gradients into the projector.
+        position_grid: ``[h, w]`` of the token grid (row-major, ``N = h·w``): adds timm's fixed 2-D
+            sin-cos embedding (MAE's; ``in_dim`` divisible by 4) to the tokens before the MLP, so the
+            LLM can read each token's place on the image (a box written as text needs it). Not
+            for token counts that change (views, crops).
 
     The submodule is an ``nn.Sequential`` named ``proj`` (``proj.0`` and ``proj.2`` are the
     linear layers), the same layout as LLaVA's ``mm_projector`` so its weights map by
@@ -31,6 +38,7 @@ class MLPProjector(nn.Module):
         hidden_dim: int | None = None,
         checkpoint: str | None = None,
         freeze: bool = False,
+        position_grid: list[int] | None = None,
     ) -> None:
         super().__init__()
         if in_dim <= 0 or out_dim <= 0 or (hidden_dim is not None and hidden_dim <= 0):
@@ -38,8 +46,17 @@ class MLPProjector(nn.Module):
                 f"MLPProjector: in_dim, out_dim and hidden_dim must be positive, got "
                 f"in_dim={in_dim}, out_dim={out_dim}, hidden_dim={hidden_dim}"
             )
+        if position_grid is not None and (len(position_grid) != 2 or min(position_grid) <= 0 or in_dim % 4):
+            raise ValueError(
+                f"MLPProjector.position_grid must be [h, w] of positive sizes with in_dim divisible by 4, "
+                f"got position_grid={position_grid}, in_dim={in_dim}"
+            )
         self.in_dim = in_dim
         self.out_dim = out_dim
+        self.position_grid = None if position_grid is None else [int(n) for n in position_grid]
+        # A buffer rebuilt from the arguments, never saved: checkpoints stay LLaVA's layout.
+        position = None if position_grid is None else build_sincos2d_pos_embed(self.position_grid, dim=in_dim)
+        self.register_buffer("position", position, persistent=False)
         self.hidden_dim = out_dim if hidden_dim is None else hidden_dim
         self.proj = nn.Sequential(
             nn.Linear(in_dim, self.hidden_dim),
@@ -74,10 +91,18 @@ class MLPProjector(nn.Module):
         self.weights_source = str(path)  # trained-only checkpoints leave these out when frozen
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Project ``tokens`` (``B×N×in_dim``, or any ``…×in_dim``) to ``B×N×out_dim``."""
+        """Project ``tokens`` (``B×N×in_dim``, or any ``…×in_dim``; ``B×N×in_dim`` with ``N = h·w``
+        under ``position_grid``) to ``B×N×out_dim``."""
         if tokens.shape[-1] != self.in_dim:
             raise ValueError(
                 f"MLPProjector: tokens have width {tokens.shape[-1]} (shape {tuple(tokens.shape)}), "
                 f"expected in_dim={self.in_dim}"
             )
+        if self.position is not None:
+            if tokens.shape[-2] != self.position.shape[0]:
+                raise ValueError(
+                    f"MLPProjector: {tokens.shape[-2]} tokens, but position_grid={self.position_grid} "
+                    f"has {self.position.shape[0]}"
+                )
+            tokens = tokens + self.position.to(tokens.dtype)
         return self.proj(tokens)

@@ -45,3 +45,29 @@ def test_wrong_width() -> None:
     proj = MLPProjector(4, 8)
     with pytest.raises(ValueError, match="in_dim=4"):
         proj(torch.zeros(1, 3, 5))
+
+
+def test_position_grid_adds_the_2d_sincos_embedding_row_by_row() -> None:
+    torch.manual_seed(0)
+    h, w, dim = 3, 4, 8
+    proj = MLPProjector(dim, 5, position_grid=[h, w])
+    x = torch.randn(2, h * w, dim)
+    # Brute force, MAE-style: a quarter of the channels each for sin(row·f), sin(col·f), cos(row·f),
+    # cos(col·f), with frequencies f_k = 10000^(-k / (dim/4)); tokens in row-major order.
+    quarter = dim // 4
+    expected = torch.zeros(h * w, dim)
+    for row in range(h):
+        for col in range(w):
+            for k in range(quarter):
+                f = 10000.0 ** (-k / quarter)
+                token = row * w + col
+                expected[token, k] = torch.sin(torch.tensor(row * f))
+                expected[token, quarter + k] = torch.sin(torch.tensor(col * f))
+                expected[token, 2 * quarter + k] = torch.cos(torch.tensor(row * f))
+                expected[token, 3 * quarter + k] = torch.cos(torch.tensor(col * f))
+    torch.testing.assert_close(proj(x), _reference(proj, x + expected))
+    assert "position" not in proj.state_dict()  # rebuilt from the arguments: LLaVA's weight layout kept
+    with pytest.raises(ValueError, match=r"position_grid=\[3, 4\]"):
+        proj(torch.randn(2, 5, dim))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        MLPProjector(6, 5, position_grid=[2, 2])
