@@ -121,8 +121,8 @@ def test_geomag_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
 
 
 def test_earthgptx_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
-    """The EarthGPT-X demo: per-modality stems, mixed experts, SAE + hybrid fusion, [SEG] → SAM decoder
-    with the user's prompts; every score per modality and prompt kind, each beside its baseline, and the
+    """The EarthGPT-X demo: per-modality stems, mixed experts, the prompt as a RoIAlign region token,
+    [SEG] → SAM decoder with the user's prompts (drawn as its mask input too); every score per modality and prompt kind, each beside its baseline, and the
     table of them printed after the test."""
     root = tmp_path / "earthgptx"
     result = fit_demo(
