@@ -105,6 +105,7 @@ class Predictor:
         threshold: float = 0.5,
         overlap: int | None = None,
         progress: bool = False,
+        modality: str | None = None,
     ) -> Prediction | list[Prediction]:
         """Answer one image, or a list (one :class:`Prediction` each; their tiles share batches).
 
@@ -129,6 +130,10 @@ class Predictor:
             threshold: probability threshold of the mask.
             overlap: pixels shared by neighbouring tiles (default: the recipe's).
             progress: a progress bar over the tiles.
+            modality: ``optical`` (default), ``sar`` or ``infrared``: the image's modality, for
+                whole-image models with per-modality stems (EarthGPT-X); with the recipe's
+                ``modality_presets`` the image keeps its own bands (SAR: VV, VH in dB) and is
+                normalised by that modality's preset, as in training.
         """
         from rsvlm.data.visual_prompts import prompts_from_arguments
         from rsvlm.inference.tiles import predict_images
@@ -163,13 +168,24 @@ class Predictor:
         if not 0.0 < threshold < 1.0:
             raise PredictError(f"predict: threshold must be in (0, 1), got {threshold}")
         several = isinstance(image, (list, tuple))
+        if modality is not None and not self.whole_image:
+            raise PredictError(
+                f"predict: modality= is for whole-image models (EarthGPT-X); {self.source or 'this model'} reads tiles "
+                "of its recipe's bands"
+            )
         if self.whole_image:
             from rsvlm.inference.whole_image import predict_whole_images
 
             if instruction is None:
                 raise PredictError(f"{self.source or 'this model'} answers questions: give instruction=")
             results = predict_whole_images(
-                self, list(image) if several else [image], instruction, granularity, prompts, threshold
+                self,
+                list(image) if several else [image],
+                instruction,
+                granularity,
+                prompts,
+                threshold,
+                modality or "optical",
             )
             return _with_prompts(results, prompts, several)
         results = predict_images(

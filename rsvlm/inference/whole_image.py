@@ -44,8 +44,10 @@ def predict_whole_images(
     granularity: str,
     prompts: Sequence[Any],
     threshold: float,
+    modality: str = "optical",
 ) -> list[Prediction]:
-    """One :class:`Prediction` per image (paths, or ``C×H×W`` arrays in the model's bands)."""
+    """One :class:`Prediction` per image (paths, or ``C×H×W`` arrays in the model's bands, or in the
+    modality's own bands when the model normalises by modality), all of ``modality``."""
     try:
         check_granularity(granularity, "predict")
     except PredictInputError as error:
@@ -62,7 +64,7 @@ def predict_whole_images(
                 paths.append(_write_array(array, Path(scratch) / f"array_{i}.tif"))
                 names.append("array" if len(images) == 1 else f"array_{i}"), pixels.append(array)
         return [
-            _predict_one(predictor, path, name, array, instruction, granularity, prompts, threshold)
+            _predict_one(predictor, path, name, array, instruction, granularity, prompts, threshold, modality)
             for path, name, array in zip(paths, names, pixels, strict=True)
         ]
 
@@ -88,10 +90,11 @@ def _predict_one(
     granularity: str,
     prompts: Sequence[Any],
     threshold: float,
+    modality: str,
 ) -> Prediction:
     try:
         dataset = WholeImagePredictDataset.of_datamodule(
-            predictor.datamodule, [path], instruction, granularity, prompts
+            predictor.datamodule, [path], instruction, granularity, prompts, modality=modality
         )
     except PredictInputError as error:
         raise PredictError(str(error)) from None

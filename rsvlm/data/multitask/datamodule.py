@@ -105,6 +105,8 @@ class InstructDataModule(RsvlmDataModule):
             alone needs no ``sources`` and builds no ``generate`` data.
         question: the free-text question asked about every predict image (required to predict).
         granularity: what ``question`` asks about: ``image``, ``region`` or ``pixel`` (MagCrop routes by it).
+        modality: the predict images' modality, ``optical``, ``sar`` or ``infrared`` (with
+            ``modality_presets``, its preset normalises them, as in training).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class InstructDataModule(RsvlmDataModule):
         predict_paths: list[str] | None = None,
         question: str | None = None,
         granularity: str = "pixel",
+        modality: str = "optical",
     ) -> None:
         super().__init__(bands=bands, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         name = type(self).__name__
@@ -174,6 +177,7 @@ class InstructDataModule(RsvlmDataModule):
         self.predict_paths = [os.fspath(p) for p in predict_paths or []]
         self.question = question
         self.granularity = check_granularity(granularity, f"{name}.granularity")
+        self.modality = modality
 
     def _presets(
         self, presets: dict[str, Modality | str], mean: list[float] | None, std: list[float] | None
@@ -322,7 +326,12 @@ class InstructDataModule(RsvlmDataModule):
         question = check_question(self.question, f"{name}.question")
         self.datasets["predict"] = self._overlaid(
             WholeImagePredictDataset.of_datamodule(
-                self, self.predict_paths, question, self.granularity, where=f"{name}.predict_paths"
+                self,
+                self.predict_paths,
+                question,
+                self.granularity,
+                where=f"{name}.predict_paths",
+                modality=self.modality,
             )
         )
 

@@ -7,7 +7,8 @@ it with :class:`PredictCollate`, so an image and a question become the same batc
 
 Each image and the question become an instruction record (:func:`predict_record`): the human turn
 ``"<image>\\n<question>"``, an empty gpt turn, the task of the asked granularity
-(:data:`TASK_OF_GRANULARITY`, which MagCrop routes by). The samples are
+(:data:`TASK_OF_GRANULARITY`, which MagCrop routes by) and the images' modality (with the data
+module's ``modality_presets``, each image is normalised by its modality's preset, as in training). The samples are
 :class:`rsvlm.data.multitask.dataset.InstructDataset`'s (``image`` ``C×S×S``, ``valid`` ``1×S×S``,
 ``meta`` with the resize info), their ``meta`` adding ``bands``, ``instruction`` and ``granularity``
 for the writer (:class:`rsvlm.inference.writer.PredictionWriter`).
@@ -20,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rsvlm.contracts import RsvlmError
+from rsvlm.data.modalities import MODALITY_IDS
 from rsvlm.data.multitask.dataset import InstructCollate, InstructDataset, Item
 from rsvlm.data.multitask.geometry import PadMode
 from rsvlm.data.multitask.records import InstructRecord, Turn
@@ -53,8 +55,25 @@ def check_question(question: str | None, where: str) -> str:
     return str(question)
 
 
+def check_modality(modality: str, presets: Mapping[str, Any] | None, where: str) -> str:
+    """``modality`` if it is known (and has a preset when the model normalises by modality), else a
+    :class:`PredictInputError` naming ``where``."""
+    if modality not in MODALITY_IDS:
+        raise PredictInputError(f"{where}: unknown modality {modality!r}; known: {', '.join(MODALITY_IDS)}")
+    if presets is not None and modality not in presets:
+        raise PredictInputError(
+            f"{where}: modality {modality!r} has no entry in the model's modality_presets ({', '.join(presets)})"
+        )
+    return modality
+
+
 def predict_record(
-    path: str, question: str, granularity: str, prompts: Sequence[VisualPrompt] = (), record_id: str = "predict"
+    path: str,
+    question: str,
+    granularity: str,
+    prompts: Sequence[VisualPrompt] = (),
+    record_id: str = "predict",
+    modality: str = "optical",
 ) -> InstructRecord:
     """The instruction record that asks ``question`` about the image at ``path`` (see the module docstring)."""
     return InstructRecord(
@@ -65,6 +84,7 @@ def predict_record(
         conversations=[Turn("human", f"<image>\n{question}"), Turn("gpt", "")],
         source="predict",
         split="test",
+        modality=modality,
         visual_prompts=prompts_to_json(list(prompts)),
     )
 
@@ -82,6 +102,9 @@ class WholeImagePredictDataset(InstructDataset):
             :class:`~rsvlm.data.multitask.dataset.InstructDataset`.
         prompts: visual prompts in the images' pixels, given to every image.
         where: the caller, named in errors (``InstructDataModule.predict_paths``, ``predict``).
+        modality: ``optical``, ``sar`` or ``infrared``, the images' modality (the stems pick by it).
+        modality_presets: modality → normalisation preset, as the data module's (then ``scale``,
+            ``mean`` and ``std`` are not used); None normalises by ``scale``, ``mean`` and ``std``.
 
     Samples: :class:`~rsvlm.data.multitask.dataset.InstructDataset`'s (``image`` ``C×S×S`` float32,
     ``valid`` ``1×S×S`` bool, ...), ``meta`` with ``bands``, ``instruction`` and ``granularity`` added.
@@ -102,6 +125,8 @@ class WholeImagePredictDataset(InstructDataset):
         seg_text: str | None = None,
         prompts: Sequence[VisualPrompt] = (),
         where: str = "predict",
+        modality: str = "optical",
+        modality_presets: Mapping[str, Any] | None = None,
     ) -> None:
         self.paths = [os.fspath(p) for p in paths]
         if not self.paths:
@@ -109,15 +134,20 @@ class WholeImagePredictDataset(InstructDataset):
         self.question = check_question(question, where)
         self.granularity = check_granularity(granularity, where)
         self.bands = list(bands)
+        self.modality = check_modality(modality, modality_presets, where.rsplit(".", 1)[0] + ".modality")
         for path in self.paths:
             if not os.path.isfile(path):
                 raise PredictInputError(f"{where}: {path}: no such file")
             read_header(path)  # RasterError naming the file when rasterio cannot open it
         items = [
-            Item(predict_record(p, self.question, self.granularity, prompts, f"predict-{i}"), "predict", scale)
+            Item(
+                predict_record(p, self.question, self.granularity, prompts, f"predict-{i}", self.modality),
+                "predict",
+                scale,
+            )
             for i, p in enumerate(self.paths)
         ]
-        super().__init__(items, image_size, pad, channels, mean, std, seg_text)
+        super().__init__(items, image_size, pad, channels, mean, std, seg_text, modality_presets)
 
     @classmethod
     def of_datamodule(
@@ -128,6 +158,7 @@ class WholeImagePredictDataset(InstructDataset):
         granularity: str,
         prompts: Sequence[VisualPrompt] = (),
         where: str = "predict",
+        modality: str = "optical",
     ) -> WholeImagePredictDataset:
         """The dataset of ``paths`` prepared as an :class:`~rsvlm.data.multitask.datamodule.InstructDataModule` says."""
         dm = datamodule
@@ -145,6 +176,8 @@ class WholeImagePredictDataset(InstructDataset):
             dm.seg_text,
             prompts,
             where,
+            modality,
+            dm.modality_presets,
         )
 
     def outputs(self) -> list[tuple[str, str | None, bool]]:
