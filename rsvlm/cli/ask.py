@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["image", "region", "pixel"],
         help="what the question asks about (routes MagCrop in models without its classifier)",
     )
+    parser.add_argument(
+        "--modality",
+        default=None,
+        choices=["optical", "sar", "infrared"],
+        help="the images' modality, for models with per-modality stems (EarthGPT-X); default optical",
+    )
     prompts = parser.add_argument_group("visual prompts (a model that reads them; each applies to every image)")
     prompts.add_argument(
         "--point",
@@ -79,6 +85,8 @@ def ask_main(argv: list[str]) -> int:
 
     model = rsvlm.load(args.model)
     options = {"granularity": args.granularity} if model.whole_image else {}
+    if args.modality is not None:  # a tile model refuses it in one line (PredictError)
+        options["modality"] = args.modality
     if placed:  # prompts in each image's own pixels: one image at a time
         results = [
             model.predict(image, instruction=args.question, progress=True, **options, **prompts.arguments())

@@ -105,7 +105,7 @@ def test_the_app_asks_whole_image_models_questions(predictor, geotiff, tmp_path,
         actions.run(predictor, str(geotiff), actions.TASKS[0], "water", None, out_dir=tmp_path / "c")
 
 
-def test_rsvlm_ask_writes_what_the_api_saves(run_folder, scene, tmp_path):
+def test_rsvlm_ask_writes_what_the_api_saves(run_folder, scene, tmp_path, capsys):
     import rsvlm
     from rsvlm.cli.main import main
 
@@ -121,3 +121,18 @@ def test_rsvlm_ask_writes_what_the_api_saves(run_folder, scene, tmp_path):
         main(["ask", str(run_folder), str(tmp_path / "missing.tif"), "--question", question, "--out", str(tmp_path)])
         == 2
     )
+    capsys.readouterr()
+    sar = [
+        "ask",
+        str(run_folder),
+        str(scene),
+        "--question",
+        question,
+        "--out",
+        str(tmp_path / "sar"),
+        "--modality",
+        "sar",
+    ]
+    assert main(sar) == 2  # a SPEX model reads tiles of its recipe's bands: no modality to choose
+    assert "modality= is for whole-image models" in capsys.readouterr().err
+    assert not (tmp_path / "sar").exists()
