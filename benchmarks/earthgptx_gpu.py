@@ -105,7 +105,7 @@ def tiny_earthgptx(model_config: dict[str, Any]) -> int:
     slots = model_config["init_args"]
     for slot, values in TINY_EARTHGPTX.items():
         target = slots[slot]["init_args"]
-        if slot == "encoder" and "stem" in target:  # MultiSourceEncoder: the experts sit behind the stems
+        if "stem" in target:  # MultiSourceEncoder: the experts (or SAM's ViT) sit behind the stems
             target = target["encoder"]["init_args"]
         target.update(values)
     llm = slots["llm"]["init_args"]

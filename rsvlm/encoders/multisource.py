@@ -66,7 +66,9 @@ class MultiSourceEncoder(Encoder):
     Args:
         stem: the per-modality stems; its ``out_bands`` must be the encoder's ``in_bands``.
         encoder: the shared encoder, with ``in_bands``, ``channels`` and ``reductions`` (e.g.
-            :class:`~rsvlm.encoders.mixed.MixedExpertEncoder`).
+            :class:`~rsvlm.encoders.mixed.MixedExpertEncoder`), or a mask encoder of one map with
+            ``in_bands``, ``out_channels`` and ``reduction`` (e.g. a SAM ViT, so that it reads each
+            sample's stem; no views then).
         views: split the input into views before the encoder (module docstring); ``None``: the
             encoder reads the whole input.
 
@@ -84,11 +86,17 @@ class MultiSourceEncoder(Encoder):
 
     def __init__(self, stem: MultiSourceStem, encoder: nn.Module, views: ViewTiler | None = None) -> None:
         super().__init__()
+        one_map = not hasattr(encoder, "channels") and all(hasattr(encoder, name) for name in OPTIONAL_ATTRIBUTES)
         missing = [name for name in ("in_bands", "channels", "reductions") if not hasattr(encoder, name)]
-        if missing:
+        if missing and not (one_map and hasattr(encoder, "in_bands")):
             raise ContractError(
                 f"MultiSourceEncoder: field 'encoder' ({type(encoder).__name__}) declares no {missing}; "
-                "it must be an rsvlm Encoder"
+                "it must be an rsvlm Encoder (or a mask encoder with out_channels and reduction)"
+            )
+        if one_map and views is not None:
+            raise ContractError(
+                f"MultiSourceEncoder: field 'views' is set, but {type(encoder).__name__} gives one map "
+                "(a mask encoder); set views: null"
             )
         if stem.out_bands != encoder.in_bands:
             raise ContractError(
@@ -100,8 +108,8 @@ class MultiSourceEncoder(Encoder):
         self.encoder = encoder
         self.views = views
         self.in_bands = stem.in_bands
-        self.channels = list(encoder.channels)
-        self.reductions = list(encoder.reductions)
+        self.channels = [encoder.out_channels] if one_map else list(encoder.channels)
+        self.reductions = [encoder.reduction] if one_map else list(encoder.reductions)
         for name in OPTIONAL_ATTRIBUTES:
             if hasattr(encoder, name):
                 setattr(self, name, getattr(encoder, name))

@@ -56,7 +56,7 @@ class VisionLanguageModel(ComposedModule):
         decoder: map + prompts → mask logits ``B×1×H×W``.
         positions: which hidden states the bridge reads (default: the response tokens, SPEX).
         mask_encoder: image → the map the decoder reads (e.g. a frozen SAM2 encoder); default:
-            the fusion map.
+            the fusion map. Given the batch when it ``reads_batch`` (a ``MultiSourceEncoder`` around a SAM ViT: per-sample stems).
         prompt_encoder: a :class:`~rsvlm.contracts.PromptEncoder` of the batch's visual prompts
             (``batch["visual_prompts"]``): tokens ``B×M×D_llm`` spliced at the LLM's placeholder
             named by its ``placeholder`` attribute (``tokens`` / ``inline`` modes), or one
@@ -203,7 +203,11 @@ class VisionLanguageModel(ComposedModule):
             image = self.cropper(image, batch)
         reads_batch = getattr(self.encoder, "reads_batch", False)  # e.g. per-sample modality stems
         fused = self.fusion(self.encoder(image, batch or {}) if reads_batch else self.encoder(image))
-        decoder_map = fused.map if self.mask_encoder is None else self.mask_encoder(image)
+        if self.mask_encoder is None:
+            decoder_map = fused.map
+        else:  # one that reads the batch runs each sample through its modality's stem, as the experts do
+            reads = getattr(self.mask_encoder, "reads_batch", False)
+            decoder_map = self.mask_encoder(image, batch or {}) if reads else self.mask_encoder(image)
         tokens = fused.tokens
         if self.prompt_fusion is not None:  # dense prompts: one per visual token, merged before the LLM
             prompts = self._visual_prompts(batch or {})

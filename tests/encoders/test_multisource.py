@@ -182,3 +182,35 @@ def test_the_model_reads_the_views_as_one_token_grid(components: dict) -> None:
         fused, visual, _ = model.encode_image(batch["image"], batch)
     assert fused.map.shape == (2, 32, 5 * 2, 2)  # 5 views of 32² at stride 16, stacked
     assert visual.shape == (2, 5 * 2 * 2, 32)
+
+
+class MaskMapSpy(torch.nn.Module):
+    """A mask encoder that keeps the image it is given and returns a 32-channel map of its 1/16 size."""
+
+    in_bands, out_channels, reduction = 3, 32, 16  # one map, as a SAM ViT declares it
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        self.seen = image
+        return torch.zeros(len(image), self.out_channels, image.shape[-2] // 16, image.shape[-1] // 16)
+
+
+def test_a_batch_reading_mask_encoder_sees_each_samples_stem(components: dict) -> None:
+    s = stem()
+    spy = MaskMapSpy()
+    encoder = MultiSourceEncoder(stem(), components["encoder"])
+    model = VisionLanguageModel(**{**components, "encoder": encoder, "mask_encoder": MultiSourceEncoder(s, spy)})
+    batch = contract_batch(model.llm.formatter, bands=4)
+    batch["image"][1, 2:] = 0  # the SAR sample: VV, VH, then padding
+    batch["modality"] = torch.tensor([OPTICAL, SAR])
+    with torch.no_grad():
+        _, _, decoder_map = model.encode_image(batch["image"], batch)
+    assert decoder_map.shape == (2, 32, 4, 4)
+    # Reference: each sample through its own modality's stem map, one at a time.
+    for b, name in enumerate(["optical", "sar"]):
+        n = len(s.specs[name].bands)
+        torch.testing.assert_close(spy.seen[b : b + 1], s.maps[name](batch["image"][b : b + 1, :n]), rtol=0, atol=0)
+    assert not torch.equal(spy.seen[1], batch["image"][1, :3])  # not the raw [VV, VH, 0]
+    wrapped = model.mask_encoder
+    assert (wrapped.out_channels, wrapped.reduction, wrapped.channels, wrapped.reductions) == (32, 16, [32], [16])
+    with pytest.raises(ContractError, match="views: null"):
+        MultiSourceEncoder(stem(), MaskMapSpy(), ViewTiler("1+2x2", view_size=VIEW))
