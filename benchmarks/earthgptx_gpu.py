@@ -13,8 +13,8 @@ The recipe trains on 8 GPUs with DeepSpeed ZeRO-2; this is one GPU without shard
 holds the whole bf16 AdamW state of the 4.19 B trained parameters (about 2 × 8.4 GB) besides the
 26 GB of weights and the gradients. One step is ``training_step`` (text loss, BCE + Dice on the
 masks; MagCrop is not part of EarthGPT-X) + backward + clipping (the recipe's 8.0) + the recipe's
-AdamW, in bf16 autocast, on a batch of the recipe's size (4 at 224²) of referring-segmentation
-records of generated scenes (:class:`rsvlm.data.multitask.generated.GeneratedInstructData`; see
+AdamW, in bf16 autocast, on a batch of the recipe's size (4 at 448²: 1 global + 2×2 views of 224²)
+of referring-segmentation records of generated scenes (:class:`rsvlm.data.multitask.generated.GeneratedInstructData`; see
 :func:`segmentation_batch` for why not a mixed one). Activation checkpointing is the
 LLM's, switched as ``CausalLM(gradient_checkpointing=True)`` switches it (transformers'
 ``gradient_checkpointing_enable`` with ``use_reentrant=False``), on the same model for both rows.
@@ -56,8 +56,10 @@ from geomag_gpu import (  # noqa: E402
     require_device,
 )
 
+from rsvlm.fusion.views import ViewTiler  # noqa: E402
+
 #: ``--tiny``: the recipe's wiring at tiny sizes (a 56² one-block DINOv2-style ViT, ConvNeXt-atto,
-#: a 4×4 grid on 64² images, a 2-layer 128-wide Llama, a 2-block SAM ViT at 64²); init_args per slot.
+#: a 4×4 grid on 64² views (1 + 2×2 of a 128² input), a 2-layer 128-wide Llama, a 2-block SAM ViT at 64²); init_args per slot.
 TINY_EARTHGPTX: dict[str, dict[str, Any]] = {
     "encoder": {
         "experts": [
@@ -111,7 +113,13 @@ def tiny_earthgptx(model_config: dict[str, Any]) -> int:
     llm = slots["llm"]["init_args"]
     base = llm["config"] if isinstance(llm["config"], str) else llm["config"].get("base")
     llm["config"] = {"base": base, **TINY_LLM, "num_key_value_heads": TINY_LLM["num_attention_heads"]}
-    return TINY_IMAGE_SIZE
+    side = TINY_IMAGE_SIZE
+    for slot in ("encoder", "prompt_encoder"):  # views of the tiny side: the input is their input_size
+        views = (slots.get(slot) or {}).get("init_args", {}).get("views")
+        if views:
+            views["init_args"]["view_size"] = TINY_IMAGE_SIZE
+            side = ViewTiler(**views["init_args"]).input_size
+    return side
 
 
 def segmentation_batch(datamodule: Any, size: int) -> dict[str, Any]:

@@ -114,6 +114,9 @@ class RegionPoolPromptEncoder(PromptEncoder):
         box_position: add the box-position MLP's embedding to each token.
         placeholder: the token that each prompt's embedding replaces, the k-th for slot k.
         sampling_ratio: RoIAlign samples per bin and axis (GPT4RoI: 2).
+        num_views: V, views the fused map stacks top to bottom (an encoder with 1 global + n×n
+            views gives ``B×D×(V·h)×w``, global view first): regions are pooled from the global
+            view, the one that covers the whole image.
     """
 
     mode: ClassVar[Literal["tokens", "inline"]] = "inline"
@@ -128,10 +131,13 @@ class RegionPoolPromptEncoder(PromptEncoder):
         box_position: bool = True,
         placeholder: str = "<region>",
         sampling_ratio: int = 2,
+        num_views: int = 1,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"RegionPoolPromptEncoder: pool must be one of {POOLS}, got {pool!r}")
+        if num_views < 1:
+            raise ValueError(f"RegionPoolPromptEncoder: num_views must be >= 1, got {num_views}")
         if output_size < 1 or sampling_ratio < 1:
             # roi_align's adaptive sampling (ratio <= 0) takes no sample at all in a point's empty box
             raise ValueError(
@@ -145,6 +151,7 @@ class RegionPoolPromptEncoder(PromptEncoder):
         self.sampling_ratio = sampling_ratio
         self.max_prompts = max_prompts
         self.placeholder = placeholder
+        self.num_views = num_views
 
         bins = output_size**2 if pool == "roi_align" else 1
         self.proj = nn.Linear(in_channels * bins, out_dim)
@@ -214,8 +221,14 @@ class RegionPoolPromptEncoder(PromptEncoder):
                 f"RegionPoolPromptEncoder: visual.map must be {prompts.batch_size}×{self.in_channels}×h×w "
                 f"(in_channels={self.in_channels}), got shape {tuple(feature_map.shape)}"
             )
+        if feature_map.shape[-2] % self.num_views:
+            raise ValueError(
+                f"RegionPoolPromptEncoder: visual.map has {feature_map.shape[-2]} rows, not num_views={self.num_views} "
+                "stacked views"
+            )
+        global_view = feature_map[..., : feature_map.shape[-2] // self.num_views, :]
         valid = prompts.valid
-        pooled = self.pool_regions(feature_map, prompts)[valid]
+        pooled = self.pool_regions(global_view, prompts)[valid]
         tokens = self.proj(rearrange(pooled, "k d s t -> k (d s t)"))
         if self.box_mlp is not None:
             tokens = tokens + self.box_mlp(self.box_positions(prompts)[valid].to(tokens.dtype))

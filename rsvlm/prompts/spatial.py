@@ -23,7 +23,14 @@ row-major, over the same frame as the prompts' coordinates (:meth:`FusedFeatures
 row-major; a DINOv2-L/14 map of a 224-px view has ``(224/14)² = 256`` tokens). Prompts given in a
 frame of another size (``prompts.image_size``) are scaled to the canvas, per axis.
 
-Shapes: B batch, M slots, S canvas side, p patch, N = (S/p)² tokens, D = ``out_dim``.
+Views (SPHINX / EarthGPT-X's 1 global + 2×2 views of a 448-px input): with ``views``, the prompts
+are drawn once on the whole input (``views.input_size``), the canvas is cut into the same views as
+the image (:meth:`rsvlm.fusion.views.ViewTiler.split` with ``canvas=True``: the global view shrunk
+by max pooling, so a thin stroke survives) and each view is encoded as above; the tokens follow the
+image's view order (global view first, then the tiles row-major), ``N = V·(S/p)²``.
+
+Shapes: B batch, M slots, S canvas side (one view's), p patch, V views, N = V·(S/p)² tokens,
+D = ``out_dim``.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from rsvlm.contracts import FusedFeatures, PromptEncoder, VisualPromptBatch
+from rsvlm.contracts import ContractError, FusedFeatures, PromptEncoder, VisualPromptBatch
+from rsvlm.fusion.views import ViewTiler
 from rsvlm.prompts.geometry import rasterize
 from rsvlm.prompts.sparse import check_prompt_batch, pad_slots
 
@@ -56,6 +64,8 @@ class SpatialAwarePromptEncoder(PromptEncoder):
         point_radius, line_width: canvas pixels of a point's disc and a stroke's width; ``None``
             takes :func:`rsvlm.prompts.geometry.default_point_radius` / ``default_line_width`` of S.
         box_style: ``"fill"`` (the default, a filled rectangle) or ``"outline"`` (ViP-LLaVA's).
+        views: the image encoder's views (the same layout, ``view_size == canvas_size``, no view tags):
+            the canvas is drawn at ``views.input_size`` and cut into them (module docstring).
         relative_to_empty: subtract the tokens of an empty canvas, so that an unprompted sample's
             embeddings are exactly 0 and a prompted one's are what its prompts add. A random ViT's
             tokens are otherwise nearly one shared vector (measured on the EarthGPT-X demo: 97 % of
@@ -79,15 +89,22 @@ class SpatialAwarePromptEncoder(PromptEncoder):
         line_width: int | None = None,
         box_style: Literal["fill", "outline"] = "fill",
         relative_to_empty: bool = False,
+        views: ViewTiler | None = None,
     ) -> None:
         super().__init__()
         check_arguments(max_prompts, canvas_size, patch_size, width, heads, box_style)
+        if views is not None and (views.view_size != canvas_size or views.view_tags):
+            raise ContractError(
+                f"SpatialAwarePromptEncoder: views must cut canvas_size={canvas_size} views without view tags "
+                f"(the image encoder's), got view_size={views.view_size}, view_tags={views.view_tags}"
+            )
         self.out_dim = out_dim
         self.max_prompts = max_prompts
         self.canvas_size = canvas_size
         self.patch_size = patch_size
         self.grid = canvas_size // patch_size
-        self.num_tokens = self.grid**2
+        self.views = views
+        self.num_tokens = self.grid**2 * (1 if views is None else views.num_views)
         self.in_chans = max_prompts + TYPE_CHANNELS
         self.point_radius = point_radius
         self.line_width = line_width
@@ -109,10 +126,12 @@ class SpatialAwarePromptEncoder(PromptEncoder):
 
     def canvas(self, prompts: VisualPromptBatch) -> torch.Tensor:
         """The SAE's input ``B×(M+3)×S×S`` float in {0, 1}: ``prompts`` padded to ``max_prompts`` slots,
-        drawn by :func:`~rsvlm.prompts.geometry.rasterize` at ``canvas_size``."""
+        drawn by :func:`~rsvlm.prompts.geometry.rasterize` at ``canvas_size`` (``views.input_size``
+        with views)."""
         check_prompt_batch("SpatialAwarePromptEncoder", prompts, self.max_prompts)
         padded = pad_slots(prompts, self.max_prompts)
-        size = (self.canvas_size, self.canvas_size)
+        side = self.canvas_size if self.views is None else self.views.input_size
+        size = (side, side)
         return rasterize(padded, size, self.point_radius, self.line_width, self.box_style)
 
     def encode_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
@@ -132,8 +151,11 @@ class SpatialAwarePromptEncoder(PromptEncoder):
         return tokens[:-1] - tokens[-1:] if self.relative_to_empty else tokens
 
     def forward(self, prompts: VisualPromptBatch, visual: FusedFeatures | None = None) -> torch.Tensor:
-        """``B×(S/p)²×D`` prompt tokens, row-major over the patch grid (``visual`` is unused)."""
-        return self.encode_canvas(self.canvas(prompts))
+        """``B×N×D`` prompt tokens, row-major over each view's patch grid (``visual`` is unused)."""
+        canvas = self.canvas(prompts)
+        if self.views is None:
+            return self.encode_canvas(canvas)
+        return self.views.merge(self.encode_canvas(self.views.split(canvas, canvas=True)))
 
 
 def check_arguments(

@@ -206,6 +206,7 @@ def test_paper_forms_build_on_the_meta_device(name):
                 assert model.prompt_encoder.skip_unprompted and model.prompt_encoder.pe_dim == 256
             if expected is RegionPoolPromptEncoder:
                 assert model.prompt_encoder.in_channels == model.fusion.out_channels == 1024
+                assert model.prompt_encoder.num_views == model.encoder.num_views == 5  # pools the global view
         elif name == "modality-mix.yaml":
             assert isinstance(model.prompt_encoder, SpatialAwarePromptEncoder)
             kept = TRAIN_MODALITIES.get(label)

@@ -50,5 +50,7 @@ def test_earthgptx_builds_on_meta_with_the_published_sizes():
     assert count(model.mask_encoder) == count(sam.image_encoder)
     assert not any(p.requires_grad for p in model.mask_encoder.parameters())
     assert model.decoder.use_visual_prompts
-    # one prompt token per visual token: the SAE's grid is the experts' 16×16
-    assert model.prompt_encoder.num_tokens == 16 * 16 and model.encoder.channels == [1024 + 1536]
+    # one prompt token per visual token: the SAE's grid is the experts' 16×16 in each of the 5 views
+    assert model.encoder.num_views == 5 and model.prompt_encoder.views.num_views == 5
+    assert model.prompt_encoder.num_tokens == 5 * 16 * 16 and model.encoder.channels == [1024 + 1536]
+    assert model.encoder.image_size == 448 and model.mask_encoder.out_channels == 256

@@ -191,3 +191,24 @@ def test_bad_inputs_are_named():
         encoder(prompts, FusedFeatures.from_map(feature_map(1, 5, 8, 8)))
     with pytest.raises(ValueError, match="pool must be one of"):
         RegionPoolPromptEncoder(in_channels=6, out_dim=16, pool="max")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pool", ["roi_align", "mask"])
+def test_views_stacked_on_the_map_pool_from_the_global_view(pool):
+    # A 1 + 2×2 views map: 5 views of 4×4 stacked top to bottom, the global view (the whole image) first.
+    views = feature_map(1, 3, 5 * 4, 4)
+    prompts = prompt_batch([[BOX]], (64, 64), boxes={(0, 0): [16.0, 16.0, 48.0, 48.0]})
+    torch.manual_seed(0)
+    stacked = RegionPoolPromptEncoder(in_channels=3, out_dim=8, pool=pool, output_size=2, num_views=5)
+    torch.manual_seed(0)
+    single = RegionPoolPromptEncoder(in_channels=3, out_dim=8, pool=pool, output_size=2)
+    with torch.no_grad():
+        (got,) = stacked(prompts, FusedFeatures.from_map(views))
+        (expected,) = single(prompts, FusedFeatures.from_map(views[..., :4, :]))
+        (whole,) = single(prompts, FusedFeatures.from_map(views))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.allclose(got, whole)  # the whole stack read as one image is another region
+    with pytest.raises(ValueError, match="num_views=3"):
+        RegionPoolPromptEncoder(in_channels=3, out_dim=8, num_views=3)(prompts, FusedFeatures.from_map(views))
+    with pytest.raises(ValueError, match="num_views must be >= 1"):
+        RegionPoolPromptEncoder(in_channels=3, out_dim=8, num_views=0)
