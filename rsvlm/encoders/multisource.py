@@ -86,9 +86,11 @@ class MultiSourceEncoder(Encoder):
 
     def __init__(self, stem: MultiSourceStem, encoder: nn.Module, views: ViewTiler | None = None) -> None:
         super().__init__()
+        # a mask encoder declares its one map (out_channels, reduction) instead of channels / reductions
         one_map = not hasattr(encoder, "channels") and all(hasattr(encoder, name) for name in OPTIONAL_ATTRIBUTES)
-        missing = [name for name in ("in_bands", "channels", "reductions") if not hasattr(encoder, name)]
-        if missing and not (one_map and hasattr(encoder, "in_bands")):
+        required = ("in_bands",) if one_map else ("in_bands", "channels", "reductions")
+        missing = [name for name in required if not hasattr(encoder, name)]
+        if missing:
             raise ContractError(
                 f"MultiSourceEncoder: field 'encoder' ({type(encoder).__name__}) declares no {missing}; "
                 "it must be an rsvlm Encoder (or a mask encoder with out_channels and reduction)"

@@ -43,6 +43,11 @@ from rsvlm.training.losses import MASK_LOSSES, combine
 from rsvlm.training.optim import OptimSettings
 
 
+def read_image(module: nn.Module, image: torch.Tensor, batch: Mapping[str, Any] | None) -> Any:
+    """``module(image)``, or ``module(image, batch)`` when it ``reads_batch`` (per-sample modality stems)."""
+    return module(image, batch or {}) if getattr(module, "reads_batch", False) else module(image)
+
+
 class VisionLanguageModel(ComposedModule):
     """Encoder → fusion → projector → LLM → bridge → mask decoder, with optional cropper,
     visual-prompt encoder and mask encoder.
@@ -201,13 +206,8 @@ class VisionLanguageModel(ComposedModule):
             )
         if self.cropper is not None:
             image = self.cropper(image, batch)
-        reads_batch = getattr(self.encoder, "reads_batch", False)  # e.g. per-sample modality stems
-        fused = self.fusion(self.encoder(image, batch or {}) if reads_batch else self.encoder(image))
-        if self.mask_encoder is None:
-            decoder_map = fused.map
-        else:  # one that reads the batch runs each sample through its modality's stem, as the experts do
-            reads = getattr(self.mask_encoder, "reads_batch", False)
-            decoder_map = self.mask_encoder(image, batch or {}) if reads else self.mask_encoder(image)
+        fused = self.fusion(read_image(self.encoder, image, batch))
+        decoder_map = fused.map if self.mask_encoder is None else read_image(self.mask_encoder, image, batch)
         tokens = fused.tokens
         if self.prompt_fusion is not None:  # dense prompts: one per visual token, merged before the LLM
             prompts = self._visual_prompts(batch or {})
