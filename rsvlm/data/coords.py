@@ -57,9 +57,10 @@ def _to_pixels(values: list[float], size: tuple[int, int], pad: PadMode, scale: 
     return [v / scale * side - (pad_x if i % 2 == 0 else pad_y) for i, v in enumerate(values)]
 
 
-def _check_decimals(decimals: int) -> None:
+def check_decimals(decimals: int, field: str = "decimals") -> None:
+    """A one-line ValueError naming ``field`` unless ``decimals`` is an integer in 1..6."""
     if not (isinstance(decimals, int) and 1 <= decimals <= 6):
-        raise ValueError(f"decimals: must be an integer in 1..6, got {decimals!r}")
+        raise ValueError(f"{field}: must be an integer in 1..6, got {decimals!r}")
 
 
 def format_box(
@@ -68,7 +69,7 @@ def format_box(
     """``[x0,y0,x1,y1]`` of a pixel box on an image of ``size`` (H, W), normalised, ``decimals`` decimals."""
     if len(box) != 4:
         raise ValueError(f"format_box: a box is [x0, y0, x1, y1], got {list(box)}")
-    _check_decimals(decimals)
+    check_decimals(decimals)
     return "[" + ",".join(f"{v:.{decimals}f}" for v in _normalise(list(box), size, pad)) + "]"
 
 
@@ -78,7 +79,7 @@ def format_point(
     """``[x,y]`` of a pixel point, normalised, ``decimals`` decimals."""
     if len(point) != 2:
         raise ValueError(f"format_point: a point is [x, y], got {list(point)}")
-    _check_decimals(decimals)
+    check_decimals(decimals)
     return "[" + ",".join(f"{v:.{decimals}f}" for v in _normalise(list(point), size, pad)) + "]"
 
 

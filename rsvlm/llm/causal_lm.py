@@ -33,7 +33,7 @@ from rsvlm.llm.loading import DTYPE_KW, load_pretrained, load_tokenizer, on_meta
 from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
 from rsvlm.llm.outputs import Generation, LMOutput, generation_masks
 from rsvlm.llm.splice import PlaceholderEmbeds, Spliced, image_token_positions, splice_placeholders
-from rsvlm.llm.text_loss import LOSS_AVERAGES, LossAverage, next_token_loss
+from rsvlm.llm.text_loss import LossAverage, check_loss_average, next_token_loss
 from rsvlm.llm.tokenizer import TokenizerSource
 from rsvlm.llm.trainable_parts import train_parts
 
@@ -104,8 +104,7 @@ class CausalLM(nn.Module):
         self.image_token = image_token
         self.system_prompt = system_prompt
         self.max_length = max_length
-        if loss_average not in LOSS_AVERAGES:
-            raise ValueError(f"CausalLM.loss_average: must be one of {', '.join(LOSS_AVERAGES)}, got {loss_average!r}")
+        check_loss_average(loss_average, "CausalLM.loss_average")
         self.loss_average = loss_average
         meta = on_meta_device()
         # float32 unless asked: transformers would otherwise pick the checkpoint's or config's dtype.

@@ -15,6 +15,12 @@ LossAverage = Literal["token", "sample"]
 LOSS_AVERAGES = ("token", "sample")
 
 
+def check_loss_average(average: str, field: str = "loss_average") -> None:
+    """A one-line ValueError naming ``field`` unless ``average`` is one of :data:`LOSS_AVERAGES`."""
+    if average not in LOSS_AVERAGES:
+        raise ValueError(f"{field}: must be one of {', '.join(LOSS_AVERAGES)}, got {average!r}")
+
+
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, average: LossAverage = "token") -> torch.Tensor:
     """Cross-entropy of position ``t`` predicting token ``t+1``.
 
@@ -27,8 +33,7 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, average: LossAve
     Returns:
         A scalar (0 when no token has a target).
     """
-    if average not in LOSS_AVERAGES:
-        raise ValueError(f"loss_average: must be one of {', '.join(LOSS_AVERAGES)}, got {average!r}")
+    check_loss_average(average)
     target = labels[:, 1:]
     valid = target != IGNORE_INDEX
     per_token = F.cross_entropy(

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from rsvlm.data.coords import check_decimals
 from rsvlm.data.modalities import MODALITY_IDS
 from rsvlm.data.multitask.generated import (
     GAP,
@@ -163,8 +164,7 @@ class GeneratedMultisourceData(KeyedBuild):
         self.objects_per_scene = check_scene_settings(self, CLASSES)
         if not (math.isfinite(self.sar_looks) and self.sar_looks >= 1):
             raise ValueError(f"{name}.sar_looks: must be a number >= 1, got {self.sar_looks}")
-        if not (isinstance(self.box_decimals, int) and 1 <= self.box_decimals <= 6):
-            raise ValueError(f"{name}.box_decimals: must be an integer in 1..6, got {self.box_decimals!r}")
+        check_decimals(self.box_decimals, f"{name}.box_decimals")
 
     # ------------------------------------------------------------------ cache
     def settings(self) -> dict[str, Any]:
