@@ -14,15 +14,13 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from test_geomag_ablations import cell_text, printed_table, run_tiny
+from test_geomag_ablations import cell_text, dry_run_cells, printed_table, run_tiny
 
 from rsvlm.experiments.sweep import (
     expand_grid,
     load_sweep,
     parse_sweep,
-    plan_needs,
     resolve_config,
-    sweep_main,
 )
 from rsvlm.experiments.table import metric_key
 
@@ -102,21 +100,14 @@ ALL = [
 @pytest.mark.parametrize(("name", "runs"), ALL)
 def test_every_recipe_expands_with_a_dry_run(name, runs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the paper cross-system's MVPNet need writes into runs/mvpnet of the cwd
-    out = tmp_path / "sweep"
-    assert sweep_main([str(RECIPES / name), "--dry-run", "--out", str(out)]) == 0
-    assert f"{runs} runs, configs in {out}" in capsys.readouterr().out
-    spec = load_sweep(RECIPES / name, out=out)
-    grid = plan_needs(spec, expand_grid(spec)).cells  # {needs.NAME} put in, as the sweep writes them
-    assert len(grid) == runs
+    spec, cells = dry_run_cells(RECIPES / name, runs, tmp_path / "sweep", capsys)
     axis = AXES[stem(name)]
     assert [a.labels for a in spec.axes if a.name == axis] == [ROWS[stem(name)]]
     assert spec.table["rows"] == [axis]
     if name.endswith("-demo.yaml"):  # 3 seeds, averaged in the table
         assert spec.table["seeds_axis"] == "seed"
         assert [a.labels for a in spec.axes if a.name == "seed"] == [["0", "1", "2"]]
-    for run in grid:
-        written = yaml.safe_load((out / run.name / "config.yaml").read_text())
-        assert written == resolve_config(spec.base, run.overrides)
+    for run, written in cells:
         check_cell(stem(name), run.labels[axis], written)
 
 

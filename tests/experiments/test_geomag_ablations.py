@@ -70,21 +70,30 @@ def markdown_rows(markdown: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("| ").split(" | ")] for line in lines]
 
 
+def dry_run_cells(recipe: Path, runs: int, out: Path, capsys) -> tuple[Any, list[tuple[Any, dict[str, Any]]]]:
+    """``rsvlm sweep --dry-run`` of ``recipe`` into ``out``, checked to announce and write ``runs`` cells,
+    each config as the sweep resolves it; the spec and ``(run, written config)`` per cell."""
+    assert sweep_main([str(recipe), "--dry-run", "--out", str(out)]) == 0
+    assert f"{runs} runs, configs in {out}" in capsys.readouterr().out
+    spec = load_sweep(recipe, out=out)
+    grid = plan_needs(spec, expand_grid(spec)).cells  # {needs.NAME} put in, as the sweep writes them
+    assert len(grid) == runs
+    cells = []
+    for run in grid:
+        written = yaml.safe_load((out / run.name / "config.yaml").read_text())
+        assert written == resolve_config(spec.base, run.overrides)
+        cells.append((run, written))
+    return spec, cells
+
+
 @pytest.mark.parametrize(
     ("name", "runs"),
     [("magcrop-demo.yaml", 6), ("magcrop.yaml", 2), ("cross-system-demo.yaml", 6), ("cross-system.yaml", 2)],
 )
 def test_every_recipe_expands_with_a_dry_run(name, runs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the paper sweeps' MVPNet need writes into runs/mvpnet of the cwd
-    out = tmp_path / "sweep"
-    assert sweep_main([str(RECIPES / name), "--dry-run", "--out", str(out)]) == 0
-    assert f"{runs} runs, configs in {out}" in capsys.readouterr().out
-    spec = load_sweep(RECIPES / name, out=out)
-    grid = plan_needs(spec, expand_grid(spec)).cells  # {needs.NAME} put in, as the sweep writes them
-    assert len(grid) == runs
-    for run in grid:
-        written = yaml.safe_load((out / run.name / "config.yaml").read_text())
-        assert written == resolve_config(spec.base, run.overrides)
+    _, cells = dry_run_cells(RECIPES / name, runs, tmp_path / "sweep", capsys)
+    for run, written in cells:
         model = written["model"]["init_args"]
         if name.startswith("magcrop"):
             with_crop = run.labels["magcrop"] == "w/ MagCrop"
