@@ -14,7 +14,9 @@ is one of :data:`METRIC_KINDS`:
 * ``grounding``: Acc@0.5 and mean IoU of the boxes the generated text writes
   (``<p>phrase</p>[x0,y0,x1,y1]``, :func:`answer_boxes`) against the batch's reference ``boxes``,
   both in pixels of the model's square input; the i-th box written pairs with the i-th reference
-  box, a missing one is a miss. Beside them ``Acc@0.5_centre_box`` / ``mIoU_centre_box``: the box
+  box, a missing one is a miss; when the text writes fewer boxes than the references, the sample's
+  decoded ``[SEG]`` masks give the rest, in order (:func:`~rsvlm.training.metrics.grounding.mask_boxes`:
+  a model that grounds by segmenting, ``<p>ship</p> [SEG]``). Beside them ``Acc@0.5_centre_box`` / ``mIoU_centre_box``: the box
   centred in the image (the image's part of the square, without the pad) with half its width and
   half its height (:mod:`rsvlm.training.metrics.grounding`). Scored only where the text was generated;
 * ``none``: trained, not scored here (captions are scored over a whole split by ``rsvlm evaluate``
@@ -46,7 +48,7 @@ from rsvlm.data.multitask.geometry import move_boxes
 from rsvlm.models.metric_groups import GroupedMetrics, MetricGroups, check_groups
 from rsvlm.training.metrics import BinarySegmentationMetrics
 from rsvlm.training.metrics.answers import AnswerAccuracy
-from rsvlm.training.metrics.grounding import GroundingAccuracy
+from rsvlm.training.metrics.grounding import GroundingAccuracy, mask_boxes
 from rsvlm.training.metrics.referring import ReferringSegmentationMetrics
 
 MetricKind = Literal["binary", "referring", "answer", "grounding", "none"]
@@ -212,8 +214,21 @@ class _BatchScores:
             raise KeyError(f"task {self.sample_tasks[sample]!r} is scored as grounding but the batch has no 'boxes'")
         side = int(self.batch["image"].shape[-1])
         meta = (self.batch.get("meta") or [None] * len(self.sample_tasks))[sample]
-        text = self.decoded["texts"][sample]
-        return answer_boxes(text, meta, side), self.batch["boxes"][sample], image_extent(meta, side)
+        boxes = answer_boxes(self.decoded["texts"][sample], meta, side) + self.mask_boxes.get(sample, [])
+        return boxes, self.batch["boxes"][sample], image_extent(meta, side)
+
+    @cached_property
+    def mask_boxes(self) -> dict[int, list[list[float]]]:
+        """Per sample, the boxes of its decoded target masks in order (on the model's square), when the
+        decoder ran on generated ``[SEG]`` tokens (``target_logits`` of :mod:`rsvlm.models.targets`)."""
+        logits, index = self.decoded.get("target_logits"), self.decoded.get("target_index")
+        if logits is None or index is None or not len(index):
+            return {}
+        scale = int(self.batch["image"].shape[-1]) / logits.shape[-1]
+        out: dict[int, list[list[float]]] = {}
+        for sample, box in zip(index.tolist(), (mask_boxes(logits) * scale).tolist(), strict=True):
+            out.setdefault(sample, []).append(box)
+        return out
 
     def score(self, metric: nn.Module, picked: list[bool]) -> None:
         """Update ``metric`` with the samples ``picked`` (B bools) of the batch (a target's is its sample's)."""

@@ -327,6 +327,46 @@ def test_grounding_and_the_baselines_against_brute_force():
     )
 
 
+def test_grounding_by_segmenting_reads_the_box_of_each_decoded_mask():
+    """A text that writes no box ("<p>it</p> [SEG]") is scored with its decoded masks' boxes, in order:
+    pixel edges around the largest 8-connected region (skimage's label and regionprops as the
+    reference); an empty mask, or a second reference with no second mask, is a miss."""
+    from skimage.measure import label, regionprops
+    from torchvision.ops import box_iou
+
+    g = torch.Generator().manual_seed(3)
+    masks = torch.zeros(3, 1, SIDE, SIDE)
+    masks[0, 0, 2:7, 3:11] = 1
+    masks[1, 0, 9:15, 0:4] = 1
+    masks[1, 0, 12, 6] = 1  # a stray pixel apart from the region: not in the box
+    masks[1, 0, 15, 4] = 1  # touches the region at a corner (8-connected): in the box
+    logits = torch.where(masks > 0, 5.0, -5.0) + torch.rand(3, 1, SIDE, SIDE, generator=g)  # row 2: empty
+    boxes = [
+        torch.tensor([[3.0, 2.0, 11.0, 7.0]]),
+        torch.tensor([[0.0, 9.0, 5.0, 15.0], [1.0, 1.0, 4.0, 4.0]]),
+        torch.tensor([[1.0, 1.0, 6.0, 6.0]]),
+    ]
+    batch = {"image": torch.zeros(3, 3, SIDE, SIDE), "task": ["ground"] * 3, "boxes": boxes}
+    decoded = {"texts": ["<p>it</p> [SEG]"] * 3, "target_logits": logits, "target_index": torch.tensor([0, 1, 2])}
+    metrics = build_task_metrics(["ground"], {"ground": "grounding"}, "global")["test"]
+    update_task_metrics(metrics, ["ground"], decoded, batch)
+    predicted = []
+    for row in range(3):
+        regions = regionprops(label(masks[row, 0].numpy() > 0, connectivity=2))
+        if not regions:
+            predicted.append([0.0] * 4)
+            continue
+        y0, x0, y1, x1 = max(regions, key=lambda r: r.area).bbox  # ends exclusive
+        predicted.append([x0, y0, x1, y1])
+    predicted.insert(2, [0.0] * 4)  # sample 1's second reference: no second mask
+    target = torch.cat(boxes).double()
+    ious = box_iou(torch.tensor(predicted, dtype=torch.float64), target).diagonal().nan_to_num(0.0)
+    got = values_of(metrics["ground"])
+    assert got["mIoU"] == pytest.approx(float(ious.mean()))
+    assert got["Acc@0.5"] == pytest.approx(float((ious >= 0.5).double().mean())) == 0.5
+    assert predicted[1] == [0, 9, 5, 16]
+
+
 def test_groups_log_by_name_and_are_checked():
     from rsvlm.models.metric_groups import check_groups
     from rsvlm.models.task_scoring import log_task_metrics

@@ -67,7 +67,7 @@ from rsvlm.data.multitask.generated_modalities import (
 from rsvlm.data.multitask.keyed_build import KeyedBuild
 from rsvlm.data.multitask.masks import rle_of
 from rsvlm.data.multitask.records import DEFAULT_GRANULARITY, TASK_ALIASES, InstructRecord, Turn
-from rsvlm.data.multitask.templates import grounding_turns, refseg_turns, roc_turns
+from rsvlm.data.multitask.templates import grounding_mask_turns, grounding_turns, refseg_turns, roc_turns
 from rsvlm.data.prompt_synthesis import synthesize_point, synthesize_scribble
 from rsvlm.data.raster import write_geotiff
 from rsvlm.data.visual_prompts import VisualPrompt, prompts_to_json
@@ -77,6 +77,7 @@ SOURCE = "generated_multisource"
 SUPPORTED_TASKS = ("referring_classification", "grounding", "gcg")
 PROMPTED_TASKS = ("referring_classification", "gcg")
 PROMPT_KINDS = ("point", "box", "scribble")
+GROUNDING_ANSWERS = ("box", "mask")
 MODALITIES = tuple(MODALITY_IDS)
 #: ``InstructDataModule(modality_presets=...)`` for these records: modality → its normalisation preset.
 MODALITY_PRESETS: dict[str, str] = {name: f.preset for name, f in FORMATS.items()}
@@ -133,6 +134,10 @@ class GeneratedMultisourceData(KeyedBuild):
         sar_looks: the number of looks ``L`` of the SAR speckle (Gamma(L, 1/L); 1: single look).
         box_decimals: decimals of the grounding answers' coordinates (3 as EarthGPT; 2 gives the offline
             demo tokenizer one token per coordinate, where 3 splits some into two).
+        grounding_answer: how a grounding record is answered: ``box``, the box as text (EarthGPT's
+            ``<p>ship</p>[x0,y0,x1,y1]``), or ``mask``, ``<p>ship</p> [SEG]`` with the object's mask as the
+            target, the box then read from the decoded mask (the grounding metric falls back to it
+            when the text writes no box).
         progress: show a progress bar over scenes (not part of the cache key).
     """
 
@@ -151,6 +156,7 @@ class GeneratedMultisourceData(KeyedBuild):
     objects_per_scene: tuple[int, int] = (3, 5)
     sar_looks: float = 4.0
     box_decimals: int = 3
+    grounding_answer: str = "box"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -165,6 +171,10 @@ class GeneratedMultisourceData(KeyedBuild):
         if not (math.isfinite(self.sar_looks) and self.sar_looks >= 1):
             raise ValueError(f"{name}.sar_looks: must be a number >= 1, got {self.sar_looks}")
         check_decimals(self.box_decimals, f"{name}.box_decimals")
+        if self.grounding_answer not in GROUNDING_ANSWERS:
+            raise ValueError(
+                f"{name}.grounding_answer: must be one of {', '.join(GROUNDING_ANSWERS)}, got {self.grounding_answer!r}"
+            )
 
     # ------------------------------------------------------------------ cache
     def settings(self) -> dict[str, Any]:
@@ -182,6 +192,8 @@ class GeneratedMultisourceData(KeyedBuild):
             "objects_per_scene": list(self.objects_per_scene),
             "sar_looks": float(self.sar_looks),
             "box_decimals": self.box_decimals,
+            # only when not the default: caches written before the option existed stay valid
+            **({"grounding_answer": self.grounding_answer} if self.grounding_answer != "box" else {}),
         }
 
     # ------------------------------------------------------------------ generation
@@ -260,6 +272,8 @@ class GeneratedMultisourceData(KeyedBuild):
             "mask": {"rle": rle_of(obj.mask)},
         }
         fields = {"boxes": [obj.box], "labels": [obj.name], "meta": meta, "visual_prompts": []}
+        if task == "grounding" and self.grounding_answer == "mask":
+            return {**fields, "turns": grounding_mask_turns(expression(obj), obj.name), "masks": [meta["mask"]]}
         if task == "grounding":
             return {**fields, "turns": grounding_turns(expression(obj), obj.name, [obj.box], size, self.box_decimals)}
         fields["visual_prompts"] = prompts_to_json([visual_prompt(str(kind), obj.mask, obj.box, rng)])

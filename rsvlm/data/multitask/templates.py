@@ -70,6 +70,14 @@ def grounding_turns(
     return IMAGE_PREFIX + question, answer
 
 
+def grounding_mask_turns(expression: str, phrase: str) -> tuple[str, str]:
+    """(human, gpt) of visual grounding answered with a mask: the question of :func:`grounding_turns`
+    → ``<p>phrase</p> [SEG]`` (the pixel answer form); the box is read from the decoded mask
+    (:func:`rsvlm.training.metrics.grounding.mask_boxes`), as LISA-style models ground by segmenting."""
+    question = f"Where is the {bare_expression(expression)}? Answer with its bounding box."
+    return IMAGE_PREFIX + question, f"<p>{phrase}</p> [SEG]"
+
+
 def region_caption_turns(caption: str) -> tuple[str, str]:
     """(human, gpt) of a brief description of the region in slot 1."""
     text = " ".join(caption.split())

