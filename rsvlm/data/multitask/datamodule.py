@@ -100,6 +100,9 @@ class InstructDataModule(RsvlmDataModule):
             ``mean`` and ``std`` must describe the images as normalised here), or None.
         seg_text: what ``[SEG]`` becomes in gpt turns (GeoMag's codebook ``"[SEG0][SEG1][SEG2]"``), or None.
         check_files: check that images and mask files exist when reading the records.
+        cache_images: each split keeps the last this many image files in memory
+            (:class:`~rsvlm.data.multitask.dataset.PixelCache`: for small data read many times, such as
+            the generated demo scenes, each an image of three records); 0 reads every sample's file.
         batch_size, num_workers, pin_memory, seed: DataLoader settings and the sampling seed.
         predict_paths: images for ``predict_dataloader`` (GeoTIFF, PNG, JPEG), whole (no tiling); prediction
             alone needs no ``sources`` and builds no ``generate`` data.
@@ -130,6 +133,7 @@ class InstructDataModule(RsvlmDataModule):
         overlay: OverlayPrompts | None = None,
         seg_text: str | None = None,
         check_files: bool = True,
+        cache_images: int = 0,
         batch_size: int = 2,
         num_workers: int = 0,
         pin_memory: bool = True,
@@ -173,6 +177,9 @@ class InstructDataModule(RsvlmDataModule):
         self.overlay = overlay
         self.seg_text = seg_text
         self.check_files = check_files
+        if cache_images < 0:
+            raise ValueError(f"{name}.cache_images: must be 0 (no memory) or a positive count, got {cache_images}")
+        self.cache_images = cache_images
         self.mixture: MixtureSpec | None = None
         self.predict_paths = [os.fspath(p) for p in predict_paths or []]
         self.question = question
@@ -294,6 +301,7 @@ class InstructDataModule(RsvlmDataModule):
                     self.std,
                     self.seg_text,
                     self.modality_presets,
+                    self.cache_images,
                 )
             )
             for split in SPLITS

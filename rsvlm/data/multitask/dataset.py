@@ -33,7 +33,8 @@ train on every gpt turn and ``prompt_ids`` end where the last answer starts; any
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,8 +81,43 @@ def _error(item: Item, field: str, what: str) -> InstructRecordError:
     return InstructRecordError(f"{item.origin}: record {item.record.id!r}: field {field!r}: {what}")
 
 
-def read_image(item: Item, channels: int, keep_bands: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(C×H×W float32, H×W bool valid)`` of the record's image with ``channels`` channels.
+PixelReader = Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+
+def read_pixels(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(C×H×W float32, H×W bool valid)`` of a whole raster file (:func:`rsvlm.data.raster.read_window`)."""
+    data, valid, *_ = read_window(path)
+    return data, valid
+
+
+class PixelCache:
+    """:func:`read_pixels` through a memory of the last ``capacity`` files read (least recently used
+    forgotten first); each call gets its own copy. For small datasets read many times an epoch (the
+    generated demo scenes: one image, three records), where decoding the file dominates a step.
+
+    Each DataLoader worker keeps its own memory.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.pixels: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        if path in self.pixels:
+            self.pixels.move_to_end(path)
+        else:
+            self.pixels[path] = read_pixels(path)
+            if len(self.pixels) > self.capacity:
+                self.pixels.popitem(last=False)
+        data, valid = self.pixels[path]
+        return data.copy(), valid.copy()
+
+
+def read_image(
+    item: Item, channels: int, keep_bands: bool = False, reader: PixelReader = read_pixels
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(C×H×W float32, H×W bool valid)`` of the record's image with ``channels`` channels, its file
+    read by ``reader`` (:func:`read_pixels`, or a :class:`PixelCache`).
 
     One band is repeated (grey SAR / IR chips, as ``PIL.convert("RGB")``); a fourth band of a
     three-channel read is dropped (RGBA's alpha, as ``convert("RGB")`` drops it). With
@@ -90,7 +126,7 @@ def read_image(item: Item, channels: int, keep_bands: bool = False) -> tuple[np.
     """
     path = item.record.image
     try:
-        data, valid, *_ = read_window(path)
+        data, valid = reader(path)
     except (FileNotFoundError, RasterError) as error:
         raise _error(item, "image", str(error)) from None
     count = data.shape[0]
@@ -139,6 +175,8 @@ class InstructDataset(Dataset):
             When given, a record's image keeps its own bands, is normalised by its modality's preset
             (:func:`rsvlm.data.modalities.to_model_input`; ``scale``, ``mean`` and ``std`` are not used)
             and zero-padded to ``channels``, and samples carry ``band_valid``.
+        cache_images: keep the last this many image files in memory (:class:`PixelCache`); 0 reads
+            each sample's file again.
     """
 
     def __init__(
@@ -151,8 +189,10 @@ class InstructDataset(Dataset):
         std: Sequence[float] | None = None,
         seg_text: str | None = None,
         modality_presets: Mapping[str, Modality | str] | None = None,
+        cache_images: int = 0,
     ) -> None:
         self.items = list(items)
+        self.read = PixelCache(cache_images) if cache_images > 0 else read_pixels
         self.image_size = image_size
         self.pad = pad
         self.channels = channels
@@ -182,7 +222,7 @@ class InstructDataset(Dataset):
         modality = item.record.modality
         if modality not in self.presets:
             raise _error(item, "modality", f"{modality!r} has no entry in modality_presets ({', '.join(self.presets)})")
-        data, ok = read_image(item, self.channels, keep_bands=True)
+        data, ok = read_image(item, self.channels, keep_bands=True, reader=self.read)
         try:
             x, ok = to_model_input(data, self.presets[modality], valid=ok, source=item.record.image)
         except ModalityError as error:
@@ -196,7 +236,7 @@ class InstructDataset(Dataset):
         record = item.record
         band_valid = None
         if self.presets is None:
-            data, ok = read_image(item, self.channels)
+            data, ok = read_image(item, self.channels, reader=self.read)
             valid = torch.from_numpy(ok)[None]
             image = normalize(torch.from_numpy(data) / item.scale, valid, self.mean, self.std)
         else:

@@ -120,6 +120,27 @@ def test_grounding_phrase_is_unique_and_the_answer_parses_back_to_the_box(built:
                 assert not rasterise(Shape(**o["shape"]), (SIZE, SIZE))[y0:y1, x0:x1].any()
 
 
+def test_grounding_answered_with_a_mask_keeps_the_question_and_targets_the_object(built: dict, tmp_path: Path) -> None:
+    """``grounding_answer="mask"``: the same scenes and questions, "<p>class</p> [SEG]" with the object's
+    mask as the target; the other tasks' records are unchanged."""
+    data = GeneratedMultisourceData(root=str(tmp_path), **settings(n_train=6, n_val=0, n_test=0))
+    masked = GeneratedMultisourceData(
+        root=str(tmp_path), **settings(n_train=6, n_val=0, n_test=0, grounding_answer="mask")
+    )
+    plain, records = read_records(data.prepare()), read_records(masked.prepare())
+    assert len(records) == len(plain)
+    for before, r in zip(plain, records, strict=True):
+        check_record(r, "generated")
+        assert r.conversations[0].text == before.conversations[0].text and r.meta == before.meta
+        if r.task != "grounding":
+            assert r.conversations[1].text == before.conversations[1].text and r.masks == before.masks
+            continue
+        assert r.conversations[1].text == f"<p>{r.meta['object']['name']}</p> [SEG]"
+        assert r.masks == [r.meta["mask"]] and r.boxes == before.boxes
+        rows, cols = np.nonzero(mask_of(r))
+        assert r.boxes[0] == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+
+
 def test_sar_speckle_follows_the_gamma_law_of_its_looks() -> None:
     """Over flat water (objects excluded), linear intensity is σ⁰·Gamma(L, 1/L): mean σ⁰, variance σ⁰²/L."""
     for looks in (1.0, 4.0):
@@ -193,6 +214,7 @@ def test_same_seed_same_bytes_and_every_setting_keys_the_cache(tmp_path: Path) -
         {"objects_per_scene": (2, 4)},
         {"sar_looks": 1},
         {"box_decimals": 2},
+        {"grounding_answer": "mask"},
     )
     assert len({GeneratedMultisourceData(**settings(**c)).folder() for c in changes}) == len(changes)
     assert (
@@ -208,6 +230,7 @@ def test_same_seed_same_bytes_and_every_setting_keys_the_cache(tmp_path: Path) -
         ({"tasks": ["vqa"]}, "tasks"),
         ({"sar_looks": 0.5}, "sar_looks"),
         ({"box_decimals": 0}, "box_decimals"),
+        ({"grounding_answer": "polygon"}, "grounding_answer"),
         ({"size": 16}, "size"),
         ({"objects_per_scene": (3, 40)}, "objects_per_scene"),
         ({"n_train": 0, "n_val": 0, "n_test": 0}, "n_train"),
@@ -304,3 +327,43 @@ def test_recipes_give_either_generator_and_keep_it_through_overrides(tmp_path: P
     assert type(dm.generate) is GeneratedMultisourceData
     assert (dm.generate.n_train, dm.generate.modalities, dm.generate.sar_looks) == (16, ["sar", "infrared"], 2)
     assert dm.sources == [str(dm.generate.records_path())] and set(dm.modality_presets) == set(MODALITY_IDS)
+
+
+def test_an_image_memory_gives_the_same_samples_reading_each_file_once(
+    built: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cache_images``: every sample equals the one read from disk; each file is decoded once while it
+    is remembered; the least recently used file is forgotten first; a caller's edit stays its own."""
+    from rsvlm.data.multitask import dataset as dataset_module
+    from rsvlm.data.multitask.dataset import PixelCache
+
+    plain = InstructDataModule(generate=built["data"], modality_presets=MODALITY_PRESETS, image_size=SIZE)
+    cached = InstructDataModule(
+        generate=built["data"], modality_presets=MODALITY_PRESETS, image_size=SIZE, cache_images=100
+    )
+    for dm in (plain, cached):
+        dm.prepare_data()
+        dm.setup("fit")
+    reads: list[str] = []
+    real = dataset_module.read_window
+    monkeypatch.setattr(dataset_module, "read_window", lambda path: reads.append(path) or real(path))
+    val, remembered = plain.datasets["val"], cached.datasets["val"]
+    for _ in range(2):
+        for i in range(len(val)):
+            a, b = val[i], remembered[i]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["valid"], b["valid"])
+            assert torch.equal(a["masks"], b["masks"])
+    images = [item.record.image for item in val.items]
+    assert len(reads) == 2 * len(images) + len(set(images))  # plain: every time; cached: once per file
+
+    reads.clear()
+    memory = PixelCache(2)
+    first, second, third = sorted(set(images))[:3]
+    data, _ = memory(first)
+    data[:] = -1  # the caller's copy
+    assert (memory(first)[0] != -1).any()
+    memory(second), memory(first), memory(third)  # second is now the least recently used: forgotten
+    memory(first), memory(second)
+    assert reads == [first, second, third, second]
+    with pytest.raises(ValueError, match=r"^InstructDataModule\.cache_images: [^\n]*$"):
+        InstructDataModule(generate=built["data"], cache_images=-1)
