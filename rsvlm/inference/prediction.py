@@ -13,7 +13,7 @@ import numpy as np
 
 from rsvlm.contracts import RsvlmError
 from rsvlm.data.coords import Grounding
-from rsvlm.inference.tile_outputs import boxes_path, save_boxes, tile_groundings
+from rsvlm.inference.tile_outputs import boxes_path, save_boxes, segmented_groundings, tile_groundings
 
 
 class PredictError(RsvlmError, ValueError):
@@ -62,9 +62,17 @@ class Prediction:
     @property
     def boxes(self) -> list[Grounding]:
         """The boxes and points the answers write (``<p>phrase</p>[x0,y0,x1,y1;…]``, normalised on
-        the model's input), each in the image's pixels (:func:`rsvlm.inference.tile_outputs.tile_groundings`), tile by tile; empty
-        for answers without any."""
-        return [g for meta, logits, _, text in self.tiles for g in tile_groundings(meta, logits.shape[-2:], text)]
+        the model's input), each in the image's pixels (:func:`rsvlm.inference.tile_outputs.tile_groundings`), tile by tile; for
+        an answer that segments what it names (``<p>ship</p> [SEG]``), its mask's box
+        (:func:`~rsvlm.inference.tile_outputs.segmented_groundings`); empty for answers without any."""
+        found = []
+        for meta, logits, _, text in self.tiles:
+            written = tile_groundings(meta, logits.shape[-2:], text)
+            if not written and "window" in meta:
+                row, col, h, w = (int(v) for v in meta["window"])
+                written = segmented_groundings(text, np.asarray(logits)[:h, :w], (row, col))
+            found += written
+        return found
 
     def show(self, composite: str = "auto", prompts: bool = True) -> np.ndarray:
         """``H×W×3`` uint8: the mask in red over a true- or false-colour composite of the image, and

@@ -1,5 +1,6 @@
 """What one tile of a prediction turns into on the image: the answer's boxes in the image's pixels
-(:func:`tile_groundings`), the boxes GeoJSON beside the answer JSON (:func:`boxes_path`,
+(:func:`tile_groundings`; or, for an answer that segments what it names, the mask's box:
+:func:`segmented_groundings`), the boxes GeoJSON beside the answer JSON (:func:`boxes_path`,
 :func:`save_boxes`), and a whole-image model's square output mapped back to the image
 (:func:`whole_image_tile`). One owner for the helpers :class:`rsvlm.inference.prediction.Prediction`,
 :class:`rsvlm.inference.writer.PredictionWriter` and :mod:`rsvlm.inference.whole_image` share, so
@@ -63,6 +64,29 @@ def tile_groundings(meta: Mapping[str, Any], size: Sequence[int], text: str | No
     for g in found:
         g.boxes, g.points = move(g.boxes), move(g.points)
     return found
+
+
+def segmented_groundings(text: str | None, logits: Any, offset: Sequence[int] = (0, 0)) -> list[Grounding]:
+    """The box of an answer that segments what it names without writing coordinates
+    (``<p>ship</p> [SEG]``, a demo trained with ``grounding_answer: mask``): one
+    :class:`~rsvlm.data.coords.Grounding` with the phrase and the box of the mask's largest 8-connected
+    region (``logits`` ``h×w`` > 0, :func:`rsvlm.training.metrics.grounding.mask_boxes`, as the grounding
+    metric reads it), shifted by the tile's ``offset`` (row, col); empty when the answer writes
+    coordinates, has no ``[SEG]`` or the mask is empty."""
+    import re
+
+    from rsvlm.data.coords import parse_grounding
+    from rsvlm.training.metrics.grounding import mask_boxes
+
+    if not text or "[SEG]" not in text or parse_grounding(text, (1, 1)):
+        return []
+    box = mask_boxes(torch.as_tensor(logits, dtype=torch.float32)[None, None])[0]
+    if not box.any():
+        return []
+    row, col = (float(v) for v in offset[:2])
+    phrase = re.search(r"<p>(.*?)</p>\s*\[SEG\]", text, re.DOTALL)
+    moved = (box + torch.tensor([col, row, col, row], dtype=box.dtype)).tolist()
+    return [Grounding(phrase.group(1).strip() if phrase else None, boxes=[moved])]
 
 
 def boxes_path(json_path: str | os.PathLike) -> Path:

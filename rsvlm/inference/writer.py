@@ -14,7 +14,9 @@ Outputs, per input GeoTIFF and category
 * ``<out>/<stem>.json``: the generated description of each tile (a whole-image model's answer:
   its one tile, with the question as ``instruction``), the category, threshold, tiling and the
   paths written;
-* ``<out>/<stem>.boxes.geojson``, when the answers write boxes or points (``<p>phrase</p>[…]``):
+* ``<out>/<stem>.boxes.geojson``, when the answers write boxes or points (``<p>phrase</p>[…]``), or
+  segment what they name (``<p>ship</p> [SEG]``: the mask's box,
+  :func:`~rsvlm.inference.tile_outputs.segmented_groundings`):
   them in the image's CRS, mapped to the image's pixels and written by the code of
   :meth:`rsvlm.inference.prediction.Prediction.save` (:func:`~rsvlm.inference.tile_outputs.tile_groundings`,
   :func:`~rsvlm.inference.tile_outputs.save_boxes`).
@@ -43,7 +45,13 @@ from rsvlm.data.coords import Grounding
 from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
 from rsvlm.data.tiling import Window
 from rsvlm.inference.stitch import BLENDS, Blend, Stitcher
-from rsvlm.inference.tile_outputs import boxes_path, save_boxes, tile_groundings, whole_image_tile
+from rsvlm.inference.tile_outputs import (
+    boxes_path,
+    save_boxes,
+    segmented_groundings,
+    tile_groundings,
+    whole_image_tile,
+)
 from rsvlm.io.atomic import atomic_write_text
 from rsvlm.io.pictures import CompositeKind, composite_or_stretch, overlay, save_png
 
@@ -256,7 +264,9 @@ class PredictionWriter(BasePredictionWriter):
         r, c, h, w = window
         state.valid[r : r + h, c : c + w] |= tile_valid.cpu().numpy().astype(bool)
         state.descriptions.append({"tile_index": index, "window": list(window), "description": text})
-        state.groundings[index] = tile_groundings(meta, tuple(logits.shape[-2:]), text)
+        state.groundings[index] = tile_groundings(meta, tuple(logits.shape[-2:]), text) or segmented_groundings(
+            text, tile_logits, window[:2]
+        )
         if len(state.seen) == num_tiles:
             del self._scenes[key]
             return self._write_scene(state)

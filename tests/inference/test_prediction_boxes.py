@@ -62,6 +62,32 @@ def test_answers_without_coordinates_have_no_boxes():
     assert prediction_with([({"window": [0, 0, 64, 64]}, tile, None, "water: 3 regions")]).boxes == []
 
 
+def test_an_answer_that_segments_what_it_names_gives_its_mask_box():
+    """ "<p>ship</p> [SEG]" without coordinates: the box of the mask's largest 8-connected region
+    (skimage's regionprops as the reference), shifted by the tile's window; an answer that writes
+    coordinates keeps them, and an empty mask gives no box."""
+    from skimage.measure import label, regionprops
+
+    tile = np.full((64, 64), -4.0, dtype=np.float32)
+    tile[10:20, 30:44] = 3.0
+    tile[20, 44] = 3.0  # touches the region at a corner: in it
+    tile[50:53, 2:5] = 3.0  # a smaller blob apart: not in the box
+    written = format_grounding("pier", [[0.0, 0.0, 32.0, 8.0]], (64, 64))
+    result = prediction_with(
+        [
+            ({"window": [100, 36, 64, 64]}, tile, None, "<p>ship</p> [SEG]"),
+            ({"window": [0, 0, 64, 64]}, tile, None, written + " [SEG]"),
+            ({"window": [0, 0, 64, 64]}, np.full((64, 64), -1.0, np.float32), None, "<p>tank</p> [SEG]"),
+        ]
+    )
+    found = result.boxes
+    region = max(regionprops(label(tile > 0, connectivity=2)), key=lambda r: r.area)
+    y0, x0, y1, x1 = region.bbox
+    assert [g.phrase for g in found] == ["ship", "pier"]
+    assert found[0].boxes == [[x0 + 36, y0 + 100, x1 + 36, y1 + 100]] == [[66, 110, 81, 121]]
+    assert np.allclose(found[1].boxes, [[0, 0, 32, 8]], atol=0.5e-3 * 64)
+
+
 # ---------------------------------------------------------------- whole-image models: the padded square
 HEIGHT, WIDTH, SIDE = 48, 80, 64  # a wide image on the model's 64-px square
 ANSWER = "<p>the ship</p>[0.250,0.500,0.750,0.875] and <p>the buoy</p>[0.500,0.250]"
