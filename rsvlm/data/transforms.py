@@ -26,7 +26,7 @@ maps to 0 instead of NaN/inf.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -103,38 +103,87 @@ def normalize_as(
     return normalize(image, valid, centre, scale)
 
 
+#: Suffix of an index channel that is the index's coarse mask (index > Otsu's threshold), SPEX's APG prior.
+OTSU_SUFFIX = "_otsu"
+
+
+def check_index_channels(indices: Sequence[str]) -> tuple[str, ...]:
+    """``indices`` as a tuple; a ValueError names the first that is neither an index of
+    :data:`rsvlm.data.indices.INDEX_BANDS` nor one followed by :data:`OTSU_SUFFIX`."""
+    from rsvlm.data.indices import INDEX_BANDS
+
+    for name in indices:
+        if name.removesuffix(OTSU_SUFFIX) not in INDEX_BANDS:
+            known = ", ".join([*INDEX_BANDS, *(f"{i}{OTSU_SUFFIX}" for i in INDEX_BANDS)])
+            raise ValueError(f"index_channels: unknown index {name!r}; known: {known}")
+    return tuple(indices)
+
+
+def index_thresholds(raw: np.ndarray, valid: np.ndarray, bands: object, indices: Sequence[str]) -> dict[str, float]:
+    """Otsu's threshold of each index that ``indices`` asks a coarse mask of (``ndwi_otsu`` → ``ndwi``),
+    over the valid pixels of ``raw`` (``C×H×W``, ``valid`` ``H×W``): a whole scene's, so that its tiles
+    share the threshold the index + Otsu baseline uses. An index without a valid pixel is left out."""
+    from rsvlm.data.indices import INDEX_FOR_CATEGORY, category_index, otsu_threshold
+
+    by_index = {index: category for category, index in INDEX_FOR_CATEGORY.items()}
+    v = np.asarray(valid, dtype=bool)
+    filled = np.where(v[None], np.nan_to_num(np.asarray(raw, dtype=np.float32)), 0.0)
+    out = {}
+    for name in dict.fromkeys(n.removesuffix(OTSU_SUFFIX) for n in indices if n.endswith(OTSU_SUFFIX)):
+        if v.any():
+            out[name] = otsu_threshold(category_index(filled, by_index[name], bands), v)
+    return out
+
+
 def with_index_channels(
-    normalized: Tensor, raw: np.ndarray | Tensor, valid: Tensor, bands: object, indices: Sequence[str]
+    normalized: Tensor,
+    raw: np.ndarray | Tensor,
+    valid: Tensor,
+    bands: object,
+    indices: Sequence[str],
+    thresholds: Mapping[str, float] | None = None,
 ) -> Tensor:
     """Append spectral-index channels computed from the *raw* bands to a normalised image.
 
     Per-band normalisation (``image``, ``robust_image``) removes a sensor's gain and offset but
     also the spectral shape across bands; a normalised difference such as NDWI is unchanged by
-    a common gain, so the channels give back what separates the materials.
+    a common gain, so the channels give back what separates the materials. A name with
+    :data:`OTSU_SUFFIX` (``ndwi_otsu``) is the index's coarse mask, 1 where the index exceeds Otsu's
+    threshold and 0 elsewhere (:func:`rsvlm.data.indices.coarse_mask`, SPEX's APG prior as a map).
 
     Args:
         normalized: ``C×H×W`` the normalised bands.
         raw: ``C×H×W`` the same bands before normalisation.
         valid: ``1×H×W`` or ``H×W`` bool; invalid pixels get 0.
         bands: the band spec of ``raw`` (names the bands each index needs).
-        indices: index names of :data:`rsvlm.data.indices.INDEX_BANDS` (``ndvi``, ``ndwi``, ``ndbi``).
+        indices: index names of :data:`rsvlm.data.indices.INDEX_BANDS` (``ndvi``, ``ndwi``, ``ndbi``),
+            each optionally with :data:`OTSU_SUFFIX`.
+        thresholds: index → the threshold of its coarse mask (a whole scene's, :func:`index_thresholds`,
+            when ``raw`` is one tile of it); an index not in it is thresholded over ``raw``'s valid pixels.
 
     Returns:
-        ``(C+K)×H×W`` float32, the indices in ``[−1, 1]`` (0 where undefined).
+        ``(C+K)×H×W`` float32, the indices in ``[−1, 1]`` (0 where undefined), the masks in ``{0, 1}``.
     """
-    from rsvlm.data.indices import INDEX_BANDS, INDEX_FOR_CATEGORY, category_index
+    from rsvlm.data.indices import INDEX_FOR_CATEGORY, category_index
 
     if not indices:
         return normalized
+    check_index_channels(indices)
     data = raw.numpy() if isinstance(raw, Tensor) else np.asarray(raw)
     v = valid.reshape(data.shape[-2:]).numpy().astype(bool)
     filled = np.where(v[None], np.nan_to_num(data.astype(np.float32)), 0.0)
     by_index = {index: category for category, index in INDEX_FOR_CATEGORY.items()}
+    local = index_thresholds(
+        data, v, bands, [n for n in indices if n.removesuffix(OTSU_SUFFIX) not in (thresholds or {})]
+    )
+    cut = {**local, **(thresholds or {})}
     channels = []
     for name in indices:
-        if name not in by_index:
-            raise ValueError(f"index_channels: unknown index {name!r}; known: {', '.join(INDEX_BANDS)}")
-        channels.append(np.where(v, category_index(filled, by_index[name], bands), 0.0))
+        base = name.removesuffix(OTSU_SUFFIX)
+        values = category_index(filled, by_index[base], bands)
+        if name.endswith(OTSU_SUFFIX):
+            values = (values > cut[base]) if base in cut else np.zeros_like(values, dtype=bool)
+        channels.append(np.where(v, values, 0.0))
     extra = torch.from_numpy(np.stack(channels).astype(np.float32))
     return torch.cat([normalized.float(), extra], dim=0)
 

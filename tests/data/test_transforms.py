@@ -194,3 +194,57 @@ def test_predict_tiles_carry_index_channels():
     assert sample["image"].shape == (5, 16, 16)
     expected = _ndi(data[1, r : r + h, c : c + w], data[3, r : r + h, c : c + w])
     np.testing.assert_allclose(sample["image"][4, :h, :w].numpy(), expected, atol=1e-6)
+
+
+def test_coarse_mask_channels_are_the_index_above_otsu_of_the_image():
+    """``ndwi_otsu``: 1 where NDWI exceeds skimage's Otsu threshold over the valid pixels (the index +
+    Otsu baseline's mask, :func:`coarse_mask`), 0 elsewhere and on invalid pixels; a given threshold
+    wins; a tile without a valid pixel is all 0; an unknown suffix is a one-line error."""
+    from skimage.filters import threshold_otsu
+
+    from rsvlm.data.indices import coarse_mask
+    from rsvlm.data.transforms import with_index_channels
+
+    rng = np.random.default_rng(2)
+    raw = rng.uniform(0.01, 0.5, size=(4, 12, 12)).astype(np.float32)
+    raw[1, :6] *= 3  # a bright-green (water-like) half
+    valid = torch.ones(1, 12, 12, dtype=torch.bool)
+    valid[0, 5:7, :4] = False
+    bands = ["blue", "green", "red", "nir"]
+    v = valid[0].numpy()
+    out = with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi", "ndwi_otsu", "ndvi_otsu"])
+    ndwi = _ndi(raw[1], raw[3])
+    np.testing.assert_array_equal(out[5].numpy(), np.where(v & (ndwi > threshold_otsu(ndwi[v])), 1.0, 0.0))
+    np.testing.assert_array_equal(out[5].numpy() > 0, coarse_mask(raw, "water", bands, v))
+    np.testing.assert_array_equal(out[6].numpy() > 0, coarse_mask(raw, "vegetation", bands, v))
+    given = with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_otsu"], {"ndwi": 0.0})
+    np.testing.assert_array_equal(given[4].numpy(), np.where(v & (ndwi > 0.0), 1.0, 0.0))
+    none = with_index_channels(torch.zeros(4, 12, 12), raw, torch.zeros_like(valid), bands, ["ndwi_otsu"])
+    assert not none[4].any()
+    with pytest.raises(ValueError, match=r"^index_channels: unknown index 'ndwi_mean'; known: [^\n]*ndwi_otsu"):
+        with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_mean"])
+
+
+def test_predict_tiles_cut_the_coarse_mask_at_the_scene_threshold():
+    """Every tile's ``ndwi_otsu`` channel is the whole scene's coarse mask (not one Otsu per tile): the
+    tiles put back together give :func:`coarse_mask` of the scene, as the index baseline predicts it."""
+    from rsvlm.data.indices import coarse_mask
+    from rsvlm.data.spie.predict_dataset import ArrayPredictDataset
+
+    rng = np.random.default_rng(3)
+    data = rng.uniform(0.01, 0.5, size=(4, 40, 40)).astype(np.float32)
+    data[1, :, :14] *= 4  # water on the left: most tiles hold none of it
+    v = np.ones((40, 40), bool)
+    v[30:, 30:] = False
+    bands = ["blue", "green", "red", "nir"]
+    ds = ArrayPredictDataset(
+        [("scene", data, v)], bands, [0] * 4, [1] * 4, tile=16, overlap=4, index_channels=["ndwi_otsu"]
+    )
+    stitched = np.full((40, 40), -1.0)
+    for i in range(len(ds)):
+        sample = ds[i]
+        r, c, h, w = sample["meta"]["window"]
+        stitched[r : r + h, c : c + w] = sample["image"][4, :h, :w].numpy()
+    np.testing.assert_array_equal(stitched > 0, coarse_mask(data, "water", bands, v))
+    with pytest.raises(ValueError, match=r"^index_channels: unknown index 'ndmi'"):
+        ArrayPredictDataset([("scene", data, v)], bands, [0] * 4, [1] * 4, index_channels=["ndmi"])

@@ -26,7 +26,7 @@ from rsvlm.data.prompted import PromptedSamples, PromptSampling
 from rsvlm.data.spie.dataset import SpieCollate, SpieDataset
 from rsvlm.data.spie.records import RecordError, SpieRecord, read_records, select_datasets
 from rsvlm.data.stats import load_stats, mean_std
-from rsvlm.data.transforms import Normalization, check_normalization
+from rsvlm.data.transforms import Normalization, check_index_channels, check_normalization
 
 
 class SpieDataModule(RsvlmDataModule):
@@ -68,8 +68,10 @@ class SpieDataModule(RsvlmDataModule):
             independent of the sensor's gain and offset.
         index_channels: spectral indices (``ndvi``, ``ndwi``, ``ndbi``) appended to the
             normalised bands as channels, computed from the bands before normalisation (they
-            keep the spectral shape that per-image normalisation removes); the encoder then
-            takes ``len(bands) + len(index_channels)`` channels.
+            keep the spectral shape that per-image normalisation removes), and coarse masks
+            (``ndvi_otsu``, ``ndwi_otsu``, ``ndbi_otsu``: 1 where the index exceeds Otsu's threshold
+            of the whole image, SPEX's APG prior as a map; a predicted scene's tiles share its
+            threshold); the encoder then takes ``len(bands) + len(index_channels)`` channels.
         prompts: make a share of the train / val / test samples prompted extraction (the one
             region a point, box or scribble marks; :mod:`rsvlm.data.prompted`); every sample
             then carries ``visual_prompts`` and ``task``.
@@ -121,7 +123,7 @@ class SpieDataModule(RsvlmDataModule):
         self.predict_paths = predict_paths
         self.predict_overlap = predict_overlap
         self.normalization = check_normalization(normalization, "SpieDataModule.normalization")
-        self.index_channels = tuple(index_channels or ())
+        self.index_channels = check_index_channels(index_channels or ())
         self.prompts = prompts
         self._mean = None
         self._std = None

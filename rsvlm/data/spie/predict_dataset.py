@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from rsvlm.data.bands import BandSpec, band_spec
 from rsvlm.data.raster import georef_meta, read_header, read_window
 from rsvlm.data.tiling import Window, tile_windows
-from rsvlm.data.transforms import Normalization, check_normalization
+from rsvlm.data.transforms import Normalization, check_index_channels, check_normalization
 
 
 @dataclass
@@ -52,7 +52,8 @@ class TiledPredictDataset(Dataset):
             (each tile by its own valid pixels; see :mod:`rsvlm.data.transforms`). Use the one
             the model was trained with.
         index_channels: spectral indices appended as channels, as the model was trained with
-            (:func:`rsvlm.data.transforms.with_index_channels`).
+            (:func:`rsvlm.data.transforms.with_index_channels`); a coarse-mask channel (``ndwi_otsu``)
+            is cut at the whole scene's Otsu threshold, which costs one read of the whole scene.
 
     Samples follow the datamodule's predict contract: ``image`` ``C×T×T`` float32 (normalised,
     invalid and padding pixels 0), ``valid`` ``1×T×T`` bool, ``category``, ``instruction``,
@@ -93,7 +94,8 @@ class TiledPredictDataset(Dataset):
         self.categories = list(categories) if categories else [None]
         self.template, self.apg_style = template, apg_style
         self.normalization = check_normalization(normalization, "TiledPredictDataset.normalization")
-        self.index_channels = tuple(index_channels)
+        self.index_channels = check_index_channels(index_channels)
+        self.scene_thresholds: dict[int, dict[str, float]] = {}
         self.scenes = [self._open(str(p)) for p in paths]
         self.items: list[tuple[int, int, str | None]] = []
         for s, scene in enumerate(self.scenes):
@@ -129,7 +131,7 @@ class TiledPredictDataset(Dataset):
             raise ValueError(f"{scene.path}: every pixel is invalid (nodata / NaN); nothing to predict")
         v = torch.from_numpy(valid)[None]
         image = normalize_as(torch.from_numpy(data), v, self.normalization, self.mean, self.std)
-        image = with_index_channels(image, data, v, self.bands, self.index_channels)
+        image = with_index_channels(image, data, v, self.bands, self.index_channels, self._thresholds(s))
         _, _, h, w = window
         pad = [0, 0, self.tile - h, self.tile - w]
         if pad[2] or pad[3]:
@@ -161,6 +163,20 @@ class TiledPredictDataset(Dataset):
                 category=category, response="", instruction=instruction(category, prompt, template=self.template)
             )
         return sample
+
+    def _thresholds(self, s: int) -> dict[str, float] | None:
+        """The scene's own Otsu thresholds of the coarse-mask index channels (``ndwi_otsu``: one read of
+        the whole scene, once), so that every tile is cut where the index + Otsu baseline cuts the scene;
+        None without such channels."""
+        from rsvlm.data.transforms import OTSU_SUFFIX, index_thresholds
+
+        if not any(name.endswith(OTSU_SUFFIX) for name in self.index_channels):
+            return None
+        if s not in self.scene_thresholds:
+            scene = self.scenes[s]
+            data, valid = self._read(scene, (0, 0, scene.height, scene.width))
+            self.scene_thresholds[s] = index_thresholds(data, valid, self.bands, self.index_channels)
+        return self.scene_thresholds[s]
 
     def _scene_all_invalid(self, scene: _SceneInfo) -> bool:
         return not any(self._read(scene, w)[1].any() for w in scene.windows)
