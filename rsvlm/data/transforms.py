@@ -119,20 +119,32 @@ def check_index_channels(indices: Sequence[str]) -> tuple[str, ...]:
     return tuple(indices)
 
 
+def _index_maps(raw: np.ndarray, valid: np.ndarray, bands: object, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each index of ``names`` (without :data:`OTSU_SUFFIX`, each once) as ``H×W`` float32 from the raw
+    bands, invalid and non-finite pixels read as 0."""
+    from rsvlm.data.indices import INDEX_FOR_CATEGORY, category_index
+
+    by_index = {index: category for category, index in INDEX_FOR_CATEGORY.items()}
+    filled = np.where(valid[None], np.nan_to_num(np.asarray(raw, dtype=np.float32)), 0.0)
+    return {name: category_index(filled, by_index[name], bands) for name in dict.fromkeys(names)}
+
+
+def _otsu_cuts(maps: Mapping[str, np.ndarray], valid: np.ndarray, indices: Sequence[str]) -> dict[str, float]:
+    """Otsu's threshold over ``valid`` of each map that ``indices`` asks a coarse mask of (``ndwi_otsu`` →
+    ``maps["ndwi"]``); none without a valid pixel."""
+    from rsvlm.data.indices import otsu_threshold
+
+    wanted = dict.fromkeys(n.removesuffix(OTSU_SUFFIX) for n in indices if n.endswith(OTSU_SUFFIX))
+    return {name: otsu_threshold(maps[name], valid) for name in wanted} if valid.any() else {}
+
+
 def index_thresholds(raw: np.ndarray, valid: np.ndarray, bands: object, indices: Sequence[str]) -> dict[str, float]:
     """Otsu's threshold of each index that ``indices`` asks a coarse mask of (``ndwi_otsu`` → ``ndwi``),
     over the valid pixels of ``raw`` (``C×H×W``, ``valid`` ``H×W``): a whole scene's, so that its tiles
     share the threshold the index + Otsu baseline uses. An index without a valid pixel is left out."""
-    from rsvlm.data.indices import INDEX_FOR_CATEGORY, category_index, otsu_threshold
-
-    by_index = {index: category for category, index in INDEX_FOR_CATEGORY.items()}
     v = np.asarray(valid, dtype=bool)
-    filled = np.where(v[None], np.nan_to_num(np.asarray(raw, dtype=np.float32)), 0.0)
-    out = {}
-    for name in dict.fromkeys(n.removesuffix(OTSU_SUFFIX) for n in indices if n.endswith(OTSU_SUFFIX)):
-        if v.any():
-            out[name] = otsu_threshold(category_index(filled, by_index[name], bands), v)
-    return out
+    wanted = [n.removesuffix(OTSU_SUFFIX) for n in indices if n.endswith(OTSU_SUFFIX)]
+    return _otsu_cuts(_index_maps(raw, v, bands, wanted), v, indices)
 
 
 def with_index_channels(
@@ -164,25 +176,20 @@ def with_index_channels(
     Returns:
         ``(C+K)×H×W`` float32, the indices in ``[−1, 1]`` (0 where undefined), the masks in ``{0, 1}``.
     """
-    from rsvlm.data.indices import INDEX_FOR_CATEGORY, category_index
-
     if not indices:
         return normalized
     check_index_channels(indices)
     data = raw.numpy() if isinstance(raw, Tensor) else np.asarray(raw)
     v = valid.reshape(data.shape[-2:]).numpy().astype(bool)
-    filled = np.where(v[None], np.nan_to_num(data.astype(np.float32)), 0.0)
-    by_index = {index: category for category, index in INDEX_FOR_CATEGORY.items()}
-    local = index_thresholds(
-        data, v, bands, [n for n in indices if n.removesuffix(OTSU_SUFFIX) not in (thresholds or {})]
-    )
-    cut = {**local, **(thresholds or {})}
+    maps = _index_maps(data, v, bands, [name.removesuffix(OTSU_SUFFIX) for name in indices])
+    given = dict(thresholds or {})
+    cuts = {**_otsu_cuts(maps, v, [n for n in indices if n.removesuffix(OTSU_SUFFIX) not in given]), **given}
     channels = []
     for name in indices:
         base = name.removesuffix(OTSU_SUFFIX)
-        values = category_index(filled, by_index[base], bands)
+        values = maps[base]
         if name.endswith(OTSU_SUFFIX):
-            values = (values > cut[base]) if base in cut else np.zeros_like(values, dtype=bool)
+            values = (values > cuts[base]) if base in cuts else np.zeros_like(values, dtype=bool)
         channels.append(np.where(v, values, 0.0))
     extra = torch.from_numpy(np.stack(channels).astype(np.float32))
     return torch.cat([normalized.float(), extra], dim=0)
