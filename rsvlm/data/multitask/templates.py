@@ -60,22 +60,25 @@ def roc_turns(style: Style, label: str, box: Sequence[float], size: tuple[int, i
     return IMAGE_PREFIX + question, label
 
 
+def grounding_question(expression: str) -> str:
+    """The visual-grounding question about an object: "Where is the …? Answer with its bounding box." """
+    return IMAGE_PREFIX + f"Where is the {bare_expression(expression)}? Answer with its bounding box."
+
+
 def grounding_turns(
     expression: str, phrase: str, boxes: Sequence[Sequence[float]], size: tuple[int, int], decimals: int = 3
 ) -> tuple[str, str]:
     """(human, gpt) of visual grounding: "Where is the …? Answer with its bounding box." → ``<p>…</p>[…]``
     (coordinates with ``decimals`` decimals)."""
-    question = f"Where is the {bare_expression(expression)}? Answer with its bounding box."
     answer = format_grounding(phrase, [list(b) for b in boxes], size, pad="center", decimals=decimals)
-    return IMAGE_PREFIX + question, answer
+    return grounding_question(expression), answer
 
 
 def grounding_mask_turns(expression: str, phrase: str) -> tuple[str, str]:
-    """(human, gpt) of visual grounding answered with a mask: the question of :func:`grounding_turns`
-    → ``<p>phrase</p> [SEG]`` (the pixel answer form); the box is read from the decoded mask
+    """(human, gpt) of visual grounding answered with a mask: :func:`grounding_question` →
+    ``<p>phrase</p> [SEG]`` (the pixel answer form); the box is read from the decoded mask
     (:func:`rsvlm.training.metrics.grounding.mask_boxes`), as LISA-style models ground by segmenting."""
-    question = f"Where is the {bare_expression(expression)}? Answer with its bounding box."
-    return IMAGE_PREFIX + question, f"<p>{phrase}</p> [SEG]"
+    return grounding_question(expression), f"<p>{phrase}</p> [SEG]"
 
 
 def region_caption_turns(caption: str) -> tuple[str, str]:
