@@ -13,7 +13,7 @@ import numpy as np
 
 from rsvlm.contracts import RsvlmError
 from rsvlm.data.coords import Grounding
-from rsvlm.inference.tile_outputs import boxes_path, save_boxes, segmented_groundings, tile_groundings
+from rsvlm.inference.tile_outputs import answer_groundings, boxes_path, save_boxes
 
 
 class PredictError(RsvlmError, ValueError):
@@ -67,11 +67,8 @@ class Prediction:
         (:func:`~rsvlm.inference.tile_outputs.segmented_groundings`); empty for answers without any."""
         found = []
         for meta, logits, _, text in self.tiles:
-            written = tile_groundings(meta, logits.shape[-2:], text)
-            if not written and "window" in meta:
-                row, col, h, w = (int(v) for v in meta["window"])
-                written = segmented_groundings(text, np.asarray(logits)[:h, :w], (row, col))
-            found += written
+            row, col, h, w = (int(v) for v in meta.get("window", (0, 0, *logits.shape[-2:])))
+            found += answer_groundings(meta, logits.shape[-2:], text, np.asarray(logits)[:h, :w], (row, col))
         return found
 
     def show(self, composite: str = "auto", prompts: bool = True) -> np.ndarray:

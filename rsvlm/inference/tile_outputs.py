@@ -76,17 +76,27 @@ def segmented_groundings(text: str | None, logits: Any, offset: Sequence[int] = 
     import re
 
     from rsvlm.data.coords import parse_grounding
+    from rsvlm.data.multitask.validate import SEG_TOKEN
     from rsvlm.training.metrics.grounding import mask_boxes
 
-    if not text or "[SEG]" not in text or parse_grounding(text, (1, 1)):
+    if not text or SEG_TOKEN not in text or parse_grounding(text, (1, 1)):
         return []
     box = mask_boxes(torch.as_tensor(logits, dtype=torch.float32)[None, None])[0]
     if not box.any():
         return []
     row, col = (float(v) for v in offset[:2])
-    phrase = re.search(r"<p>(.*?)</p>\s*\[SEG\]", text, re.DOTALL)
+    phrase = re.search(rf"<p>(.*?)</p>\s*{re.escape(SEG_TOKEN)}", text, re.DOTALL)
     moved = (box + torch.tensor([col, row, col, row], dtype=box.dtype)).tolist()
     return [Grounding(phrase.group(1).strip() if phrase else None, boxes=[moved])]
+
+
+def answer_groundings(
+    meta: Mapping[str, Any], size: Sequence[int], text: str | None, tile_logits: Any, offset: Sequence[int]
+) -> list[Grounding]:
+    """The boxes of one tile's answer in the image's pixels: those it writes (:func:`tile_groundings`,
+    ``size`` the model's logits shape), else its mask's (:func:`segmented_groundings`, ``tile_logits``
+    ``h×w`` on the image at ``offset`` (row, col)). One rule for :attr:`Prediction.boxes` and the writer."""
+    return tile_groundings(meta, size, text) or segmented_groundings(text, tile_logits, offset)
 
 
 def boxes_path(json_path: str | os.PathLike) -> Path:

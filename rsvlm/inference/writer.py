@@ -45,13 +45,7 @@ from rsvlm.data.coords import Grounding
 from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
 from rsvlm.data.tiling import Window
 from rsvlm.inference.stitch import BLENDS, Blend, Stitcher
-from rsvlm.inference.tile_outputs import (
-    boxes_path,
-    save_boxes,
-    segmented_groundings,
-    tile_groundings,
-    whole_image_tile,
-)
+from rsvlm.inference.tile_outputs import answer_groundings, boxes_path, save_boxes, whole_image_tile
 from rsvlm.io.atomic import atomic_write_text
 from rsvlm.io.pictures import CompositeKind, composite_or_stretch, overlay, save_png
 
@@ -264,9 +258,7 @@ class PredictionWriter(BasePredictionWriter):
         r, c, h, w = window
         state.valid[r : r + h, c : c + w] |= tile_valid.cpu().numpy().astype(bool)
         state.descriptions.append({"tile_index": index, "window": list(window), "description": text})
-        state.groundings[index] = tile_groundings(meta, tuple(logits.shape[-2:]), text) or segmented_groundings(
-            text, tile_logits, window[:2]
-        )
+        state.groundings[index] = answer_groundings(meta, tuple(logits.shape[-2:]), text, tile_logits, window[:2])
         if len(state.seen) == num_tiles:
             del self._scenes[key]
             return self._write_scene(state)
