@@ -281,4 +281,6 @@ class ComposedModule(L.LightningModule):
             )
             for name, group in self.optimizer_groups.items()
         ]
-        return build_optimizer(groups, self.optim, self.trainer.estimated_stepping_batches)
+        trainer = self.trainer
+        scaled = str(trainer.precision) in ("16-mixed", "16") and bool(trainer.gradient_clip_val)
+        return build_optimizer(groups, self.optim, trainer.estimated_stepping_batches, clips_scaled_gradients=scaled)

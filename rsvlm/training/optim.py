@@ -21,12 +21,19 @@ class OptimSettings:
         betas: AdamW betas.
         warmup_ratio: share of the optimisation steps spent warming up linearly from 0.
         warmup_steps: absolute warm-up length; overrides ``warmup_ratio`` when set.
+        fused: torch's fused AdamW kernel (one pass over all parameters per step instead of a
+            loop of small ops; the demo's optimiser step on 2 CPU cores took a quarter of the
+            time). ``None``: fused where torch has the kernel for every parameter's device (CUDA,
+            and the CPU from torch 2.4) and the run does not clip fp16 loss-scaled gradients
+            (Lightning does not clip for an optimiser that unscales its own gradients); ``False``:
+            the per-parameter loop. Both compute the same update up to float rounding.
     """
 
     weight_decay: float = 1e-5
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_ratio: float = 0.03
     warmup_steps: int | None = None
+    fused: bool | None = None
 
 
 @dataclass
@@ -40,11 +47,18 @@ class ParameterGroup:
     weight_decay: float | None = None
 
 
-def build_optimizer(groups: Sequence[ParameterGroup], settings: OptimSettings, total_steps: int | float):
+def build_optimizer(
+    groups: Sequence[ParameterGroup],
+    settings: OptimSettings,
+    total_steps: int | float,
+    clips_scaled_gradients: bool = False,
+):
     """AdamW over ``groups`` (empty groups are left out) with a cosine schedule and warm-up.
 
     Give it every parameter that any training stage may train: parameters frozen by the current
     stage have no gradient and AdamW skips them, so one optimiser serves a whole stage schedule.
+    ``clips_scaled_gradients``: the trainer clips gradients under fp16 loss scaling, where
+    ``settings.fused=None`` keeps the per-parameter loop.
     Returns Lightning's optimiser/scheduler dict (the scheduler steps every optimisation step).
     """
     param_groups = [
@@ -57,8 +71,23 @@ def build_optimizer(groups: Sequence[ParameterGroup], settings: OptimSettings, t
         for g in groups
         if g.params
     ]
-    optimizer = torch.optim.AdamW(param_groups, betas=settings.betas, weight_decay=settings.weight_decay)
+    optimizer = adamw(
+        param_groups, settings, fused=settings.fused is True or (settings.fused is None and not clips_scaled_gradients)
+    )
     total = max(int(total_steps), 1)
     warmup = settings.warmup_steps if settings.warmup_steps is not None else int(settings.warmup_ratio * total)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def adamw(param_groups: list[dict], settings: OptimSettings, fused: bool) -> torch.optim.AdamW:
+    """AdamW, fused when asked and torch has the kernel for every parameter (else the loop, unless
+    ``settings.fused`` demands the kernel: then torch's own error)."""
+    kwargs = {"betas": settings.betas, "weight_decay": settings.weight_decay}
+    if fused:
+        try:
+            return torch.optim.AdamW(param_groups, fused=True, **kwargs)
+        except RuntimeError:  # no fused kernel for some parameter's device or dtype (torch < 2.4 on CPU)
+            if settings.fused:
+                raise
+    return torch.optim.AdamW(param_groups, **kwargs)

@@ -29,9 +29,10 @@ class Record:
         self.losses: list[torch.Tensor] = []
         self.dtypes: set[torch.dtype] = set()
         self.scaler: torch.amp.GradScaler | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
 
 
-def _one_step(precision: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], Record]:
+def _one_step(precision: str, **trainer_settings) -> tuple[torch.nn.Module, dict[str, torch.Tensor], Record]:
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.plugins import MixedPrecision
 
@@ -56,8 +57,9 @@ def _one_step(precision: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor],
         settings = dict(plugins=[MixedPrecision("16-mixed", device="cpu", scaler=scaler)])
     else:
         settings = dict(precision=precision)
-    trainer = quiet_trainer(devices=1, max_steps=1, callbacks=[Losses(), NanGuard()], **settings)
+    trainer = quiet_trainer(devices=1, max_steps=1, callbacks=[Losses(), NanGuard()], **settings, **trainer_settings)
     trainer.fit(model, datamodule=TinyDataModule(n_train=2))
+    record.optimizer = trainer.optimizers[0]
     return model, before, record
 
 
@@ -89,3 +91,21 @@ def test_one_mixed_precision_step_is_finite_and_trains(precision, dtype):
     assert all(p.dtype == torch.float32 for p in params.values())  # mixed precision keeps fp32 weights
     if record.scaler is not None:
         assert record.scaler.get_scale() == 2.0**16  # its first scale: no overflow, no skipped step
+
+
+def test_fp16_loss_scaling_with_gradient_clipping_steps_with_the_per_parameter_adamw():
+    """Lightning refuses to clip gradients for an optimiser that unscales them itself (fused AdamW
+    under a GradScaler): such a run gets the per-parameter AdamW and trains; without clipping the
+    fused kernel (where torch has it for the CPU)."""
+    model, before, record = _one_step("16-mixed", gradient_clip_val=1.0)
+    assert record.optimizer.defaults["fused"] in (None, False)
+    assert len(record.losses) == 1 and torch.isfinite(record.losses[0])
+    moved = {n for n, value in before.items() if not torch.equal(dict(model.named_parameters())[n].detach(), value)}
+    assert moved == _nonzero_gradients_in_fp32()
+    _, _, unclipped = _one_step("16-mixed")
+    try:  # torch >= 2.4 has the CPU kernel
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
+        has_kernel = True
+    except RuntimeError:
+        has_kernel = False
+    assert bool(unclipped.optimizer.defaults["fused"]) is has_kernel

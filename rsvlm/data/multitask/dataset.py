@@ -33,7 +33,6 @@ train on every gpt turn and ``prompt_ids`` end where the last answer starts; any
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +49,7 @@ from rsvlm.data.multitask.masks import decode_mask
 from rsvlm.data.multitask.records import InstructRecord, InstructRecordError
 from rsvlm.data.multitask.validate import IMAGE_TOKEN, SEG_TOKEN
 from rsvlm.data.raster import RasterError, read_window
+from rsvlm.data.recent import RecentlyRead
 from rsvlm.data.transforms import normalize
 from rsvlm.data.visual_prompts import prompt_batch, prompts_from_json, resize_pad_prompts
 
@@ -91,25 +91,14 @@ def read_pixels(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PixelCache:
-    """:func:`read_pixels` through a memory of the last ``capacity`` files read (least recently used
-    forgotten first); each call gets its own copy. For small datasets read many times an epoch (the
-    generated demo scenes: one image, three records), where decoding the file dominates a step.
-
-    Each DataLoader worker keeps its own memory.
-    """
+    """:func:`read_pixels` through a memory of the last ``capacity`` files read
+    (:class:`~rsvlm.data.recent.RecentlyRead`); each call gets its own copy."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.pixels: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.memory: RecentlyRead[tuple[np.ndarray, np.ndarray]] = RecentlyRead(capacity)
 
     def __call__(self, path: str) -> tuple[np.ndarray, np.ndarray]:
-        if path in self.pixels:
-            self.pixels.move_to_end(path)
-        else:
-            self.pixels[path] = read_pixels(path)
-            if len(self.pixels) > self.capacity:
-                self.pixels.popitem(last=False)
-        data, valid = self.pixels[path]
+        data, valid = self.memory(path, lambda: read_pixels(path))
         return data.copy(), valid.copy()
 
 

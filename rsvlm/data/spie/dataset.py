@@ -30,9 +30,13 @@ from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.base import CONTRACT_KEYS, TextFormatter
 from rsvlm.data.raster import RasterError, georef_meta, read_mask, read_raster
+from rsvlm.data.recent import RecentlyRead
 from rsvlm.data.spie.records import SpieRecord
 from rsvlm.data.transforms import Normalization, normalize_as, random_dihedral, resize_pad, with_index_channels
 from rsvlm.data.visual_prompts import prompt_batch
+
+#: What :meth:`SpieDataset.load` gives: image C×H×W, mask H×W, valid H×W, the raster, the instruction.
+Loaded = tuple[np.ndarray, np.ndarray, np.ndarray, Any, str]
 
 
 class SampleError(RsvlmError, ValueError):
@@ -57,6 +61,8 @@ class SpieDataset(Dataset):
         index_channels: spectral indices (``ndvi``, ``ndwi``, ``ndbi``) appended as channels,
             computed from the bands before normalisation
             (:func:`rsvlm.data.transforms.with_index_channels`).
+        cache_images: keep what :meth:`load` read for the last this many records in memory
+            (:class:`~rsvlm.data.recent.RecentlyRead`); 0 reads the files for every sample.
     """
 
     def __init__(
@@ -73,8 +79,10 @@ class SpieDataset(Dataset):
         seed: int = 0,
         normalization: Normalization = "dataset",
         index_channels: Sequence[str] = (),
+        cache_images: int = 0,
     ) -> None:
         self.records = list(records)
+        self.memory: RecentlyRead[Loaded] | None = RecentlyRead(cache_images) if cache_images > 0 else None
         self.index_channels = tuple(index_channels)
         self.normalization = normalization
         self.bands = band_spec(bands)
@@ -108,8 +116,15 @@ class SpieDataset(Dataset):
             return instruction(rec.category, prompt, template="spectral")
         return rec.instruction
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, str]:
-        """Read and check one record → (image C×H×W, mask H×W, valid H×W, raster, instruction)."""
+    def load(self, index: int) -> Loaded:
+        """Read and check one record → (image C×H×W, mask H×W, valid H×W, raster, instruction);
+        the arrays are the caller's own."""
+        if self.memory is None:
+            return self._read(index)
+        data, mask, valid, raster, text = self.memory(index, lambda: self._read(index))
+        return data.copy(), mask.copy(), valid.copy(), raster, text
+
+    def _read(self, index: int) -> Loaded:
         rec = self.records[index]
         raster = read_raster(rec.image)
         try:

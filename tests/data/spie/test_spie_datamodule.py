@@ -301,3 +301,40 @@ def test_per_image_normalisation_reaches_every_split(generated, split):
     assert image.shape[-2:] == raw.shape[-2:]  # no resize: pixels compare one to one
     expected = (raw - raw[:, valid].mean(axis=1)[:, None, None]) / raw[:, valid].std(axis=1)[:, None, None]
     np.testing.assert_allclose(image[:, valid], expected[:, valid], atol=1e-4)
+
+
+def test_a_record_memory_gives_the_same_samples_reading_each_file_once(generated, monkeypatch):
+    """``cache_images``: every sample equals the one read from disk, each record's files are read once
+    while remembered (least recently used forgotten first), and a caller's edit stays its own."""
+    from rsvlm.data.spie import dataset as dataset_module
+
+    plain = SpieDataModule(generate=generated, image_size=32, batch_size=2)
+    cached = SpieDataModule(generate=generated, image_size=32, batch_size=2, cache_images=100)
+    for d in (plain, cached):
+        d.prepare_data()
+        d.setup("fit")
+    reads: list[str] = []
+    real = dataset_module.read_raster
+    monkeypatch.setattr(dataset_module, "read_raster", lambda path: reads.append(path) or real(path))
+    train, remembered = plain.datasets["train"], cached.datasets["train"]
+    for _ in range(2):
+        for i in range(len(train)):
+            a, b = train[i], remembered[i]
+            for key in ("image", "mask", "valid"):
+                assert torch.equal(a[key], b[key]), key
+            assert a["instruction"] == b["instruction"] and a["meta"] == b["meta"]
+    assert len(reads) == 3 * len(train)  # plain: twice per record; cached: once
+
+    small = SpieDataModule(generate=generated, image_size=32, batch_size=2, cache_images=2)
+    small.setup("fit")
+    data = small.datasets["train"]
+    reads.clear()
+    image, *_ = data.load(0)
+    image[:] = -1  # the caller's copy
+    assert (data.load(0)[0] != -1).any()
+    data.load(1), data.load(0), data.load(2)  # record 1 is now the least recently used: forgotten
+    data.load(0), data.load(1)
+    paths = [data.records[i].image for i in (0, 1, 2, 1)]
+    assert reads == paths
+    with pytest.raises(ValueError, match=r"^SpieDataModule\.cache_images: [^\n]*$"):
+        SpieDataModule(generate=generated, cache_images=-1)

@@ -1,0 +1,88 @@
+"""AdamW built by ``build_optimizer``: the fused kernel and the per-parameter loop give torch's
+reference update, the choice follows ``OptimSettings.fused``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsvlm.training.optim import OptimSettings, ParameterGroup, build_optimizer
+
+
+def _has_cpu_kernel() -> bool:
+    try:
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _steps(
+    settings: OptimSettings, clips: bool = False, n: int = 3
+) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    groups = [ParameterGroup("a", [params[0]], lr=1e-2), ParameterGroup("b", [params[1]], lr=3e-2, weight_decay=0.1)]
+    optimizer = build_optimizer(groups, settings, total_steps=10, clips_scaled_gradients=clips)["optimizer"]
+    for step in range(n):
+        g = torch.Generator().manual_seed(step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        optimizer.step()
+    return optimizer, [p.detach().clone() for p in params]
+
+
+def _reference(n: int = 3) -> list[torch.Tensor]:
+    """torch's single-tensor AdamW with the same groups (the learning rates stay at their base: the
+    scheduler, stepped by Lightning, is not stepped here)."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    groups = [
+        {"params": [params[0]], "lr": 1e-2, "weight_decay": 1e-5},
+        {"params": [params[1]], "lr": 3e-2, "weight_decay": 0.1},
+    ]
+    optimizer = torch.optim.AdamW(groups, foreach=False, fused=False)
+    for step in range(n):
+        g = torch.Generator().manual_seed(step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        optimizer.step()
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_each_implementation_gives_the_reference_update(fused):
+    if fused is True and not _has_cpu_kernel():
+        pytest.skip("this torch has no fused AdamW kernel for the CPU (torch < 2.4)")
+    optimizer, params = _steps(OptimSettings(warmup_steps=0, fused=fused))
+    for got, want in zip(params, _reference(), strict=True):
+        assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+    expected = _has_cpu_kernel() if fused is None else fused
+    assert bool(optimizer.defaults["fused"]) is expected
+
+
+def test_default_keeps_the_loop_when_fp16_gradients_are_clipped():
+    optimizer, _ = _steps(OptimSettings(warmup_steps=0), clips=True, n=1)
+    assert not optimizer.defaults["fused"]
+    optimizer, _ = _steps(OptimSettings(warmup_steps=0, fused=False), clips=False, n=1)
+    assert not optimizer.defaults["fused"]
+
+
+def test_without_a_kernel_the_default_falls_back_and_fused_true_is_torchs_error(monkeypatch):
+    """As torch < 2.4 on the CPU: AdamW(fused=True) raises; the default then takes the loop."""
+    real = torch.optim.AdamW
+
+    def no_kernel(*args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_kernel)
+    optimizer, params = _steps(OptimSettings(warmup_steps=0))
+    assert not optimizer.defaults["fused"]
+    monkeypatch.setattr(torch.optim, "AdamW", real)
+    for got, want in zip(params, _reference(), strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    monkeypatch.setattr(torch.optim, "AdamW", no_kernel)
+    with pytest.raises(RuntimeError, match="fused=True"):
+        _steps(OptimSettings(fused=True), n=1)
