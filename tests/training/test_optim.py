@@ -1,5 +1,5 @@
-"""AdamW built by ``build_optimizer``: the fused kernel and the per-parameter loop give torch's
-reference update, the choice follows ``OptimSettings.fused``."""
+"""AdamW built by ``build_optimizer``: the fused kernel and torch's default give torch's reference
+update (the per-parameter loop), the choice follows ``OptimSettings.fused`` (default: torch's default)."""
 
 from __future__ import annotations
 
@@ -61,15 +61,15 @@ def test_each_implementation_gives_the_reference_update(fused):
     assert bool(optimizer.defaults["fused"]) is expected
 
 
-def test_default_keeps_the_loop_when_fp16_gradients_are_clipped():
-    optimizer, _ = _steps(OptimSettings(warmup_steps=0), clips=True, n=1)
+def test_the_default_is_torchs_default_and_auto_keeps_it_when_fp16_gradients_are_clipped():
+    optimizer, _ = _steps(OptimSettings(warmup_steps=0), n=1)
     assert not optimizer.defaults["fused"]
-    optimizer, _ = _steps(OptimSettings(warmup_steps=0, fused=False), clips=False, n=1)
+    optimizer, _ = _steps(OptimSettings(warmup_steps=0, fused=None), clips=True, n=1)
     assert not optimizer.defaults["fused"]
 
 
 def test_without_a_kernel_the_default_falls_back_and_fused_true_is_torchs_error(monkeypatch):
-    """As torch < 2.4 on the CPU: AdamW(fused=True) raises; the default then takes the loop."""
+    """As torch < 2.4 on the CPU: AdamW(fused=True) raises; ``fused=None`` then takes the loop."""
     real = torch.optim.AdamW
 
     def no_kernel(*args, fused=None, **kwargs):
@@ -78,7 +78,7 @@ def test_without_a_kernel_the_default_falls_back_and_fused_true_is_torchs_error(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.optim, "AdamW", no_kernel)
-    optimizer, params = _steps(OptimSettings(warmup_steps=0))
+    optimizer, params = _steps(OptimSettings(warmup_steps=0, fused=None))
     assert not optimizer.defaults["fused"]
     monkeypatch.setattr(torch.optim, "AdamW", real)
     for got, want in zip(params, _reference(), strict=True):

@@ -32,7 +32,9 @@ class Record:
         self.optimizer: torch.optim.Optimizer | None = None
 
 
-def _one_step(precision: str, **trainer_settings) -> tuple[torch.nn.Module, dict[str, torch.Tensor], Record]:
+def _one_step(
+    precision: str, fused: bool | None = False, **trainer_settings
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor], Record]:
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.plugins import MixedPrecision
 
@@ -46,7 +48,7 @@ def _one_step(precision: str, **trainer_settings) -> tuple[torch.nn.Module, dict
 
     model = build_model()
     # No warm-up: its first step has learning rate 0 and would move nothing.
-    model.optim = dataclasses.replace(model.optim, warmup_steps=0)
+    model.optim = dataclasses.replace(model.optim, warmup_steps=0, fused=fused)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     projection = next(m for n, m in model.llm.named_modules() if n.endswith("q_proj.base_layer"))
     projection.register_forward_hook(lambda module, args, out: record.dtypes.add(out.dtype))
@@ -94,18 +96,20 @@ def test_one_mixed_precision_step_is_finite_and_trains(precision, dtype):
 
 
 def test_fp16_loss_scaling_with_gradient_clipping_steps_with_the_per_parameter_adamw():
-    """Lightning refuses to clip gradients for an optimiser that unscales them itself (fused AdamW
-    under a GradScaler): such a run gets the per-parameter AdamW and trains; without clipping the
-    fused kernel (where torch has it for the CPU)."""
-    model, before, record = _one_step("16-mixed", gradient_clip_val=1.0)
+    """``optim.fused: null``: Lightning refuses to clip gradients for an optimiser that unscales them
+    itself (fused AdamW under a GradScaler), so such a run gets torch's default AdamW and trains;
+    without clipping the fused kernel (where torch has it for the CPU), which trains too."""
+    model, before, record = _one_step("16-mixed", fused=None, gradient_clip_val=1.0)
     assert record.optimizer.defaults["fused"] in (None, False)
     assert len(record.losses) == 1 and torch.isfinite(record.losses[0])
     moved = {n for n, value in before.items() if not torch.equal(dict(model.named_parameters())[n].detach(), value)}
     assert moved == _nonzero_gradients_in_fp32()
-    _, _, unclipped = _one_step("16-mixed")
+    model, before, unclipped = _one_step("16-mixed", fused=None)
     try:  # torch >= 2.4 has the CPU kernel
         torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
         has_kernel = True
     except RuntimeError:
         has_kernel = False
     assert bool(unclipped.optimizer.defaults["fused"]) is has_kernel
+    moved = {n for n, value in before.items() if not torch.equal(dict(model.named_parameters())[n].detach(), value)}
+    assert moved == _nonzero_gradients_in_fp32()
