@@ -13,6 +13,13 @@ from typing import Generic, TypeVar
 V = TypeVar("V")
 
 
+def check_memory_size(count: int, field: str) -> int:
+    """``count`` when it is 0 (no memory) or positive, else a one-line ValueError naming ``field``."""
+    if count < 0:
+        raise ValueError(f"{field}: must be 0 (no memory) or a positive count, got {count}")
+    return count
+
+
 class RecentlyRead(Generic[V]):
     """``read()``'s value for the last ``capacity`` keys asked (least recently used forgotten first).
 

@@ -67,6 +67,7 @@ from rsvlm.data.multitask.source_options import (
     has_text_coordinates,
 )
 from rsvlm.data.overlaid import OverlaidSamples
+from rsvlm.data.recent import check_memory_size
 from rsvlm.prompts.overlay import OverlayPrompts
 
 
@@ -177,9 +178,7 @@ class InstructDataModule(RsvlmDataModule):
         self.overlay = overlay
         self.seg_text = seg_text
         self.check_files = check_files
-        if cache_images < 0:
-            raise ValueError(f"{name}.cache_images: must be 0 (no memory) or a positive count, got {cache_images}")
-        self.cache_images = cache_images
+        self.cache_images = check_memory_size(cache_images, f"{name}.cache_images")
         self.mixture: MixtureSpec | None = None
         self.predict_paths = [os.fspath(p) for p in predict_paths or []]
         self.question = question

@@ -23,6 +23,7 @@ from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
 from rsvlm.data.generated import GeneratedData
 from rsvlm.data.indices import normalize_category
 from rsvlm.data.prompted import PromptedSamples, PromptSampling
+from rsvlm.data.recent import check_memory_size
 from rsvlm.data.spie.dataset import SpieCollate, SpieDataset
 from rsvlm.data.spie.records import RecordError, SpieRecord, read_records, select_datasets
 from rsvlm.data.stats import load_stats, mean_std
@@ -130,11 +131,7 @@ class SpieDataModule(RsvlmDataModule):
         self.normalization = check_normalization(normalization, "SpieDataModule.normalization")
         self.index_channels = check_index_channels(index_channels or ())
         self.prompts = prompts
-        if cache_images < 0:
-            raise ValueError(
-                f"SpieDataModule.cache_images: must be 0 (no memory) or a positive count, got {cache_images}"
-            )
-        self.cache_images = cache_images
+        self.cache_images = check_memory_size(cache_images, "SpieDataModule.cache_images")
         self._mean = None
         self._std = None
 
