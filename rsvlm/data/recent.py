@@ -40,6 +40,3 @@ class RecentlyRead(Generic[V]):
             if len(self.values) > self.capacity:
                 self.values.popitem(last=False)
         return self.values[key]
-
-    def __len__(self) -> int:
-        return len(self.values)

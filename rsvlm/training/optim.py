@@ -22,10 +22,10 @@ class OptimSettings:
         warmup_ratio: share of the optimisation steps spent warming up linearly from 0.
         warmup_steps: absolute warm-up length; overrides ``warmup_ratio`` when set.
         fused: ``False`` (default): torch's default AdamW (a loop of small ops per parameter on the
-            CPU), with which the README's numbers were measured unless a recipe asks otherwise. ``True``: torch's fused
-            kernel, one pass over all parameters (the SPEX demo's optimiser step on 2 CPU cores
-            took a quarter of the time); torch's error where it has no kernel for a parameter's
-            device (the CPU before torch 2.4). ``None``: fused where torch has the kernel and the
+            CPU), with which the README's numbers were measured unless a recipe asks otherwise.
+            ``True``: torch's fused kernel, one pass over all parameters (the SPEX demo's optimiser
+            step on 2 CPU cores took a quarter of the time); torch's error where it has no kernel
+            for a parameter's device (the CPU before torch 2.4). ``None``: fused where torch has the kernel and the
             run does not clip fp16 loss-scaled gradients (Lightning does not clip for an
             optimiser that unscales its own gradients), else the default. The update is the same
             up to float rounding, which over hundreds of steps moves a small demo's result.
