@@ -136,11 +136,14 @@ def optimizer_and_scheduler(config: Any) -> tuple[torch.optim.Optimizer, Any]:
 
 def stand_in_trainer(model: Any, datamodule: Any, steps: int) -> None:
     """Give ``model`` what a LightningModule reads from its trainer (the total step count for the LR
-    schedule, the epoch for its stage schedule, the rank for printing, the datamodule to configure its
-    collate), answered as a single-process fit at step 0 would; ``self.log`` becomes a no-op, since it
-    would need the whole Lightning logging machinery."""
+    schedule, the precision and clipping that choose the optimiser, the epoch for its stage schedule,
+    the rank for printing, the datamodule to configure its collate), answered as a single-process
+    fp32 fit at step 0 would; ``self.log`` becomes a no-op, since it would need the whole Lightning
+    logging machinery."""
     model.trainer = SimpleNamespace(
         estimated_stepping_batches=steps,
+        precision="32-true",
+        gradient_clip_val=None,
         current_epoch=0,
         global_step=0,
         is_global_zero=True,

@@ -282,8 +282,5 @@ class ComposedModule(L.LightningModule):
             for name, group in self.optimizer_groups.items()
         ]
         trainer = self.trainer
-        # Read leniently: a bare trainer stand-in (benchmarks, tests) may carry only the step count.
-        scaled = str(getattr(trainer, "precision", "")) in ("16-mixed", "16") and bool(
-            getattr(trainer, "gradient_clip_val", None)
-        )
+        scaled = str(trainer.precision) in ("16-mixed", "16") and bool(trainer.gradient_clip_val)
         return build_optimizer(groups, self.optim, trainer.estimated_stepping_batches, clips_scaled_gradients=scaled)

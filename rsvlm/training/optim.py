@@ -25,9 +25,9 @@ class OptimSettings:
             CPU), with which the README's numbers were measured unless a recipe asks otherwise.
             ``True``: torch's fused kernel, one pass over all parameters (the SPEX demo's optimiser
             step on 2 CPU cores took a quarter of the time); torch's error where it has no kernel
-            for a parameter's device (the CPU before torch 2.4). ``None``: fused where torch has the kernel and the
-            run does not clip fp16 loss-scaled gradients (Lightning does not clip for an
-            optimiser that unscales its own gradients), else the default. The update is the same
+            for a parameter's device (the CPU before torch 2.4). ``None``: fused where torch has
+            the kernel and the run does not clip fp16 loss-scaled gradients (Lightning does not
+            clip for an optimiser that unscales its own gradients), else the default. The update is the same
             up to float rounding, which over hundreds of steps moves a small demo's result.
     """
 

@@ -84,10 +84,12 @@ def test_link_mismatch_names_both_components():
 
 class _Trainer:
     estimated_stepping_batches = 10
+    precision = "32-true"
+    gradient_clip_val = None
 
 
 def _optimizer(model: ComposedModule) -> torch.optim.Optimizer:
-    model._trainer = _Trainer()  # configure_optimizers reads only the step count
+    model._trainer = _Trainer()  # what configure_optimizers reads: step count, precision, clipping
     return model.configure_optimizers()["optimizer"]
 
 
