@@ -1,4 +1,4 @@
-"""AdamW over named parameter groups and a cosine schedule with warm-up."""
+"""AdamW over named parameter groups and a cosine schedule with warm-up (optionally to a floor)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
 
 @dataclass
@@ -21,6 +21,8 @@ class OptimSettings:
         betas: AdamW betas.
         warmup_ratio: share of the optimisation steps spent warming up linearly from 0.
         warmup_steps: absolute warm-up length; overrides ``warmup_ratio`` when set.
+        min_lr_ratio: the cosine ends at this share of each group's learning rate instead of 0
+            (``0 <= min_lr_ratio < 1``; 0, the default, is the plain cosine to zero).
         fused: ``False`` (default): torch's default AdamW (a loop of small ops per parameter on the
             CPU), with which the README's numbers were measured unless a recipe asks otherwise.
             ``True``: torch's fused kernel, one pass over all parameters (the SPEX demo's optimiser
@@ -36,6 +38,11 @@ class OptimSettings:
     warmup_ratio: float = 0.03
     warmup_steps: int | None = None
     fused: bool | None = False
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_lr_ratio < 1.0:
+            raise ValueError(f"optim.min_lr_ratio: must be in [0, 1), got {self.min_lr_ratio!r}")
 
 
 @dataclass
@@ -78,7 +85,12 @@ def build_optimizer(
     )
     total = max(int(total_steps), 1)
     warmup = settings.warmup_steps if settings.warmup_steps is not None else int(settings.warmup_ratio * total)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    if settings.min_lr_ratio > 0:
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, warmup, total, min_lr_rate=settings.min_lr_ratio
+        )
+    else:  # the plain cosine, so that runs without a floor keep their exact schedule
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

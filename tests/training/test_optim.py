@@ -86,3 +86,31 @@ def test_without_a_kernel_the_default_falls_back_and_fused_true_is_torchs_error(
     monkeypatch.setattr(torch.optim, "AdamW", no_kernel)
     with pytest.raises(RuntimeError, match="fused=True"):
         _steps(OptimSettings(fused=True), n=1)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1])
+def test_the_schedule_is_the_cosine_with_warmup_down_to_the_floor(ratio):
+    """Each step's learning rate against the formula: linear warm-up, then
+    ``lr · (ratio + (1 - ratio) · ½(1 + cos(π · progress)))``."""
+    import math
+
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    groups = [ParameterGroup("a", [params[0]], lr=1e-2), ParameterGroup("b", [params[1]], lr=3e-3)]
+    total, warmup = 20, 4
+    built = build_optimizer(groups, OptimSettings(warmup_steps=warmup, min_lr_ratio=ratio), total_steps=total)
+    optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
+    for step in range(total + 1):  # the last step ends on the floor
+        if step < warmup:
+            factor = step / warmup
+        else:
+            factor = ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        for group, base in zip(optimizer.param_groups, (1e-2, 3e-3), strict=True):
+            assert group["lr"] == pytest.approx(base * factor, rel=1e-9, abs=1e-15), (step, group["name"])
+        optimizer.step()
+        scheduler.step()
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0])
+def test_a_floor_outside_0_1_is_refused_naming_the_field(ratio):
+    with pytest.raises(ValueError, match=r"optim.min_lr_ratio: must be in \[0, 1\)"):
+        OptimSettings(min_lr_ratio=ratio)
