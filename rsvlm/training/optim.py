@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+from transformers.optimization import get_cosine_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
 
 @dataclass
@@ -98,10 +98,22 @@ def adamw(param_groups: list[dict], settings: OptimSettings, fused: bool) -> tor
     """AdamW, fused when asked and torch has the kernel for every parameter (else the loop, unless
     ``settings.fused`` demands the kernel: then torch's own error)."""
     kwargs = {"betas": settings.betas, "weight_decay": settings.weight_decay}
-    if fused:
-        try:
-            return torch.optim.AdamW(param_groups, fused=True, **kwargs)
-        except RuntimeError:  # no fused kernel for some parameter's device or dtype (torch < 2.4 on CPU)
-            if settings.fused:
-                raise
+    if fused and (settings.fused or has_fused_kernel(p for g in param_groups for p in g["params"])):
+        return torch.optim.AdamW(param_groups, fused=True, **kwargs)
     return torch.optim.AdamW(param_groups, **kwargs)
+
+
+def has_fused_kernel(params: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW can step every (device, dtype) of ``params``.
+
+    Tried with one step on a one-element tensor of each kind: torch before 2.4 builds a fused AdamW
+    over CPU parameters without complaint and fails only at its first step.
+    """
+    for device, dtype in {(p.device, p.dtype) for p in params}:
+        probe = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+        probe.grad = torch.zeros_like(probe)
+        try:
+            torch.optim.AdamW([probe], fused=True).step()
+        except (RuntimeError, NotImplementedError):
+            return False
+    return True

@@ -10,9 +10,12 @@ from rsvlm.training.optim import OptimSettings, ParameterGroup, build_optimizer
 
 
 def _has_cpu_kernel() -> bool:
+    """torch's own fused AdamW steps a CPU tensor (torch < 2.4 builds one and fails at the step)."""
+    p = torch.zeros(1, requires_grad=True)
+    p.grad = torch.ones(1)
     try:
-        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
-    except RuntimeError:
+        torch.optim.AdamW([p], fused=True).step()
+    except (RuntimeError, NotImplementedError):
         return False
     return True
 
