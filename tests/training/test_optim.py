@@ -117,3 +117,20 @@ def test_the_schedule_is_the_cosine_with_warmup_down_to_the_floor(ratio):
 def test_a_floor_outside_0_1_is_refused_naming_the_field(ratio):
     with pytest.raises(ValueError, match=r"optim.min_lr_ratio: must be in \[0, 1\)"):
         OptimSettings(min_lr_ratio=ratio)
+
+
+def test_without_a_floor_every_rate_equals_transformers_plain_cosine():
+    """``min_lr_ratio=0`` keeps the exact schedule runs had before the option existed."""
+    from transformers.optimization import get_cosine_schedule_with_warmup
+
+    for total, warmup in [(306, 15), (2430, 121), (7, 0)]:
+        built = build_optimizer(
+            [ParameterGroup("a", [torch.nn.Parameter(torch.zeros(1))], lr=1e-3)],
+            OptimSettings(warmup_steps=warmup),
+            total_steps=total,
+        )
+        ours = built["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        plain = get_cosine_schedule_with_warmup(
+            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3), warmup, total
+        ).lr_lambdas[0]
+        assert [ours(step) for step in range(total + 1)] == [plain(step) for step in range(total + 1)]
