@@ -130,7 +130,9 @@ def otsu_threshold(values: np.ndarray, valid: np.ndarray | None = None) -> float
     return float(threshold_otsu(sel))
 
 
-def coarse_mask(image: np.ndarray, category: str, bands: BandsLike, valid: np.ndarray | None = None) -> np.ndarray:
+def coarse_mask(
+    image: np.ndarray, category: str, bands: BandsLike, valid: np.ndarray | None = None, threshold: float | None = None
+) -> np.ndarray:
     """SPEX's coarse land-cover mask: category index > Otsu threshold of the valid pixels.
 
     Args:
@@ -139,6 +141,8 @@ def coarse_mask(image: np.ndarray, category: str, bands: BandsLike, valid: np.nd
         bands: band spec of ``image``.
         valid: H×W bool validity (e.g. ``Raster.valid``); None means all pixels. Pixels
             with a non-finite value in either index band are treated as invalid too.
+        threshold: cut the index here instead (a whole scene's Otsu threshold when ``image`` is
+            one tile of it); None: Otsu's threshold of ``image``'s valid pixels.
 
     Returns:
         H×W bool mask; invalid pixels are False. An image without any valid pixel gives an
@@ -156,4 +160,4 @@ def coarse_mask(image: np.ndarray, category: str, bands: BandsLike, valid: np.nd
         ok &= valid
     if not ok.any():
         return np.zeros(idx.shape, dtype=bool)
-    return (idx > otsu_threshold(idx, ok)) & ok
+    return (idx > (otsu_threshold(idx, ok) if threshold is None else threshold)) & ok

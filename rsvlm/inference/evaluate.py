@@ -47,6 +47,8 @@ class ModelInput:
         template, apg_style: instruction template and APG style.
         batch_size: tiles per forward pass.
         index_channels: spectral indices appended as channels (as the data module does).
+        statistics: ``"tile"`` or ``"scene"``: per-image statistics of each tile or of its whole
+            image (the data module's ``predict_statistics``).
     """
 
     bands: tuple[str, ...]
@@ -59,6 +61,7 @@ class ModelInput:
     apg_style: str = "paper"
     batch_size: int = 2
     index_channels: tuple[str, ...] = ()
+    statistics: str = "tile"
 
     @classmethod
     def from_datamodule(cls, datamodule: Any, overlap: int | None = None) -> ModelInput:
@@ -77,6 +80,7 @@ class ModelInput:
             apg_style=datamodule.apg_style,
             batch_size=int(datamodule.batch_size),
             index_channels=tuple(getattr(datamodule, "index_channels", ())),
+            statistics=getattr(datamodule, "predict_statistics", "tile"),
         )
 
 

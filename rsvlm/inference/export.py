@@ -112,6 +112,7 @@ def export(run: str | os.PathLike, to: str | os.PathLike, overwrite: bool = Fals
         "bands": bands,
         "normalization": settings.normalization,
         "index_channels": list(settings.index_channels),
+        "predict_statistics": settings.statistics,
         "tile": settings.tile,
         "categories": getattr(datamodule, "categories", None),
         "source_checkpoint": str(ckpt),

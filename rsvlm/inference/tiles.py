@@ -105,6 +105,7 @@ def tile_options(settings: Any, category: str | None, overlap: int | None = None
         "apg_style": settings.apg_style,
         "normalization": settings.normalization,
         "index_channels": settings.index_channels,
+        "statistics": settings.statistics,
     }
 
 

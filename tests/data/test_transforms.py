@@ -248,3 +248,45 @@ def test_predict_tiles_cut_the_coarse_mask_at_the_scene_threshold():
     np.testing.assert_array_equal(stitched > 0, coarse_mask(data, "water", bands, v))
     with pytest.raises(ValueError, match=r"^index_channels: unknown index 'ndmi'"):
         ArrayPredictDataset([("scene", data, v)], bands, [0] * 4, [1] * 4, index_channels=["ndmi"])
+
+
+def test_scene_statistics_normalise_and_prompt_every_tile_as_the_whole_scene():
+    """``statistics="scene"``: each tile is normalised by the whole scene's median and IQR / 1.349
+    (numpy and scipy over the scene's valid pixels) and its APG prompt cuts NDWI at skimage's Otsu threshold of
+    the whole scene; ``"tile"`` keeps each tile's own (the default); anything else is refused."""
+    from scipy.stats import norm
+    from skimage.filters import threshold_otsu
+
+    from rsvlm.data.spie.apg import instruction, spectral_prompt
+    from rsvlm.data.spie.predict_dataset import ArrayPredictDataset
+
+    rng = np.random.default_rng(5)
+    data = rng.uniform(0.02, 0.4, size=(4, 40, 40)).astype(np.float32)
+    data[1, :, :12] *= 4  # a bright-green (water-like) strip, in the first tile column only
+    v = np.ones((40, 40), bool)
+    v[30:, 30:] = False
+    bands = ["blue", "green", "red", "nir"]
+    options = dict(tile=16, overlap=4, normalization="robust_image", categories=["water"])
+    scene = ArrayPredictDataset([("scene", data, v)], bands, [0] * 4, [1] * 4, statistics="scene", **options)
+    tiled = ArrayPredictDataset([("scene", data, v)], bands, [0] * 4, [1] * 4, **options)
+    pixels = data[:, v].astype(np.float64)
+    q1, median, q3 = np.quantile(pixels, [0.25, 0.5, 0.75], axis=1)
+    scale = (q3 - q1) / (2 * norm.ppf(0.75))  # the IQR of a unit normal
+    ndwi = (data[1] - data[3]) / (data[1] + data[3])
+    cut = float(threshold_otsu(ndwi[v]))
+    differs = 0
+    for i in range(len(scene)):
+        sample, own = scene[i], tiled[i]
+        r, c, h, w = sample["meta"]["window"]
+        tile, tv = data[:, r : r + h, c : c + w], v[r : r + h, c : c + w]
+        expected = np.where(tv, (tile - median[:, None, None]) / scale[:, None, None], 0.0)
+        np.testing.assert_allclose(sample["image"][:, :h, :w].numpy(), expected, rtol=1e-5, atol=1e-5)
+        filled = np.where(tv[None], tile, 0)
+        assert sample["instruction"] == instruction(
+            "water", spectral_prompt(filled, "water", bands, valid=tv, threshold=cut)
+        )
+        assert own["instruction"] == instruction("water", spectral_prompt(filled, "water", bands, valid=tv))
+        differs += sample["instruction"] != own["instruction"]
+    assert differs > 0  # the scene's cut is not every tile's own
+    with pytest.raises(ValueError, match="statistics"):
+        ArrayPredictDataset([("scene", data, v)], bands, [0] * 4, [1] * 4, statistics="global", **options)

@@ -228,6 +228,7 @@ def spectral_prompt(
     valid: np.ndarray | None = None,
     connectivity: int = 8,
     max_regions: int = 10,
+    threshold: float | None = None,
 ) -> str:
     """APG prompt text of one image for one category.
 
@@ -240,11 +241,13 @@ def spectral_prompt(
             threshold.
         connectivity: 8 or 4.
         max_regions: regions kept (largest first).
+        threshold: the index cut (a whole scene's Otsu threshold for one tile of it); None:
+            Otsu's threshold of ``image``.
 
     Returns:
         The region list as text (see :func:`format_prompt`).
     """
-    mask = coarse_mask(image, category, bands, valid)
+    mask = coarse_mask(image, category, bands, valid, threshold)
     regions = region_attributes(mask, style=style, connectivity=connectivity, max_regions=max_regions)
     return format_prompt(regions, category)
 

@@ -61,6 +61,11 @@ class SpieDataModule(RsvlmDataModule):
             :class:`rsvlm.data.spie.predict_dataset.TiledPredictDataset`; :class:`rsvlm.inference.writer.PredictionWriter`
             stitches them back).
         predict_overlap: pixels shared by neighbouring prediction tiles.
+        predict_statistics: ``"tile"`` (default) or ``"scene"``: whether a prediction tile is
+            normalised (``image`` / ``robust_image``) and APG-prompted by its own statistics or by
+            its whole scene's. Take the one that matches the training records: ``tile`` for
+            records cut from larger scenes (a SPIE build), ``scene`` when every record is a whole
+            scene (the generated demos), so a tile of a large image sees what the scene says.
         seed: shuffling and augmentation seed.
         normalization: ``dataset`` (default: the band statistics ``stats``), ``image`` (each
             image's own per-band mean/std) or ``robust_image`` (each image's per-band median
@@ -102,6 +107,7 @@ class SpieDataModule(RsvlmDataModule):
         datasets: list[str] | None = None,
         normalization: Normalization = "dataset",
         index_channels: list[str] | None = None,
+        predict_statistics: Literal["tile", "scene"] = "tile",
         prompts: PromptSampling | None = None,
         cache_images: int = 0,
     ) -> None:
@@ -130,6 +136,11 @@ class SpieDataModule(RsvlmDataModule):
         self.predict_overlap = predict_overlap
         self.normalization = check_normalization(normalization, "SpieDataModule.normalization")
         self.index_channels = check_index_channels(index_channels or ())
+        if predict_statistics not in ("tile", "scene"):
+            raise ValueError(
+                f"SpieDataModule.predict_statistics: must be 'tile' or 'scene', got {predict_statistics!r}"
+            )
+        self.predict_statistics = predict_statistics
         self.prompts = prompts
         self.cache_images = check_memory_size(cache_images, "SpieDataModule.cache_images")
         self._mean = None
@@ -241,4 +252,5 @@ class SpieDataModule(RsvlmDataModule):
             apg_style=self.apg_style,
             normalization=self.normalization,
             index_channels=self.index_channels,
+            statistics=self.predict_statistics,
         )

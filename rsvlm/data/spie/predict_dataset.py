@@ -19,6 +19,15 @@ from rsvlm.data.transforms import Normalization, check_index_channels, check_nor
 
 
 @dataclass
+class _SceneContext:
+    """A scene's statistics shared by its tiles (see :meth:`TiledPredictDataset._context`)."""
+
+    thresholds: dict[str, float] = field(default_factory=dict)
+    centre: torch.Tensor | None = None  # (C,) per-band normalisation centre, with statistics="scene"
+    scale: torch.Tensor | None = None
+
+
+@dataclass
 class _SceneInfo:
     path: str
     height: int
@@ -54,6 +63,11 @@ class TiledPredictDataset(Dataset):
         index_channels: spectral indices appended as channels, as the model was trained with
             (:func:`rsvlm.data.transforms.with_index_channels`); a coarse-mask channel (``ndwi_otsu``)
             is cut at the whole scene's Otsu threshold, which costs one read of the whole scene.
+        statistics: where per-image statistics come from: ``"tile"`` (each tile's own, as records
+            cut from larger scenes were built) or ``"scene"`` (the whole scene's: ``image`` /
+            ``robust_image`` normalisation and the APG prompt's Otsu threshold, so that a tile is
+            normalised and prompted as the whole scene would be; for a model trained on whole
+            scenes, such as the generated demos; one more read of the whole scene).
 
     Samples follow the datamodule's predict contract: ``image`` ``C×T×T`` float32 (normalised,
     invalid and padding pixels 0), ``valid`` ``1×T×T`` bool, ``category``, ``instruction``,
@@ -79,6 +93,7 @@ class TiledPredictDataset(Dataset):
         apg_style: Literal["paper", "released"] = "paper",
         normalization: Normalization = "dataset",
         index_channels: Sequence[str] = (),
+        statistics: Literal["tile", "scene"] = "tile",
     ) -> None:
         if not paths:
             raise ValueError("TiledPredictDataset: no input paths given (field 'predict_paths' is empty)")
@@ -95,7 +110,10 @@ class TiledPredictDataset(Dataset):
         self.template, self.apg_style = template, apg_style
         self.normalization = check_normalization(normalization, "TiledPredictDataset.normalization")
         self.index_channels = check_index_channels(index_channels)
-        self.scene_thresholds: dict[int, dict[str, float]] = {}
+        if statistics not in ("tile", "scene"):
+            raise ValueError(f"TiledPredictDataset.statistics: must be 'tile' or 'scene', got {statistics!r}")
+        self.statistics = statistics
+        self.scene_context: dict[int, _SceneContext] = {}
         self.scenes = [self._open(str(p)) for p in paths]
         self.items: list[tuple[int, int, str | None]] = []
         for s, scene in enumerate(self.scenes):
@@ -120,8 +138,9 @@ class TiledPredictDataset(Dataset):
         return data, valid
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        from rsvlm.data.indices import INDEX_FOR_CATEGORY, normalize_category
         from rsvlm.data.spie.apg import instruction, spectral_prompt
-        from rsvlm.data.transforms import normalize_as, with_index_channels
+        from rsvlm.data.transforms import normalize, normalize_as, with_index_channels
 
         s, t, category = self.items[index]
         scene = self.scenes[s]
@@ -130,8 +149,12 @@ class TiledPredictDataset(Dataset):
         if t == 0 and not valid.any() and self._scene_all_invalid(scene):
             raise ValueError(f"{scene.path}: every pixel is invalid (nodata / NaN); nothing to predict")
         v = torch.from_numpy(valid)[None]
-        image = normalize_as(torch.from_numpy(data), v, self.normalization, self.mean, self.std)
-        image = with_index_channels(image, data, v, self.bands, self.index_channels, self._thresholds(s))
+        context = self._context(s)
+        if context.centre is not None:
+            image = normalize(torch.from_numpy(data), v, context.centre, context.scale)
+        else:
+            image = normalize_as(torch.from_numpy(data), v, self.normalization, self.mean, self.std)
+        image = with_index_channels(image, data, v, self.bands, self.index_channels, context.thresholds)
         _, _, h, w = window
         pad = [0, 0, self.tile - h, self.tile - w]
         if pad[2] or pad[3]:
@@ -158,25 +181,38 @@ class TiledPredictDataset(Dataset):
             prompt = None
             if self.template == "spectral":
                 filled = np.where(valid[None], data, 0)
-                prompt = spectral_prompt(filled, category, self.bands, style=self.apg_style, valid=valid)
+                scene_cut = self.statistics == "scene"
+                cut = context.thresholds.get(INDEX_FOR_CATEGORY[normalize_category(category)]) if scene_cut else None
+                prompt = spectral_prompt(filled, category, self.bands, style=self.apg_style, valid=valid, threshold=cut)
             sample.update(
                 category=category, response="", instruction=instruction(category, prompt, template=self.template)
             )
         return sample
 
-    def _thresholds(self, s: int) -> dict[str, float] | None:
-        """The scene's own Otsu thresholds of the coarse-mask index channels (``ndwi_otsu``: one read of
-        the whole scene, once), so that every tile is cut where the index + Otsu baseline cuts the scene;
-        None without such channels."""
-        from rsvlm.data.transforms import OTSU_SUFFIX, index_thresholds
+    def _context(self, s: int) -> _SceneContext:
+        """What scene ``s``'s tiles share, from one read of the whole scene (once): the Otsu
+        thresholds of the coarse-mask index channels (``ndwi_otsu``), so that every tile is cut where
+        the index + Otsu baseline cuts the scene, and with ``statistics="scene"`` the per-band
+        normalisation statistics and every category index's threshold (for the APG prompt)."""
+        from rsvlm.data.indices import INDEX_BANDS
+        from rsvlm.data.transforms import OTSU_SUFFIX, image_statistics, index_thresholds
 
-        if not any(name.endswith(OTSU_SUFFIX) for name in self.index_channels):
-            return None
-        if s not in self.scene_thresholds:
+        scene_wide = self.statistics == "scene"
+        if not scene_wide and not any(name.endswith(OTSU_SUFFIX) for name in self.index_channels):
+            return _SceneContext()
+        if s not in self.scene_context:
             scene = self.scenes[s]
             data, valid = self._read(scene, (0, 0, scene.height, scene.width))
-            self.scene_thresholds[s] = index_thresholds(data, valid, self.bands, self.index_channels)
-        return self.scene_thresholds[s]
+            wanted = list(self.index_channels)
+            if scene_wide:
+                # Only the indices whose bands the model has (a 4-band model has no NDBI).
+                wanted += [f"{i}{OTSU_SUFFIX}" for i, pair in INDEX_BANDS.items() if all(map(self.bands.has, pair))]
+            context = _SceneContext(thresholds=index_thresholds(data, valid, self.bands, wanted))
+            if scene_wide and self.normalization != "dataset":
+                centre, scale = image_statistics(torch.from_numpy(data), torch.from_numpy(valid), self.normalization)
+                context.centre, context.scale = centre, scale
+            self.scene_context[s] = context
+        return self.scene_context[s]
 
     def _scene_all_invalid(self, scene: _SceneInfo) -> bool:
         return not any(self._read(scene, w)[1].any() for w in scene.windows)
