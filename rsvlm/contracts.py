@@ -191,12 +191,15 @@ class MaskDecoder(nn.Module):
 
     Subclasses set ``in_channels`` (D_in, the fused map's width) and ``prompt_dim`` (D_dec). One
     that also reads the user's visual prompts sets ``use_visual_prompts`` and takes them as
-    ``forward(..., visual_prompts=VisualPromptBatch)``.
+    ``forward(..., visual_prompts=VisualPromptBatch)``; one that reads the batch itself (the input
+    image, the category: :class:`rsvlm.heads.index_prior.IndexPriorHead`) sets ``reads_batch`` and
+    takes ``forward(..., batch=batch)``.
     """
 
     in_channels: int
     prompt_dim: int
     use_visual_prompts: bool = False
+    reads_batch: bool = False
 
     def forward(
         self, feature_map: torch.Tensor, prompts: torch.Tensor, image_size: tuple[int, int]

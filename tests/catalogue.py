@@ -39,6 +39,7 @@ from rsvlm.fusion.token_fusion import TokenFusion
 from rsvlm.fusion.upernet import UperNetFusion
 from rsvlm.fusion.views import ViewTiler
 from rsvlm.heads.granularity import TaskGranularityClassifier
+from rsvlm.heads.index_prior import IndexPriorHead
 from rsvlm.heads.sam2_pixel_decoder import Sam2PixelDecoder
 from rsvlm.heads.sam_decoder import SamMaskDecoderHead
 from rsvlm.heads.upernet import UperNetSegHead
@@ -173,6 +174,11 @@ CATALOGUE: dict[str, Callable[[], nn.Module]] = {
     # ------------------------------------------------ heads: map + prompts → masks; pyramid → classes
     "SamMaskDecoderHead": partial(
         SamMaskDecoderHead, in_channels=FUSED, prompt_dim=PROMPT, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2
+    ),
+    # the SAM head's logits + w · (2 m − 1) of the batch image's coarse-mask channel (band 3 here)
+    "IndexPriorHead": lambda: IndexPriorHead(
+        SamMaskDecoderHead(in_channels=FUSED, prompt_dim=PROMPT, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2),
+        channels={"water": BANDS - 1},
     ),
     "UperNetSegHead": partial(
         UperNetSegHead, in_channels=PYRAMID_CHANNELS, num_classes=3, hidden_size=16, pool_scales=[1, 2]

@@ -153,7 +153,11 @@ def run_decoder(decoder: MaskDecoder) -> tuple[list[torch.Tensor], list[torch.Te
     else:
         feature_map = torch.randn(BATCH, decoder.in_channels, 8, 8, requires_grad=True)
     prompts = torch.randn(BATCH, 2, decoder.prompt_dim, requires_grad=True)
-    out = decoder(feature_map, prompts, (IMAGE, IMAGE))
+    if decoder.reads_batch:  # the input image (a coarse mask in its last band) and each sample's category
+        image = (torch.rand(BATCH, BANDS, IMAGE, IMAGE) > 0.5).float()
+        out = decoder(feature_map, prompts, (IMAGE, IMAGE), batch={"image": image, "category": ["water"] * BATCH})
+    else:
+        out = decoder(feature_map, prompts, (IMAGE, IMAGE))
     assert tuple(out.shape) == (BATCH, 1, IMAGE, IMAGE)
     maps = feature_map if isinstance(feature_map, list) else [feature_map]
     return [out], [*maps, prompts]

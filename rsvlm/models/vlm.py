@@ -242,11 +242,10 @@ class VisionLanguageModel(ComposedModule):
         if hasattr(self.bridge, "targets"):
             return decoded_targets(self.bridge, self.decoder, decoder_map, hidden, positions, size, batch)
         prompts = self.bridge(hidden, positions)
+        extra: dict[str, Any] = {"batch": batch} if getattr(self.decoder, "reads_batch", False) else {}
         if getattr(self.decoder, "use_visual_prompts", False):
-            logits = self.decoder(decoder_map, prompts, tuple(size), visual_prompts=batch.get("visual_prompts"))
-        else:
-            logits = self.decoder(decoder_map, prompts, tuple(size))
-        return {"mask_logits": logits}
+            extra["visual_prompts"] = batch.get("visual_prompts")
+        return {"mask_logits": self.decoder(decoder_map, prompts, tuple(size), **extra)}
 
     def forward(self, batch: dict[str, Any], with_mask: bool = True) -> dict[str, torch.Tensor]:
         """Teacher-forced pass: text loss and (optionally) mask logits for a collated batch."""
