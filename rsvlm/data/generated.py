@@ -61,6 +61,9 @@ class GeneratedData:
             one pure signature per class. Part of the cache key when it changes anything.
         layout: scene layout, ``"blobs"`` (default), ``"parcels"`` (field mosaics) or ``"mixed"``
             (:func:`rsvlm.data.scenes.generate_layout`); part of the cache key unless the default.
+        uniform: the share of scenes that are one class throughout (a tile inside a lake, a
+            forest, a city; real imagery has many, the layouts never make one); part of the cache
+            key unless 0.
         categories: build records of these categories only (default: vegetation, water and
             building). Bands without SWIR (e.g. blue, green, red, nir) cannot give NDBI, so
             such builds leave out ``building``.
@@ -81,6 +84,7 @@ class GeneratedData:
     sensor: SensorVariation | None = None
     materials: MaterialVariation | None = None
     layout: Literal["blobs", "parcels", "mixed"] = "blobs"
+    uniform: float = 0.0
     categories: list[str] | None = None
     category_first: bool = True
     distinct_empty_openings: bool = True
@@ -121,6 +125,8 @@ class GeneratedData:
             params["materials"] = asdict(self.materials)
         if self.layout != "blobs":
             params["layout"] = self.layout
+        if self.uniform:
+            params["uniform"] = self.uniform
         if self.categories is not None:
             params["categories"] = sorted(self.categories)
         phrasing = {"category_first": self.category_first, "distinct_empty_openings": self.distinct_empty_openings}
@@ -164,6 +170,7 @@ class GeneratedData:
                 sensor=self.sensor,
                 materials=self.materials,
                 layout=self.layout,
+                uniform=self.uniform,
             )
         summary = build_spie(
             [SourceSpec("generated", str(scenes), bands=list(bands.names), name="generated", classes=self._classes())],

@@ -197,15 +197,22 @@ def _buildings(rng: np.random.Generator, size: int, blocked: np.ndarray) -> np.n
     return out & ~blocked
 
 
-def generate_layout(size: int, rng: np.random.Generator, layout: Layout = "blobs") -> np.ndarray:
+def generate_layout(size: int, rng: np.random.Generator, layout: Layout = "blobs", uniform: float = 0.0) -> np.ndarray:
     """An H×W (size × size) uint8 class map with codes of :data:`CLASS_NAMES`.
 
     ``layout``: ``"blobs"`` (vegetation blobs, a river or lakes, building clusters on soil),
     ``"parcels"`` (a field mosaic, :func:`rsvlm.data.layouts.parcel_layout`) or ``"mixed"``
-    (either, with probability 1/2 per scene).
+    (either, with probability 1/2 per scene). ``uniform``: the probability that the scene is one
+    class throughout instead (soil, vegetation, water or buildings, equally likely), as a tile of a
+    lake, a forest or a city centre is; 0 (the default) draws nothing for it, so layouts stay as
+    they were.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if not 0.0 <= uniform <= 1.0:
+        raise ValueError(f"uniform must be in [0, 1]; got {uniform!r}")
+    if uniform > 0 and rng.random() < uniform:
+        return np.full((size, size), rng.choice(sorted(CLASS_NAMES)), dtype=np.uint8)
     if layout == "mixed":
         layout = "parcels" if rng.random() < 0.5 else "blobs"
     if layout == "parcels":
@@ -248,6 +255,7 @@ def generate_scene(
     rng: np.random.Generator,
     materials: MaterialVariation | None = None,
     layout: Layout = "blobs",
+    uniform: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One generated scene.
 
@@ -257,6 +265,7 @@ def generate_scene(
         rng: the generator that makes everything (layout, materials, texture, noise).
         materials: per-region material mixtures (None: one pure signature per class).
         layout: ``"blobs"``, ``"parcels"`` or ``"mixed"`` (:func:`generate_layout`).
+        uniform: the share of scenes that are one class throughout (:func:`generate_layout`).
 
     Returns:
         ``(image, classes)``: C×H×W float32 reflectance in [0, 1] and H×W uint8 codes
@@ -266,7 +275,7 @@ def generate_scene(
         raise ValueError(f"generate_scene: size must be at least 8 pixels, got {size}")
     spec = band_spec(bands)
     band_centres(spec)  # fail on unknown bands before drawing anything
-    classes = generate_layout(size, rng, layout)
+    classes = generate_layout(size, rng, layout, uniform)
     return render(classes, spec, rng, materials), classes
 
 
@@ -299,6 +308,7 @@ def write_scene_folder(
     sensor: SensorVariation | None = None,
     materials: MaterialVariation | None = None,
     layout: Layout = "blobs",
+    uniform: float = 0.0,
 ) -> Path:
     """Write ``n`` generated scenes as GeoTIFFs plus a manifest.
 
@@ -327,6 +337,8 @@ def write_scene_folder(
             None: pure signatures); the manifest records the settings.
         layout: ``"blobs"`` (default), ``"parcels"`` or ``"mixed"`` (:func:`generate_layout`);
             the manifest records it unless it is the default.
+        uniform: the share of scenes that are one class throughout (:func:`generate_layout`);
+            the manifest records it unless it is 0.
 
     Returns:
         The manifest path.
@@ -341,7 +353,7 @@ def write_scene_folder(
     crs = CRS.from_epsg(32632)
     scenes = []
     for i in range(n):
-        image, classes = generate_scene(size, spec, np.random.default_rng([seed, i]), materials, layout)
+        image, classes = generate_scene(size, spec, np.random.default_rng([seed, i]), materials, layout, uniform)
         drawn = None
         if sensor is not None and sensor.active:
             image, drawn = sensor.apply(image, centres, np.random.default_rng([seed, i, 1]))
@@ -372,6 +384,7 @@ def write_scene_folder(
         **({"sensor": asdict(sensor)} if sensor is not None and sensor.active else {}),
         **({"materials": asdict(materials)} if materials is not None and materials.active else {}),
         **({"layout": layout} if layout != "blobs" else {}),
+        **({"uniform": uniform} if uniform else {}),
         "scenes": scenes,
     }
     path = root / "manifest.json"

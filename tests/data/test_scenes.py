@@ -265,3 +265,31 @@ def test_generated_cache_key_includes_active_sensor_only(tmp_path):
     hazy = GeneratedData(root=str(tmp_path), sensor=SensorVariation(haze=0.05)).folder(spec, "paper")
     dn = GeneratedData(root=str(tmp_path), sensor=SensorVariation(dn="uint8")).folder(spec, "paper")
     assert len({plain, hazy, dn}) == 3
+
+
+def test_uniform_scenes_are_one_class_each_equally_likely_and_off_by_default(tmp_path):
+    """``uniform``: that share of scenes is one class throughout, the four classes equally likely
+    (binomial bounds over 400 draws); 0 draws nothing, so every layout stays as it was."""
+    from scipy.stats import binom
+
+    from rsvlm.data.scenes import CLASS_NAMES, generate_layout
+
+    for layout in ("blobs", "parcels", "mixed"):
+        for i in range(5):
+            before = generate_layout(32, np.random.default_rng([3, i]), layout)
+            assert np.array_equal(generate_layout(32, np.random.default_rng([3, i]), layout, uniform=0.0), before)
+    codes = [generate_layout(16, np.random.default_rng([4, i]), "mixed", uniform=1.0) for i in range(400)]
+    assert all(len(np.unique(c)) == 1 for c in codes)
+    counts = np.bincount([int(c[0, 0]) for c in codes], minlength=len(CLASS_NAMES))
+    low, high = binom.interval(0.999, 400, 1 / len(CLASS_NAMES))
+    assert ((counts >= low) & (counts <= high)).all(), counts
+    share = np.mean(
+        [len(np.unique(generate_layout(16, np.random.default_rng([5, i]), "mixed", 0.25))) == 1 for i in range(400)]
+    )
+    assert binom.interval(0.999, 400, 0.25)[0] / 400 <= share  # mixed layouts are never one class by themselves
+    with pytest.raises(ValueError, match="uniform must be in"):
+        generate_layout(16, np.random.default_rng(0), "blobs", uniform=1.5)
+    spec = band_spec("demo")
+    plain = GeneratedData(root=str(tmp_path)).folder(spec, "paper")
+    assert GeneratedData(root=str(tmp_path), uniform=0.0).folder(spec, "paper") == plain
+    assert GeneratedData(root=str(tmp_path), uniform=0.2).folder(spec, "paper") != plain
