@@ -230,3 +230,44 @@ def test_tiny_model_on_shipped_naip_and_missing_swir_named(tiny, tmp_path, capsy
     naip = read_shipped(SHARED_DATA, ["chesapeake-naip-geobench"])[0]
     with pytest.raises(Exception, match=r"id_000051_image\.npy: has no band 'swir1'"):
         select_bands(naip, ["blue", "green", "red", "nir", "swir1", "swir2"])
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real sample data not found at {SHARED_DATA} (../shared/data)")
+def test_an_undecided_decoder_on_the_index_prior_scores_exactly_the_baseline(tmp_path, capsys):
+    """The rgbn demo's path (Otsu-mask channels cut at each image's threshold, whole-image statistics,
+    IndexPriorHead over a SAM decoder whose hypernetworks output 0): tiled, generated, stitched, the
+    model's confusion counts on the shipped NAIP masks equal the index + Otsu baseline's."""
+    import lightning as L
+    from jsonargparse import ArgumentParser
+
+    recipe = _recipe(tmp_path, image_size=64, normalization="robust_image")
+    config = yaml.safe_load(recipe.read_text())
+    model_args = config["model"]["init_args"]
+    model_args["encoder"]["init_args"]["in_bands"] = 8
+    model_args["decoder"] = {
+        "class_path": "rsvlm.heads.index_prior.IndexPriorHead",
+        "init_args": {"channels": {"vegetation": 6, "water": 7}, "weight": 8.0, "decoder": model_args["decoder"]},
+    }
+    data_args = config["data"]["init_args"]
+    data_args.update(index_channels=["ndvi", "ndwi", "ndvi_otsu", "ndwi_otsu"], predict_statistics="scene")
+    data_args["predict_overlap"] = 16
+    recipe.write_text(yaml.safe_dump(config))
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningModule, "model")
+    torch.manual_seed(0)
+    model = parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
+    with torch.no_grad():
+        for mlp in model.decoder.decoder.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.zero_()
+            mlp.layers[-1].bias.zero_()
+    ckpt = tmp_path / "undecided.ckpt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    out = tmp_path / "rows.json"
+    args = ["evaluate", "--config", str(recipe), "--ckpt", str(ckpt), "--real-data", str(SHARED_DATA)]
+    assert main([*args, "--datasets", "chesapeake-naip-geobench", "--no-progress", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for category in ("water", "vegetation"):
+        model_row, baseline_row = (r for r in rows if r["category"] == category)
+        assert model_row["method"].startswith("model") and baseline_row["method"] == "index baseline"
+        counts = [(row["tp"], row["fp"], row["fn"], row["tn"]) for row in (model_row, baseline_row)]
+        assert counts[0] == counts[1], (category, counts)
