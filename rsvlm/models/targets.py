@@ -98,6 +98,11 @@ def decoded_targets(
     """What :meth:`rsvlm.models.vlm.VisionLanguageModel.decode_mask` returns for a bridge with
     ``targets()`` (see there): the targets, paired with the batch's ``masks`` when it has them,
     else united per sample into ``mask_logits`` ``B×1×H×W``."""
+    if getattr(decoder, "reads_batch", False):  # it would need each target's rows of the batch
+        raise ValueError(
+            f"decoder: {type(decoder).__name__} reads the batch, which a bridge with several targets per "
+            f"sample ({type(bridge).__name__}) does not give it; use a single-target bridge (TCP, one [SEG])"
+        )
     logits, index = decode_targets(
         bridge, decoder, decoder_map, hidden, positions, size, visual_prompts=batch.get("visual_prompts")
     )

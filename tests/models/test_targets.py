@@ -112,3 +112,14 @@ def test_a_codebook_of_distinct_tokens_names_each_target():
     assert out["scored_index"].tolist() == [0, 0, 1]
     ids = model.llm.tokenizer.convert_tokens_to_ids(["[SEG0]", "[SEG1]"])
     assert int(torch.isin(batch["input_ids"], torch.tensor(ids)).sum()) == 6
+
+
+def test_a_decoder_that_reads_the_batch_is_refused_with_several_targets_per_sample():
+    from rsvlm.heads.index_prior import IndexPriorHead
+
+    parts = tiny_spex_components(special_tokens=("<image>", "[SEG]"))
+    parts["bridge"] = SegCodebookBridge(in_dim=32, out_dim=32, num_tokens=2)
+    parts["decoder"] = IndexPriorHead(parts["decoder"], {"water": 3})
+    model = VisionLanguageModel(**parts, positions=SegGroups(["[SEG]"], group_size=2), stage="joint", log_images=0)
+    with pytest.raises(ValueError, match="IndexPriorHead reads the batch.*SegCodebookBridge"):
+        model(target_batch(model))
