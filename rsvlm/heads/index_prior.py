@@ -50,8 +50,15 @@ class IndexPriorHead(MaskDecoder):
         self.categories = [normalize_category(c) for c in channels]
         self.register_buffer("channel_index", torch.tensor([int(i) for i in channels.values()]), persistent=False)
         self.weight = nn.Parameter(torch.full((len(channels),), float(weight)), requires_grad=learn_weight)
-        self.use_visual_prompts = getattr(decoder, "use_visual_prompts", False)
         self.in_channels, self.prompt_dim = decoder.in_channels, decoder.prompt_dim
+
+    @property
+    def use_visual_prompts(self) -> bool:  # the wrapped decoder's switch, read and set through here
+        return bool(getattr(self.decoder, "use_visual_prompts", False))
+
+    @use_visual_prompts.setter
+    def use_visual_prompts(self, value: bool) -> None:
+        self.decoder.use_visual_prompts = value
 
     def prior(self, image: torch.Tensor, categories: Sequence[str | None]) -> torch.Tensor:
         """``B×1×H×W``: ``w_c · (2 m_c − 1)`` per sample (0 for a category without a channel).

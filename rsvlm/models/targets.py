@@ -32,21 +32,27 @@ def decode_targets(
     positions: torch.Tensor,
     size: tuple[int, int],
     visual_prompts: Any = None,
+    batch: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask logits ``T×1×H×W`` of every target group in ``positions`` (``B×L`` bool), and the
     image index ``T`` of each; each target is decoded against its own image's map(s), and with
     its own image's visual prompts (a :class:`~rsvlm.contracts.VisualPromptBatch`) when the decoder
-    reads them (``use_visual_prompts``)."""
+    reads them (``use_visual_prompts``), and with its own image and category (``batch``'s rows)
+    when the decoder reads the batch (``reads_batch``)."""
     tokens, index = bridge.targets(hidden, positions)
     if not len(index):  # no target in the batch (text-only tasks): nothing to decode
         return hidden.new_zeros(0, 1, *size), index
     if hasattr(decoder, "decode_targets"):
         return decoder.decode_targets(decoder_map, tokens, index, tuple(size)), index
     maps = [m[index] for m in decoder_map] if isinstance(decoder_map, list) else decoder_map[index]
+    extra: dict[str, Any] = {}
     if getattr(decoder, "use_visual_prompts", False):
-        prompts = None if visual_prompts is None else visual_prompts.rows(index.to(visual_prompts.kind.device))
-        return decoder(maps, tokens, tuple(size), visual_prompts=prompts), index
-    return decoder(maps, tokens, tuple(size)), index
+        extra["visual_prompts"] = (
+            None if visual_prompts is None else visual_prompts.rows(index.to(visual_prompts.kind.device))
+        )
+    if getattr(decoder, "reads_batch", False) and batch is not None and "category" in batch:
+        extra["batch"] = {"image": batch["image"][index], "category": [batch["category"][i] for i in index.tolist()]}
+    return decoder(maps, tokens, tuple(size), **extra), index
 
 
 def reference_targets(batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,13 +104,8 @@ def decoded_targets(
     """What :meth:`rsvlm.models.vlm.VisionLanguageModel.decode_mask` returns for a bridge with
     ``targets()`` (see there): the targets, paired with the batch's ``masks`` when it has them,
     else united per sample into ``mask_logits`` ``B×1×H×W``."""
-    if getattr(decoder, "reads_batch", False):  # it would need each target's rows of the batch
-        raise ValueError(
-            f"decoder: {type(decoder).__name__} reads the batch, which a bridge with several targets per "
-            f"sample ({type(bridge).__name__}) does not give it; use a single-target bridge (TCP, one [SEG])"
-        )
     logits, index = decode_targets(
-        bridge, decoder, decoder_map, hidden, positions, size, visual_prompts=batch.get("visual_prompts")
+        bridge, decoder, decoder_map, hidden, positions, size, visual_prompts=batch.get("visual_prompts"), batch=batch
     )
     out: dict[str, Any] = {"target_logits": logits, "target_index": index}
     if "masks" in batch:

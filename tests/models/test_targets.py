@@ -114,12 +114,30 @@ def test_a_codebook_of_distinct_tokens_names_each_target():
     assert int(torch.isin(batch["input_ids"], torch.tensor(ids)).sum()) == 6
 
 
-def test_a_decoder_that_reads_the_batch_is_refused_with_several_targets_per_sample():
+def test_a_decoder_that_reads_the_batch_gets_each_targets_own_image_and_category():
+    """With several targets per sample, IndexPriorHead adds to each target the prior of its own
+    sample: the wrapped decoder's logits per target plus w (2 m − 1) of that sample's channel."""
     from rsvlm.heads.index_prior import IndexPriorHead
 
     parts = tiny_spex_components(special_tokens=("<image>", "[SEG]"))
     parts["bridge"] = SegCodebookBridge(in_dim=32, out_dim=32, num_tokens=2)
-    parts["decoder"] = IndexPriorHead(parts["decoder"], {"water": 3})
+    parts["decoder"] = IndexPriorHead(parts["decoder"], {"water": 3}, weight=3.0)
     model = VisionLanguageModel(**parts, positions=SegGroups(["[SEG]"], group_size=2), stage="joint", log_images=0)
-    with pytest.raises(ValueError, match="IndexPriorHead reads the batch.*SegCodebookBridge"):
-        model(target_batch(model))
+    model.eval()
+    batch = target_batch(model)
+    batch["category"] = ["water", "vegetation"]
+    batch["image"][:, 3] = (batch["image"][:, 3] > 0).float()
+    with torch.no_grad():
+        out = model(batch)
+        hidden = model.llm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            visual_tokens=out["visual_tokens"],
+            labels=batch["labels"],
+            response_mask=batch["response_mask"],
+        )
+        tokens, index = model.bridge.targets(hidden.hidden_states, model.positions.teacher_forced(hidden))
+        for k in range(3):
+            plain = model.decoder.decoder(out["decoder_map"][index[k] : index[k] + 1], tokens[k : k + 1], (64, 64))
+            prior = 3.0 * (2 * batch["image"][index[k], 3] - 1) if batch["category"][index[k]] == "water" else 0.0
+            torch.testing.assert_close(out["mask_logits"][k, 0], plain[0, 0] + prior, atol=1e-5, rtol=1e-5)
