@@ -19,6 +19,12 @@ Normalisation (:data:`NORMALIZATIONS`, the ``normalization`` option of the datam
 * ``"robust_image"``: each band by its own median and interquartile range / 1.349 (the IQR
   of a normal distribution is 1.349 σ, so the scale matches ``"image"`` on Gaussian data)
   over the valid pixels; a few saturated or cloudy pixels barely move it.
+* ``"robust_image_floor"``: as ``"robust_image"``, but no band's scale is below
+  :data:`SCALE_FLOOR` times the image's level (the mean over bands of ``|median|``). A
+  near-uniform image (a tile inside a lake, an 8-bit water patch whose NIR is 0 everywhere)
+  has almost no spread, and dividing by it stretches sensor noise and quantisation steps into
+  contrast no mixed scene has; the floor leaves mixed scenes as they were and keeps a uniform
+  one nearly flat.
 
 A band with zero spread (constant, or fewer than two valid pixels) is divided by 1, so it
 maps to 0 instead of NaN/inf.
@@ -34,10 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Normalization = Literal["dataset", "image", "robust_image"]
+Normalization = Literal["dataset", "image", "robust_image", "robust_image_floor"]
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 # IQR of a standard normal distribution: IQR / 1.349 estimates σ.
 IQR_TO_STD = 1.3489795003921634
+#: ``"robust_image_floor"``: the smallest scale a band gets, as a share of the image's level.
+SCALE_FLOOR = 0.1
 
 
 def check_normalization(value: str, where: str = "normalization") -> str:
@@ -53,11 +61,13 @@ def image_statistics(image: Tensor, valid: Tensor, method: Normalization) -> tup
     Args:
         image: ``C×H×W`` float (NaN allowed where invalid).
         valid: ``1×H×W`` or ``H×W`` bool.
-        method: ``"image"`` (mean, population std) or ``"robust_image"`` (median, IQR / 1.349).
+        method: ``"image"`` (mean, population std), ``"robust_image"`` (median, IQR / 1.349) or
+            ``"robust_image_floor"`` (the same, each scale at least :data:`SCALE_FLOOR` × the mean
+            over bands of ``|median|``).
 
     Returns:
-        ``(centre, scale)``, each ``(C,)`` float64; scale 1 where a band has no spread, centre 0
-        and scale 1 when no pixel is valid.
+        ``(centre, scale)``, each ``(C,)`` float64; scale 1 where a band has no spread (and, with
+        the floor, the image has no level), centre 0 and scale 1 when no pixel is valid.
     """
     c = image.shape[0]
     v = valid.reshape(image.shape[-2:]).bool()
@@ -66,12 +76,14 @@ def image_statistics(image: Tensor, valid: Tensor, method: Normalization) -> tup
         return torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
     if method == "image":
         centre, scale = pixels.mean(dim=1), pixels.std(dim=1, correction=0)
-    elif method == "robust_image":
+    elif method in ("robust_image", "robust_image_floor"):
         # numpy: torch.quantile refuses inputs of more than 2**24 elements.
         q = torch.from_numpy(np.quantile(pixels.numpy(), [0.25, 0.5, 0.75], axis=1))
         centre, scale = q[1], (q[2] - q[0]) / IQR_TO_STD
+        if method == "robust_image_floor":
+            scale = scale.clamp(min=SCALE_FLOOR * float(centre.abs().mean()))
     else:
-        raise ValueError(f"image_statistics: method must be 'image' or 'robust_image', got {method!r}")
+        raise ValueError(f"image_statistics: method must be 'image', 'robust_image' or 'robust_image_floor', got {method!r}")
     scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
     return centre, scale
 

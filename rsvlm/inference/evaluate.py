@@ -41,7 +41,7 @@ class ModelInput:
     Attributes:
         bands: band names, in the model's order.
         mean, std: ``(C,)`` dataset statistics (used when ``normalization`` is ``"dataset"``).
-        normalization: ``"dataset"``, ``"image"`` or ``"robust_image"``.
+        normalization: ``"dataset"``, ``"image"``, ``"robust_image"`` or ``"robust_image_floor"``.
         tile: model input side (the data module's ``image_size``).
         overlap: pixels shared by neighbouring tiles.
         template, apg_style: instruction template and APG style.

@@ -87,6 +87,30 @@ def test_robust_image_normalisation_matches_scipy_median_and_iqr():
     assert (out[:, ~v] == 0).all()
 
 
+def test_robust_image_floor_keeps_a_near_uniform_image_flat_and_a_mixed_one_as_robust_image():
+    from rsvlm.data.transforms import SCALE_FLOOR
+
+    rng = np.random.default_rng(3)
+    valid = torch.ones(1, 32, 32, dtype=torch.bool)
+    # an 8-bit water patch: visible bands ~50 with a DN of noise, NIR 0 nearly everywhere
+    lake = np.stack([50 + rng.integers(-1, 2, (32, 32)), 40 + rng.integers(-1, 2, (32, 32)), np.zeros((32, 32))])
+    lake[2, :2, :2] = 3.0
+    out = normalize_as(torch.from_numpy(lake).float(), valid, "robust_image_floor").numpy()
+    level = np.mean(np.abs(np.median(lake.reshape(3, -1), axis=1)))
+    for b in range(3):
+        pixels = lake[b].ravel()
+        scale = max(scipy.stats.iqr(pixels, scale="normal"), SCALE_FLOOR * level)
+        np.testing.assert_allclose(out[b].ravel(), (pixels - np.median(pixels)) / scale, rtol=1e-5, atol=1e-5)
+    assert np.abs(out).max() <= 1.0  # the 3-DN NIR glint is one unit; robust_image stretches DN steps further
+    assert np.abs(normalize_as(torch.from_numpy(lake).float(), valid, "robust_image").numpy()).max() > 1.4
+    # a scene of two materials: every band's spread is far above the floor, so nothing changes
+    mixed = np.where(rng.random((32, 32)) < 0.5, 1.0, 0.2)[None] * np.array([0.5, 1.0, 2.0])[:, None, None]
+    mixed = torch.from_numpy(mixed + rng.normal(0, 0.01, mixed.shape)).float()
+    np.testing.assert_allclose(
+        normalize_as(mixed, valid, "robust_image_floor").numpy(), normalize_as(mixed, valid, "robust_image").numpy()
+    )
+
+
 @pytest.mark.parametrize("method", ["image", "robust_image"])
 def test_per_image_normalisation_cancels_gain_and_offset(method):
     image, valid = _image_with_invalid(2)
@@ -100,7 +124,7 @@ def test_normalisation_edge_cases():
     image = torch.ones(2, 4, 4)
     image[1] = torch.arange(16.0).view(4, 4)
     valid = torch.ones(1, 4, 4, dtype=torch.bool)
-    for method in ("image", "robust_image"):
+    for method in ("image", "robust_image", "robust_image_floor"):
         out = normalize_as(image, valid, method)
         assert torch.isfinite(out).all() and (out[0] == 0).all()  # constant band → 0, not NaN
         nothing = normalize_as(image, torch.zeros_like(valid), method)

@@ -57,7 +57,7 @@ class TiledPredictDataset(Dataset):
         categories: one pass per category, each tile with its APG instruction; None: no text.
         template: ``"spectral"`` (instruction with the tile's APG prompt) or ``"plain"``.
         apg_style: ``"paper"`` or ``"released"``.
-        normalization: ``"dataset"`` (``mean``/``std``), ``"image"`` or ``"robust_image"``
+        normalization: ``"dataset"`` (``mean``/``std``), ``"image"``, ``"robust_image"`` or ``"robust_image_floor"``
             (each tile by its own valid pixels; see :mod:`rsvlm.data.transforms`). Use the one
             the model was trained with.
         index_channels: spectral indices appended as channels, as the model was trained with
