@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from rsvlm.llm.chat import ChatFormatter, single_token_id
 from rsvlm.llm.configs import build_config, config_source_for, load_config_dict
+from rsvlm.llm.generation import penalty_on_every_generated_token
 from rsvlm.llm.loading import DTYPE_KW, load_pretrained, load_tokenizer, on_meta_device, parse_dtype
 from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
 from rsvlm.llm.outputs import Generation, LMOutput, generation_masks
@@ -360,10 +361,10 @@ class CausalLM(nn.Module):
         }
         if do_sample:
             settings.update(temperature=temperature, top_p=top_p)
-        with torch.no_grad():
+        with torch.no_grad(), penalty_on_every_generated_token(repetition_penalty) as penalty:
             # Given only inputs_embeds, a decoder-only model returns just the new tokens.
             sequences = self.model.generate(
-                inputs_embeds=embeds, attention_mask=mask, generation_config=GenerationConfig(**settings)
+                inputs_embeds=embeds, attention_mask=mask, generation_config=GenerationConfig(**settings), **penalty
             )
         gen_mask, response = generation_masks(sequences, stop_ids)
 

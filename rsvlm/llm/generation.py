@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,3 +32,36 @@ class GenerationSettings:
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``llm.generate``."""
         return {k: v for k, v in asdict(self).items() if k != "seed"}
+
+
+class _QuietPrecedence(logging.Filter):
+    """Drops transformers' notice that a custom processor replaces the one ``generate`` builds
+    (here that is the point, not a mistake)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will take precedence" not in record.getMessage()
+
+
+@contextmanager
+def penalty_on_every_generated_token(repetition_penalty: float) -> Iterator[dict[str, Any]]:
+    """``generate`` keyword arguments applying ``repetition_penalty`` to every generated token of
+    every row, however much left padding the row's prompt has.
+
+    Given ``inputs_embeds`` (the prompt is embeddings, so its ``input_ids`` are empty),
+    transformers ≥ 5 still tells its repetition penalty to skip each row's first *k* tokens, *k*
+    the row's left padding, meant for a prompt it no longer sees: the first *k* generated tokens
+    of a short prompt escape the penalty and a sample's text depends on the batch it is in. A
+    ``RepetitionPenaltyLogitsProcessor`` without the skip, passed as ``logits_processor``, takes
+    the built one's place (same position: before temperature and top-p).
+    """
+    if repetition_penalty == 1.0:
+        yield {}
+        return
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    quiet, logger = _QuietPrecedence(), logging.getLogger("transformers.generation.utils")
+    logger.addFilter(quiet)
+    try:
+        yield {"logits_processor": LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty)])}
+    finally:
+        logger.removeFilter(quiet)
