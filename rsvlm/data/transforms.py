@@ -83,7 +83,9 @@ def image_statistics(image: Tensor, valid: Tensor, method: Normalization) -> tup
         if method == "robust_image_floor":
             scale = scale.clamp(min=SCALE_FLOOR * float(centre.abs().mean()))
     else:
-        raise ValueError(f"image_statistics: method must be 'image', 'robust_image' or 'robust_image_floor', got {method!r}")
+        raise ValueError(
+            f"image_statistics: method must be 'image', 'robust_image' or 'robust_image_floor', got {method!r}"
+        )
     scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
     return centre, scale
 
