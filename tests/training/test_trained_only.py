@@ -145,6 +145,30 @@ def test_a_model_trained_with_another_seed_loads_into_a_seed_0_build(tmp_path):
         assert torch.equal(got[key], expected[key]), key
 
 
+def test_lightning_predict_from_another_seeds_checkpoint_equals_the_trained_model(tmp_path):
+    """``rsvlm predict`` restores through Lightning (``ckpt_path``: ``on_load_checkpoint``, then a
+    strict load) into the recipe's seed-0 build: the generated text and masks are the trained
+    seed-1 model's."""
+    import lightning as L
+    from conftest import quiet_trainer
+
+    trained = _train_one_step(_model(seed=1)).eval()
+    checkpoint = {"state_dict": trained.state_dict(), "pytorch-lightning_version": L.__version__}
+    trained.on_save_checkpoint(checkpoint)  # what Lightning's ModelCheckpoint writes: trained-only
+    assert checkpoint["rsvlm"]["dropped"] == []  # random frozen parts (no source) stay in it
+    path = save_atomically(checkpoint, tmp_path / "seed1.ckpt")
+    batch = contract_batch(trained.llm.formatter, size=32)
+    with torch.no_grad():
+        expected = trained.predict_masks(batch)
+
+    fresh = _model(seed=0)
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    trainer = quiet_trainer()
+    (got,) = trainer.predict(fresh, dataloaders=loader, ckpt_path=str(path))
+    assert got["texts"] == expected["texts"]
+    torch.testing.assert_close(got["mask_logits"], expected["mask_logits"], rtol=0, atol=0)
+
+
 def test_sourced_weights_are_restored_from_their_path(sourced):
     trained, sources, full, path, _ = sourced
     fresh = _model(seed=0, **sources)  # another seed: only the files make the frozen parts equal
