@@ -111,6 +111,16 @@ def tiny_spex_components(bands: int = 4, lora: bool = False, special_tokens: tup
     )
 
 
+def randomize_lora(module: torch.nn.Module, seed: int = 3, scale: float = 0.5) -> None:
+    """Give every LoRA ``lora_B`` random values (``scale`` × N(0, 1), from its own generator seeded
+    ``seed``): ``lora_B`` is 0 at initialisation, so the adapters would not change the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
 def contract_batch(formatter, bands: int = 4, size: int = 64, batch: int = 2) -> dict:
     """A batch in the SpieDataModule contract, with random pixels and fixed text."""
     g = torch.Generator().manual_seed(1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import contract_batch, quiet_trainer, tiny_spex_components
+from conftest import contract_batch, quiet_trainer, randomize_lora, tiny_spex_components
 from torch.utils.data import DataLoader
 
 from rsvlm.llm.chat import IGNORE_INDEX
@@ -16,11 +16,7 @@ from rsvlm.models.vlm import VisionLanguageModel
 def _lora_model(**kwargs) -> VisionLanguageModel:
     """A tiny SPEX with LoRA adapters that change the LLM (lora_B is 0 at initialisation)."""
     model = VisionLanguageModel(**tiny_spex_components(lora=True), **kwargs)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.llm.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    randomize_lora(model.llm)
     return model
 
 

@@ -5,7 +5,7 @@ BatchNorm statistics do not move during a training step."""
 from __future__ import annotations
 
 import torch
-from conftest import TINY_LLM_CONFIG, contract_batch, quiet_trainer, tiny_spex_components
+from conftest import TINY_LLM_CONFIG, contract_batch, quiet_trainer, randomize_lora, tiny_spex_components
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -30,11 +30,7 @@ def _lora_model(stage: str) -> VisionLanguageModel:
         lora=LoraSettings(r=4, alpha=8, dropout=LORA_DROPOUT),
     )
     model = VisionLanguageModel(**components, stage=stage)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.llm.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    randomize_lora(model.llm)
     return model
 
 

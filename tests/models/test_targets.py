@@ -56,11 +56,10 @@ def target_batch(model):
     return batch
 
 
-def test_each_target_is_decoded_against_its_own_image_and_trained(model):
-    batch = target_batch(model)
-    out = model(batch)
-    assert out["mask_logits"].shape == (3, 1, 64, 64) and out["scored_index"].tolist() == [0, 0, 1]
-    # the same targets decoded one by one, straight from the bridge and the decoder
+def bridge_targets(model, batch: dict, out: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bridge's target tokens ``T×K×D`` and their image index ``T`` from a teacher-forced LLM
+    pass over ``batch`` with the visual tokens of ``out`` (the model's forward), straight from the
+    bridge rather than through the model."""
     hidden = model.llm(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -68,7 +67,15 @@ def test_each_target_is_decoded_against_its_own_image_and_trained(model):
         labels=batch["labels"],
         response_mask=batch["response_mask"],
     )
-    tokens, index = model.bridge.targets(hidden.hidden_states, model.positions.teacher_forced(hidden))
+    return model.bridge.targets(hidden.hidden_states, model.positions.teacher_forced(hidden))
+
+
+def test_each_target_is_decoded_against_its_own_image_and_trained(model):
+    batch = target_batch(model)
+    out = model(batch)
+    assert out["mask_logits"].shape == (3, 1, 64, 64) and out["scored_index"].tolist() == [0, 0, 1]
+    # the same targets decoded one by one, straight from the bridge and the decoder
+    tokens, index = bridge_targets(model, batch, out)
     for k in range(3):
         one = model.decoder(out["decoder_map"][index[k] : index[k] + 1], tokens[k : k + 1], (64, 64))
         assert torch.allclose(out["mask_logits"][k], one[0], atol=1e-5)
@@ -129,14 +136,7 @@ def test_a_decoder_that_reads_the_batch_gets_each_targets_own_image_and_category
     batch["image"][:, 3] = (batch["image"][:, 3] > 0).float()
     with torch.no_grad():
         out = model(batch)
-        hidden = model.llm(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            visual_tokens=out["visual_tokens"],
-            labels=batch["labels"],
-            response_mask=batch["response_mask"],
-        )
-        tokens, index = model.bridge.targets(hidden.hidden_states, model.positions.teacher_forced(hidden))
+        tokens, index = bridge_targets(model, batch, out)
         for k in range(3):
             plain = model.decoder.decoder(out["decoder_map"][index[k] : index[k] + 1], tokens[k : k + 1], (64, 64))
             prior = 3.0 * (2 * batch["image"][index[k], 3] - 1) if batch["category"][index[k]] == "water" else 0.0

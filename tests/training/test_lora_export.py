@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_LLM_CONFIG
+from conftest import TINY_LLM_CONFIG, randomize_lora
 
 from rsvlm.training.lora_export import export_lora
 
@@ -18,11 +18,7 @@ def lora_llm(tmp_path_factory):
     torch.manual_seed(0)
     CausalLM(config=TINY_LLM_CONFIG, tokenizer=SpieDemoTokenizer(), freeze=False).model.save_pretrained(base_dir)
     llm = CausalLM(model=str(base_dir), tokenizer=SpieDemoTokenizer(), lora=LoraSettings(r=4, alpha=8, dropout=0.0))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in llm.model.named_parameters():
-            if "lora_B" in name:  # 0 at initialisation: make the adapters change the logits
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    randomize_lora(llm.model, seed=5, scale=0.1)
     llm.eval()
     return llm, base_dir
 
