@@ -13,7 +13,10 @@ vegetation  ``b_v · (f · s_veg + (1 − f) · s_soil)``: canopy cover ``f ~ U(
 water       ``(1 − t) · s_water + t · s_sed``: turbidity ``t ~ U(turbidity)`` with the sediment-
             laden water spectrum ``s_sed(λ) = s_water + τ(λ) (s_soil − s_water)``,
             ``τ = 1`` below 700 nm and ``exp(−(λ − 700) / 250)`` beyond: suspended sediment
-            brightens the visible and NIR, water's own absorption keeps the SWIR dark
+            brightens the visible and NIR, water's own absorption keeps the SWIR dark;
+            near the shore the bottom shows: a fraction ``a · exp(−(d − 1) / shallow_width)`` of
+            soil is mixed in, ``d`` the pixel's distance to land and ``a ~ U(shallow)`` per body
+            (shallow margins and flooded fields: water whose index falls below the lake's)
 building    ``b · s_concrete``: roof brightness ``b ~ U(brightness)``
 bare soil   ``b · ((1 − g) · s_soil + g · s_veg)``: per scene soil brightness ``b ~ U(brightness)``
             and sparse plant cover ``g ~ U(soil_vegetation)``
@@ -30,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, label
+from scipy.ndimage import distance_transform_edt, gaussian_filter, label
 
 # Class codes of rsvlm.data.scenes (kept here so this module does not import it).
 _SOIL, _VEGETATION, _WATER, _BUILDING = 0, 1, 2, 3
@@ -70,6 +73,8 @@ class MaterialVariation:
         soil_vegetation: (low, high) sparse plant cover ``g`` of the scene's bare soil.
         cover_noise: amplitude of the within-region variation of the cover fractions.
         point_spread: σ in pixels of the Gaussian point-spread function (0: none).
+        shallow: (low, high) soil fraction ``a`` a water body shows at its shore.
+        shallow_width: e-fold width in pixels of the shallow margin (0: none).
     """
 
     vegetation_cover: Range = (1.0, 1.0)
@@ -79,12 +84,15 @@ class MaterialVariation:
     soil_vegetation: Range = (0.0, 0.0)
     cover_noise: float = 0.0
     point_spread: float = 0.0
+    shallow: Range = (0.0, 0.0)
+    shallow_width: float = 0.0
 
     def __post_init__(self) -> None:
         fractions = {
             "vegetation_cover": self.vegetation_cover,
             "turbidity": self.turbidity,
             "soil_vegetation": self.soil_vegetation,
+            "shallow": self.shallow,
         }
         for name, (lo, hi) in fractions.items():
             if not 0.0 <= lo <= hi <= 1.0:
@@ -95,8 +103,8 @@ class MaterialVariation:
         }.items():
             if not 0.0 < lo <= hi:
                 raise ValueError(f"MaterialVariation.{name} must satisfy 0 < low ≤ high, got {(lo, hi)}")
-        if self.cover_noise < 0 or self.point_spread < 0:
-            raise ValueError(f"MaterialVariation: cover_noise and point_spread must be ≥ 0: {self}")
+        if self.cover_noise < 0 or self.point_spread < 0 or self.shallow_width < 0:
+            raise ValueError(f"MaterialVariation: cover_noise, point_spread and shallow_width must be ≥ 0: {self}")
 
     @property
     def active(self) -> bool:  # the default changes nothing
@@ -109,6 +117,16 @@ class MaterialVariation:
         if self.cover_noise > 0:
             cover = cover + self.cover_noise * _unit_noise(rng, regions.shape, sigma=1.5)
         return np.clip(cover, 0.0, 1.0)
+
+    def shallow_bottom(self, regions: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``H×W`` soil fraction of shallow water: ``a · exp(−(d − 1) / shallow_width)`` in a body.
+
+        Args:
+            regions: ``H×W`` labels of the water bodies (0 elsewhere), ``count`` of them.
+        """
+        shore = np.concatenate([[0.0], rng.uniform(*self.shallow, size=count)])[regions]
+        distance = distance_transform_edt(regions > 0)  # 1 on the shore, 0 off the water
+        return np.where(regions > 0, shore * np.exp(-(distance - 1.0) / self.shallow_width), 0.0)
 
     def reflectance(
         self, classes: np.ndarray, signatures: np.ndarray, centres_nm: np.ndarray, rng: np.random.Generator
@@ -141,7 +159,11 @@ class MaterialVariation:
         regions, n = label(classes == _WATER)
         turbid = self._cover(regions, n, self.turbidity, rng)
         at = regions > 0
-        paint(at, (1 - turbid[at]) * water[:, None] + turbid[at] * sediment[:, None])
+        spectra = (1 - turbid[at]) * water[:, None] + turbid[at] * sediment[:, None]
+        if self.shallow_width > 0:  # drawn only when on, so other settings keep their scenes
+            bottom = self.shallow_bottom(regions, n, rng)[at]
+            spectra = (1 - bottom) * spectra + bottom * soil[:, None]
+        paint(at, spectra)
 
         regions, n = label(classes == _BUILDING)
         roof = np.concatenate([[1.0], rng.uniform(*self.brightness, size=n)])[regions]

@@ -119,22 +119,39 @@ def normalize_as(
 
 #: Suffix of an index channel that is the index's coarse mask (index > Otsu's threshold), SPEX's APG prior.
 OTSU_SUFFIX = "_otsu"
+#: Suffix of an index channel that is the index's margin over Otsu's threshold (index − threshold): the
+#: coarse mask's signed distance from its cut, so a prior can be sure far from it and unsure near it.
+MARGIN_SUFFIX = "_margin"
+_CUT_SUFFIXES = (OTSU_SUFFIX, MARGIN_SUFFIX)
+
+
+def index_of_channel(name: str) -> str:
+    """The index an index channel is computed from: ``ndwi_otsu`` and ``ndwi_margin`` → ``ndwi``."""
+    for suffix in _CUT_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def needs_threshold(name: str) -> bool:
+    """Whether index channel ``name`` is cut at Otsu's threshold (:data:`OTSU_SUFFIX`, :data:`MARGIN_SUFFIX`)."""
+    return name.endswith(_CUT_SUFFIXES)
 
 
 def check_index_channels(indices: Sequence[str]) -> tuple[str, ...]:
     """``indices`` as a tuple; a ValueError names the first that is neither an index of
-    :data:`rsvlm.data.indices.INDEX_BANDS` nor one followed by :data:`OTSU_SUFFIX`."""
+    :data:`rsvlm.data.indices.INDEX_BANDS` nor one followed by :data:`OTSU_SUFFIX` or :data:`MARGIN_SUFFIX`."""
     from rsvlm.data.indices import INDEX_BANDS
 
     for name in indices:
-        if name.removesuffix(OTSU_SUFFIX) not in INDEX_BANDS:
-            known = ", ".join([*INDEX_BANDS, *(f"{i}{OTSU_SUFFIX}" for i in INDEX_BANDS)])
+        if index_of_channel(name) not in INDEX_BANDS:
+            known = ", ".join(f"{i}{suffix}" for i in INDEX_BANDS for suffix in ("", *_CUT_SUFFIXES))
             raise ValueError(f"index_channels: unknown index {name!r}; known: {known}")
     return tuple(indices)
 
 
 def _index_maps(raw: np.ndarray, valid: np.ndarray, bands: object, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Each index of ``names`` (without :data:`OTSU_SUFFIX`, each once) as ``H×W`` float32 from the raw
+    """Each index of ``names`` (without a suffix, each once) as ``H×W`` float32 from the raw
     bands, invalid and non-finite pixels read as 0."""
     from rsvlm.data.indices import INDEX_FOR_CATEGORY, category_index
 
@@ -144,20 +161,20 @@ def _index_maps(raw: np.ndarray, valid: np.ndarray, bands: object, names: Sequen
 
 
 def _otsu_cuts(maps: Mapping[str, np.ndarray], valid: np.ndarray, indices: Sequence[str]) -> dict[str, float]:
-    """Otsu's threshold over ``valid`` of each map that ``indices`` asks a coarse mask of (``ndwi_otsu`` →
-    ``maps["ndwi"]``); none without a valid pixel."""
+    """Otsu's threshold over ``valid`` of each map that ``indices`` asks a cut of (``ndwi_otsu``,
+    ``ndwi_margin`` → ``maps["ndwi"]``); none without a valid pixel."""
     from rsvlm.data.indices import otsu_threshold
 
-    wanted = dict.fromkeys(n.removesuffix(OTSU_SUFFIX) for n in indices if n.endswith(OTSU_SUFFIX))
+    wanted = dict.fromkeys(index_of_channel(n) for n in indices if needs_threshold(n))
     return {name: otsu_threshold(maps[name], valid) for name in wanted} if valid.any() else {}
 
 
 def index_thresholds(raw: np.ndarray, valid: np.ndarray, bands: object, indices: Sequence[str]) -> dict[str, float]:
-    """Otsu's threshold of each index that ``indices`` asks a coarse mask of (``ndwi_otsu`` → ``ndwi``),
+    """Otsu's threshold of each index that ``indices`` asks a cut of (``ndwi_otsu`` → ``ndwi``),
     over the valid pixels of ``raw`` (``C×H×W``, ``valid`` ``H×W``): a whole scene's, so that its tiles
     share the threshold the index + Otsu baseline uses. An index without a valid pixel is left out."""
     v = np.asarray(valid, dtype=bool)
-    wanted = [n.removesuffix(OTSU_SUFFIX) for n in indices if n.endswith(OTSU_SUFFIX)]
+    wanted = [index_of_channel(n) for n in indices if needs_threshold(n)]
     return _otsu_cuts(_index_maps(raw, v, bands, wanted), v, indices)
 
 
@@ -175,7 +192,8 @@ def with_index_channels(
     also the spectral shape across bands; a normalised difference such as NDWI is unchanged by
     a common gain, so the channels give back what separates the materials. A name with
     :data:`OTSU_SUFFIX` (``ndwi_otsu``) is the index's coarse mask, 1 where the index exceeds Otsu's
-    threshold and 0 elsewhere (:func:`rsvlm.data.indices.coarse_mask`, SPEX's APG prior as a map).
+    threshold and 0 elsewhere (:func:`rsvlm.data.indices.coarse_mask`, SPEX's APG prior as a map); one
+    with :data:`MARGIN_SUFFIX` (``ndwi_margin``) is the index minus that threshold.
 
     Args:
         normalized: ``C×H×W`` the normalised bands.
@@ -183,27 +201,32 @@ def with_index_channels(
         valid: ``1×H×W`` or ``H×W`` bool; invalid pixels get 0.
         bands: the band spec of ``raw`` (names the bands each index needs).
         indices: index names of :data:`rsvlm.data.indices.INDEX_BANDS` (``ndvi``, ``ndwi``, ``ndbi``),
-            each optionally with :data:`OTSU_SUFFIX`.
+            each optionally with :data:`OTSU_SUFFIX` or :data:`MARGIN_SUFFIX`.
         thresholds: index → the threshold of its coarse mask (a whole scene's, :func:`index_thresholds`,
             when ``raw`` is one tile of it); an index not in it is thresholded over ``raw``'s valid pixels.
 
     Returns:
-        ``(C+K)×H×W`` float32, the indices in ``[−1, 1]`` (0 where undefined), the masks in ``{0, 1}``.
+        ``(C+K)×H×W`` float32, the indices in ``[−1, 1]`` (0 where undefined), the masks in ``{0, 1}``,
+        the margins in ``[−2, 2]`` (0 without a valid pixel).
     """
     if not indices:
         return normalized
     check_index_channels(indices)
     data = raw.numpy() if isinstance(raw, Tensor) else np.asarray(raw)
     v = valid.reshape(data.shape[-2:]).numpy().astype(bool)
-    maps = _index_maps(data, v, bands, [name.removesuffix(OTSU_SUFFIX) for name in indices])
+    maps = _index_maps(data, v, bands, [index_of_channel(name) for name in indices])
     given = dict(thresholds or {})
-    cuts = {**_otsu_cuts(maps, v, [n for n in indices if n.removesuffix(OTSU_SUFFIX) not in given]), **given}
+    cuts = {**_otsu_cuts(maps, v, [n for n in indices if index_of_channel(n) not in given]), **given}
     channels = []
     for name in indices:
-        base = name.removesuffix(OTSU_SUFFIX)
+        base = index_of_channel(name)
         values = maps[base]
-        if name.endswith(OTSU_SUFFIX):
-            values = (values > cuts[base]) if base in cuts else np.zeros_like(values, dtype=bool)
+        if needs_threshold(name) and base not in cuts:
+            values = np.zeros_like(values)
+        elif name.endswith(OTSU_SUFFIX):
+            values = values > cuts[base]
+        elif name.endswith(MARGIN_SUFFIX):
+            values = values - cuts[base]
         channels.append(np.where(v, values, 0.0))
     extra = torch.from_numpy(np.stack(channels).astype(np.float32))
     return torch.cat([normalized.float(), extra], dim=0)

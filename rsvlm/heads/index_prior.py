@@ -11,6 +11,12 @@ with ``m_c`` the image's coarse-mask channel of the sample's category (``ndwi_ot
 untrained decoder (logits near 0) predicts exactly the index + Otsu baseline; training teaches the
 decoder where to overrule it. A sample whose category has no channel gets the decoder's logits.
 
+With ``softness`` τ > 0 the channel is the index's margin over Otsu's threshold instead
+(``ndwi_margin``, index − threshold) and the prior ``w_c · tanh(margin / τ)``: as sure as the coarse
+mask far from the cut, unsure near it, so a small residual moves the cut where the index is
+ambiguous (a flood's muddy margin) and a large one is still needed to overrule a clear pixel. The
+sign, hence the undecided decoder's prediction, is the baseline's either way.
+
 Shapes: B batch, C image channels, H×W image size.
 """
 
@@ -32,20 +38,31 @@ class IndexPriorHead(MaskDecoder):
     Args:
         decoder: the wrapped mask decoder (any :class:`~rsvlm.contracts.MaskDecoder`).
         channels: category → index of its coarse-mask channel in the model's input image
-            (``{vegetation: 6, water: 7}`` for 4 bands, NDVI, NDWI, ``ndvi_otsu``, ``ndwi_otsu``).
+            (``{vegetation: 6, water: 7}`` for 4 bands, NDVI, NDWI, ``ndvi_otsu``, ``ndwi_otsu``), or
+            of its margin channel (``ndwi_margin``) with ``softness``.
         weight: the starting value of every category's weight ``w_c`` (logit units: 2 gives the
             prior p = 0.88 where the decoder is undecided).
         learn_weight: train ``w_c`` (True) or keep it fixed.
+        softness: 0 (the channels are coarse masks) or τ > 0, in index units (the channels are
+            margins; the prior reaches 0.76 w at a margin of τ).
     """
 
     reads_batch: bool = True
 
     def __init__(
-        self, decoder: MaskDecoder, channels: Mapping[str, int], weight: float = 2.0, learn_weight: bool = True
+        self,
+        decoder: MaskDecoder,
+        channels: Mapping[str, int],
+        weight: float = 2.0,
+        learn_weight: bool = True,
+        softness: float = 0.0,
     ) -> None:
         super().__init__()
         if not channels:
             raise ValueError("IndexPriorHead: channels is empty (give category → coarse-mask channel)")
+        if not softness >= 0:
+            raise ValueError(f"IndexPriorHead: softness must be ≥ 0 (field 'softness'), got {softness}")
+        self.softness = float(softness)
         self.decoder = decoder
         self.categories = [normalize_category(c) for c in channels]
         self.register_buffer("channel_index", torch.tensor([int(i) for i in channels.values()]), persistent=False)
@@ -61,7 +78,8 @@ class IndexPriorHead(MaskDecoder):
         self.decoder.use_visual_prompts = value
 
     def prior(self, image: torch.Tensor, categories: Sequence[str | None]) -> torch.Tensor:
-        """``B×1×H×W``: ``w_c · (2 m_c − 1)`` per sample (0 for a category without a channel).
+        """``B×1×H×W``: ``w_c · (2 m_c − 1)`` per sample, ``w_c · tanh(x_c / τ)`` with ``softness``
+        (0 for a category without a channel).
 
         Args:
             image: ``B×C×H×W`` the model's input.
@@ -76,7 +94,9 @@ class IndexPriorHead(MaskDecoder):
         out = image.new_zeros(image.shape[0], 1, *image.shape[-2:])
         for b, k in enumerate(rows):
             if k >= 0:
-                out[b, 0] = self.weight[k] * (2.0 * image[b, self.channel_index[k]] - 1.0)
+                channel = image[b, self.channel_index[k]]
+                sign = torch.tanh(channel / self.softness) if self.softness > 0 else 2.0 * channel - 1.0
+                out[b, 0] = self.weight[k] * sign
         return out
 
     def forward(

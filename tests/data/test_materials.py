@@ -111,6 +111,29 @@ def test_point_spread_is_a_gaussian_blur_of_the_pure_image() -> None:
     np.testing.assert_allclose(blurred, expected, atol=1e-9)
 
 
+def test_shallow_water_shows_the_soil_by_its_distance_to_the_shore() -> None:
+    classes = _two_regions_each()
+    mv = MaterialVariation(shallow=(0.5, 0.5), shallow_width=1.5)
+    image = mv.reflectance(classes, signature_matrix(BANDS), band_centres(BANDS), np.random.default_rng(0))
+    soil, water = _table("bare soil"), _table("water")
+    land = np.argwhere(classes != WATER)
+    for y, x in np.argwhere(classes == WATER):  # brute force: the nearest land pixel
+        d = np.sqrt(((land - (y, x)) ** 2).sum(1)).min()
+        a = 0.5 * np.exp(-(d - 1.0) / 1.5)
+        np.testing.assert_allclose(image[:, y, x], (1 - a) * water + a * soil, atol=1e-9)
+    # The shore's NDWI falls below the body's centre (green 1, NIR 3).
+    ndwi = (image[1] - image[3]) / (image[1] + image[3])
+    assert ndwi[6, 2] < ndwi[7, 2]
+    # Off (width 0): no draws, so the other settings keep their scenes.
+    a = MaterialVariation(turbidity=(0.1, 0.5)).reflectance(
+        classes, signature_matrix(BANDS), band_centres(BANDS), np.random.default_rng(4)
+    )
+    b = MaterialVariation(turbidity=(0.1, 0.5), shallow=(0.2, 0.4)).reflectance(
+        classes, signature_matrix(BANDS), band_centres(BANDS), np.random.default_rng(4)
+    )
+    np.testing.assert_array_equal(a, b)
+
+
 def test_scenes_with_materials_are_seeded_and_within_reflectance() -> None:
     mv = MaterialVariation(vegetation_cover=(0.5, 1.0), turbidity=(0.0, 0.5), cover_noise=0.1, point_spread=0.7)
     a, ca = generate_scene(32, BANDS, np.random.default_rng(7), mv)
@@ -122,7 +145,8 @@ def test_scenes_with_materials_are_seeded_and_within_reflectance() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"vegetation_cover": (0.9, 0.5)}, {"turbidity": (0.0, 1.5)}, {"brightness": (0.0, 1.0)}, {"cover_noise": -1}],
+    [{"vegetation_cover": (0.9, 0.5)}, {"turbidity": (0.0, 1.5)}, {"brightness": (0.0, 1.0)}, {"cover_noise": -1}]
+    + [{"shallow": (0.0, 1.5)}, {"shallow_width": -1.0}],
 )
 def test_bad_settings_name_the_field(bad: dict) -> None:
     with pytest.raises(ValueError, match="MaterialVariation"):

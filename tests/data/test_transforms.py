@@ -249,6 +249,44 @@ def test_coarse_mask_channels_are_the_index_above_otsu_of_the_image():
         with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_mean"])
 
 
+def test_margin_channels_are_the_index_minus_otsu_of_the_image_or_the_scene():
+    """``ndwi_margin``: NDWI minus skimage's Otsu threshold over the valid pixels (0 on invalid pixels);
+    its sign is the ``ndwi_otsu`` mask; a given threshold wins; tiles of a scene share the scene's."""
+    from skimage.filters import threshold_otsu
+
+    from rsvlm.data.spie.predict_dataset import ArrayPredictDataset
+    from rsvlm.data.transforms import with_index_channels
+
+    rng = np.random.default_rng(4)
+    raw = rng.uniform(0.01, 0.5, size=(4, 12, 12)).astype(np.float32)
+    raw[1, :6] *= 3
+    valid = torch.ones(1, 12, 12, dtype=torch.bool)
+    valid[0, 5:7, :4] = False
+    v = valid[0].numpy()
+    bands = ["blue", "green", "red", "nir"]
+    out = with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_margin", "ndwi_otsu"])
+    ndwi = _ndi(raw[1], raw[3])
+    np.testing.assert_allclose(out[4].numpy(), np.where(v, ndwi - threshold_otsu(ndwi[v]), 0.0), atol=1e-6)
+    np.testing.assert_array_equal((out[4] > 0).numpy(), out[5].numpy() > 0)
+    given = with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_margin"], {"ndwi": 0.1})
+    np.testing.assert_allclose(given[4].numpy(), np.where(v, ndwi - 0.1, 0.0), atol=1e-6)
+
+    data = rng.uniform(0.01, 0.5, size=(4, 40, 40)).astype(np.float32)
+    data[1, :, :14] *= 4
+    scene_v = np.ones((40, 40), bool)
+    ds = ArrayPredictDataset(
+        [("scene", data, scene_v)], bands, [0] * 4, [1] * 4, tile=16, overlap=4, index_channels=["ndwi_margin"]
+    )
+    scene_ndwi = _ndi(data[1], data[3])
+    cut = threshold_otsu(scene_ndwi)
+    for i in range(len(ds)):
+        sample = ds[i]
+        r, c, h, w = sample["meta"]["window"]
+        np.testing.assert_allclose(
+            sample["image"][4, :h, :w].numpy(), scene_ndwi[r : r + h, c : c + w] - cut, atol=1e-6
+        )
+
+
 def test_predict_tiles_cut_the_coarse_mask_at_the_scene_threshold():
     """Every tile's ``ndwi_otsu`` channel is the whole scene's coarse mask (not one Otsu per tile): the
     tiles put back together give :func:`coarse_mask` of the scene, as the index baseline predicts it."""

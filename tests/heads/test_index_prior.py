@@ -1,4 +1,5 @@
-"""IndexPriorHead: the decoder's logits plus w_c · (2 m_c − 1) of the sample's coarse-mask channel."""
+"""IndexPriorHead: the decoder's logits plus w_c · (2 m_c − 1) of the sample's coarse-mask channel
+(w_c · tanh(x_c / τ) of its margin channel with softness τ)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ def test_an_undecided_decoder_predicts_exactly_the_coarse_mask():
     batch = {"image": torch.from_numpy(coarse)[None, None], "category": ["water"]}
     logits = head(torch.zeros(1, 8, 4, 4), torch.zeros(1, 3, 32), (16, 16), batch=batch)
     assert ((logits[0, 0] > 0).numpy() == coarse.astype(bool)).all()
+
+
+def test_a_soft_prior_is_the_weighted_tanh_of_the_margin_and_keeps_the_baselines_sign():
+    decoder = _decoder()
+    head = IndexPriorHead(decoder, channels={"water": 5}, weight=3.0, softness=0.05).eval()
+    batch = _batch(["water"])
+    batch["image"][:, 5] = torch.linspace(-0.4, 0.4, 256).reshape(16, 16)  # a margin channel
+    fmap, prompts = torch.randn(1, 8, 4, 4), torch.randn(1, 3, 32)
+    with torch.no_grad():
+        got = head(fmap, prompts, (16, 16), batch=batch) - decoder(fmap, prompts, (16, 16))
+    margin = batch["image"][0, 5].numpy()
+    np.testing.assert_allclose(got[0, 0].numpy(), 3.0 * np.tanh(margin / 0.05), rtol=1e-5, atol=1e-6)
+    assert ((got[0, 0] > 0).numpy() == (margin > 0)).all()
+    with pytest.raises(ValueError, match="softness must be ≥ 0"):
+        IndexPriorHead(decoder, {"water": 5}, softness=-1.0)
 
 
 def test_the_weight_learns_and_can_be_fixed():

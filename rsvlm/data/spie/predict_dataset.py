@@ -195,10 +195,10 @@ class TiledPredictDataset(Dataset):
         the index + Otsu baseline cuts the scene, and with ``statistics="scene"`` the per-band
         normalisation statistics and every category index's threshold (for the APG prompt)."""
         from rsvlm.data.indices import INDEX_BANDS
-        from rsvlm.data.transforms import OTSU_SUFFIX, image_statistics, index_thresholds
+        from rsvlm.data.transforms import OTSU_SUFFIX, image_statistics, index_thresholds, needs_threshold
 
         scene_wide = self.statistics == "scene"
-        if not scene_wide and not any(name.endswith(OTSU_SUFFIX) for name in self.index_channels):
+        if not scene_wide and not any(map(needs_threshold, self.index_channels)):
             return _SceneContext()
         if s not in self.scene_context:
             scene = self.scenes[s]
