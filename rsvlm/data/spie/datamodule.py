@@ -77,7 +77,8 @@ class SpieDataModule(RsvlmDataModule):
             keep the spectral shape that per-image normalisation removes), and coarse masks
             (``ndvi_otsu``, ``ndwi_otsu``, ``ndbi_otsu``: 1 where the index exceeds Otsu's threshold
             of the whole image, SPEX's APG prior as a map; a predicted scene's tiles share its
-            threshold) or margins (``ndwi_margin``: the index minus that threshold); the encoder then takes ``len(bands) + len(index_channels)`` channels.
+            threshold) or margins (``ndwi_margin``: the index minus that threshold); the encoder
+            then takes ``len(bands) + len(index_channels)`` channels.
         prompts: make a share of the train / val / test samples prompted extraction (the one
             region a point, box or scribble marks; :mod:`rsvlm.data.prompted`); every sample
             then carries ``visual_prompts`` and ``task``.
