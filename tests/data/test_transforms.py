@@ -169,6 +169,16 @@ def test_datamodule_rejects_unknown_normalization():
         SpieDataModule(stats="stats.json", normalization="per-pixel")
 
 
+def _water_half_tile(rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
+    """A 4-band 12×12 tile (blue, green, red, NIR) whose top half is bright green (water-like), and
+    its ``1×12×12`` valid mask with a hole of invalid pixels across the edge of that half."""
+    raw = rng.uniform(0.01, 0.5, size=(4, 12, 12)).astype(np.float32)
+    raw[1, :6] *= 3
+    valid = torch.ones(1, 12, 12, dtype=torch.bool)
+    valid[0, 5:7, :4] = False
+    return raw, valid
+
+
 def _ndi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         out = (a - b) / (a + b)
@@ -229,11 +239,7 @@ def test_coarse_mask_channels_are_the_index_above_otsu_of_the_image():
     from rsvlm.data.indices import coarse_mask
     from rsvlm.data.transforms import with_index_channels
 
-    rng = np.random.default_rng(2)
-    raw = rng.uniform(0.01, 0.5, size=(4, 12, 12)).astype(np.float32)
-    raw[1, :6] *= 3  # a bright-green (water-like) half
-    valid = torch.ones(1, 12, 12, dtype=torch.bool)
-    valid[0, 5:7, :4] = False
+    raw, valid = _water_half_tile(np.random.default_rng(2))
     bands = ["blue", "green", "red", "nir"]
     v = valid[0].numpy()
     out = with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi", "ndwi_otsu", "ndvi_otsu"])
@@ -258,10 +264,7 @@ def test_margin_channels_are_the_index_minus_otsu_of_the_image_or_the_scene():
     from rsvlm.data.transforms import with_index_channels
 
     rng = np.random.default_rng(4)
-    raw = rng.uniform(0.01, 0.5, size=(4, 12, 12)).astype(np.float32)
-    raw[1, :6] *= 3
-    valid = torch.ones(1, 12, 12, dtype=torch.bool)
-    valid[0, 5:7, :4] = False
+    raw, valid = _water_half_tile(rng)
     v = valid[0].numpy()
     bands = ["blue", "green", "red", "nir"]
     out = with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_margin", "ndwi_otsu"])
