@@ -19,7 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from rsvlm.data.tiling import FLIPS, check_flips
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap", type=int, help="pixels shared by neighbouring tiles (default: the recipe's predict_overlap)"
     )
     how.add_argument(
+        "--flips",
+        nargs="+",
+        choices=tuple(FLIPS),
+        help="test-time flips whose mirrored-back logits are averaged, 'none' among them "
+        "(default: the recipe's predict_flips)",
+    )
+    how.add_argument(
         "--skip-missing-bands",
         action="store_true",
         help="give the model a 'skipped' row where an image lacks one of its bands, instead of stopping",
@@ -73,6 +83,11 @@ def evaluate_main(argv: list[str]) -> int:
         parser.error("give either --real-data or --images/--masks/--category/--bands")
     if args.images and not (args.masks and args.category and args.bands):
         parser.error("--images needs --masks, --category and --bands")
+    if args.flips:
+        try:
+            check_flips(args.flips, "--flips")
+        except ValueError as err:
+            parser.error(str(err))
     from rsvlm.inference.evaluate import BASELINE_NAME, EvaluateError, baseline_predictor, evaluate, format_table
 
     if args.out and Path(args.out).exists() and not args.overwrite:
@@ -85,9 +100,16 @@ def evaluate_main(argv: list[str]) -> int:
         model, datamodule = load_model(args.config, args.ckpt)
         model = model.to(args.device)
         settings = ModelInput.from_datamodule(datamodule, overlap=args.overlap)
+        if args.flips:
+            settings = replace(settings, flips=tuple(args.flips))
         predictors[f"model ({Path(args.ckpt).name})"] = ModelPredictor(model, settings, progress=not args.no_progress)
         average = average or getattr(model, "metric_average", None) or "global"
-        source = {"recipe": args.config, "checkpoint": args.ckpt, "normalization": settings.normalization}
+        source = {
+            "recipe": args.config,
+            "checkpoint": args.ckpt,
+            "normalization": settings.normalization,
+            "flips": list(settings.flips),
+        }
     predictors[BASELINE_NAME] = baseline_predictor
     rows = evaluate(items, predictors, average or "global", args.categories, args.skip_missing_bands)
     print(format_table(rows))

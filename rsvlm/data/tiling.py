@@ -10,14 +10,48 @@
 
 Either way a scene side smaller than a tile gives one window of the scene's size there (padded
 to the tile by the dataset that reads it).
+
+Test-time flips (:data:`FLIPS`): a prediction tile may be read mirrored (:func:`flip_tile`) and
+its prediction mirrored back with the same call (each flip is its own inverse), so that the
+scene's stitcher averages the model's answers on the tile and on its mirror images.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, TypeVar
+
+import numpy as np
 
 #: (row offset, column offset, height, width) of a window in scene pixels.
 Window = tuple[int, int, int, int]
+
+#: Test-time flips of a tile by name: the axes each one reverses (rows -2, columns -1).
+FLIPS: dict[str, tuple[int, ...]] = {"none": (), "horizontal": (-1,), "vertical": (-2,), "both": (-2, -1)}
+
+ArrayT = TypeVar("ArrayT")
+
+
+def check_flips(flips: Sequence[str], field: str) -> tuple[str, ...]:
+    """``flips`` as a tuple, or a ValueError naming ``field``: names of :data:`FLIPS`, each once,
+    ``"none"`` among them (the unflipped pass is the one whose texts are kept)."""
+    names = tuple(flips)
+    unknown = [f for f in names if f not in FLIPS]
+    if unknown:
+        raise ValueError(f"{field}: unknown flip {unknown[0]!r}; choose from {list(FLIPS)}")
+    if len(set(names)) != len(names) or "none" not in names:
+        raise ValueError(f"{field}: give each flip once and 'none' among them, got {list(names)}")
+    return names
+
+
+def flip_tile(array: ArrayT, flip: str) -> ArrayT:
+    """``array`` (numpy or torch, ``...×h×w``) mirrored as ``flip`` says; flipping twice gives it back."""
+    axes = FLIPS[flip]
+    if not axes:
+        return array
+    if isinstance(array, np.ndarray):
+        return np.ascontiguousarray(np.flip(array, axis=axes))  # type: ignore[return-value]
+    return array.flip(axes)  # type: ignore[attr-defined]
 
 
 def _spans(n: int, tile: int, stride: int, overlap: int, edge: str) -> list[tuple[int, int]]:

@@ -49,6 +49,8 @@ class ModelInput:
         index_channels: spectral indices appended as channels (as the data module does).
         statistics: ``"tile"`` or ``"scene"``: per-image statistics of each tile or of its whole
             image (the data module's ``predict_statistics``).
+        flips: test-time flips of each tile whose mirrored-back logits are averaged (the data
+            module's ``predict_flips``; :data:`rsvlm.data.tiling.FLIPS`).
     """
 
     bands: tuple[str, ...]
@@ -62,6 +64,7 @@ class ModelInput:
     batch_size: int = 2
     index_channels: tuple[str, ...] = ()
     statistics: str = "tile"
+    flips: tuple[str, ...] = ("none",)
 
     @classmethod
     def from_datamodule(cls, datamodule: Any, overlap: int | None = None) -> ModelInput:
@@ -81,6 +84,7 @@ class ModelInput:
             batch_size=int(datamodule.batch_size),
             index_channels=tuple(getattr(datamodule, "index_channels", ())),
             statistics=getattr(datamodule, "predict_statistics", "tile"),
+            flips=tuple(getattr(datamodule, "predict_flips", ("none",))),
         )
 
 

@@ -10,17 +10,19 @@
 
 Both are weighted averages, so stitching tiles of one known logit field gives that field back
 (up to float rounding). Accumulators are float32 ``H×W`` (two per scene in memory). The windows
-come from :func:`rsvlm.data.tiling.tile_windows`.
+come from :func:`rsvlm.data.tiling.tile_windows`; :func:`window_prediction` places a predicted
+tile on its window (padding cut off, a test-time flip undone), so a tile read in several flips
+adds the mean of its mirrored-back answers.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from rsvlm.data.tiling import Window
+from rsvlm.data.tiling import Window, flip_tile
 
 Blend = Literal["cosine", "mean"]
 BLENDS: tuple[str, ...] = ("cosine", "mean")
@@ -37,6 +39,22 @@ def blend_weights(height: int, width: int, blend: Blend = "cosine") -> np.ndarra
         return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
 
     return np.outer(axis(height), axis(width)).astype(np.float32)
+
+
+def window_prediction(
+    meta: dict[str, Any], logits: torch.Tensor, valid: torch.Tensor
+) -> tuple[Window, torch.Tensor, torch.Tensor]:
+    """A predict tile's ``T×T`` ``logits`` and ``valid`` pixels on its window of the scene.
+
+    Returns:
+        ``(window, h×w logits, h×w valid)``: ``meta["window"]`` ``(row, col, h, w)``, the padding
+        past ``h×w`` cut off and the tile's test-time flip (``meta["flip"]``, none when absent)
+        undone.
+    """
+    window: Window = tuple(int(x) for x in meta["window"])  # type: ignore[assignment]
+    _, _, h, w = window
+    flip = meta.get("flip", "none")
+    return window, flip_tile(logits[:h, :w], flip), flip_tile(valid[:h, :w], flip)
 
 
 class Stitcher:
@@ -84,4 +102,4 @@ class Stitcher:
         return self._sum / self._weight
 
 
-__all__ = ["BLENDS", "Blend", "Stitcher", "blend_weights"]
+__all__ = ["BLENDS", "Blend", "Stitcher", "blend_weights", "window_prediction"]

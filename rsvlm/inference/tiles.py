@@ -106,6 +106,7 @@ def tile_options(settings: Any, category: str | None, overlap: int | None = None
         "normalization": settings.normalization,
         "index_channels": settings.index_channels,
         "statistics": settings.statistics,
+        "flips": settings.flips,
     }
 
 
@@ -120,6 +121,10 @@ def run_tiles(
     """Generate and decode every tile of ``datasets`` (``batch_size`` at a time, the paper's
     inference) and add each to its scene in ``scenes`` (keyed by ``meta["image"]``).
 
+    A tile read in several test-time flips (``meta["flip"]``) is mirrored back before it is
+    stitched, so the scene holds the mean of its passes; the texts and tiles kept are the
+    unflipped pass's.
+
     Args:
         progress: the progress bar's label (None: no bar).
     """
@@ -129,6 +134,7 @@ def run_tiles(
     from tqdm.auto import tqdm
 
     from rsvlm.data.spie.dataset import SpieCollate
+    from rsvlm.inference.stitch import window_prediction
 
     device = next(model.parameters()).device
     bar = tqdm(total=sum(len(d) for d in datasets), desc=progress, disable=progress is None)
@@ -138,12 +144,14 @@ def run_tiles(
                 out = model.predict_masks(move_data_to_device(batch, device))
                 logits = out["mask_logits"].float().cpu()
                 for i, meta in enumerate(batch["meta"]):
-                    scene, (r, c, h, w) = scenes[meta["image"]], meta["window"]
-                    valid = batch["valid"][i, 0].cpu()
-                    scene.stitcher.add((r, c, h, w), logits[i, 0, :h, :w])
-                    scene.covered[r : r + h, c : c + w] |= valid[:h, :w].numpy()
-                    scene.tiles.append((meta, logits[i, 0], valid, out["texts"][i]))
-                    scene.texts.append(out["texts"][i])
+                    scene, valid = scenes[meta["image"]], batch["valid"][i, 0].cpu()
+                    window, tile_logits, tile_valid = window_prediction(meta, logits[i, 0], valid)
+                    r, c, h, w = window
+                    scene.stitcher.add(window, tile_logits)
+                    scene.covered[r : r + h, c : c + w] |= tile_valid.numpy()
+                    if meta.get("flip", "none") == "none":  # a flipped pass's text describes the mirror image
+                        scene.tiles.append((meta, logits[i, 0], valid, out["texts"][i]))
+                        scene.texts.append(out["texts"][i])
                 bar.update(len(batch["meta"]))
     bar.close()
 

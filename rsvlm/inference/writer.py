@@ -21,7 +21,9 @@ Outputs, per input GeoTIFF and category
   :meth:`rsvlm.inference.prediction.Prediction.save` (:func:`~rsvlm.inference.tile_outputs.tile_groundings`,
   :func:`~rsvlm.inference.tile_outputs.save_boxes`).
 
-With several categories per image the stem is ``<stem>.<category>``. Inputs are never
+A tile predicted in several test-time flips (meta ``flip`` / ``num_flips``, the data module's
+``predict_flips``) is mirrored back and averaged into the scene; the JSON's descriptions and the
+boxes are the unflipped pass's. With several categories per image the stem is ``<stem>.<category>``. Inputs are never
 overwritten, and existing outputs only with ``overwrite=True`` (the error names the file).
 Predict on one device: the tiles of a scene must reach the same writer.
 """
@@ -43,8 +45,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from rsvlm.data.bands import BandError
 from rsvlm.data.coords import Grounding
 from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
-from rsvlm.data.tiling import Window
-from rsvlm.inference.stitch import BLENDS, Blend, Stitcher
+from rsvlm.inference.stitch import BLENDS, Blend, Stitcher, window_prediction
 from rsvlm.inference.tile_outputs import answer_groundings, boxes_path, save_boxes, whole_image_tile
 from rsvlm.io.atomic import atomic_write_text
 from rsvlm.io.pictures import CompositeKind, composite_or_stretch, overlay, save_png
@@ -120,14 +121,14 @@ def overlay_picture(
 
 @dataclass
 class _SceneState:
-    """One scene (and category) being stitched: its first tile's meta, logits, valid ``H×W`` pixels, tiles
-    seen, and each tile's boxes in the scene's pixels (by tile index)."""
+    """One scene (and category) being stitched: its first tile's meta, logits, valid ``H×W`` pixels, the
+    ``(tile index, flip)`` passes seen, and each tile's boxes in the scene's pixels (by tile index)."""
 
     meta: dict[str, Any]
     stitcher: Stitcher
     valid: np.ndarray
     descriptions: list[dict[str, Any]] = field(default_factory=list)
-    seen: set[int] = field(default_factory=set)
+    seen: set[tuple[int, str]] = field(default_factory=set)
     groundings: dict[int, list[Grounding]] = field(default_factory=dict)
 
 
@@ -224,12 +225,11 @@ class PredictionWriter(BasePredictionWriter):
         image = str(meta["image"])
         category = meta.get("category")
         key = (image, category)
+        flip, num_flips = str(meta.get("flip", "none")), int(meta.get("num_flips", 1))
         if "window" in meta:
-            window: Window = tuple(int(x) for x in meta["window"])  # type: ignore[assignment]
             height, width = (int(x) for x in meta["scene_size"])
             num_tiles, index = int(meta["num_tiles"]), int(meta["tile_index"])
-            _, _, h, w = window
-            tile_logits, tile_valid = logits[:h, :w], valid[:h, :w]
+            window, tile_logits, tile_valid = window_prediction(meta, logits, valid)
         elif "original_size" in meta:
             height, width = (int(x) for x in meta["original_size"])
             rh, rw = (int(x) for x in meta["resized_size"])
@@ -251,15 +251,16 @@ class PredictionWriter(BasePredictionWriter):
                 valid=np.zeros((height, width), dtype=bool),
             )
             self._scenes[key] = state
-        if index in state.seen:
-            raise ValueError(f"PredictionWriter: tile {index} of {image} arrived twice")
-        state.seen.add(index)
+        if (index, flip) in state.seen:
+            raise ValueError(f"PredictionWriter: tile {index} (flip {flip}) of {image} arrived twice")
+        state.seen.add((index, flip))
         state.stitcher.add(window, tile_logits)
         r, c, h, w = window
         state.valid[r : r + h, c : c + w] |= tile_valid.cpu().numpy().astype(bool)
-        state.descriptions.append({"tile_index": index, "window": list(window), "description": text})
-        state.groundings[index] = answer_groundings(meta, tuple(logits.shape[-2:]), text, tile_logits, window[:2])
-        if len(state.seen) == num_tiles:
+        if flip == "none":  # a flipped pass's text describes (and places boxes in) the mirror image
+            state.descriptions.append({"tile_index": index, "window": list(window), "description": text})
+            state.groundings[index] = answer_groundings(meta, tuple(logits.shape[-2:]), text, tile_logits, window[:2])
+        if len(state.seen) == num_tiles * num_flips:
             del self._scenes[key]
             return self._write_scene(state)
         return None

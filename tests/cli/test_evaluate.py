@@ -233,10 +233,12 @@ def test_tiny_model_on_shipped_naip_and_missing_swir_named(tiny, tmp_path, capsy
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real sample data not found at {SHARED_DATA} (../shared/data)")
-def test_an_undecided_decoder_on_the_index_prior_scores_exactly_the_baseline(tmp_path, capsys):
+@pytest.mark.parametrize("flips", [[], ["none", "horizontal", "vertical", "both"]])
+def test_an_undecided_decoder_on_the_index_prior_scores_exactly_the_baseline(tmp_path, capsys, flips):
     """The rgbn demo's path (Otsu-mask channels cut at each image's threshold, whole-image statistics,
     IndexPriorHead over a SAM decoder whose hypernetworks output 0): tiled, generated, stitched, the
-    model's confusion counts on the shipped NAIP masks equal the index + Otsu baseline's."""
+    model's confusion counts on the shipped NAIP masks equal the index + Otsu baseline's; with
+    test-time flips too (each pass mirrored back before it is averaged)."""
     import lightning as L
     from jsonargparse import ArgumentParser
 
@@ -264,8 +266,11 @@ def test_an_undecided_decoder_on_the_index_prior_scores_exactly_the_baseline(tmp
     torch.save({"state_dict": model.state_dict()}, ckpt)
     out = tmp_path / "rows.json"
     args = ["evaluate", "--config", str(recipe), "--ckpt", str(ckpt), "--real-data", str(SHARED_DATA)]
+    args += ["--flips", *flips] if flips else []
     assert main([*args, "--datasets", "chesapeake-naip-geobench", "--no-progress", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    assert report["flips"] == (flips or ["none"])
+    rows = report["rows"]
     for category in ("water", "vegetation"):
         model_row, baseline_row = (r for r in rows if r["category"] == category)
         assert model_row["method"].startswith("model") and baseline_row["method"] == "index baseline"

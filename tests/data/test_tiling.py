@@ -51,3 +51,32 @@ def test_pad_windows_start_on_a_regular_grid():
 def test_bad_edge_is_an_error():
     with pytest.raises(ValueError, match="edge"):
         tile_windows(10, 10, 4, edge="wrap")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("flip", "mirror"), [("none", lambda a: a), ("horizontal", np.fliplr), ("vertical", np.flipud)])
+def test_a_flip_mirrors_the_last_two_axes_as_numpy_does_and_undoes_itself(flip, mirror):
+    import torch
+
+    from rsvlm.data.tiling import flip_tile
+
+    rng = np.random.default_rng(0)
+    tile = rng.normal(size=(3, 5, 7)).astype(np.float32)
+    expected = np.stack([mirror(band) for band in tile])
+    np.testing.assert_array_equal(flip_tile(tile, flip), expected)
+    np.testing.assert_array_equal(flip_tile(torch.from_numpy(tile), flip).numpy(), expected)
+    np.testing.assert_array_equal(flip_tile(flip_tile(tile, flip), flip), tile)
+    both = flip_tile(tile[0], "both")
+    np.testing.assert_array_equal(both, np.rot90(tile[0], 2))  # both mirrors = a half turn
+    assert flip_tile(tile, flip).flags.c_contiguous
+
+
+def test_flips_must_be_known_unique_and_include_none():
+    from rsvlm.data.tiling import check_flips
+
+    assert check_flips(["none", "both"], "f") == ("none", "both")
+    with pytest.raises(ValueError, match=r"^f: unknown flip 'diagonal'"):
+        check_flips(["none", "diagonal"], "f")
+    with pytest.raises(ValueError, match=r"^f: give each flip once and 'none' among them"):
+        check_flips(["horizontal"], "f")
+    with pytest.raises(ValueError, match=r"^f: give each flip once"):
+        check_flips(["none", "none"], "f")

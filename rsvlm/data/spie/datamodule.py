@@ -27,6 +27,7 @@ from rsvlm.data.recent import check_memory_size
 from rsvlm.data.spie.dataset import SpieCollate, SpieDataset
 from rsvlm.data.spie.records import RecordError, SpieRecord, read_records, select_datasets
 from rsvlm.data.stats import load_stats, mean_std
+from rsvlm.data.tiling import check_flips
 from rsvlm.data.transforms import Normalization, check_index_channels, check_normalization
 
 
@@ -66,6 +67,12 @@ class SpieDataModule(RsvlmDataModule):
             its whole scene's. Take the one that matches the training records: ``tile`` for
             records cut from larger scenes (a SPIE build), ``scene`` when every record is a whole
             scene (the generated demos), so a tile of a large image sees what the scene says.
+        predict_flips: test-time flips of each prediction tile (``none``, ``horizontal``,
+            ``vertical``, ``both``; ``none`` among them, default only it): the tile is predicted
+            once per flip, each pass from the mirrored tile with its own APG prompt, and the
+            mirrored-back logits are averaged (``rsvlm predict``, ``rsvlm evaluate`` and
+            :class:`rsvlm.inference.api.Predictor`); the texts kept are the unflipped pass's.
+            Costs one pass per flip.
         seed: shuffling and augmentation seed.
         normalization: ``dataset`` (default: the band statistics ``stats``), ``image`` (each
             image's own per-band mean/std) or ``robust_image`` (each image's per-band median
@@ -109,6 +116,7 @@ class SpieDataModule(RsvlmDataModule):
         normalization: Normalization = "dataset",
         index_channels: list[str] | None = None,
         predict_statistics: Literal["tile", "scene"] = "tile",
+        predict_flips: list[str] | None = None,
         prompts: PromptSampling | None = None,
         cache_images: int = 0,
     ) -> None:
@@ -142,6 +150,7 @@ class SpieDataModule(RsvlmDataModule):
                 f"SpieDataModule.predict_statistics: must be 'tile' or 'scene', got {predict_statistics!r}"
             )
         self.predict_statistics = predict_statistics
+        self.predict_flips = check_flips(predict_flips or ("none",), "SpieDataModule.predict_flips")
         self.prompts = prompts
         self.cache_images = check_memory_size(cache_images, "SpieDataModule.cache_images")
         self._mean = None
@@ -254,4 +263,5 @@ class SpieDataModule(RsvlmDataModule):
             normalization=self.normalization,
             index_channels=self.index_channels,
             statistics=self.predict_statistics,
+            flips=self.predict_flips,
         )

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from rsvlm.data.bands import BandSpec, band_spec
 from rsvlm.data.raster import georef_meta, read_header, read_window
-from rsvlm.data.tiling import Window, tile_windows
+from rsvlm.data.tiling import Window, check_flips, flip_tile, tile_windows
 from rsvlm.data.transforms import Normalization, check_index_channels, check_normalization
 
 
@@ -68,12 +68,18 @@ class TiledPredictDataset(Dataset):
             ``robust_image`` normalisation and the APG prompt's Otsu threshold, so that a tile is
             normalised and prompted as the whole scene would be; for a model trained on whole
             scenes, such as the generated demos; one more read of the whole scene).
+        flips: test-time flips of every tile (names of :data:`rsvlm.data.tiling.FLIPS`, ``"none"``
+            among them): each tile is yielded once per flip, its data mirrored right after it is
+            read, so its normalisation, index channels and APG prompt are those of the mirrored
+            tile (the scene's statistics do not change under a flip). The writer and
+            :func:`rsvlm.inference.tiles.run_tiles` mirror each prediction back and average them.
 
     Samples follow the datamodule's predict contract: ``image`` ``C×T×T`` float32 (normalised,
     invalid and padding pixels 0), ``valid`` ``1×T×T`` bool, ``category``, ``instruction``,
     ``response`` (empty), and ``meta``: ``image`` (path), ``window`` ``[row, col, h, w]``,
     ``scene_size`` ``[H, W]``, ``tile_index``, ``num_tiles``, ``crs``, ``transform``,
-    ``bands``, ``category``, ``categories``, ``pad`` ``[top, left, bottom, right]``.
+    ``bands``, ``category``, ``categories``, ``pad`` ``[top, left, bottom, right]``, ``flip`` (the
+    name) and ``num_flips``.
 
     A tile without a single valid pixel (outside a scene's footprint) is still yielded, with
     an empty-region prompt; its pixels are invalid and written as 0 in the mask. A scene
@@ -94,6 +100,7 @@ class TiledPredictDataset(Dataset):
         normalization: Normalization = "dataset",
         index_channels: Sequence[str] = (),
         statistics: Literal["tile", "scene"] = "tile",
+        flips: Sequence[str] = ("none",),
     ) -> None:
         if not paths:
             raise ValueError("TiledPredictDataset: no input paths given (field 'predict_paths' is empty)")
@@ -113,13 +120,14 @@ class TiledPredictDataset(Dataset):
         if statistics not in ("tile", "scene"):
             raise ValueError(f"TiledPredictDataset.statistics: must be 'tile' or 'scene', got {statistics!r}")
         self.statistics = statistics
+        self.flips = check_flips(flips, "TiledPredictDataset.flips")
         self.scene_context: dict[int, _SceneContext] = {}
         self.scenes = [self._open(str(p)) for p in paths]
-        self.items: list[tuple[int, int, str | None]] = []
+        self.items: list[tuple[int, int, str | None, str]] = []
         for s, scene in enumerate(self.scenes):
             scene.windows = tile_windows(scene.height, scene.width, tile, overlap)
             for category in self.categories:
-                self.items += [(s, t, category) for t in range(len(scene.windows))]
+                self.items += [(s, t, category, f) for t in range(len(scene.windows)) for f in self.flips]
 
     def outputs(self) -> list[tuple[str, str | None, bool]]:
         """``(path, category, several categories)`` of every scene pass, for output names."""
@@ -142,12 +150,13 @@ class TiledPredictDataset(Dataset):
         from rsvlm.data.spie.apg import instruction, spectral_prompt
         from rsvlm.data.transforms import normalize, normalize_as, with_index_channels
 
-        s, t, category = self.items[index]
+        s, t, category, flip = self.items[index]
         scene = self.scenes[s]
         window = scene.windows[t]
         data, valid = self._read(scene, window)
         if t == 0 and not valid.any() and self._scene_all_invalid(scene):
             raise ValueError(f"{scene.path}: every pixel is invalid (nodata / NaN); nothing to predict")
+        data, valid = flip_tile(data, flip), flip_tile(valid, flip)
         v = torch.from_numpy(valid)[None]
         context = self._context(s)
         if context.centre is not None:
@@ -175,6 +184,8 @@ class TiledPredictDataset(Dataset):
                 "category": category,
                 "categories": [c for c in self.categories if c is not None],
                 "pad": pad,
+                "flip": flip,
+                "num_flips": len(self.flips),
             },
         }
         if category is not None:
