@@ -53,7 +53,9 @@ def test_bad_edge_is_an_error():
         tile_windows(10, 10, 4, edge="wrap")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("flip", "mirror"), [("none", lambda a: a), ("horizontal", np.fliplr), ("vertical", np.flipud)])
+@pytest.mark.parametrize(
+    ("flip", "mirror"), [("none", lambda a: a), ("horizontal", np.fliplr), ("vertical", np.flipud)]
+)
 def test_a_flip_mirrors_the_last_two_axes_as_numpy_does_and_undoes_itself(flip, mirror):
     import torch
 
