@@ -113,6 +113,7 @@ def export(run: str | os.PathLike, to: str | os.PathLike, overwrite: bool = Fals
         "normalization": settings.normalization,
         "index_channels": list(settings.index_channels),
         "predict_statistics": settings.statistics,
+        "predict_flips": list(settings.flips),
         "tile": settings.tile,
         "categories": getattr(datamodule, "categories", None),
         "source_checkpoint": str(ckpt),

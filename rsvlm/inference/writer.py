@@ -23,8 +23,9 @@ Outputs, per input GeoTIFF and category
 
 A tile predicted in several test-time flips (meta ``flip`` / ``num_flips``, the data module's
 ``predict_flips``) is mirrored back and averaged into the scene; the JSON's descriptions and the
-boxes are the unflipped pass's. With several categories per image the stem is ``<stem>.<category>``. Inputs are never
-overwritten, and existing outputs only with ``overwrite=True`` (the error names the file).
+boxes are the unflipped pass's. With several categories per image the stem is
+``<stem>.<category>``. Inputs are never overwritten, and existing outputs only with
+``overwrite=True`` (the error names the file).
 Predict on one device: the tiles of a scene must reach the same writer.
 """
 

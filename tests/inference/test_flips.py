@@ -158,3 +158,23 @@ def test_the_data_module_carries_its_flips_to_evaluate_and_refuses_bad_ones(tmp_
     assert ModelInput.from_datamodule(SpieDataModule(stats=str(stats), bands=BANDS)).flips == ("none",)
     with pytest.raises(ValueError, match=r"SpieDataModule\.predict_flips: unknown flip 'sideways'"):
         SpieDataModule(stats=str(stats), bands=BANDS, predict_flips=["none", "sideways"])
+
+
+def test_a_run_and_its_exported_folder_keep_the_recipes_flips(run_folder, tmp_path):
+    import shutil
+
+    import yaml
+
+    import rsvlm
+    from rsvlm.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_folder, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["init_args"]["predict_flips"] = ["none", "horizontal"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert rsvlm.load(run).settings.flips == ("none", "horizontal")
+    folder = tmp_path / "model"
+    assert main(["export", str(run), "--to", str(folder)]) == 0
+    assert json.loads((folder / "rsvlm.json").read_text())["predict_flips"] == ["none", "horizontal"]
+    assert rsvlm.load(folder).settings.flips == ("none", "horizontal")
