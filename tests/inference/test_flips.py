@@ -178,3 +178,25 @@ def test_a_run_and_its_exported_folder_keep_the_recipes_flips(run_folder, tmp_pa
     assert main(["export", str(run), "--to", str(folder)]) == 0
     assert json.loads((folder / "rsvlm.json").read_text())["predict_flips"] == ["none", "horizontal"]
     assert rsvlm.load(folder).settings.flips == ("none", "horizontal")
+
+
+def test_a_scene_starting_with_nodata_is_checked_for_valid_pixels_once_not_per_category_and_flip():
+    class CountingReads(ArrayPredictDataset):
+        reads = 0
+
+        def _read(self, scene, window):
+            CountingReads.reads += 1
+            return super()._read(scene, window)
+
+    image, valid = _scene()
+    valid[:TILE, :TILE] = False  # the first tile has no data, so the scene's other tiles are searched
+    dataset = CountingReads(
+        [("s", image, valid)], BANDS, MEAN, STD, flips=ALL_FLIPS, **{**OPTIONS, "categories": ["water", "vegetation"]}
+    )
+    for i in range(len(dataset)):
+        dataset[i]
+    windows = tile_windows(40, 48, TILE, OVERLAP)
+    assert len(dataset) == len(windows) * 2 * len(ALL_FLIPS)
+    # The search reads windows up to the first with data, once for the scene.
+    searched = next(i for i, (r, c, h, w) in enumerate(windows) if valid[r : r + h, c : c + w].any()) + 1
+    assert CountingReads.reads == len(dataset) + searched

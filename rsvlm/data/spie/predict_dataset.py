@@ -122,6 +122,7 @@ class TiledPredictDataset(Dataset):
         self.statistics = statistics
         self.flips = check_flips(flips, "TiledPredictDataset.flips")
         self.scene_context: dict[int, _SceneContext] = {}
+        self._all_invalid: dict[int, bool] = {}  # scene → no valid pixel (read once, not per category and flip)
         self.scenes = [self._open(str(p)) for p in paths]
         self.items: list[tuple[int, int, str | None, str]] = []
         for s, scene in enumerate(self.scenes):
@@ -154,7 +155,7 @@ class TiledPredictDataset(Dataset):
         scene = self.scenes[s]
         window = scene.windows[t]
         data, valid = self._read(scene, window)
-        if t == 0 and not valid.any() and self._scene_all_invalid(scene):
+        if t == 0 and not valid.any() and self._scene_all_invalid(s):
             raise ValueError(f"{scene.path}: every pixel is invalid (nodata / NaN); nothing to predict")
         data, valid = flip_tile(data, flip), flip_tile(valid, flip)
         v = torch.from_numpy(valid)[None]
@@ -225,8 +226,11 @@ class TiledPredictDataset(Dataset):
             self.scene_context[s] = context
         return self.scene_context[s]
 
-    def _scene_all_invalid(self, scene: _SceneInfo) -> bool:
-        return not any(self._read(scene, w)[1].any() for w in scene.windows)
+    def _scene_all_invalid(self, s: int) -> bool:
+        if s not in self._all_invalid:
+            scene = self.scenes[s]
+            self._all_invalid[s] = not any(self._read(scene, w)[1].any() for w in scene.windows)
+        return self._all_invalid[s]
 
 
 class ArrayPredictDataset(TiledPredictDataset):
