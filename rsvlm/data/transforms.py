@@ -185,6 +185,7 @@ def with_index_channels(
     bands: object,
     indices: Sequence[str],
     thresholds: Mapping[str, float] | None = None,
+    offsets: Mapping[str, float] | None = None,
 ) -> Tensor:
     """Append spectral-index channels computed from the *raw* bands to a normalised image.
 
@@ -204,6 +205,8 @@ def with_index_channels(
             each optionally with :data:`OTSU_SUFFIX` or :data:`MARGIN_SUFFIX`.
         thresholds: index → the threshold of its coarse mask (a whole scene's, :func:`index_thresholds`,
             when ``raw`` is one tile of it); an index not in it is thresholded over ``raw``'s valid pixels.
+        offsets: index → an amount added to its threshold (a training sample's moved cut,
+            :class:`rsvlm.data.spie.dataset.SpieDataset`'s ``threshold_jitter``); 0 for an index not in it.
 
     Returns:
         ``(C+K)×H×W`` float32, the indices in ``[−1, 1]`` (0 where undefined), the masks in ``{0, 1}``,
@@ -217,6 +220,7 @@ def with_index_channels(
     maps = _index_maps(data, v, bands, [index_of_channel(name) for name in indices])
     given = dict(thresholds or {})
     cuts = {**_otsu_cuts(maps, v, [n for n in indices if index_of_channel(n) not in given]), **given}
+    shift = dict(offsets or {})
     channels = []
     for name in indices:
         base = index_of_channel(name)
@@ -224,9 +228,9 @@ def with_index_channels(
         if needs_threshold(name) and base not in cuts:
             values = np.zeros_like(values)
         elif name.endswith(OTSU_SUFFIX):
-            values = values > cuts[base]
+            values = values > cuts[base] + shift.get(base, 0.0)
         elif name.endswith(MARGIN_SUFFIX):
-            values = values - cuts[base]
+            values = values - (cuts[base] + shift.get(base, 0.0))
         channels.append(np.where(v, values, 0.0))
     extra = torch.from_numpy(np.stack(channels).astype(np.float32))
     return torch.cat([normalized.float(), extra], dim=0)

@@ -273,6 +273,17 @@ def test_margin_channels_are_the_index_minus_otsu_of_the_image_or_the_scene():
     np.testing.assert_array_equal((out[4] > 0).numpy(), out[5].numpy() > 0)
     given = with_index_channels(torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_margin"], {"ndwi": 0.1})
     np.testing.assert_allclose(given[4].numpy(), np.where(v, ndwi - 0.1, 0.0), atol=1e-6)
+    # An offset moves whichever cut is used, Otsu's or a given one, for both channels alike.
+    moved = with_index_channels(
+        torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_margin", "ndwi_otsu"], offsets={"ndwi": -0.05}
+    )
+    cut = threshold_otsu(ndwi[v]) - 0.05
+    np.testing.assert_allclose(moved[4].numpy(), np.where(v, ndwi - cut, 0.0), atol=1e-6)
+    np.testing.assert_array_equal(moved[5].numpy(), np.where(v & (ndwi > cut), 1.0, 0.0))
+    both = with_index_channels(
+        torch.zeros(4, 12, 12), raw, valid, bands, ["ndwi_margin"], {"ndwi": 0.1}, offsets={"ndwi": 0.02}
+    )
+    np.testing.assert_allclose(both[4].numpy(), np.where(v, ndwi - 0.12, 0.0), atol=1e-6)
 
     data = rng.uniform(0.01, 0.5, size=(4, 40, 40)).astype(np.float32)
     data[1, :, :14] *= 4

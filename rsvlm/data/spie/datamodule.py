@@ -93,6 +93,10 @@ class SpieDataModule(RsvlmDataModule):
             many records in memory (:class:`~rsvlm.data.recent.RecentlyRead`), for small data read
             many times (the generated demo: decoding the files was ~10 % of a training step on
             2 cores); 0 reads the files for every sample. Each DataLoader worker keeps its own.
+        threshold_jitter: training samples' coarse masks and margins are cut at Otsu's threshold
+            moved by a uniform draw in ``±threshold_jitter`` index units (per sample, index and
+            epoch; :class:`~rsvlm.data.spie.dataset.SpieDataset`), a noisy prior to learn from; 0 (the
+            default) keeps Otsu's cut. Validation, test and prediction always use the cut itself.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class SpieDataModule(RsvlmDataModule):
         predict_flips: list[str] | None = None,
         prompts: PromptSampling | None = None,
         cache_images: int = 0,
+        threshold_jitter: float = 0.0,
     ) -> None:
         super().__init__(bands=bands, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         if records is None and generate is None and stats is None:
@@ -153,6 +158,9 @@ class SpieDataModule(RsvlmDataModule):
         self.predict_flips = check_flips(predict_flips or ("none",), "SpieDataModule.predict_flips")
         self.prompts = prompts
         self.cache_images = check_memory_size(cache_images, "SpieDataModule.cache_images")
+        if not threshold_jitter >= 0:
+            raise ValueError(f"SpieDataModule.threshold_jitter: must be ≥ 0 (index units), got {threshold_jitter}")
+        self.threshold_jitter = float(threshold_jitter)
         self._mean = None
         self._std = None
 
@@ -235,6 +243,7 @@ class SpieDataModule(RsvlmDataModule):
                 normalization=self.normalization,
                 index_channels=self.index_channels,
                 cache_images=self.cache_images,
+                threshold_jitter=self.threshold_jitter if split == "train" else 0.0,
             )
             if self.prompts is not None:
                 self.datasets[split] = PromptedSamples(self.datasets[split], self.prompts)

@@ -32,7 +32,15 @@ from rsvlm.data.base import CONTRACT_KEYS, TextFormatter
 from rsvlm.data.raster import RasterError, georef_meta, read_mask, read_raster
 from rsvlm.data.recent import RecentlyRead
 from rsvlm.data.spie.records import SpieRecord
-from rsvlm.data.transforms import Normalization, normalize_as, random_dihedral, resize_pad, with_index_channels
+from rsvlm.data.transforms import (
+    Normalization,
+    index_of_channel,
+    needs_threshold,
+    normalize_as,
+    random_dihedral,
+    resize_pad,
+    with_index_channels,
+)
 from rsvlm.data.visual_prompts import prompt_batch
 
 #: What :meth:`SpieDataset.load` gives: image C×H×W, mask H×W, valid H×W, the raster, the instruction.
@@ -63,6 +71,12 @@ class SpieDataset(Dataset):
             (:func:`rsvlm.data.transforms.with_index_channels`).
         cache_images: keep what :meth:`load` read for the last this many records in memory
             (:class:`~rsvlm.data.recent.RecentlyRead`); 0 reads the files for every sample.
+        threshold_jitter: ``j`` ≥ 0 in index units: each training sample's coarse-mask / margin
+            channels (``ndwi_otsu``, ``ndwi_margin``) are cut at Otsu's threshold plus a uniform draw
+            in ``[−j, j]`` per index (a new draw each epoch, from the sampler's seed), so a model that
+            reads them learns to add water the cut missed as well as to remove what it took. Only
+            samples that come with a sampler seed (training) are moved; the instruction keeps the
+            record's prompt.
     """
 
     def __init__(
@@ -80,7 +94,11 @@ class SpieDataset(Dataset):
         normalization: Normalization = "dataset",
         index_channels: Sequence[str] = (),
         cache_images: int = 0,
+        threshold_jitter: float = 0.0,
     ) -> None:
+        if not threshold_jitter >= 0:
+            raise ValueError(f"SpieDataset.threshold_jitter must be ≥ 0 (index units), got {threshold_jitter}")
+        self.threshold_jitter = float(threshold_jitter)
         self.records = list(records)
         self.memory: RecentlyRead[Loaded] | None = RecentlyRead(cache_images) if cache_images > 0 else None
         self.index_channels = tuple(index_channels)
@@ -164,6 +182,16 @@ class SpieDataset(Dataset):
         text = self._instruction(rec, raster.data, valid)
         return raster.data[select], mask_values, valid, raster, text
 
+    def _cut_offsets(self, aug_seed: int | None) -> dict[str, float] | None:
+        """Index → a uniform draw in ``±threshold_jitter`` to add to its Otsu cut, for each index a
+        channel is cut from; None (the cut itself) without jitter or sampler seed."""
+        if self.threshold_jitter == 0 or aug_seed is None:
+            return None
+        # Its own stream, so turning jitter on leaves the flip/rot90 draws of the same seed alone.
+        rng = np.random.default_rng([aug_seed, 1])
+        cut = dict.fromkeys(index_of_channel(n) for n in self.index_channels if needs_threshold(n))
+        return {name: float(rng.uniform(-self.threshold_jitter, self.threshold_jitter)) for name in cut}
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, aug_seed = item if isinstance(item, tuple) else (item, None)
         rec = self.records[index]
@@ -171,7 +199,7 @@ class SpieDataset(Dataset):
         v = torch.from_numpy(valid)[None]
         raw = torch.from_numpy(np.ascontiguousarray(data))
         image = normalize_as(raw, v, self.normalization, self.mean, self.std)
-        image = with_index_channels(image, raw, v, self.bands, self.index_channels)
+        image = with_index_channels(image, raw, v, self.bands, self.index_channels, offsets=self._cut_offsets(aug_seed))
         mask = torch.from_numpy((mask_values > 0).astype(np.float32))[None]
         image, mask, v, info = resize_pad(image, mask, v, self.image_size)
         aug: dict[str, int] | None = None
