@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the recipe's predict_flips)",
     )
     how.add_argument(
+        "--without-prior",
+        action="store_true",
+        help="add a row for the model's decoder alone: the logits its IndexPriorHead gives without the "
+        "index prior they are a residual on",
+    )
+    how.add_argument(
         "--skip-missing-bands",
         action="store_true",
         help="give the model a 'skipped' row where an image lacks one of its bands, instead of stopping",
@@ -102,7 +108,12 @@ def evaluate_main(argv: list[str]) -> int:
         settings = ModelInput.from_datamodule(datamodule, overlap=args.overlap)
         if args.flips:
             settings = replace(settings, flips=tuple(args.flips))
-        predictors[f"model ({Path(args.ckpt).name})"] = ModelPredictor(model, settings, progress=not args.no_progress)
+        name = f"model ({Path(args.ckpt).name})"
+        predictors[name] = ModelPredictor(model, settings, progress=not args.no_progress)
+        if args.without_prior:
+            predictors[f"{name} without its prior"] = ModelPredictor(
+                model, settings, progress=not args.no_progress, prior=False
+            )
         average = average or getattr(model, "metric_average", None) or "global"
         source = {
             "recipe": args.config,

@@ -22,7 +22,8 @@ Shapes: B batch, C image channels, H×W image size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -68,6 +69,17 @@ class IndexPriorHead(MaskDecoder):
         self.register_buffer("channel_index", torch.tensor([int(i) for i in channels.values()]), persistent=False)
         self.weight = nn.Parameter(torch.full((len(channels),), float(weight)), requires_grad=learn_weight)
         self.in_channels, self.prompt_dim = decoder.in_channels, decoder.prompt_dim
+        self.prior_on = True
+
+    @contextmanager
+    def without_prior(self) -> Iterator[None]:
+        """Within it the head gives the wrapped decoder's logits alone, the residual the model learned
+        on the index + Otsu prior (``rsvlm evaluate --without-prior``)."""
+        previous, self.prior_on = self.prior_on, False
+        try:
+            yield
+        finally:
+            self.prior_on = previous
 
     @property
     def use_visual_prompts(self) -> bool:  # the wrapped decoder's switch, read and set through here
@@ -110,7 +122,7 @@ class IndexPriorHead(MaskDecoder):
         """``B×1×H×W`` logits: the decoder's plus :meth:`prior` of ``batch["image"]`` and
         ``batch["category"]`` (the decoder's alone without them)."""
         logits = self.decoder(feature_map, prompts, image_size, **kwargs)
-        if batch is None or "image" not in batch or "category" not in batch:
+        if not self.prior_on or batch is None or "image" not in batch or "category" not in batch:
             return logits
         image = batch["image"]
         if tuple(image.shape[-2:]) != tuple(logits.shape[-2:]):

@@ -16,6 +16,7 @@ the tile masks decoded, their logits stitched (cosine blend) and thresholded at 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -95,12 +96,23 @@ class ModelPredictor:
         model: a :class:`rsvlm.models.vlm.VisionLanguageModel` (weights loaded, any device).
         settings: how its data module feeds it (:class:`ModelInput`).
         progress: show a progress bar over the tiles of each image (stderr).
+        prior: False scores the decoder alone: an :class:`~rsvlm.heads.index_prior.IndexPriorHead`'s
+            logits without the index prior it adds (an error for a model without one).
     """
 
-    def __init__(self, model: Any, settings: ModelInput, progress: bool = False) -> None:
+    def __init__(self, model: Any, settings: ModelInput, progress: bool = False, prior: bool = True) -> None:
         self.model = model.eval()
         self.settings = settings
         self.progress = progress
+        self.prior = prior
+        from rsvlm.heads.index_prior import IndexPriorHead
+
+        decoder = getattr(model, "decoder", None)
+        if not prior and not isinstance(decoder, IndexPriorHead):
+            raise EvaluateError(
+                f"the model's decoder ({type(decoder).__name__}, field 'model.decoder') "
+                "has no index prior to leave out; --without-prior needs an IndexPriorHead"
+            )
 
     def __call__(self, item: LabelledImage, category: str) -> np.ndarray:
         from rsvlm.bridges.positions import with_response_suffix
@@ -118,7 +130,8 @@ class ModelPredictor:
         formatter = with_response_suffix(self.model.llm.formatter, self.model.positions.response_suffix)
         scene = Scene.of_size(*item.valid.shape)
         label = f"{category} {Path(item.path).name}" if self.progress else None
-        run_tiles(self.model, formatter, s.batch_size, [dataset], {item.path: scene}, label)
+        with nullcontext() if self.prior else self.model.decoder.without_prior():
+            run_tiles(self.model, formatter, s.batch_size, [dataset], {item.path: scene}, label)
         return (scene.stitcher.result() > 0) & item.valid
 
 

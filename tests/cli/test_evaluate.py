@@ -183,6 +183,16 @@ def test_a_band_the_model_needs_is_a_one_line_error(tiny, tmp_path, capsys):
     assert "skipped: " in capsys.readouterr().out
 
 
+def test_without_prior_on_a_model_without_one_is_a_one_line_error_naming_the_field(tiny, tmp_path, capsys):
+    recipe, ckpt = tiny
+    image_path, mask_path, _, _ = _scene(tmp_path, "plain")
+    args = ["evaluate", "--config", str(recipe), "--ckpt", str(ckpt), "--images", str(image_path)]
+    args += ["--masks", str(mask_path), "--category", "water", "--bands", "red,green,blue,nir", "--no-progress"]
+    assert main([*args, "--without-prior"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'model.decoder'" in err and "IndexPriorHead" in err
+
+
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real sample data not found at {SHARED_DATA} (../shared/data)")
 def test_shipped_real_data_baseline_equals_index_baseline_and_sklearn(tmp_path, capsys):
     out = tmp_path / "real.json"
@@ -266,13 +276,20 @@ def test_an_undecided_decoder_on_the_index_prior_scores_exactly_the_baseline(tmp
     torch.save({"state_dict": model.state_dict()}, ckpt)
     out = tmp_path / "rows.json"
     args = ["evaluate", "--config", str(recipe), "--ckpt", str(ckpt), "--real-data", str(SHARED_DATA)]
-    args += ["--flips", *flips] if flips else []
+    args += ["--flips", *flips] if flips else ["--without-prior"]
     assert main([*args, "--datasets", "chesapeake-naip-geobench", "--no-progress", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["flips"] == (flips or ["none"])
     rows = report["rows"]
     for category in ("water", "vegetation"):
-        model_row, baseline_row = (r for r in rows if r["category"] == category)
-        assert model_row["method"].startswith("model") and baseline_row["method"] == "index baseline"
+        by_method = {r["method"]: r for r in rows if r["category"] == category}
+        model_row, baseline_row = by_method["model (undecided.ckpt)"], by_method["index baseline"]
         counts = [(row["tp"], row["fp"], row["fn"], row["tn"]) for row in (model_row, baseline_row)]
         assert counts[0] == counts[1], (category, counts)
+        if not flips:  # the decoder alone answers 0 everywhere: it marks nothing
+            alone = by_method["model (undecided.ckpt) without its prior"]
+            assert (alone["tp"], alone["fp"]) == (0, 0)
+            assert alone["fn"] == baseline_row["tp"] + baseline_row["fn"]
+            assert alone["tn"] == baseline_row["fp"] + baseline_row["tn"]
+        else:
+            assert len(by_method) == 2

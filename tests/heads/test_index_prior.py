@@ -38,6 +38,23 @@ def test_logits_are_the_decoders_plus_the_weighted_prior_of_each_samples_categor
     torch.testing.assert_close(head(fmap, prompts, (16, 16)), plain)  # no batch: no prior
 
 
+def test_without_prior_gives_the_decoders_logits_alone_and_restores_the_prior_after():
+    decoder = _decoder()
+    head = IndexPriorHead(decoder, channels={"vegetation": 4, "water": 5}, weight=3.0).eval()
+    batch = _batch(["water", "vegetation"])
+    fmap, prompts = torch.randn(2, 8, 4, 4), torch.randn(2, 3, 32)
+    with torch.no_grad():
+        plain = decoder(fmap, prompts, (16, 16))
+        with head.without_prior():
+            alone = head(fmap, prompts, (16, 16), batch=batch)
+        with pytest.raises(RuntimeError), head.without_prior():
+            raise RuntimeError("a failing pass")
+        after = head(fmap, prompts, (16, 16), batch=batch)
+    torch.testing.assert_close(alone, plain)
+    expected = plain + 3.0 * (2 * torch.stack([batch["image"][0, 5], batch["image"][1, 4]])[:, None] - 1)
+    torch.testing.assert_close(after, expected)  # the prior is back, even after an exception
+
+
 def test_an_undecided_decoder_predicts_exactly_the_coarse_mask():
     """With the decoder's logits at 0, logits > 0 is the coarse mask: the index + Otsu baseline."""
     from skimage.filters import threshold_otsu
