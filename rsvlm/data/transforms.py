@@ -138,6 +138,13 @@ def needs_threshold(name: str) -> bool:
     return name.endswith(_CUT_SUFFIXES)
 
 
+def check_threshold_jitter(value: float, field: str) -> float:
+    """``value`` as a float if it is ≥ 0 (index units; NaN is not), else a one-line error naming ``field``."""
+    if not value >= 0:
+        raise ValueError(f"{field}: must be ≥ 0 (index units), got {value}")
+    return float(value)
+
+
 def check_index_channels(indices: Sequence[str]) -> tuple[str, ...]:
     """``indices`` as a tuple; a ValueError names the first that is neither an index of
     :data:`rsvlm.data.indices.INDEX_BANDS` nor one followed by :data:`OTSU_SUFFIX` or :data:`MARGIN_SUFFIX`."""
@@ -221,6 +228,7 @@ def with_index_channels(
     given = dict(thresholds or {})
     cuts = {**_otsu_cuts(maps, v, [n for n in indices if index_of_channel(n) not in given]), **given}
     shift = dict(offsets or {})
+    cuts = {base: cut + shift.get(base, 0.0) for base, cut in cuts.items()}
     channels = []
     for name in indices:
         base = index_of_channel(name)
@@ -228,9 +236,9 @@ def with_index_channels(
         if needs_threshold(name) and base not in cuts:
             values = np.zeros_like(values)
         elif name.endswith(OTSU_SUFFIX):
-            values = values > cuts[base] + shift.get(base, 0.0)
+            values = values > cuts[base]
         elif name.endswith(MARGIN_SUFFIX):
-            values = values - (cuts[base] + shift.get(base, 0.0))
+            values = values - cuts[base]
         channels.append(np.where(v, values, 0.0))
     extra = torch.from_numpy(np.stack(channels).astype(np.float32))
     return torch.cat([normalized.float(), extra], dim=0)

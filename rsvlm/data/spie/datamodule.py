@@ -28,7 +28,7 @@ from rsvlm.data.spie.dataset import SpieCollate, SpieDataset
 from rsvlm.data.spie.records import RecordError, SpieRecord, read_records, select_datasets
 from rsvlm.data.stats import load_stats, mean_std
 from rsvlm.data.tiling import check_flips
-from rsvlm.data.transforms import Normalization, check_index_channels, check_normalization
+from rsvlm.data.transforms import Normalization, check_index_channels, check_normalization, check_threshold_jitter
 
 
 class SpieDataModule(RsvlmDataModule):
@@ -158,9 +158,7 @@ class SpieDataModule(RsvlmDataModule):
         self.predict_flips = check_flips(predict_flips or ("none",), "SpieDataModule.predict_flips")
         self.prompts = prompts
         self.cache_images = check_memory_size(cache_images, "SpieDataModule.cache_images")
-        if not threshold_jitter >= 0:
-            raise ValueError(f"SpieDataModule.threshold_jitter: must be ≥ 0 (index units), got {threshold_jitter}")
-        self.threshold_jitter = float(threshold_jitter)
+        self.threshold_jitter = check_threshold_jitter(threshold_jitter, "SpieDataModule.threshold_jitter")
         self._mean = None
         self._std = None
 

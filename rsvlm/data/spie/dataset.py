@@ -34,6 +34,7 @@ from rsvlm.data.recent import RecentlyRead
 from rsvlm.data.spie.records import SpieRecord
 from rsvlm.data.transforms import (
     Normalization,
+    check_threshold_jitter,
     index_of_channel,
     needs_threshold,
     normalize_as,
@@ -96,9 +97,7 @@ class SpieDataset(Dataset):
         cache_images: int = 0,
         threshold_jitter: float = 0.0,
     ) -> None:
-        if not threshold_jitter >= 0:
-            raise ValueError(f"SpieDataset.threshold_jitter must be ≥ 0 (index units), got {threshold_jitter}")
-        self.threshold_jitter = float(threshold_jitter)
+        self.threshold_jitter = check_threshold_jitter(threshold_jitter, "SpieDataset.threshold_jitter")
         self.records = list(records)
         self.memory: RecentlyRead[Loaded] | None = RecentlyRead(cache_images) if cache_images > 0 else None
         self.index_channels = tuple(index_channels)
@@ -189,8 +188,8 @@ class SpieDataset(Dataset):
             return None
         # Its own stream, so turning jitter on leaves the flip/rot90 draws of the same seed alone.
         rng = np.random.default_rng([aug_seed, 1])
-        cut = dict.fromkeys(index_of_channel(n) for n in self.index_channels if needs_threshold(n))
-        return {name: float(rng.uniform(-self.threshold_jitter, self.threshold_jitter)) for name in cut}
+        indices = dict.fromkeys(index_of_channel(n) for n in self.index_channels if needs_threshold(n))
+        return {name: float(rng.uniform(-self.threshold_jitter, self.threshold_jitter)) for name in indices}
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, aug_seed = item if isinstance(item, tuple) else (item, None)

@@ -108,5 +108,5 @@ def test_the_draw_repeats_for_a_seed_changes_with_it_and_leaves_the_flips_alone(
 def test_a_negative_jitter_is_a_one_line_error_naming_the_field(generated):
     with pytest.raises(ValueError, match=r"^SpieDataModule\.threshold_jitter: [^\n]*$"):
         SpieDataModule(generate=generated, threshold_jitter=-0.1)
-    with pytest.raises(ValueError, match=r"^SpieDataset\.threshold_jitter [^\n]*$"):
+    with pytest.raises(ValueError, match=r"^SpieDataset\.threshold_jitter: [^\n]*$"):
         SpieDataset([], BANDS, np.zeros(4), np.ones(4), threshold_jitter=float("nan"))
