@@ -58,6 +58,30 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
     assert list(root.rglob("last.ckpt")), "no last checkpoint"
 
 
+def test_the_demo_recipe_on_two_ddp_processes_tests_and_leaves_one_record(tmp_path: Path, _offline_cache):
+    """`rsvlm fit` under DDP (2 CPU processes, gloo): after the test, every rank reaches the run
+    record's collective (the log folder is broadcast from rank 0), so the run ends cleanly and
+    rank 0 alone writes and announces metrics.json."""
+    root = tmp_path / "run"
+    result = fit_demo(
+        root,
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.generation.max_new_tokens=4",
+        "--data.init_args.generate.n_train=16",
+        "--data.init_args.generate.n_val=4",
+        "--data.init_args.generate.n_test=4",
+    )
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/F1"] <= 1.0
+    assert result.stdout.count("run record: ") == 1, result.stdout[-2000:]
+
+
 def test_a_short_demo_run_beats_trivial_predictors(tmp_path: Path, _offline_cache):
     """A short run of the demo recipe on one category (water), fixed seed, scored with the
     paper's generation protocol, must beat predicting everything or nothing on the same test

@@ -68,6 +68,8 @@ class RsvlmCLI(LightningCLI):
             print_group_table(metrics, getattr(self.model, "tasks", None))
 
     def _write_record(self, metrics: dict[str, Any]) -> None:
+        # Trainer.log_dir broadcasts from rank 0, so every rank asks before the others return.
+        log_dir = self.trainer.log_dir
         if not self.trainer.is_global_zero:
             return
         from rsvlm.experiments.runrecord import write_run_record
@@ -84,7 +86,7 @@ class RsvlmCLI(LightningCLI):
             extra["metric_average"] = self.model.metric_average
         config = self.parser.dump(self.config, skip_none=False) if self.config else None
         config_dict = _yaml_to_dict(config)
-        folders = [Path(self.trainer.log_dir or self.trainer.default_root_dir)]
+        folders = [Path(log_dir or self.trainer.default_root_dir)]
         root = Path(self.trainer.default_root_dir)
         # The run folder's own record is written once and never replaced (sweeps rely on it).
         if not (root / "metrics.json").exists():
