@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from rsvlm.contracts import RsvlmError
+from rsvlm.io.text import one_line
 
 TASKS = ("land-cover category", "free-text question", "referring expression")
 #: How a referring expression becomes the instruction (LISA / GeoPixel's wording).
@@ -25,10 +26,6 @@ PROMPT_TOOLS = ("point", "box")
 
 class AppError(RsvlmError, ValueError):
     """A request the page answers with a one-line message."""
-
-
-def one_line(message: str) -> str:
-    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def scene_bands(path: str, model_bands: Sequence[str]) -> tuple[str, ...] | None:

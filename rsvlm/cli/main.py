@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
+from rsvlm.io.text import one_line
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "RSVLM_DEBUG"
@@ -100,11 +102,6 @@ def is_rsvlm_error(exc: BaseException) -> bool:
     """
     contracts = sys.modules.get("rsvlm.contracts")
     return contracts is not None and isinstance(exc, contracts.RsvlmError)
-
-
-def one_line(message: str) -> str:
-    """``message`` with its lines stripped and joined by spaces (blank lines dropped)."""
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def dispatch(argv: list[str], from_command_line: bool = False) -> int:
