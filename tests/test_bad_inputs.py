@@ -274,41 +274,49 @@ RECIPE = {
 }
 
 
-def _parse(tmp_path: Path, recipe: dict, capsys) -> str:
+def _parse(tmp_path: Path, recipe: dict) -> Path:
+    """Write ``recipe`` to bad.yaml and parse it as ``rsvlm fit --config bad.yaml --print_config``."""
     from rsvlm.cli.lightning import run_lightning_cli
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    with pytest.raises(SystemExit) as exit_info:
-        run_lightning_cli(["fit", "--config", str(path), "--print_config"])
-    out = capsys.readouterr()
-    return f"{exit_info.value.code}\n{out.out}\n{out.err}"
+    run_lightning_cli(["fit", "--config", str(path), "--print_config"])
+    return path
 
 
 def test_the_recipe_itself_parses(tmp_path, capsys):
-    text = _parse(tmp_path, RECIPE, capsys)
-    assert text.startswith("0\n") and "TokenCompressionProjector" in text
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(tmp_path, RECIPE)
+    assert exit_info.value.code == 0 and "TokenCompressionProjector" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    "where,key",
+    "where,key,reason",
     [
-        (("data", "init_args"), "batch_sise"),
-        (("model", "init_args", "bridge", "init_args"), "num_tokenz"),
-        (("trainer",), "max_epoch"),
+        (("data", "init_args"), "batch_sise", "not an argument of rsvlm.data.spie.datamodule.SpieDataModule"),
+        (
+            ("model", "init_args", "bridge", "init_args"),
+            "num_tokenz",
+            "not an argument of rsvlm.bridges.tcp.TokenCompressionProjector",
+        ),
+        (("trainer",), "max_epoch", "not an accepted option"),
     ],
 )
-def test_a_misspelt_recipe_key_is_named(tmp_path, capsys, where, key):
+def test_a_misspelt_recipe_key_is_one_line_naming_the_file_and_field(tmp_path, where, key, reason):
     import copy
+
+    from rsvlm.io.recipe_errors import RecipeError
 
     recipe = copy.deepcopy(RECIPE)
     node = recipe
     for part in where:
         node = node[part]
     node[key] = 4
-    text = _parse(tmp_path, recipe, capsys)
-    assert not text.startswith("0\n")
-    assert key in text, text[-2000:]
+    field = ".".join([*where, key])
+    with pytest.raises(RecipeError) as error:
+        _parse(tmp_path, recipe)
+    assert str(error.value) == f"{tmp_path / 'bad.yaml'}: {field}: {reason}"
+    assert "\n" not in str(error.value)
 
 
 # ---------------------------------------------------------------------------- weights
@@ -348,6 +356,18 @@ def test_missing_resume_checkpoint(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"gone\.ckpt"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "gone.ckpt")
+
+
+def test_a_missing_checkpoint_given_to_rsvlm_is_one_line(tmp_path, capsys, monkeypatch):
+    from conftest import REPO
+
+    from rsvlm.cli.main import main
+
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    gone = tmp_path / "gone.ckpt"
+    recipe = REPO / "recipes" / "spex-demo-rgbn.yaml"
+    assert main(["evaluate", "--config", str(recipe), "--ckpt", str(gone), "--real-data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"rsvlm: error: checkpoint file not found: {gone}\n"
 
 
 # ---------------------------------------------------------------------------- pickles

@@ -9,13 +9,17 @@ and ``rsvlm table`` can collect them.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
+
+from rsvlm.io.recipe_errors import build_error, parse_error, recipe_sources
 
 
 class RsvlmCLI(LightningCLI):
@@ -24,6 +28,26 @@ class RsvlmCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse as LightningCLI does; a bad recipe is one :class:`RecipeError` naming the
+        recipe file and the field, not a page of usage text (the parser does not exit)."""
+        # Kept to name the recipe files in errors; LightningCLI reads sys.argv when args is None.
+        self._recipe_args = list(sys.argv[1:] if args is None else args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as exc:
+            raise parse_error(str(exc), recipe_sources(self._recipe_args)) from exc
+
+    def instantiate_classes(self) -> None:
+        """Build the recipe's components; a constructor that refuses its arguments (missing
+        weights, a band count it cannot take) is one :class:`RecipeError` naming the recipe
+        file, the component's field and its class."""
+        try:
+            super().instantiate_classes()
+        except Exception as exc:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            raise build_error(exc, config, recipe_sources(self._recipe_args)) from exc
 
     def _parse_ckpt_path(self) -> None:
         """The recipe and the command line define the model, also with ``--ckpt_path``.
@@ -153,4 +177,5 @@ def run_lightning_cli(args: list[str] | None) -> RsvlmCLI:
         subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": False},
+        parser_kwargs={"exit_on_error": False},
     )

@@ -64,8 +64,9 @@ Options of a recipe can be overridden on the command line, e.g.
   rsvlm fit --config recipes/spex-demo.yaml --model.init_args.bridge.init_args.num_tokens=2
 
 Errors:
-  rsvlm's own errors (wrong band count, unreadable raster, refused checkpoint, bad sweep, ...)
-  print one line, `rsvlm: error: MESSAGE`, and exit with status 2.
+  rsvlm's own errors (wrong band count, unreadable raster, refused checkpoint, bad sweep, a
+  recipe key, value or component that does not parse or build, ...) print one line,
+  `rsvlm: error: MESSAGE`, and exit with status 2.
   --debug (anywhere on the command line) or the environment variable RSVLM_DEBUG=1 shows the
   full traceback instead.
 """

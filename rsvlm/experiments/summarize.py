@@ -98,28 +98,31 @@ def _decoding(generation: dict[str, Any]) -> str:
 
 def build_on_meta(recipe: str | Path):
     """Instantiate the recipe's ``model`` section under ``torch.device("meta")``."""
+    from rsvlm.io.recipe_errors import RecipeError
+
     path = Path(recipe)
     if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} does not exist")
+        raise RecipeError(f"recipe {path} does not exist")
     config = yaml.safe_load(path.read_text()) or {}
     if "model" not in config:
-        raise KeyError(f"recipe {path} has no 'model' section")
-    return build_model_on_meta(config["model"])
+        raise RecipeError(f"recipe {path} has no 'model' section")
+    return build_model_on_meta(config["model"], where=str(path))
 
 
-def build_model_on_meta(model_config: dict[str, Any]):
-    """Instantiate a recipe's ``model`` section (``class_path`` + ``init_args``) under
-    ``torch.device("meta")``, without its weight sources (:func:`without_weights`)."""
+def build_model_on_meta(model_config: dict[str, Any], where: str = "recipe"):
+    """Instantiate a recipe's ``model`` section (``class_path`` + ``init_args``, read from
+    ``where``) under ``torch.device("meta")``, without its weight sources (:func:`without_weights`);
+    a section that does not parse or build is one :class:`~rsvlm.io.recipe_errors.RecipeError`."""
     import lightning as L
     import torch
     from jsonargparse import ArgumentParser
 
-    model_config = without_weights(model_config)
+    from rsvlm.io.recipe_errors import parse_and_build
+
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
-    parsed = parser.parse_object({"model": model_config})
     with torch.device("meta"):
-        return parser.instantiate_classes(parsed).model
+        return parse_and_build(parser, {"model": without_weights(model_config)}, where).model
 
 
 def without_weights(node: Any) -> Any:

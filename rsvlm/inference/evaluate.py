@@ -242,6 +242,8 @@ def build_from_config(config: dict[str, Any], where: str = "recipe") -> tuple[An
     import lightning as L
     from jsonargparse import ArgumentParser
 
+    from rsvlm.io.recipe_errors import parse_and_build
+
     missing = [k for k in ("model", "data") if k not in config]
     if missing:
         raise EvaluateError(f"recipe {where} has no {missing[0]!r} section")
@@ -251,5 +253,5 @@ def build_from_config(config: dict[str, Any], where: str = "recipe") -> tuple[An
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")
-    objects = parser.instantiate_classes(parser.parse_object({"model": config["model"], "data": config["data"]}))
+    objects = parse_and_build(parser, {"model": config["model"], "data": config["data"]}, str(where))
     return objects.model, objects.data

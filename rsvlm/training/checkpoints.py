@@ -38,6 +38,10 @@ class CheckpointError(RsvlmError, RuntimeError):
     """A checkpoint cannot be read, is refused, or does not fit the model (names file/component)."""
 
 
+class MissingCheckpointError(RsvlmError, FileNotFoundError):
+    """A checkpoint path names no file (``rsvlm`` prints it as one line)."""
+
+
 # ---------------------------------------------------------------------------- plain hparams
 def plain_hparams(value: Any) -> Any:
     """A copy of ``value`` made of types ``torch.load(weights_only=True)`` accepts.
@@ -94,13 +98,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """``torch.load(path, weights_only=True)`` with errors that name the file.
 
     Raises:
-        FileNotFoundError: no such file.
+        MissingCheckpointError: no such file (a ``FileNotFoundError``).
         CheckpointError: the file holds pickled objects other than tensors and plain containers
             (refused), or it is truncated / not a checkpoint.
     """
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise FileNotFoundError(f"checkpoint file not found: {p}")
+        raise MissingCheckpointError(f"checkpoint file not found: {p}")
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -146,7 +150,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointError(f"{type(self).__name__} does not load checkpoints with weights_only=False ({path})")
         fs = get_filesystem(path)
         if not fs.exists(path):
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
+            raise MissingCheckpointError(f"checkpoint file not found: {path}")
         if "://" in str(path) and not str(path).startswith("file://"):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return load_checkpoint(str(path).removeprefix("file://"), map_location=map_location or "cpu")
