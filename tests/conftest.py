@@ -161,7 +161,7 @@ def run_folder(tmp_path_factory) -> Path:
     config["data"]["init_args"].update(generate=None, stats=str(stats))
     config["model"]["init_args"]["generation"] = {"max_new_tokens": 8}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(0)  # no verbose= before Lightning 2.4 (the lower bound is 2.3)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     model = parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window as RioWindow
 
 from rsvlm.contracts import RsvlmError
@@ -152,7 +152,8 @@ def open_raster(path: str, failure: str) -> Iterator[Any]:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 yield src
-    except RasterioError as exc:
+    # RasterioIOError is a RasterioError only from rasterio 1.4; 1.3 raises it for a corrupt file.
+    except (RasterioError, RasterioIOError) as exc:
         raise RasterError(f"{failure}: {_reason(exc)}") from exc
 
 

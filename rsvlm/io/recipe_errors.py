@@ -210,6 +210,6 @@ def parse_and_build(parser: Any, config: Mapping[str, Any], where: str) -> Names
     except ArgumentError as exc:
         raise parse_error(str(exc), where) from exc
     try:
-        return parser.instantiate_classes(parsed)
+        return parser.instantiate(parsed)
     except Exception as exc:
         raise build_error(exc, parsed, where) from exc

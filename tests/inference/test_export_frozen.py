@@ -88,7 +88,7 @@ def frozen_run(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
     stats.write_text(json.dumps({"bands": {b: {"mean": 0.2, "std": 0.1} for b in BANDS}}))
     config = _recipe(root / "llm", stats)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    L.seed_everything(3, verbose=False)
+    L.seed_everything(3)  # no verbose= before Lightning 2.4 (the lower bound is 2.3)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     model = parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
