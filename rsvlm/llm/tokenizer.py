@@ -137,7 +137,8 @@ def build_bpe_tokenizer(
 
     The tokenizer is saved with ``save_pretrained`` so that ``AutoTokenizer.from_pretrained(folder)``
     loads it. When ``folder`` already holds the same build (checked by :func:`bpe_fingerprint`) it
-    is loaded instead of retrained; a stale build is replaced. Training is deterministic, so every
+    is loaded instead of retrained; a stale build, or one this transformers release cannot read
+    (saved by another), is replaced. Training is deterministic, so every
     process builds the same vocabulary, and the folder is written atomically, so concurrent
     builders (DataLoader workers, DDP ranks) never load a half-written one.
 
@@ -159,7 +160,12 @@ def build_bpe_tokenizer(
     marker = folder / DONE_MARKER
     fingerprint = bpe_fingerprint(corpus, vocab_size, individual_digits)
     if marker.is_file() and marker.read_text().strip() == fingerprint:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (ValueError, OSError, KeyError):
+            # Saved by another transformers release (5.x names a tokenizer class 4.x lacks):
+            # the build is deterministic, so it is rebuilt below with this one.
+            pass
     if folder.exists() and not marker.is_file() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists and is not a {label} tokenizer folder; choose an empty or new folder")
 

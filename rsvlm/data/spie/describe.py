@@ -368,6 +368,8 @@ class HFImageTextDescriber(ResponseGenerator):
         else:
             chat = f"{getattr(processor, 'image_token', '<image>')}\n{text}"
         inputs = processor(images=picture, text=chat, return_tensors="pt").to(self.device)
+        # Some processors return token_type_ids, which generate() refuses before transformers 5.
+        inputs.pop("token_type_ids", None)
         gen_kw = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample)
         if self.do_sample:
             gen_kw.update(temperature=self.temperature, top_p=self.top_p)

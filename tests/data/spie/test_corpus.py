@@ -112,6 +112,32 @@ def test_demo_tokenizer_is_deterministic_and_cached(tmp_path, tok_dir, monkeypat
         build_demo_tokenizer(tmp_path / "again")
 
 
+def test_a_cached_build_this_transformers_cannot_read_is_rebuilt(tmp_path, tok_dir, monkeypatch) -> None:
+    """A folder saved by another transformers release carries the right fingerprint but may not
+    load (4.x refuses the tokenizer class 5.x writes): it is rebuilt, identical to a fresh build."""
+    folder = tmp_path / "tok"
+    build_demo_tokenizer(folder)
+    load, train = AutoTokenizer.from_pretrained, bpe.train_bpe
+    loads: list[str] = []
+    trainings: list[int] = []
+
+    def refuses_first(path, *args, **kwargs):
+        loads.append(path)
+        if len(loads) == 1:
+            raise ValueError("Tokenizer class TokenizersBackend does not exist or is not currently imported.")
+        return load(path, *args, **kwargs)
+
+    def counted(*args, **kwargs):
+        trainings.append(1)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", refuses_first)
+    monkeypatch.setattr(bpe, "train_bpe", counted)
+    rebuilt = build_demo_tokenizer(folder)
+    assert len(trainings) == 1 and len(loads) == 2
+    assert rebuilt.get_vocab() == load(str(tok_dir)).get_vocab()
+
+
 def test_demo_tokenizer_writes_spie_text_compactly(tok_dir) -> None:
     """APG keys, the instruction's words and the describer's phrases are whole tokens."""
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
