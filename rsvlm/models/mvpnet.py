@@ -45,6 +45,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from rsvlm.contracts import ContractError, Encoder
 from rsvlm.heads.upernet import UperNetSegHead
 from rsvlm.models.base import ComposedModule, Link, OptimizerGroup
+from rsvlm.models.output_checks import check_finite_logits
 from rsvlm.training.image_logging import send_picture
 from rsvlm.training.metrics import METRIC_NAMES, BinarySegmentationMetrics
 from rsvlm.training.optim import OptimSettings
@@ -203,7 +204,7 @@ class MVPNet(ComposedModule):
         return loss
 
     def _evaluate(self, stage: str, batch: dict[str, Any]) -> torch.Tensor:
-        logits = self(batch["image"])
+        logits = check_finite_logits(self(batch["image"]), batch, what="class logits")  # argmax would pick a class
         target = self.targets(batch["classes"], batch.get("valid"))
         loss = self.loss(logits, target)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=target.shape[0], sync_dist=True)
@@ -248,8 +249,8 @@ class MVPNet(ComposedModule):
         self._log_epoch("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        """``classes`` ``B×H×W`` (argmax) and ``logits`` ``B×K×H×W``."""
-        logits = self(batch["image"])
+        """``classes`` ``B×H×W`` (argmax) and ``logits`` ``B×K×H×W`` (NaN/inf: an error)."""
+        logits = check_finite_logits(self(batch["image"]), batch, what="class logits")
         return {"classes": logits.argmax(dim=1), "logits": logits}
 
     # ------------------------------------------------------------------ pictures

@@ -46,6 +46,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from rsvlm.data.coords import parse_grounding
 from rsvlm.data.multitask.geometry import move_boxes
 from rsvlm.models.metric_groups import GroupedMetrics, MetricGroups, check_groups
+from rsvlm.models.output_checks import check_finite_masks
 from rsvlm.training.metrics import BinarySegmentationMetrics
 from rsvlm.training.metrics.answers import AnswerAccuracy
 from rsvlm.training.metrics.grounding import GroundingAccuracy, mask_boxes
@@ -267,7 +268,11 @@ class _BatchScores:
 def update_task_metrics(
     metrics: nn.ModuleDict, tasks: list[str], decoded: Mapping[str, Any], batch: Mapping[str, Any]
 ) -> None:
-    """Update each task's metric with its rows (a target's task is its sample's), and each group's."""
+    """Update each task's metric with its rows (a target's task is its sample's), and each group's.
+
+    Non-finite mask logits are an error (:mod:`rsvlm.models.output_checks`), not background."""
+    if "mask_logits" in decoded:
+        check_finite_masks(decoded, batch)
     sample_tasks = list(batch.get("task") or [tasks[0]] * batch["image"].shape[0])
     unknown = sorted(set(sample_tasks) - (set(metrics) - {GROUPED}))
     if unknown:

@@ -28,6 +28,7 @@ from rsvlm.bridges.positions import BridgePositions, ResponseTokens, with_respon
 from rsvlm.contracts import Bridge, ContractError, Encoder, FusedFeatures, Fusion, MaskDecoder
 from rsvlm.llm.generation import GenerationSettings
 from rsvlm.models.base import ComposedModule, Link, OptimizerGroup, StagePhase
+from rsvlm.models.output_checks import check_finite_masks
 from rsvlm.models.targets import decoded_targets
 from rsvlm.models.task_scoring import (
     MetricKind,
@@ -286,10 +287,10 @@ class VisionLanguageModel(ComposedModule):
         """Inference as in the paper: generate the response, read the positions among the
         generated tokens, decode the mask.
 
-        Returns ``mask_logits`` ``B×1×H×W``, the generated ``texts`` and their ``token_ids``.
+        Returns ``mask_logits`` ``B×1×H×W`` (NaN/inf: an error), the generated ``texts`` and their ``token_ids``.
         """
         fused, visual, decoder_map = self.encode_image(batch["image"], batch)
-        return self._generate_masks(batch, visual, decoder_map, fused)
+        return check_finite_masks(self._generate_masks(batch, visual, decoder_map, fused), batch)
 
     @torch.no_grad()
     def _generate_masks(

@@ -80,6 +80,26 @@ def test_loss_without_valid_pixels_is_zero_not_nan():
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
 
 
+def test_nan_class_logits_are_refused_in_test_and_predict_not_argmaxed():
+    from rsvlm.models.output_checks import NonFiniteOutputError
+
+    model = tiny_mvpnet().eval()
+    model.log = lambda *args, **kw: None  # no trainer in a unit test
+    batch = {
+        "image": torch.randn(2, BANDS, 32, 32),
+        "classes": torch.randint(0, 4, (2, 32, 32)),
+        "meta": [{"image": "a.tif"}, {"image": "b.tif"}],
+    }
+    assert model.predict_step(batch, 0)["logits"].isfinite().all()
+    batch["image"][1, :, 5, 5] = float("nan")  # one pixel spreads through the convolutions
+    with torch.no_grad():
+        with pytest.raises(NonFiniteOutputError, match=r"^class logits are NaN or infinite .* \(b\.tif\)"):
+            model.predict_step(batch, 0)
+        with pytest.raises(NonFiniteOutputError, match=r"\(b\.tif\)"):
+            model.test_step(batch, 0)
+    assert not any(m.update_called for m in model.metrics["test"].values())
+
+
 def test_assembly_errors_name_the_components():
     encoder = TimmEncoder(model_name=ENCODER, in_bands=BANDS)
     with pytest.raises(ContractError, match="UperNetSegHead"):
