@@ -33,11 +33,11 @@ class RsvlmCLI(LightningCLI):
         """Parse as LightningCLI does; a bad recipe is one :class:`RecipeError` naming the
         recipe file and the field, not a page of usage text (the parser does not exit)."""
         # Kept to name the recipe files in errors; LightningCLI reads sys.argv when args is None.
-        self._recipe_args = list(sys.argv[1:] if args is None else args)
+        self._recipe_sources = recipe_sources(list(sys.argv[1:] if args is None else args))
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as exc:
-            raise parse_error(str(exc), recipe_sources(self._recipe_args)) from exc
+            raise parse_error(str(exc), self._recipe_sources) from exc
 
     def instantiate_classes(self) -> None:
         """Build the recipe's components; a constructor that refuses its arguments (missing
@@ -47,7 +47,7 @@ class RsvlmCLI(LightningCLI):
             super().instantiate_classes()
         except Exception as exc:
             config = self.config[self.subcommand] if self.subcommand else self.config
-            raise build_error(exc, config, recipe_sources(self._recipe_args)) from exc
+            raise build_error(exc, config, self._recipe_sources) from exc
 
     def _parse_ckpt_path(self) -> None:
         """The recipe and the command line define the model, also with ``--ckpt_path``.
