@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from rsvlm.contracts import RsvlmError
+from rsvlm.io.text import without_styling
 
 #: Keys under which training scripts nest the weights (Lightning, mmseg/mmdet, classification
 #: releases, DataParallel dumps), tried in this order while the top level holds no tensor.
@@ -123,7 +124,7 @@ def read_state_dict(path: str | Path, owner: str, missing_hint: str = "") -> dic
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as err:  # an unpickling refusal or a truncated file: name the file
-            reason = (str(err).strip().splitlines() or [""])[0]
+            reason = (without_styling(err).strip().splitlines() or [""])[0]
             raise StateDictError(
                 f"{owner}: {file} could not be read with torch.load(weights_only=True) "
                 f"({type(err).__name__}: {reason}). Re-save only its state dict "
