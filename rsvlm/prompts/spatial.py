@@ -72,7 +72,6 @@ class SpatialAwarePromptEncoder(PromptEncoder):
             their norm), which marks no place for the fusion to find. Off: the paper's plain SAE.
     """
 
-    # "dense" is not yet in the base class' Literal (contracts.py is edited separately).
     mode: ClassVar[Literal["dense"]] = "dense"
     tokens_per_prompt: ClassVar[int] = 0  # dense: the prompts add no LLM tokens
 
