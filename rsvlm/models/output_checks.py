@@ -18,6 +18,7 @@ import torch
 from einops import reduce
 
 from rsvlm.contracts import RsvlmError
+from rsvlm.training.callbacks import sample_file
 
 Decoded = TypeVar("Decoded", bound=Mapping[str, Any])
 
@@ -31,9 +32,10 @@ def describe_sample(batch: Mapping[str, Any], index: int) -> str:
     flip where the meta has them, else its index."""
     meta = batch.get("meta")
     entry = meta[index] if isinstance(meta, Sequence) and index < len(meta) else None
-    if not isinstance(entry, Mapping) or not (entry.get("image") or entry.get("path")):
+    file = sample_file(entry)
+    if file is None:
         return f"sample {index} of the batch"
-    parts = [str(entry.get("image") or entry.get("path"))]
+    parts = [file]
     if entry.get("window") is not None:
         parts.append(f"window {list(entry['window'])}")
     if entry.get("flip") not in (None, "none"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -30,14 +31,20 @@ class NonFiniteLossError(RsvlmError, RuntimeError):
     """The training loss became NaN or infinite (names the step, the batch and its files)."""
 
 
+def sample_file(entry: Any) -> str | None:
+    """The file of one sample's meta in the datamodule contract (``image``, else ``path``), or None."""
+    if not isinstance(entry, Mapping):
+        return None
+    file = entry.get("image") or entry.get("path")
+    return str(file) if file else None
+
+
 def describe_batch(batch: Any, limit: int = 4) -> str:
     """The files of a batch in the datamodule contract (``meta[i]["image"]``), for messages."""
     meta = batch.get("meta") if isinstance(batch, dict) else None
     if not meta:
         return "no file information in the batch"
-    paths = [
-        str(m.get("image") or m.get("path")) for m in meta if isinstance(m, dict) and (m.get("image") or m.get("path"))
-    ]
+    paths = [file for file in map(sample_file, meta) if file]
     if not paths:
         return "no file information in the batch"
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""

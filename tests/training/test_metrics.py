@@ -81,12 +81,8 @@ def test_counts_are_summed_states_for_ddp():
     for i, (logits, target, valid) in enumerate(_batches(5)):
         (a if i % 2 else b).update(logits, target, valid)
         whole.update(logits, target, valid)
-    for name in (
-        "tp",
-        "fp",
-        "tn",
-        "fn",
-    ):  # the two ranks' states summed as DDP does (not every supported torchmetrics has merge_state)
+    # The two ranks' states summed as DDP does (not every supported torchmetrics has merge_state).
+    for name in ("tp", "fp", "tn", "fn"):
         setattr(a, name, dim_zero_sum(torch.stack([getattr(a, name), getattr(b, name)])))
     for name in METRIC_NAMES:
         assert a.compute()[name].item() == pytest.approx(whole.compute()[name].item())

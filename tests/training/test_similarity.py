@@ -107,9 +107,8 @@ def test_merged_states_equal_one_metric_over_all(sentence_model):
     # What the DDP reduction does: each state summed over the processes.
     summed = {name: getattr(first, name) + getattr(second, name) for name in ("cosine", "count")}
     assert float(summed["cosine"] / summed["count"]) == pytest.approx(float(whole.compute()), rel=1e-6)
-    if hasattr(
-        first, "merge_state"
-    ):  # not in every supported torchmetrics; the sums above are what DDP does either way
+    # merge_state is not in every supported torchmetrics; the sums above are what DDP does either way.
+    if hasattr(first, "merge_state"):
         first.merge_state(second)
         assert float(first.compute()) == pytest.approx(float(whole.compute()), rel=1e-6)
 
