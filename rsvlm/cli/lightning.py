@@ -108,8 +108,7 @@ class RsvlmCLI(LightningCLI):
         # How the segmentation scores were averaged (per image or global), for `rsvlm table`.
         if isinstance(getattr(self.model, "metric_average", None), str):
             extra["metric_average"] = self.model.metric_average
-        config = self.parser.dump(self.config, skip_none=False) if self.config else None
-        config_dict = _yaml_to_dict(config)
+        config_dict = parsed_config(self.parser, self.config)
         folders = [Path(log_dir or self.trainer.default_root_dir)]
         root = Path(self.trainer.default_root_dir)
         # The run folder's own record is written once and never replaced (sweeps rely on it).
@@ -138,12 +137,15 @@ def next_version(folder: Path) -> int:
     return max(taken, default=-1) + 1
 
 
-def _yaml_to_dict(text: str | None) -> dict | None:
-    if text is None:
+def parsed_config(parser, config) -> dict | None:
+    """The run's whole configuration as plain data (defaults and ``None`` values included), for the
+    run record's ``config.parsed.yaml``; ``None`` without a configuration."""
+    if not config:
         return None
     import yaml
 
-    return yaml.safe_load(text)
+    # skip_unset, not skip_none: jsonargparse deprecated the latter in 4.49 and drops it in 5.0.
+    return yaml.safe_load(parser.dump(config, skip_unset=False))
 
 
 def _has_test_data(datamodule) -> bool:

@@ -57,3 +57,31 @@ def test_summarize_paper_recipe_on_meta_device():
     table = summary_table(model, title="spex")
     assert "| llm | CausalLM | 1.546 B |" in table
     assert "InternImageEncoder" in table
+
+
+def test_run_record_config_keeps_none_values_without_deprecated_dump_arguments(monkeypatch):
+    import warnings
+
+    import lightning as L
+    from jsonargparse._deprecated import JsonargparseDeprecationWarning
+
+    from rsvlm.cli.lightning import RsvlmCLI, parsed_config
+
+    monkeypatch.setattr(sys, "argv", ["rsvlm"])  # pytest's own arguments are not the CLI's
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # not only each kind's first
+    cli = RsvlmCLI(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        args=["--config", str(REPO / "recipes" / "spex-demo.yaml")],
+    )
+    with warnings.catch_warnings():
+        # the suite ignores DeprecationWarning; here a deprecated dump argument is an error
+        warnings.simplefilter("error", JsonargparseDeprecationWarning)
+        config = parsed_config(cli.parser, cli.config)
+    assert config["seed_everything"] == 0
+    assert config["model"]["init_args"]["encoder"]["init_args"]["model_name"] == "resnet18"
+    assert "max_steps" in config["trainer"] and config["trainer"]["max_time"] is None  # None entries kept
+    assert parsed_config(cli.parser, None) is None
