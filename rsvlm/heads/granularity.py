@@ -18,6 +18,7 @@ from torch import nn
 
 from rsvlm.io.state_dicts import check_state_dict, read_state_dict
 from rsvlm.llm.loading import on_meta_device
+from rsvlm.llm.tokenizer import TokenizerSource
 
 LABELS: tuple[str, ...] = ("image", "region", "pixel")
 
@@ -44,7 +45,7 @@ class TaskGranularityClassifier(nn.Module):
     def __init__(
         self,
         text_encoder: str | dict[str, Any] = "bert-base-uncased",
-        tokenizer: Any = None,
+        tokenizer: str | TokenizerSource | None = None,
         hidden_dims: list[int] = [256, 128],
         labels: list[str] = list(LABELS),
         pooling: Literal["cls", "mean"] = "cls",
