@@ -57,6 +57,17 @@ def test_a_command_line_override_of_the_wrong_type_names_the_field_and_the_value
     assert message == f"{RECIPE}: trainer.max_epochs: Expected a <class 'int'> (given: abc)"
 
 
+@pytest.mark.parametrize("recipe", ["geomag-demo.yaml", "earthgptx-demo.yaml"])
+def test_a_generated_scene_setting_of_the_wrong_type_names_the_field(recipe):
+    # The scene preparers' fields once resolved to "any value" (their base's postponed ClassVar
+    # annotations), so a wrong type went through to a TypeError deep in the generator.
+    path = REPO / "recipes" / recipe
+    field = "data.init_args.generate.init_args.n_train"
+    message = _error(["fit", "--config", str(path), f"--{field}", "many", "--print_config"])
+    assert message.startswith(f"{path}: {field}: "), message
+    assert "many" in message
+
+
 def test_an_unknown_component_inside_a_wrapper_names_the_inner_field():
     override = ["--model.init_args.decoder.init_args.decoder.class_path", "rsvlm.heads.nope.Nope"]
     message = _error(["fit", "--config", str(RECIPE), *override, "--print_config"])

@@ -10,8 +10,9 @@ multisource scenes, the Sen1Floods11 conversion) share one layout::
 class attributes and defines :meth:`KeyedBuild.settings`.
 """
 
-from __future__ import annotations
-
+# No postponed annotations here: jsonargparse resolves a preparer's field types with its own
+# module's globals, where a string "ClassVar[str]" from this base would not resolve, and then it
+# takes every field of the preparer as Unvalidated (any value accepted, tuples dumped as lists).
 import hashlib
 import json
 import os
