@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from rsvlm.io.recipe_errors import build_error, parse_error, recipe_sources
@@ -137,7 +137,7 @@ def next_version(folder: Path) -> int:
     return max(taken, default=-1) + 1
 
 
-def parsed_config(parser, config) -> dict | None:
+def parsed_config(parser: ArgumentParser, config: Namespace | None) -> dict | None:
     """The run's whole configuration as plain data (defaults and ``None`` values included), for the
     run record's ``config.parsed.yaml``; ``None`` without a configuration."""
     if not config:
