@@ -32,6 +32,26 @@ def quiet_trainer(**kwargs):
     return pl.Trainer(**{**settings, **kwargs})
 
 
+def recipe_cli(monkeypatch, recipe: str):
+    """rsvlm's CLI with ``recipes/<recipe>`` parsed and its model and datamodule built, as
+    ``rsvlm fit`` builds them, but not run."""
+    import sys
+
+    import lightning as L
+
+    from rsvlm.cli.lightning import RsvlmCLI
+
+    monkeypatch.setattr(sys, "argv", ["rsvlm"])  # pytest's own arguments are not the CLI's
+    return RsvlmCLI(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        args=["--config", str(REPO / "recipes" / recipe)],
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline_cache(tmp_path_factory):
     """Keep every cache (demo tokenizer, generated data) inside the test session and offline."""

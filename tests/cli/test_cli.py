@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, recipe_cli
 
 from rsvlm.experiments.summarize import build_on_meta, summary_table, without_weights
 
@@ -63,21 +63,12 @@ def test_summarize_paper_recipe_on_meta_device():
 def test_run_record_config_keeps_none_values_without_deprecated_dump_arguments(monkeypatch):
     import warnings
 
-    import lightning as L
     from jsonargparse._deprecated import JsonargparseDeprecationWarning
 
-    from rsvlm.cli.lightning import RsvlmCLI, parsed_config
+    from rsvlm.cli.lightning import parsed_config
 
-    monkeypatch.setattr(sys, "argv", ["rsvlm"])  # pytest's own arguments are not the CLI's
     monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")  # not only each kind's first
-    cli = RsvlmCLI(
-        model_class=L.LightningModule,
-        datamodule_class=L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=["--config", str(REPO / "recipes" / "spex-demo.yaml")],
-    )
+    cli = recipe_cli(monkeypatch, "spex-demo.yaml")
     with warnings.catch_warnings():
         # the suite ignores DeprecationWarning; here a deprecated dump argument is an error
         warnings.simplefilter("error", JsonargparseDeprecationWarning)
@@ -108,24 +99,15 @@ def test_demo_recipes_build_and_dump_without_jsonargparse_warnings_of_our_own(re
     (the generated-scene preparers' were, all of them) accepts anything and dumps tuples as lists."""
     import warnings
 
-    import lightning as L
     from jsonargparse._deprecated import JsonargparseDeprecationWarning
     from jsonargparse._util import JsonargparseWarning
 
-    from rsvlm.cli.lightning import RsvlmCLI, parsed_config
+    from rsvlm.cli.lightning import parsed_config
 
-    monkeypatch.setattr(sys, "argv", ["rsvlm"])
     monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cli = RsvlmCLI(
-            model_class=L.LightningModule,
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            run=False,
-            args=["--config", str(REPO / "recipes" / recipe)],
-        )
+        cli = recipe_cli(monkeypatch, recipe)
         parsed_config(cli.parser, cli.config)
     ours = [
         f"{w.filename}:{w.lineno}: {str(w.message).strip()}"

@@ -18,7 +18,13 @@ from jsonargparse import ArgumentError
 from rsvlm.cli.lightning import run_lightning_cli
 from rsvlm.cli.main import main
 from rsvlm.fusion.msam import MSAM
-from rsvlm.io.recipe_errors import RecipeError, condense_parse_error, constructor_exception, recipe_sources
+from rsvlm.io.recipe_errors import (
+    RecipeError,
+    class_paths,
+    condense_parse_error,
+    constructor_exception,
+    recipe_sources,
+)
 
 RECIPE = REPO / "recipes" / "spex-demo.yaml"
 
@@ -165,18 +171,6 @@ def test_parse_and_build_names_the_component_and_keeps_its_own_exception():
         parse_and_build(parser, {"part": {"class_path": path, "init_args": {"size": "big"}}}, "r.yaml")
 
 
-def _class_paths(node, found: set[str]) -> set[str]:
-    if isinstance(node, dict):
-        if isinstance(node.get("class_path"), str):
-            found.add(node["class_path"])
-        for value in node.values():
-            _class_paths(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            _class_paths(value, found)
-    return found
-
-
 def test_every_component_a_shipped_recipe_names_has_arguments_jsonargparse_validates():
     """An annotation jsonargparse cannot resolve makes the argument Unvalidated: any value passes the
     recipe and fails (or not) somewhere inside the component, with no field named."""
@@ -184,12 +178,14 @@ def test_every_component_a_shipped_recipe_names_has_arguments_jsonargparse_valid
 
     from jsonargparse import ArgumentParser
 
-    class_paths: set[str] = set()
-    for recipe in sorted((REPO / "recipes").rglob("*.yaml")):
-        _class_paths(yaml.safe_load(recipe.read_text()), class_paths)
-    assert len(class_paths) > 30  # components, callbacks, datamodules, the generated-scene preparers
+    named = {
+        path
+        for recipe in (REPO / "recipes").rglob("*.yaml")
+        for _, path in class_paths(yaml.safe_load(recipe.read_text()))
+    }
+    assert len(named) > 30  # components, callbacks, datamodules, the generated-scene preparers
     unvalidated = {}
-    for class_path in sorted(class_paths):
+    for class_path in sorted(named):
         module, name = class_path.rsplit(".", 1)
         parser = ArgumentParser(exit_on_error=False)
         parser.add_class_arguments(getattr(importlib.import_module(module), name), "x", fail_untyped=False)

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, recipe_cli
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
 from rsvlm.contracts import ContractError
@@ -374,22 +374,12 @@ def test_recipes_wire_up(monkeypatch):
     """The demo recipe builds (encoder widths = head widths) and the paper recipe parses."""
     import contextlib
     import io
-    import sys
 
     import lightning as L
 
     from rsvlm.cli.lightning import RsvlmCLI
 
-    monkeypatch.setattr(sys, "argv", ["rsvlm"])  # pytest's own arguments are not the CLI's
-
-    cli = RsvlmCLI(
-        model_class=L.LightningModule,
-        datamodule_class=L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=["--config", str(REPO / "recipes" / "mvpnet-demo.yaml")],
-    )
+    cli = recipe_cli(monkeypatch, "mvpnet-demo.yaml")
     assert isinstance(cli.model, MVPNet) and cli.model.encoder.in_bands == cli.datamodule.num_bands
     assert cli.model.class_names == cli.datamodule.class_names
     out = io.StringIO()
