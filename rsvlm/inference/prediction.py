@@ -67,6 +67,8 @@ class Prediction:
         (:func:`~rsvlm.inference.tile_outputs.segmented_groundings`); empty for answers without any."""
         found = []
         for meta, logits, _, text in self.tiles:
+            if meta.get("flip", "none") != "none":  # a mirrored pass's text places boxes in the mirror image
+                continue
             row, col, h, w = (int(v) for v in meta.get("window", (0, 0, *logits.shape[-2:])))
             found += answer_groundings(meta, logits.shape[-2:], text, np.asarray(logits)[:h, :w], (row, col))
         return found

@@ -122,8 +122,8 @@ def run_tiles(
     inference) and add each to its scene in ``scenes`` (keyed by ``meta["image"]``).
 
     A tile read in several test-time flips (``meta["flip"]``) is mirrored back before it is
-    stitched, so the scene holds the mean of its passes; the texts and tiles kept are the
-    unflipped pass's.
+    stitched, so the scene holds the mean of its passes; the texts kept are the unflipped pass's,
+    the tiles every pass's (``Prediction.save`` hands them to the writer, which needs them all).
 
     Args:
         progress: the progress bar's label (None: no bar).
@@ -149,8 +149,8 @@ def run_tiles(
                     r, c, h, w = window
                     scene.stitcher.add(window, tile_logits)
                     scene.covered[r : r + h, c : c + w] |= tile_valid.numpy()
+                    scene.tiles.append((meta, logits[i, 0], valid, out["texts"][i]))
                     if meta.get("flip", "none") == "none":  # a flipped pass's text describes the mirror image
-                        scene.tiles.append((meta, logits[i, 0], valid, out["texts"][i]))
                         scene.texts.append(out["texts"][i])
                 bar.update(len(batch["meta"]))
     bar.close()

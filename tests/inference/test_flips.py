@@ -102,7 +102,8 @@ def test_run_tiles_averages_the_mirrored_back_passes_and_keeps_the_unflipped_tex
         scene = Scene.of_size(40, 48)
         run_tiles(model, model.llm.formatter, 3, [dataset], {"s": scene})
         assert scene.texts == ["none"] * len(tile_windows(40, 48, TILE, OVERLAP))
-        assert [t[0]["flip"] for t in scene.tiles] == ["none"] * len(scene.texts)
+        # every pass is kept (Prediction.save hands them to the writer); the texts are the unflipped pass's
+        assert sorted(t[0]["flip"] for t in scene.tiles) == sorted(list(flips) * len(scene.texts))
         results[flips] = scene.stitcher.result()
     np.testing.assert_allclose(results[ALL_FLIPS], _expected_scene_logits(dataset, 40, 48), atol=1e-5)
     # One pass keeps the ramp where it was, so the averaging is what changed the result.
@@ -200,3 +201,24 @@ def test_a_scene_starting_with_nodata_is_checked_for_valid_pixels_once_not_per_c
     # The search reads windows up to the first with data, once for the scene.
     searched = next(i for i, (r, c, h, w) in enumerate(windows) if valid[r : r + h, c : c + w].any()) + 1
     assert CountingReads.reads == len(dataset) + searched
+
+
+def test_a_prediction_with_flips_saves_the_mask_it_holds(run_folder, scene, tmp_path):
+    """``Prediction.save`` hands every pass to the writer, which writes a scene once all have come."""
+    import shutil
+
+    import yaml
+
+    import rsvlm
+
+    run = tmp_path / "run"
+    shutil.copytree(run_folder, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["init_args"]["predict_flips"] = list(ALL_FLIPS)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    result = rsvlm.load(run).predict(str(scene), category="water")
+    paths = result.save(tmp_path / "out")
+    with rasterio.open(paths["mask"]) as src:
+        np.testing.assert_array_equal(src.read(1).astype(bool), result.mask)
+    described = [t["description"] for t in json.loads(paths["json"].read_text())["tiles"]]
+    assert described == result.texts and len(result.tiles) == len(ALL_FLIPS) * len(result.texts) > 0
