@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["optical", "sar", "infrared"],
         help="the images' modality, for models with per-modality stems (EarthGPT-X); default optical",
     )
+    parser.add_argument(
+        "--bands",
+        default=None,
+        metavar="NAMES",
+        help="the images' bands in file order, a preset (sentinel2, naip, landsat8) or comma-separated names, "
+        "for a tile model (SPEX) whose bands the files hold in another order or among others; "
+        "default: each file's band descriptions when they are band names",
+    )
     prompts = parser.add_argument_group("visual prompts (a model that reads them; each applies to every image)")
     prompts.add_argument(
         "--point",
@@ -87,6 +95,8 @@ def ask_main(argv: list[str]) -> int:
     options = {"granularity": args.granularity} if model.whole_image else {}
     if args.modality is not None:  # a tile model refuses it in one line (PredictError)
         options["modality"] = args.modality
+    if args.bands is not None:  # a whole-image model refuses it in one line (PredictError)
+        options["bands"] = args.bands
     if placed:  # prompts in each image's own pixels: one image at a time
         results = [
             model.predict(image, instruction=args.question, progress=True, **options, **prompts.arguments())

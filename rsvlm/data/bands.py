@@ -237,6 +237,23 @@ PRESETS: dict[str, BandSpec] = {
 }
 
 
+def described_bands(descriptions: Sequence[str | None]) -> BandSpec | None:
+    """The bands a raster's band descriptions name, when they name them all.
+
+    GeoTIFFs rsvlm writes describe each band by its name, and so do many exports (``"Red"``,
+    ``"NIR"``); names are matched case-insensitively against :data:`CANONICAL_BANDS`. A file
+    with a band undescribed, a description that is not a band name (Sen1Floods11's ``"B8A"``)
+    or a name given twice is not trusted: None.
+
+    Args:
+        descriptions: one entry per band, in file order (rasterio's ``src.descriptions``).
+    """
+    names = tuple((d or "").strip().lower() for d in descriptions)
+    if not names or not all(n in CANONICAL_BANDS for n in names) or len(set(names)) != len(names):
+        return None
+    return BandSpec(names)
+
+
 def band_spec(name_or_list: str | Sequence[str] | BandSpec) -> BandSpec:
     """Build a :class:`BandSpec` from a preset name, a list of band names or a spec.
 

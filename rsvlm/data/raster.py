@@ -158,13 +158,15 @@ def open_raster(path: str, failure: str) -> Iterator[Any]:
 
 
 def read_window(
-    path: PathLike, window: Window | None = None
+    path: PathLike, window: Window | None = None, indexes: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, Any, Affine | None, float | None]:
     """Read a whole raster file or one window of it.
 
     Args:
         path: the raster.
         window: ``(row, col, h, w)`` in pixels, or None for the whole file.
+        indexes: the bands to read, 1-based as in GDAL, in the order wanted (None: all of them);
+            ``C`` below is their number, and only their masks decide validity.
 
     Returns:
         ``(data, valid, crs, transform, nodata)``: float32 C×h×w (complex → amplitude), bool
@@ -179,8 +181,9 @@ def read_window(
     where = "" if window is None else f" window {list(window)}"
     with open_raster(p, f"cannot read raster {p}{where}") as src:
         win = None if window is None else RioWindow(window[1], window[0], window[3], window[2])
-        raw = src.read(window=win)
-        masks = src.read_masks(window=win)
+        bands = None if indexes is None else [int(i) for i in indexes]
+        raw = src.read(bands, window=win)
+        masks = src.read_masks(bands, window=win)
         # The window shares the file's pixel size; its origin is the window's corner.
         transform = src.transform if win is None else src.transform @ Affine.translation(win.col_off, win.row_off)
         crs, transform = _georef(src.crs, transform)
@@ -201,10 +204,11 @@ class RasterHeader:
     width: int
     crs: Any
     transform: Affine | None
+    descriptions: tuple[str | None, ...] = ()
 
 
 def read_header(path: PathLike) -> RasterHeader:
-    """Band count, size and georeferencing of a raster file (pixels are not read).
+    """Band count, size, georeferencing and band descriptions of a raster file (pixels are not read).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -214,7 +218,8 @@ def read_header(path: PathLike) -> RasterHeader:
     with open_raster(p, f"cannot open raster {p}") as src:
         count, height, width = src.count, src.height, src.width
         crs, transform = _georef(src.crs, src.transform)
-    return RasterHeader(p, count, height, width, crs, transform)
+        descriptions = tuple(src.descriptions)
+    return RasterHeader(p, count, height, width, crs, transform, descriptions)
 
 
 def georef_meta(crs: Any, transform: Affine | None) -> dict[str, Any]:

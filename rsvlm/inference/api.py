@@ -10,7 +10,9 @@ mask and the georeferencing. ``Prediction.save(folder)`` writes the files ``rsvl
 writer writes (the same bytes for the same GeoTIFF); ``Prediction.show()`` returns the overlay.
 
 Images: a raster path (GeoTIFF, PNG, JPEG: anything rasterio reads), or a ``C×H×W`` NumPy array
-or tensor in the model's band order (or ``bands=`` names to pick them from).
+or tensor in the model's band order. Whatever its bands, ``bands=`` names them (a preset such as
+``"sentinel2"`` or a list) and the model's are picked by name; a file whose band descriptions are
+band names (as rsvlm writes them) needs no ``bands=``.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class Predictor:
         image: ImageLike | Sequence[ImageLike],
         category: str | None = None,
         instruction: str | None = None,
-        bands: Sequence[str] | None = None,
+        bands: Sequence[str] | str | None = None,
         points: Sequence[Sequence[float]] | None = None,
         boxes: Sequence[Sequence[float]] | None = None,
         scribble: Sequence[Sequence[Sequence[float]]] | None = None,
@@ -115,7 +117,10 @@ class Predictor:
                 visual prompts, on a model trained on prompted extraction: its template, "Segment the
                 water region marked by Region 1.").
             instruction: your own instruction instead of the APG one (``category`` optional).
-            bands: names of an array's bands (default: the model's, in its order).
+            bands: the image's bands in its order, a preset (``"sentinel2"``, ``"naip"``) or a list of
+                names, when they are not the model's in the model's order (a 13-band Sentinel-2 file
+                for a 4-band model): the model's are picked by name. Default: a file's band
+                descriptions when they are band names, else the model's bands.
             points: ``[[x, y], ...]`` (or ``[x, y, label]``, label 0 for background) in the image's
                 pixels (x right, y down; the centre of pixel column j is x = j + 0.5).
             boxes: ``[[x0, y0, x1, y1], ...]`` in pixels (edges).
@@ -176,6 +181,11 @@ class Predictor:
         if self.whole_image:
             from rsvlm.inference.whole_image import predict_whole_images
 
+            if bands is not None:
+                raise PredictError(
+                    f"predict: bands= is for tile models (SPEX); {self.source or 'this model'} takes an image in its "
+                    "recipe's bands (or, with modality=, in that modality's own)"
+                )
             if instruction is None:
                 raise PredictError(f"{self.source or 'this model'} answers questions: give instruction=")
             results = predict_whole_images(

@@ -55,7 +55,8 @@ def model_card(marker: dict[str, Any], recipe: dict[str, Any], model: Any) -> st
         "",
         "## Inputs",
         "",
-        f"- bands, in order: {', '.join(marker['bands'])} (picked by name from a GeoTIFF's band descriptions)",
+        f"- bands, in order: {', '.join(marker['bands'])} (read by name from a GeoTIFF's band descriptions, "
+        "or name its bands: `predict(..., bands='sentinel2')`)",
         f"- normalisation: `{marker['normalization']}`"
         + (f", plus index channels {', '.join(marker['index_channels'])}" if marker.get("index_channels") else ""),
         f"- tiles of {marker['tile']} px; larger images are tiled with overlap and stitched",

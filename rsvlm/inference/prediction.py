@@ -33,6 +33,8 @@ class Prediction:
         valid: ``H×W`` bool, pixels with data.
         crs, transform: the input's georeferencing (None for arrays and plain pictures).
         bands: the model's band names.
+        image_bands: the input file's band names in file order, which its overlay is drawn from
+            (empty: the model's ``bands``).
         threshold: the probability threshold.
         prompts: the visual prompts asked with (:class:`rsvlm.data.visual_prompts.VisualPrompt`, in
             the image's pixels), drawn on the overlay.
@@ -51,6 +53,7 @@ class Prediction:
     bands: tuple[str, ...]
     threshold: float
     pixels: np.ndarray | None = None
+    image_bands: tuple[str, ...] = ()
     tiles: list[tuple[dict, Any, Any, str]] = field(default_factory=list, repr=False)
     prompts: list[Any] = field(default_factory=list, repr=False)
 
@@ -81,7 +84,7 @@ class Prediction:
         from rsvlm.io.pictures import composite_or_stretch, overlay
 
         if self.pixels is None:
-            picture = overlay_picture(self.image, self.mask, self.bands, composite_kind=composite)
+            picture = overlay_picture(self.image, self.mask, self.image_bands or self.bands, composite_kind=composite)
         else:
             rgb = composite_or_stretch(np.where(self.valid[None], self.pixels, np.nan), self.bands, composite)
             picture = overlay(rgb, self.mask, color=(255, 0, 0), alpha=0.45)

@@ -52,8 +52,10 @@ class _WithPrompts(Dataset):
         return sample
 
 
-def _as_array(image: Any, model_bands: Sequence[str], bands: Sequence[str] | None) -> np.ndarray:
-    """A ``C×H×W`` float32 array in the model's band order."""
+def _as_array(image: Any, model_bands: Sequence[str], bands: Sequence[str] | str | None) -> np.ndarray:
+    """A ``C×H×W`` float32 array in the model's band order (``bands``: the array's, a list or a preset)."""
+    from rsvlm.data.bands import band_spec
+
     array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
     if array.ndim != 3:
         raise PredictError(f"predict: an array image must be C×H×W, got shape {tuple(array.shape)}")
@@ -64,7 +66,7 @@ def _as_array(image: Any, model_bands: Sequence[str], bands: Sequence[str] | Non
                 f"({', '.join(model_bands)}); pass bands= to pick them by name"
             )
         return array.astype(np.float32)
-    names = list(bands)
+    names = list(band_spec(bands).names)
     if len(names) != array.shape[0]:
         raise PredictError(f"predict: bands= names {len(names)} bands but the array has {array.shape[0]}")
     missing = [b for b in model_bands if b not in names]
@@ -83,6 +85,7 @@ class Scene:
     crs: Any = None
     transform: Any = None
     pixels: np.ndarray | None = None
+    image_bands: tuple[str, ...] = ()  # a file's bands in file order
     texts: list[str] = field(default_factory=list)
     tiles: list[tuple[dict, Any, Any, str]] = field(default_factory=list)
 
@@ -161,7 +164,7 @@ def predict_images(
     images: Sequence[Any],
     category: str | None,
     instruction: str | None,
-    bands: Sequence[str] | None,
+    bands: Sequence[str] | str | None,
     threshold: float,
     overlap: int | None,
     progress: bool,
@@ -196,7 +199,7 @@ def predict_images(
         names.append(name)
     datasets: list[Dataset] = []
     if files:
-        datasets.append(TiledPredictDataset(files, list(s.bands), s.mean, s.std, **options))
+        datasets.append(TiledPredictDataset(files, list(s.bands), s.mean, s.std, file_bands=bands, **options))
     if arrays:
         scenes = [(n, np.nan_to_num(a), np.all(np.isfinite(a), axis=0)) for n, a in arrays.items()]
         datasets.append(ArrayPredictDataset(scenes, list(s.bands), s.mean, s.std, **options))
@@ -210,6 +213,7 @@ def predict_images(
                 crs=georef.crs if georef else None,
                 transform=georef.transform if georef else None,
                 pixels=arrays.get(scene.path),
+                image_bands=scene.file_bands,
             )
     if instruction is not None:
         datasets = [_WithInstruction(d, instruction, category) for d in datasets]
@@ -238,5 +242,6 @@ def _prediction(
         bands=bands,
         threshold=threshold,
         pixels=scene.pixels,
+        image_bands=scene.image_bands,
         tiles=list(scene.tiles),
     )

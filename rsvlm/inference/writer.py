@@ -289,7 +289,7 @@ class PredictionWriter(BasePredictionWriter):
             path=image,
         )
         write_mask(paths["mask"], mask.astype(np.uint8), like, overwrite=self.overwrite)
-        bands = meta.get("bands") or self.bands
+        bands = meta.get("file_bands") or meta.get("bands") or self.bands  # the file's bands draw its picture
         picture = overlay_picture(image, mask, bands, self.overlay_max_side, self.composite)
         save_png(paths["overlay"], picture, overwrite=self.overwrite)
         if boxes is not None:

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from rsvlm.data.bands import BandError, band_spec
 from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
 from rsvlm.data.generated import GeneratedData
 from rsvlm.data.indices import normalize_category
@@ -73,6 +74,10 @@ class SpieDataModule(RsvlmDataModule):
             mirrored-back logits are averaged (``rsvlm predict``, ``rsvlm evaluate`` and
             :class:`rsvlm.inference.api.Predictor`); the texts kept are the unflipped pass's.
             Costs one pass per flip.
+        predict_bands: the bands of the ``predict_paths`` files, in file order (a preset such as
+            ``sentinel2`` or ``naip``, or a list), when they are not the model's ``bands`` in its
+            order: the model's are read from them by name. Default: a file's band descriptions
+            when they are band names, else the file must hold exactly ``bands``, in order.
         seed: shuffling and augmentation seed.
         normalization: ``dataset`` (default: the band statistics ``stats``), ``image`` (each
             image's own per-band mean/std) or ``robust_image`` (each image's per-band median
@@ -121,6 +126,7 @@ class SpieDataModule(RsvlmDataModule):
         index_channels: list[str] | None = None,
         predict_statistics: Literal["tile", "scene"] = "tile",
         predict_flips: list[str] | None = None,
+        predict_bands: list[str] | str | None = None,
         prompts: PromptSampling | None = None,
         cache_images: int = 0,
         threshold_jitter: float = 0.0,
@@ -156,6 +162,10 @@ class SpieDataModule(RsvlmDataModule):
             )
         self.predict_statistics = predict_statistics
         self.predict_flips = check_flips(predict_flips or ("none",), "SpieDataModule.predict_flips")
+        try:
+            self.predict_bands = None if predict_bands is None else band_spec(predict_bands)
+        except (BandError, ValueError) as err:
+            raise ValueError(f"SpieDataModule.predict_bands: {err}") from None
         self.prompts = prompts
         self.cache_images = check_memory_size(cache_images, "SpieDataModule.cache_images")
         self.threshold_jitter = check_threshold_jitter(threshold_jitter, "SpieDataModule.threshold_jitter")
@@ -271,4 +281,5 @@ class SpieDataModule(RsvlmDataModule):
             index_channels=self.index_channels,
             statistics=self.predict_statistics,
             flips=self.predict_flips,
+            file_bands=self.predict_bands,
         )

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from rsvlm.data.bands import BandSpec, band_spec
+from rsvlm.data.bands import BandError, BandSpec, band_spec, described_bands
 from rsvlm.data.raster import georef_meta, read_header, read_window
 from rsvlm.data.tiling import Window, check_flips, flip_tile, tile_windows
 from rsvlm.data.transforms import Normalization, check_index_channels, check_normalization
@@ -35,22 +35,58 @@ class _SceneInfo:
     crs: str | None
     transform: list[float] | None
     windows: list[Window] = field(default_factory=list)
+    file_bands: tuple[str, ...] = ()  # the file's bands in file order (its overlay is drawn from them)
+    indexes: list[int] | None = None  # 1-based file bands read, in the model's order; None: all, as stored
 
 
-def _open_info(path: str, bands: BandSpec) -> _SceneInfo:
+def _open_info(path: str, bands: BandSpec, file_bands: BandSpec | None) -> _SceneInfo:
+    """A scene file's size, georeferencing and which of its bands are the model's.
+
+    The file's bands are named by ``file_bands`` if given, else by its band descriptions when
+    they are band names (:func:`rsvlm.data.bands.described_bands`), else taken to be the
+    model's in the model's order (then only their number can be checked).
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"predict input not found: {path}")
     header = read_header(path)
-    bands.check_count(header.count, path=path, declared_by="the model's band spec 'bands'")
-    return _SceneInfo(path, header.height, header.width, **georef_meta(header.crs, header.transform))
+    georef = georef_meta(header.crs, header.transform)
+    named = file_bands or described_bands(header.descriptions)
+    if named is None:
+        if header.count != len(bands):
+            raise BandError(
+                f"{path}: has {header.count} bands but the model reads {len(bands)} ({', '.join(bands.names)}); "
+                "name the file's bands in order (predict_bands, or bands= in Python: a preset such as "
+                "'sentinel2' or a list) and the model's are read by name",
+                spec=bands,
+                path=path,
+            )
+        return _SceneInfo(path, header.height, header.width, **georef, file_bands=bands.names)
+    named_by = "predict_bands" if file_bands is not None else "its band descriptions"
+    named.check_count(header.count, path=path, declared_by=named_by)
+    missing = [b for b in bands.names if not named.has(b)]
+    if missing:
+        raise BandError(
+            f"{path}: has no band {missing[0]!r}, which the model reads ({named_by} name "
+            f"{', '.join(named.names)}; the model reads {', '.join(bands.names)})",
+            band=missing[0],
+            spec=named,
+            path=path,
+        )
+    indexes = [named.index(b) + 1 for b in bands.names]
+    as_stored = indexes == list(range(1, header.count + 1))
+    return _SceneInfo(
+        path, header.height, header.width, **georef, file_bands=named.names, indexes=None if as_stored else indexes
+    )
 
 
 class TiledPredictDataset(Dataset):
     """Tiles of GeoTIFFs for prediction, read with rasterio windows (a scene is never loaded whole).
 
     Args:
-        paths: GeoTIFFs whose bands are exactly ``bands``, in that order.
-        bands: the band spec (preset name or list of names).
+        paths: rasters holding the model's ``bands``: exactly those, in that order, or any bands
+            named by ``file_bands`` or by the file's band descriptions (the model's are read
+            by name; a file without one of them is an error naming the file and the band).
+        bands: the model's band spec (preset name or list of names).
         mean, std: ``(C,)`` band statistics in the order of ``bands``.
         tile: model input side; scenes are cut into ``tile``×``tile`` windows.
         overlap: pixels shared by neighbouring tiles.
@@ -73,13 +109,16 @@ class TiledPredictDataset(Dataset):
             read, so its normalisation, index channels and APG prompt are those of the mirrored
             tile (the scene's statistics do not change under a flip). The writer and
             :func:`rsvlm.inference.tiles.run_tiles` mirror each prediction back and average them.
+        file_bands: the input files' bands in file order (a preset name such as ``"sentinel2"``
+            or a list), when they are not exactly ``bands``; overrides their band descriptions.
 
     Samples follow the datamodule's predict contract: ``image`` ``C×T×T`` float32 (normalised,
     invalid and padding pixels 0), ``valid`` ``1×T×T`` bool, ``category``, ``instruction``,
     ``response`` (empty), and ``meta``: ``image`` (path), ``window`` ``[row, col, h, w]``,
     ``scene_size`` ``[H, W]``, ``tile_index``, ``num_tiles``, ``crs``, ``transform``,
-    ``bands``, ``category``, ``categories``, ``pad`` ``[top, left, bottom, right]``, ``flip`` (the
-    name) and ``num_flips``.
+    ``bands`` (the model's, the channels of ``image``), ``file_bands`` (the file's, in file order,
+    for its overlay), ``category``, ``categories``, ``pad`` ``[top, left, bottom, right]``, ``flip``
+    (the name) and ``num_flips``.
 
     A tile without a single valid pixel (outside a scene's footprint) is still yielded, with
     an empty-region prompt; its pixels are invalid and written as 0 in the mask. A scene
@@ -101,10 +140,12 @@ class TiledPredictDataset(Dataset):
         index_channels: Sequence[str] = (),
         statistics: Literal["tile", "scene"] = "tile",
         flips: Sequence[str] = ("none",),
+        file_bands: Sequence[str] | str | None = None,
     ) -> None:
         if not paths:
             raise ValueError("TiledPredictDataset: no input paths given (field 'predict_paths' is empty)")
         self.bands = band_spec(bands)
+        self.file_bands = None if file_bands is None else band_spec(file_bands)
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         if self.mean.shape != (len(self.bands),) or self.std.shape != (len(self.bands),):
@@ -139,11 +180,11 @@ class TiledPredictDataset(Dataset):
         return len(self.items)
 
     def _open(self, path: str) -> _SceneInfo:
-        return _open_info(path, self.bands)
+        return _open_info(path, self.bands, self.file_bands)
 
     def _read(self, scene: _SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """One window of a scene → (float32 C×h×w, valid h×w)."""
-        data, valid, _, _, _ = read_window(scene.path, window)
+        """One window of a scene → (float32 C×h×w in the model's band order, valid h×w)."""
+        data, valid, _, _, _ = read_window(scene.path, window, scene.indexes)
         return data, valid
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -182,6 +223,7 @@ class TiledPredictDataset(Dataset):
                 "crs": scene.crs,
                 "transform": scene.transform,
                 "bands": list(self.bands.names),
+                "file_bands": list(scene.file_bands),
                 "category": category,
                 "categories": [c for c in self.categories if c is not None],
                 "pad": pad,
@@ -261,7 +303,7 @@ class ArrayPredictDataset(TiledPredictDataset):
         self.bands.check_count(image.shape[0], path=path, declared_by="the model's band spec 'bands'")
         if image.ndim != 3 or valid.shape != image.shape[1:]:
             raise ValueError(f"{path}: image must be C×H×W and valid H×W, got {image.shape} and {valid.shape}")
-        return _SceneInfo(path, int(image.shape[1]), int(image.shape[2]), None, None)
+        return _SceneInfo(path, int(image.shape[1]), int(image.shape[2]), None, None, file_bands=self.bands.names)
 
     def _read(self, scene: _SceneInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
         image, valid = self._arrays[scene.path]
