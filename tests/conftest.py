@@ -218,6 +218,22 @@ def scene(tmp_path_factory) -> Path:
     return path
 
 
+def predict_args(run: Path, out: Path, root: Path, *extra: str) -> list[str]:
+    """``rsvlm predict`` of the run's recipe and checkpoint with the writer into ``out``."""
+    return [
+        "predict",
+        "--config",
+        str(run / "config.yaml"),
+        f"--ckpt_path={run / 'logs' / 'version_0' / 'checkpoints' / 'last.ckpt'}",
+        "--trainer.callbacks+=rsvlm.inference.writer.PredictionWriter",
+        f"--trainer.callbacks.output_dir={out}",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={root}",
+        "--return_predictions=false",
+        *extra,
+    ]
+
+
 def spy_instructions(monkeypatch, model) -> list[str]:
     """The instructions every later ``model.predict_masks`` call receives, in order (the call still runs)."""
     seen: list[str] = []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import REPO, spy_instructions
+from conftest import REPO, predict_args, spy_instructions
 
 import rsvlm
 from rsvlm.data.bands import band_spec
@@ -43,22 +43,8 @@ def test_predict_saves_the_same_files_as_rsvlm_predict(run_folder, scene, model,
     from rsvlm.cli.main import main
 
     cli_out = tmp_path / "cli"
-    code = main(
-        [
-            "predict",
-            "--config",
-            str(run_folder / "config.yaml"),
-            "--ckpt_path",
-            str(run_folder / "logs" / "version_0" / "checkpoints" / "last.ckpt"),
-            f"--data.init_args.predict_paths=[{scene}]",
-            "--data.init_args.categories=[water]",
-            "--trainer.callbacks+=rsvlm.inference.writer.PredictionWriter",
-            f"--trainer.callbacks.output_dir={cli_out}",
-            "--return_predictions=false",
-            f"--trainer.default_root_dir={tmp_path / 'predict-run'}",
-            "--trainer.logger=false",
-        ]
-    )
+    inputs = [f"--data.init_args.predict_paths=[{scene}]", "--data.init_args.categories=[water]"]
+    code = main(predict_args(run_folder, cli_out, tmp_path / "predict-run", *inputs))
     assert code in (0, None)
     result = model.predict(str(scene), category="water")
     paths = result.save(tmp_path / "api")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from conftest import predict_args
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -111,23 +112,12 @@ def test_a_file_with_other_bands_and_no_names_is_one_line_naming_the_way_out(sen
 def test_rsvlm_predict_and_ask_take_the_files_bands(run_folder, scene, sentinel2_file, model, tmp_path):
     from rsvlm.cli.main import main
 
-    code = main(
-        [
-            "predict",
-            "--config",
-            str(run_folder / "config.yaml"),
-            "--ckpt_path",
-            str(run_folder / "logs" / "version_0" / "checkpoints" / "last.ckpt"),
-            f"--data.init_args.predict_paths=[{sentinel2_file}]",
-            "--data.init_args.predict_bands=sentinel2",
-            "--data.init_args.categories=[water]",
-            "--trainer.callbacks+=rsvlm.inference.writer.PredictionWriter",
-            f"--trainer.callbacks.output_dir={tmp_path / 'cli'}",
-            "--return_predictions=false",
-            f"--trainer.default_root_dir={tmp_path / 'predict-run'}",
-            "--trainer.logger=false",
-        ]
-    )
+    inputs = [
+        f"--data.init_args.predict_paths=[{sentinel2_file}]",
+        "--data.init_args.predict_bands=sentinel2",
+        "--data.init_args.categories=[water]",
+    ]
+    code = main(predict_args(run_folder, tmp_path / "cli", tmp_path / "predict-run", *inputs))
     assert code in (0, None)
     own = model.predict(str(scene), category="water")
     with rasterio.open(tmp_path / "cli" / "s2.mask.tif") as src:

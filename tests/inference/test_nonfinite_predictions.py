@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import predict_args
 
 import rsvlm
 from rsvlm.models.output_checks import NonFiniteOutputError
@@ -42,23 +43,8 @@ def test_rsvlm_predict_stops_with_one_line_and_writes_no_mask(nan_run, scene, tm
 
     monkeypatch.delenv("RSVLM_DEBUG", raising=False)
     out = tmp_path / "out"
-    code = main(
-        [
-            "predict",
-            "--config",
-            str(nan_run / "config.yaml"),
-            "--ckpt_path",
-            str(nan_run / CKPT),
-            f"--data.init_args.predict_paths=[{scene}]",
-            "--data.init_args.categories=[water]",
-            "--trainer.callbacks+=rsvlm.inference.writer.PredictionWriter",
-            f"--trainer.callbacks.output_dir={out}",
-            "--return_predictions=false",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
-            "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false",
-        ]
-    )
+    inputs = [f"--data.init_args.predict_paths=[{scene}]", "--data.init_args.categories=[water]"]
+    code = main(predict_args(nan_run, out, tmp_path / "run", *inputs, "--trainer.enable_progress_bar=false"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("rsvlm: error: mask logits are NaN or infinite at ") and str(scene) in err[-1]

@@ -18,7 +18,7 @@ import pytest
 import rasterio
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, predict_args
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -80,22 +80,6 @@ def geotiff(tmp_path_factory) -> Path:
     with rasterio.open(path, "w", transform=from_origin(400000.0, 4500000.0, 0.5, 0.5), **profile) as dst:
         dst.write(rng.integers(0, 255, size=(3, 48, 80), dtype=np.uint8))
     return path
-
-
-def predict_args(run: Path, out: Path, root: Path, *extra: str) -> list[str]:
-    """``rsvlm predict`` of the run's recipe and checkpoint with the writer into ``out``."""
-    return [
-        "predict",
-        "--config",
-        str(run / "config.yaml"),
-        f"--ckpt_path={run / 'logs' / 'version_0' / 'checkpoints' / 'last.ckpt'}",
-        "--trainer.callbacks+=rsvlm.inference.writer.PredictionWriter",
-        f"--trainer.callbacks.output_dir={out}",
-        "--trainer.logger=false",
-        f"--trainer.default_root_dir={root}",
-        "--return_predictions=false",
-        *extra,
-    ]
 
 
 def test_predict_writes_what_the_api_saves(geomag_run, predictor, geotiff, seg_answers, tmp_path, monkeypatch):

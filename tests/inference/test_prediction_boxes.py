@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import test_predict_whole_image as whole_image_cli
 import torch
+from conftest import predict_args
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -165,7 +166,7 @@ def test_rsvlm_predict_writes_the_boxes_prediction_save_writes(geomag_run, predi
     api = result.save(tmp_path / "api")
     args = [f"--data.init_args.predict_paths=[{geotiff}]", f"--data.init_args.question={question}"]
     args.append("--data.init_args.granularity=region")
-    assert main(whole_image_cli.predict_args(geomag_run, tmp_path / "cli", tmp_path / "root", *args)) == 0
+    assert main(predict_args(geomag_run, tmp_path / "cli", tmp_path / "root", *args)) == 0
 
     cli = tmp_path / "cli" / "harbour.boxes.geojson"
     assert api["boxes"].name == cli.name and cli.read_bytes() == api["boxes"].read_bytes()
