@@ -315,3 +315,31 @@ def coco_runs(mask) -> list[int]:
             out.append(length)
             current, length = v, 1
     return [*out, length]
+
+
+def labelled_scene(tmp_path: Path, name: str, bands: int = 4, seed: int = 0):
+    """A 40×48 reflectance GeoTIFF ``name.tif`` (red, green, blue, nir, ...) with a water strip
+    (rows 10-21: green up, NIR down) and its mask GeoTIFF ``name_mask.tif`` (1 water, 0 not,
+    255 = nodata in the top-left 4×5 corner).
+
+    Returns:
+        ``(image path, mask path, image bands×40×48 float32, label 40×48 uint8)``.
+    """
+    import numpy as np
+    import rasterio
+
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0.1, 0.3, size=(bands, 40, 48)).astype(np.float32)
+    water = np.zeros((40, 48), bool)
+    water[10:22, :] = True
+    image[1][water] += 0.1  # green up
+    image[3][water] = rng.uniform(0.01, 0.03, size=int(water.sum()))  # nir down
+    label = water.astype(np.uint8)
+    label[:4, :5] = 255
+    paths = tmp_path / f"{name}.tif", tmp_path / f"{name}_mask.tif"
+    for path, data, nodata in ((paths[0], image, None), (paths[1], label[None], 255)):
+        with rasterio.open(
+            path, "w", driver="GTiff", height=40, width=48, count=data.shape[0], dtype=data.dtype, nodata=nodata
+        ) as dst:
+            dst.write(data)
+    return *paths, image, label

@@ -11,7 +11,9 @@ Examples::
         --category water --bands sentinel2
 
 Without ``--config``/``--ckpt`` only the baseline is scored. The table is printed; ``--out``
-writes it as JSON too (atomically, never over an existing file unless ``--overwrite``).
+writes it as JSON too and ``--figures DIR`` one picture per image and category of where each
+method hits, misses and adds (both atomically, never over an existing file unless ``--overwrite``,
+checked before anything is scored).
 """
 
 from __future__ import annotations
@@ -75,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out = parser.add_argument_group("output")
     out.add_argument("--out", help="also write the rows as JSON to this file")
-    out.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    out.add_argument(
+        "--figures",
+        help="write DIR/<dataset>/<image>_<category>.png: the image, the reference and each method's "
+        "hits (green), false alarms (red) and misses (blue) with its F1 on that image",
+    )
+    out.add_argument("--overwrite", action="store_true", help="replace --out and figures that exist")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -99,6 +106,11 @@ def evaluate_main(argv: list[str]) -> int:
     if args.out and Path(args.out).exists() and not args.overwrite:
         raise EvaluateError(f"{args.out} exists; pass --overwrite to replace it")
     items = _read_items(args)
+    figures = None
+    if args.figures:
+        from rsvlm.inference.error_figures import ErrorFigures
+
+        figures = ErrorFigures(args.figures, items, overwrite=args.overwrite)
     predictors, average, source = {}, args.average, {}
     if args.config:
         from rsvlm.inference.evaluate import ModelInput, ModelPredictor, load_model
@@ -122,8 +134,11 @@ def evaluate_main(argv: list[str]) -> int:
             "flips": list(settings.flips),
         }
     predictors[BASELINE_NAME] = baseline_predictor
-    rows = evaluate(items, predictors, average or "global", args.categories, args.skip_missing_bands)
+    rows = evaluate(items, predictors, average or "global", args.categories, args.skip_missing_bands, on_mask=figures)
     print(format_table(rows))
+    if figures is not None:
+        written = figures.write(progress=not args.no_progress)
+        print(f"wrote {len(written)} figure(s) under {args.figures}", file=sys.stderr)
     if args.out:
         from rsvlm.io.atomic import atomic_write_text
 

@@ -28,6 +28,8 @@ from rsvlm.data.baseline import METRIC_NAMES, IndexBaseline, ScoreAccumulator
 from rsvlm.data.real import LabelledImage, select_bands
 
 Predictor = Callable[[LabelledImage, str], np.ndarray]
+#: ``on_mask(item, category, method, mask)``: sees each mask :func:`evaluate` scores.
+MaskObserver = Callable[[LabelledImage, str, str, np.ndarray], None]
 BASELINE_NAME = "index baseline"
 
 
@@ -146,6 +148,7 @@ def evaluate(
     average: Literal["global", "image"] = "global",
     categories: Sequence[str] | None = None,
     skip_missing_bands: bool = False,
+    on_mask: MaskObserver | None = None,
 ) -> list[dict[str, Any]]:
     """Score each predictor on each labelled image and category.
 
@@ -156,6 +159,8 @@ def evaluate(
         categories: score only these (default: every category an image has a mask of).
         skip_missing_bands: a predictor that needs a band an image lacks gets a row with
             ``skipped`` (the reason) for that dataset instead of stopping the evaluation.
+        on_mask: called with ``(item, category, method, mask)`` for each ``H×W`` bool mask
+            scored (e.g. :class:`rsvlm.inference.error_figures.ErrorFigures`).
 
     Returns:
         Rows ``{"dataset", "category", "method", "average", "images", F1, Recall, Precision,
@@ -183,7 +188,10 @@ def evaluate(
             row: dict[str, Any] = {"dataset": dataset, "category": category, "method": method, "average": average}
             try:
                 for item in group:
-                    accumulator.add(predict(item, category), item.targets[category], item.valid)
+                    mask = predict(item, category)
+                    accumulator.add(mask, item.targets[category], item.valid)
+                    if on_mask is not None:
+                        on_mask(item, category, method, mask)
             except BandError as err:
                 if not skip_missing_bands:
                     raise

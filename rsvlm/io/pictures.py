@@ -1,4 +1,4 @@
-"""Picture helpers: band composites, mask overlays, PNG files, mask figures and curves.
+"""Picture helpers: band composites, mask overlays, error maps, PNG files, mask figures and curves.
 
 Arrays: images are ``C×H×W`` (bands first, as in the datasets and models), pictures are
 ``H×W×3`` uint8 (as image files and matplotlib want them), masks are ``H×W`` bool.
@@ -160,6 +160,32 @@ def overlay(rgb, mask, color: tuple[int, int, int] = (255, 0, 0), alpha: float =
     return out
 
 
+#: Colours of :func:`error_map`: hits, false alarms, misses (not scored pixels are darkened).
+ERROR_COLOURS: dict[str, tuple[int, int, int]] = {"tp": (0, 200, 0), "fp": (255, 0, 0), "fn": (0, 120, 255)}
+
+
+def error_map(rgb, pred, target, valid=None, alpha: float = 0.6) -> np.ndarray:
+    """Where a predicted mask agrees with its reference, drawn over the picture ``H×W×3`` uint8.
+
+    True positives are blended with green, false positives (predicted, not in the reference) with
+    red and false negatives (in the reference, missed) with blue, each by ``alpha``
+    (:data:`ERROR_COLOURS`, :func:`overlay`); true negatives stay as the picture. Pixels outside
+    ``valid`` (``H×W`` bool; None: all valid) are not scored: they are halved towards black and
+    get no colour.
+    """
+    pred, target = _numpy(pred).astype(bool), _numpy(target).astype(bool)
+    valid = np.ones(pred.shape, bool) if valid is None else _numpy(valid).astype(bool)
+    if not pred.shape == target.shape == valid.shape:
+        raise ValueError(
+            f"error_map: prediction {pred.shape}, reference {target.shape} and valid {valid.shape} must share H×W"
+        )
+    out = overlay(rgb, ~valid, color=(0, 0, 0), alpha=0.5)
+    cases = {"tp": pred & target, "fp": pred & ~target, "fn": ~pred & target}
+    for case, where in cases.items():
+        out = overlay(out, where & valid, color=ERROR_COLOURS[case], alpha=alpha)
+    return out
+
+
 def save_png(path: str | os.PathLike, array, overwrite: bool = False) -> Path:
     """Write a picture ``H×W×3``/``H×W×4`` uint8, or a mask/grey ``H×W`` (bool or uint8), as PNG.
 
@@ -209,6 +235,47 @@ def save_mask_figure(
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
+    return save_figure(path, fig, overwrite)
+
+
+def save_error_figure(
+    path: str | os.PathLike,
+    rgb,
+    target,
+    predictions: Mapping[str, object],
+    valid=None,
+    title: str | None = None,
+    overwrite: bool = False,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> Path:
+    """Panels side by side: the picture, the reference (yellow) and one :func:`error_map` per method.
+
+    Args:
+        path: PNG file to write.
+        rgb: ``H×W×3`` uint8 picture.
+        target: ``H×W`` bool reference mask.
+        predictions: panel title (e.g. ``"index baseline, F1 0.818"``) → ``H×W`` bool predicted mask.
+        valid: ``H×W`` bool scored pixels (None: all).
+        title: a line above the panels (the colour key is added below it).
+        overwrite: replace an existing file.
+        panel_inches, dpi: each panel is ``panel_inches`` square; the file is
+            ``round(n_panels·panel_inches·dpi) × round((panel_inches + 0.8)·dpi)`` pixels (the
+            extra 0.8 inch holds the title and the colour key).
+    """
+    # Yellow, not green, for the reference: vegetation and water masks lie on green imagery.
+    reference = overlay(rgb, _numpy(target).astype(bool), color=(255, 220, 0), alpha=0.6)
+    panels = [("image", _numpy(rgb)), ("reference", reference)]
+    panels += [(name, error_map(rgb, pred, target, valid)) for name, pred in predictions.items()]
+    fig = Figure(figsize=(panel_inches * len(panels), panel_inches + 0.8), dpi=dpi)
+    for i, (name, picture) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    key = "green: found · red: false alarm · blue: missed · dark: not scored"
+    fig.suptitle(f"{title}\n{key}" if title else key, fontsize=9)
+    fig.tight_layout()
     return save_figure(path, fig, overwrite)
 
 

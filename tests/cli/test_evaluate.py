@@ -14,7 +14,7 @@ import pytest
 import rasterio
 import torch
 import yaml
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, labelled_scene
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
 from rsvlm.cli.main import main
@@ -92,25 +92,6 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     return recipe, ckpt
 
 
-def _scene(tmp_path: Path, name: str, bands: int = 4, seed: int = 0) -> tuple[Path, Path, np.ndarray, np.ndarray]:
-    """A 40×48 reflectance image with a water strip and a nodata corner, and its mask (255 = nodata)."""
-    rng = np.random.default_rng(seed)
-    image = rng.uniform(0.1, 0.3, size=(bands, 40, 48)).astype(np.float32)
-    water = np.zeros((40, 48), bool)
-    water[10:22, :] = True
-    image[1][water] += 0.1  # green up
-    image[3][water] = rng.uniform(0.01, 0.03, size=int(water.sum()))  # nir down
-    label = water.astype(np.uint8)
-    label[:4, :5] = 255
-    paths = tmp_path / f"{name}.tif", tmp_path / f"{name}_mask.tif"
-    for path, data, nodata in ((paths[0], image, None), (paths[1], label[None], 255)):
-        with rasterio.open(
-            path, "w", driver="GTiff", height=40, width=48, count=data.shape[0], dtype=data.dtype, nodata=nodata
-        ) as dst:
-            dst.write(data)
-    return *paths, image, label
-
-
 def _sk_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     args = dict(y_true=target.astype(int), y_pred=pred.astype(int))
     return {
@@ -131,7 +112,7 @@ def test_evaluate_scores_model_and_baseline_on_the_same_pixels(tiny, tmp_path, c
     recipe, ckpt = tiny
     images, masks, refs = [], [], []
     for i in range(2):
-        image_path, mask_path, image, label = _scene(tmp_path, f"s{i}", seed=i)
+        image_path, mask_path, image, label = labelled_scene(tmp_path, f"s{i}", seed=i)
         images.append(str(image_path))
         masks.append(str(mask_path))
         refs.append((image, label))
@@ -173,7 +154,7 @@ def test_evaluate_scores_model_and_baseline_on_the_same_pixels(tiny, tmp_path, c
 
 def test_a_band_the_model_needs_is_a_one_line_error(tiny, tmp_path, capsys):
     recipe, ckpt = tiny
-    image_path, mask_path, _, _ = _scene(tmp_path, "noswir")
+    image_path, mask_path, _, _ = labelled_scene(tmp_path, "noswir")
     args = ["evaluate", "--config", str(recipe), "--ckpt", str(ckpt), "--images", str(image_path)]
     args += ["--masks", str(mask_path), "--category", "water", "--bands", "red,green,blue,swir1", "--no-progress"]
     assert main(args) == 2
@@ -185,7 +166,7 @@ def test_a_band_the_model_needs_is_a_one_line_error(tiny, tmp_path, capsys):
 
 def test_without_prior_on_a_model_without_one_is_a_one_line_error_naming_the_field(tiny, tmp_path, capsys):
     recipe, ckpt = tiny
-    image_path, mask_path, _, _ = _scene(tmp_path, "plain")
+    image_path, mask_path, _, _ = labelled_scene(tmp_path, "plain")
     args = ["evaluate", "--config", str(recipe), "--ckpt", str(ckpt), "--images", str(image_path)]
     args += ["--masks", str(mask_path), "--category", "water", "--bands", "red,green,blue,nir", "--no-progress"]
     assert main([*args, "--without-prior"]) == 2

@@ -13,8 +13,10 @@ from PIL import Image
 from rsvlm.io.pictures import (
     composite,
     composite_or_stretch,
+    error_map,
     overlay,
     plot_curves,
+    save_error_figure,
     save_mask_figure,
     save_png,
     stretch,
@@ -152,6 +154,46 @@ def test_save_mask_figure_size(tmp_path, with_target):
     assert _read_png(path).size == (60 * panels, 60)
     with pytest.raises(FileExistsError):
         save_mask_figure(path, rgb, pred)
+
+
+def test_error_map_colours_each_pixel_by_its_case():
+    """Brute force, pixel by pixel: dark where not scored, then green / red / blue by case."""
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    pred, target, valid = (rng.random((6, 8)) > 0.5 for _ in range(3))
+    got = error_map(rgb, pred, target, valid, alpha=0.6)
+
+    def blend(pixel: np.ndarray, color: tuple[int, int, int], alpha: float) -> np.ndarray:
+        return np.rint((1 - alpha) * pixel.astype(np.float64) + alpha * np.array(color, np.float64))
+
+    for y in range(6):
+        for x in range(8):
+            pixel = rgb[y, x]
+            if not valid[y, x]:
+                expected = blend(pixel, (0, 0, 0), 0.5)
+            elif pred[y, x] and target[y, x]:
+                expected = blend(pixel, (0, 200, 0), 0.6)
+            elif pred[y, x]:
+                expected = blend(pixel, (255, 0, 0), 0.6)
+            elif target[y, x]:
+                expected = blend(pixel, (0, 120, 255), 0.6)
+            else:
+                expected = pixel
+            np.testing.assert_array_equal(got[y, x], expected.astype(np.uint8), err_msg=f"pixel {y, x}")
+    with pytest.raises(ValueError, match="share H×W"):
+        error_map(rgb, pred, target[:, :4])
+
+
+def test_save_error_figure_size_and_no_silent_overwrite(tmp_path):
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    mask = np.eye(16, dtype=bool)
+    path = tmp_path / "errors.png"
+    save_error_figure(path, rgb, mask, {"a": mask, "b": ~mask}, title="t", panel_inches=2.0, dpi=50)
+    assert _read_png(path).size == (4 * 100, 140)  # 4 panels of 2 in at 50 dpi; + 0.8 in of titles
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        save_error_figure(path, rgb, mask, {"a": ~mask}, panel_inches=2.0, dpi=50)
+    assert path.read_bytes() == before
 
 
 def test_plot_curves(tmp_path):
