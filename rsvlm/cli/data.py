@@ -1,4 +1,4 @@
-"""``rsvlm data build-spie | stats | generate``: argparse entry points.
+"""``rsvlm data build-spie | stats | generate | stack``: argparse entry points.
 
 Each ``*_main(argv) -> int`` parses its own arguments, prints progress and a summary, and
 returns a process exit code (0 success, 2 bad arguments or input). rsvlm's own errors
@@ -189,4 +189,40 @@ def generate_main(argv: list[str]) -> int:
         f"next: rsvlm data build-spie --source generated:{args.out}:auto:{args.bands} "
         f"--out {Path(args.out).parent / 'spie'}"
     )
+    return 0
+
+
+def stack_main(argv: list[str]) -> int:
+    """``rsvlm data stack B2.TIF B3.TIF B4.TIF B5.TIF --bands blue,green,red,nir --out scene.tif``."""
+    from rsvlm.data.stack import RESAMPLINGS, write_stack
+
+    p = argparse.ArgumentParser(
+        prog="rsvlm data stack",
+        description="Write one-file-per-band rasters (a Landsat scene's *_SR_B*.TIF, Sentinel-2's *_B*.jp2) "
+        "as one GeoTIFF whose band descriptions are the band names, so that rsvlm predict reads the "
+        "bands a model needs by name. The first file fixes the grid; files on another grid are resampled "
+        "onto it. Pixels invalid in any band are masked.",
+    )
+    p.add_argument("files", nargs="+", help="single-band rasters, in the order of --bands")
+    p.add_argument("--bands", required=True, help="band preset or comma-separated names, one per file")
+    p.add_argument("--out", required=True, help="the GeoTIFF to write")
+    p.add_argument(
+        "--resampling",
+        choices=RESAMPLINGS,
+        default="bilinear",
+        help="for files on another grid than the first (default bilinear)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    bands = args.bands.split(",") if "," in args.bands else args.bands
+    summary = write_stack(
+        args.files, bands, args.out, args.resampling, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    print(
+        f"{summary.path}: {len(summary.bands)} bands ({', '.join(summary.bands)}), "
+        f"{summary.height}×{summary.width}, {summary.dtype}"
+    )
+    for path in summary.resampled:
+        print(f"  {path}: resampled onto the grid of {args.files[0]} ({args.resampling})")
     return 0

@@ -59,6 +59,9 @@ Data:
   data build-spie ...             turn image/label rasters into SPIE records
   data stats ...                  per-band statistics for a SPIE dataset
   data generate ...               write generated multispectral scenes
+  data stack FILE... --bands B --out OUT.tif
+                                  one-file-per-band rasters (a Landsat or Sentinel-2 download) as
+                                  one GeoTIFF of named bands, other grids resampled onto the first
 
 Options of a recipe can be overridden on the command line, e.g.
   rsvlm fit --config recipes/spex-demo.yaml --model.init_args.bridge.init_args.num_tokens=2
@@ -161,13 +164,14 @@ def dispatch(argv: list[str], from_command_line: bool = False) -> int:
 
 
 def data_main(argv: list[str]) -> int:
-    """``rsvlm data build-spie|stats|generate ...``"""
+    """``rsvlm data build-spie|stats|generate|stack ...``"""
     from rsvlm.cli import data as commands
 
     handlers = {
         "build-spie": commands.build_spie_main,
         "stats": commands.stats_main,
         "generate": commands.generate_main,
+        "stack": commands.stack_main,
     }
     if not argv or argv[0] not in handlers:
         print(f"usage: rsvlm data {{{','.join(handlers)}}} [options]", file=sys.stderr)
