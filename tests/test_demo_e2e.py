@@ -56,6 +56,11 @@ def test_demo_recipe_runs_end_to_end(tmp_path: Path, _offline_cache):
     assert (version / "config.yaml").is_file() and (version / "metrics.csv").is_file()
     assert list(version.glob("events.out.tfevents.*")), "TensorBoard logs missing"
     assert list(root.rglob("last.ckpt")), "no last checkpoint"
+    # The run's curves, drawn from its metrics.csv when fit ends: the validation F1 of both epochs.
+    from rsvlm.experiments.curves import read_curves
+
+    assert f"curves: {version / 'curves.png'}" in result.stdout and (version / "curves.png").is_file()
+    assert read_curves(version / "metrics.csv")["validation"]["val/F1"][0] == [1.0, 2.0]
 
 
 def test_the_demo_recipe_on_two_ddp_processes_tests_and_leaves_one_record(tmp_path: Path, _offline_cache):

@@ -81,6 +81,7 @@ class RsvlmCLI(LightningCLI):
             metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
             self._print_group_table(metrics)
         self._write_record(metrics)
+        self._draw_curves()
 
     def after_test(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
@@ -117,6 +118,22 @@ class RsvlmCLI(LightningCLI):
         for folder in dict.fromkeys(folders):
             write_run_record(folder, metrics, config_dict, extra)
         print(f"run record: {folders[0] / 'metrics.json'}")
+
+    def _draw_curves(self) -> None:
+        """``curves.png`` beside the CSV logger's ``metrics.csv`` (never over an existing one)."""
+        log_dir = self.trainer.log_dir
+        if not self.trainer.is_global_zero or log_dir is None:
+            return
+        from rsvlm.experiments.curves import CurvesError, save_curves
+
+        csv_path, out = Path(log_dir) / "metrics.csv", Path(log_dir) / "curves.png"
+        if not csv_path.is_file() or out.exists():
+            return
+        try:
+            save_curves(csv_path, out)
+        except CurvesError:
+            return  # nothing was logged to draw
+        print(f"curves: {out}")
 
 
 def print_group_table(metrics: dict[str, float], tasks: list[str] | None) -> None:

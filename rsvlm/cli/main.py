@@ -54,6 +54,8 @@ Inspect:
 Ablations:
   sweep SWEEP.yaml                run every cell of an ablation grid (skips finished runs)
   table SWEEP_DIR                 print the paper-style table of a sweep (Markdown/CSV/LaTeX/PNG)
+  curves RUN [--out PNG]          a run's loss, validation scores and learning rate as a picture
+                                  (fit draws RUN/logs/version_N/curves.png when it ends)
 
 Data:
   data build-spie ...             turn image/label rasters into SPIE records
@@ -157,6 +159,10 @@ def dispatch(argv: list[str], from_command_line: bool = False) -> int:
         from rsvlm.experiments.table import table_main
 
         return table_main(rest)
+    if command == "curves":
+        from rsvlm.experiments.curves import curves_main
+
+        return curves_main(rest)
     if command == "data":
         return data_main(rest)
     print(f"rsvlm: unknown command {command!r}\n\n{HELP}", file=sys.stderr)
