@@ -229,13 +229,7 @@ def save_mask_figure(
     panels = [("image", _numpy(rgb)), ("prediction", overlay(rgb, pred, color=(255, 0, 0)))]
     if target is not None:
         panels.append(("target", overlay(rgb, target, color=(0, 255, 0))))
-    fig = Figure(figsize=(panel_inches * len(panels), panel_inches), dpi=dpi)
-    for i, (title, picture) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        ax.imshow(picture, interpolation="nearest")
-        ax.set_title(title)
-        ax.set_axis_off()
-    return save_figure(path, fig, overwrite)
+    return save_figure(path, _panels_figure(panels, panel_inches, dpi), overwrite)
 
 
 def save_error_figure(
@@ -267,16 +261,29 @@ def save_error_figure(
     reference = overlay(rgb, _numpy(target).astype(bool), color=(255, 220, 0), alpha=0.6)
     panels = [("image", _numpy(rgb)), ("reference", reference)]
     panels += [(name, error_map(rgb, pred, target, valid)) for name, pred in predictions.items()]
-    fig = Figure(figsize=(panel_inches * len(panels), panel_inches + 0.8), dpi=dpi)
-    for i, (name, picture) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        ax.imshow(picture, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
+    fig = _panels_figure(panels, panel_inches, dpi, extra_inches=0.8, fontsize=9)
     key = "green: found · red: false alarm · blue: missed · dark: not scored"
     fig.suptitle(f"{title}\n{key}" if title else key, fontsize=9)
     fig.tight_layout()
     return save_figure(path, fig, overwrite)
+
+
+def _panels_figure(
+    panels: Sequence[tuple[str, np.ndarray]],
+    panel_inches: float,
+    dpi: int,
+    extra_inches: float = 0.0,
+    fontsize: float | None = None,
+) -> Figure:
+    """Titled pictures ``H×W×3`` side by side, each ``panel_inches`` wide, ``extra_inches`` of
+    height added for titles above them."""
+    fig = Figure(figsize=(panel_inches * len(panels), panel_inches + extra_inches), dpi=dpi)
+    for i, (title, picture) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(title, fontsize=fontsize)
+        ax.set_axis_off()
+    return fig
 
 
 def plot_curves(
