@@ -28,6 +28,11 @@ class RsvlmError(Exception):
     """
 
 
+class MissingFileError(RsvlmError, FileNotFoundError):
+    """A file or folder rsvlm was told to read is not there (the message names it and, where it
+    helps, what to put there)."""
+
+
 class ContractError(RsvlmError, ValueError):
     """Two neighbouring components disagree on a width, stride or band count."""
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning  # noqa: F401  (see below)
 import pytest
 import torch
+
+# Lightning's first import gives its loggers a StreamHandler bound to the sys.stderr of that
+# moment. Imported here, at collection, that is the real stderr; first imported inside a test that
+# captures stderr, it was that test's capture, closed afterwards, and a later test's "Seed set to"
+# line became a logging traceback in its captured stderr (test_evaluate after test_errors).
 
 # One thread: with other processes on a 2-core machine, two OpenMP threads per process
 # oversubscribe the cores and run many times slower.

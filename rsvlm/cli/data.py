@@ -215,9 +215,8 @@ def stack_main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    bands = args.bands.split(",") if "," in args.bands else args.bands
     summary = write_stack(
-        args.files, bands, args.out, args.resampling, overwrite=args.overwrite, progress=not args.no_progress
+        args.files, args.bands, args.out, args.resampling, overwrite=args.overwrite, progress=not args.no_progress
     )
     print(
         f"{summary.path}: {len(summary.bands)} bands ({', '.join(summary.bands)}), "

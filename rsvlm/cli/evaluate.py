@@ -155,5 +155,4 @@ def _read_items(args: argparse.Namespace):
         return read_shipped(args.real_data, args.datasets)
     from rsvlm.data.real import read_labelled
 
-    bands = args.bands.split(",") if "," in args.bands else args.bands
-    return read_labelled(args.images, args.masks, args.category, bands, args.positive)
+    return read_labelled(args.images, args.masks, args.category, args.bands, args.positive)

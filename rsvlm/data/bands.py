@@ -259,8 +259,8 @@ def band_spec(name_or_list: str | Sequence[str] | BandSpec) -> BandSpec:
 
     Args:
         name_or_list: a key of :data:`PRESETS` (case-insensitive), a comma-separated
-            string of band names (``"red,green,blue,nir"``), a list/tuple of band names,
-            or a ``BandSpec`` (returned unchanged).
+            string of band names (``"red,green,blue,nir"``), one band name (``"nir"``), a
+            list/tuple of band names, or a ``BandSpec`` (returned unchanged).
 
     Raises:
         BandError: an unknown preset name.
@@ -273,6 +273,8 @@ def band_spec(name_or_list: str | Sequence[str] | BandSpec) -> BandSpec:
             return PRESETS[key]
         if "," in key:
             return BandSpec(tuple(n.strip() for n in key.split(",")))
+        if key in CANONICAL_BANDS:  # one band: a SAR or thermal file, one file of a stack
+            return BandSpec((key,))
         raise BandError(
             f"unknown band preset {name_or_list!r}; known presets: "
             f"{', '.join(sorted(PRESETS))} (or give a list of band names)",

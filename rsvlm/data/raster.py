@@ -37,7 +37,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window as RioWindow
 
-from rsvlm.contracts import RsvlmError
+from rsvlm.contracts import MissingFileError, RsvlmError
 from rsvlm.data.bands import BandError, BandSpec, band_spec
 from rsvlm.data.tiling import Window
 from rsvlm.io.atomic import atomic_path
@@ -122,7 +122,7 @@ def _check_exists(path: str) -> None:
     if path.startswith("/vsi") or "://" in path:
         return
     if not os.path.exists(path):
-        raise FileNotFoundError(f"raster file not found: {path}")
+        raise MissingFileError(f"raster file not found: {path}")
 
 
 def _reason(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import yaml
 
+from rsvlm.contracts import MissingFileError
 from rsvlm.io.atomic import atomic_write_text
 
 METRICS_FILE = "metrics.json"
@@ -228,7 +229,7 @@ def read_run_record(folder: str | os.PathLike[str]) -> RunRecord:
     folder = Path(folder)
     path = folder / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.json; the run in {folder} has not finished")
+        raise MissingFileError(f"{path}: no metrics.json; the run in {folder} has not finished")
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rsvlm.contracts import RsvlmError
+from rsvlm.contracts import MissingFileError, RsvlmError
 from rsvlm.io.text import without_styling
 
 #: Keys under which training scripts nest the weights (Lightning, mmseg/mmdet, classification
@@ -112,7 +112,7 @@ def read_state_dict(path: str | Path, owner: str, missing_hint: str = "") -> dic
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"{owner}: {file} does not exist. {missing_hint}".rstrip())
+        raise MissingFileError(f"{owner}: {file} does not exist. {missing_hint}".rstrip())
     if file.suffix == SAFETENSORS_SUFFIX:
         from safetensors.torch import load_file
 

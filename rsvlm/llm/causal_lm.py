@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+from rsvlm.contracts import MissingFileError
 from rsvlm.llm.chat import ChatFormatter, single_token_id
 from rsvlm.llm.configs import build_config, config_source_for, load_config_dict
 from rsvlm.llm.generation import penalty_on_every_generated_token
@@ -111,7 +112,7 @@ class CausalLM(nn.Module):
         # float32 unless asked: transformers would otherwise pick the checkpoint's or config's dtype.
         dtype = parse_dtype(torch_dtype) or torch.float32
         if model is not None and model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
-            raise FileNotFoundError(f"LLM folder {model} does not exist")
+            raise MissingFileError(f"LLM folder {model} does not exist")
 
         special = list(dict.fromkeys([*special_tokens, image_token]))
         self._tokenizer = load_tokenizer(tokenizer if tokenizer is not None else model, meta, trust_remote_code)

@@ -13,6 +13,8 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+from rsvlm.contracts import MissingFileError
+
 
 def shipped_configs() -> dict[str, Path]:
     """Architecture configs shipped with rsvlm: name → path of the ``config.json`` copy."""
@@ -43,7 +45,7 @@ def load_config_dict(source: str | dict[str, Any]) -> dict[str, Any]:
         path = path / "config.json"
     if path.is_file():
         return json.loads(path.read_text())
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"LLM config {source!r} is neither a shipped config ({sorted(shipped)}) nor a config.json file or folder"
     )
 

@@ -15,6 +15,7 @@ from packaging.version import Version
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from rsvlm.contracts import MissingFileError
 from rsvlm.llm.tokenizer import TokenizerSource
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,9 @@ def load_pretrained(model: str, dtype: torch.dtype, attn: str, trust_remote_code
     kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": trust_remote_code, DTYPE_KW: dtype}
     if folder.is_dir():
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"LLM folder {folder} has no config.json; is it a Hugging Face model folder?")
+            raise MissingFileError(f"LLM folder {folder} has no config.json; is it a Hugging Face model folder?")
         if not any((folder / name).is_file() for name in WEIGHT_FILES):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"LLM folder {folder} has no weights ({', '.join(WEIGHT_FILES)}). Download them with "
                 f"`huggingface-cli download <hub id, e.g. Qwen/Qwen2.5-1.5B> --local-dir {folder}`"
             )

@@ -155,6 +155,26 @@ def test_from_the_shell_one_line_then_traceback_with_debug(bad_records):
     assert "BandError" in debug.stderr and "one_band.tif" in debug.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--images", "{missing}", "--masks", "{missing}", "--category", "water", "--bands", "naip"],
+        ["data", "stats", "--records", "{missing}"],
+        ["data", "stack", "{missing}", "--bands", "nir", "--out", "{folder}/out.tif"],
+    ],
+    ids=["evaluate", "data stats", "data stack"],
+)
+def test_a_file_that_is_not_there_is_one_line_naming_it(tmp_path, capsys, monkeypatch, command):
+    """Before, a missing raster or records file was a plain FileNotFoundError: a traceback."""
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    missing = tmp_path / "not_there.tif"
+    args = [arg.format(missing=missing, folder=tmp_path) for arg in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    _assert_one_error_line(err, "not_there.tif")
+    assert not (tmp_path / "out.tif").exists()
+
+
 # ----------------------------------------------------------------------- LightningCLI subcommands
 def test_predict_with_a_one_band_geotiff_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RSVLM_DEBUG", raising=False)

@@ -41,6 +41,7 @@ def test_band_spec_from_list_string_and_spec():
     spec = band_spec(["red", "nir"])
     assert spec == BandSpec(("red", "nir"))
     assert band_spec("red, nir") == spec
+    assert band_spec("NIR") == BandSpec(("nir",))  # one band name (a SAR file, one file of a stack)
     assert band_spec(spec) is spec
     assert spec.has("nir") and not spec.has("swir1") and "red" in spec
     assert list(spec) == ["red", "nir"]

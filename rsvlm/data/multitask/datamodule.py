@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rsvlm.contracts import MissingFileError
 from rsvlm.data.base import SPLITS, RsvlmDataModule, canonical_split
 from rsvlm.data.loaders import ResumableDataLoader
 from rsvlm.data.mixing import GroupKey, MixtureSampler, MixtureSpec
@@ -222,7 +223,7 @@ class InstructDataModule(RsvlmDataModule):
     def _read(self, index: int) -> list[InstructRecord]:
         path = self.sources[index]
         if not Path(path).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{type(self).__name__}.sources[{index}]: instruction records file not found: {path}"
             )
         records = read_records(path, check_files=self.check_files)

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from rsvlm.contracts import MissingFileError
 from rsvlm.data.multitask.records import InstructRecord, InstructRecordError
 from rsvlm.data.multitask.validate import check_record
 from rsvlm.io.atomic import atomic_path
@@ -61,7 +62,7 @@ def read_records(path: str | os.PathLike, check_files: bool = True) -> list[Inst
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"instruction records file not found: {p}")
+        raise MissingFileError(f"instruction records file not found: {p}")
     root = p.parent
     out: list[InstructRecord] = []
     seen: dict[str, int] = {}

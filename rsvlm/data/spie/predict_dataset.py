@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from rsvlm.contracts import MissingFileError
 from rsvlm.data.bands import BandError, BandSpec, band_spec, described_bands
 from rsvlm.data.raster import georef_meta, read_header, read_window
 from rsvlm.data.tiling import Window, check_flips, flip_tile, tile_windows
@@ -47,7 +48,7 @@ def _open_info(path: str, bands: BandSpec, file_bands: BandSpec | None) -> _Scen
     model's in the model's order (then only their number can be checked).
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"predict input not found: {path}")
+        raise MissingFileError(f"predict input not found: {path}")
     header = read_header(path)
     georef = georef_meta(header.crs, header.transform)
     named = file_bands or described_bands(header.descriptions)

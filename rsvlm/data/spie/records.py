@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from rsvlm.contracts import RsvlmError
+from rsvlm.contracts import MissingFileError, RsvlmError
 from rsvlm.io.atomic import atomic_write_text
 from rsvlm.io.paths import absolute_from, relative_to
 
@@ -175,7 +175,7 @@ def read_records(path: str | os.PathLike) -> list[SpieRecord]:
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"SPIE records file not found: {p}")
+        raise MissingFileError(f"SPIE records file not found: {p}")
     root = p.parent
     out = []
     for number, line in _iter_lines(p):

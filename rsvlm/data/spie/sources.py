@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsvlm.contracts import MissingFileError
 from rsvlm.data.bands import band_spec
 
 CATEGORIES: tuple[str, ...] = ("vegetation", "water", "building")
@@ -183,12 +184,12 @@ def list_scenes(source: SourceSpec) -> list[Scene]:
             img, lab = (str(Path(x).resolve()) for x in pair)
             for f in (img, lab):
                 if not os.path.exists(f):
-                    raise FileNotFoundError(f"SourceSpec({source.source_name()}): file not found: {f}")
+                    raise MissingFileError(f"SourceSpec({source.source_name()}): file not found: {f}")
             scenes.append(Scene(img, lab, source.split, Path(img).stem))
         return scenes
     folder = Path(source.path).expanduser().resolve()  # type: ignore[arg-type]
     if not folder.is_dir():
-        raise FileNotFoundError(f"SourceSpec({source.source_name()}): folder not found: {folder}")
+        raise MissingFileError(f"SourceSpec({source.source_name()}): folder not found: {folder}")
     manifest = folder / "manifest.json"
     if manifest.exists():
         m = json.loads(manifest.read_text())
@@ -206,14 +207,14 @@ def list_scenes(source: SourceSpec) -> list[Scene]:
         )
     img_dir, lab_dir = _find_dir(folder, _IMAGE_DIRS), _find_dir(folder, _LABEL_DIRS)
     if img_dir is None or lab_dir is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder}: expected an images folder (one of "
             f"{', '.join(_IMAGE_DIRS)}) and a labels folder (one of "
             f"{', '.join(_LABEL_DIRS)}) with files paired by name"
         )
     images, labels = _rasters(img_dir), _rasters(lab_dir)
     if not images:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{img_dir}: no rasters in the images folder of SourceSpec({source.source_name()}); nothing to build"
         )
     unpaired = sorted(set(images) - set(labels))
@@ -233,7 +234,7 @@ def load_responses(path: str | None) -> dict[str, dict[str, str]]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"SourceSpec.responses: {file} does not exist") from exc
+        raise MissingFileError(f"SourceSpec.responses: {file} does not exist") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"SourceSpec.responses: {file} is not valid JSON ({exc})") from exc
     bad = (

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from rsvlm.contracts import MissingFileError
 from rsvlm.training.metrics.text import roc_pairs
 
 #: Encoders loaded in this process, by (folder, device).
@@ -69,7 +70,7 @@ def model_folder(model: str | os.PathLike[str], argument: str = "similarity_mode
     """
     path = Path(model).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{argument}={str(model)!r} is not a local folder: give the folder of a sentence-transformers model "
             "(e.g. all-MiniLM-L6-v2 saved with SentenceTransformer.save); models are never fetched from a hub"
         )
