@@ -96,6 +96,8 @@ def evaluate_main(argv: list[str]) -> int:
         parser.error("give either --real-data or --images/--masks/--category/--bands")
     if args.images and not (args.masks and args.category and args.bands):
         parser.error("--images needs --masks, --category and --bands")
+    if args.images and len(args.images) != len(args.masks):
+        parser.error(f"--images gives {len(args.images)} file(s) but --masks gives {len(args.masks)}; they pair up")
     if args.flips:
         try:
             check_flips(args.flips, "--flips")

@@ -155,6 +155,14 @@ def test_from_the_shell_one_line_then_traceback_with_debug(bad_records):
     assert "BandError" in debug.stderr and "one_band.tif" in debug.stderr
 
 
+def test_evaluate_with_images_and_masks_that_do_not_pair_is_a_usage_error(tmp_path, capsys):
+    args = ["evaluate", "--images", "a.tif", "b.tif", "--masks", "a_mask.tif", "--category", "water"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--bands", "naip"])
+    assert exit_info.value.code == 2
+    assert "--images gives 2 file(s) but --masks gives 1" in capsys.readouterr().err.splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     "command",
     [
