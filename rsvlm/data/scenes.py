@@ -343,6 +343,8 @@ def write_scene_folder(
     Returns:
         The manifest path.
     """
+    if n < 1 or size < 1:
+        raise ValueError(f"write_scene_folder: n (scenes) and size (pixels) must be >= 1, got n={n}, size={size}")
     spec = band_spec(bands)
     centres = band_centres(spec)
     fractions = dict(split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1})

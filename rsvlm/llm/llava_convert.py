@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rsvlm.contracts import RsvlmError
+
 LLAVA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
@@ -32,6 +34,10 @@ LLAVA_V1_TEMPLATE = (
 )
 
 
+class ConvertError(RsvlmError, OSError):
+    """A checkpoint to convert cannot be loaded (names it and the loader's reason)."""
+
+
 def convert_llava(source: str | os.PathLike, out: str | os.PathLike, local_files_only: bool = False) -> Path:
     """Write the three component folders of a LLaVA checkpoint (hub id or folder) into ``out``."""
     from safetensors.torch import save_file
@@ -41,7 +47,9 @@ def convert_llava(source: str | os.PathLike, out: str | os.PathLike, local_files
     try:
         llava = LlavaForConditionalGeneration.from_pretrained(str(source), local_files_only=local_files_only)
     except (OSError, ValueError) as error:
-        raise OSError(f"convert llava: could not load {source} as LlavaForConditionalGeneration ({error})") from error
+        raise ConvertError(
+            f"convert llava: could not load {source} as LlavaForConditionalGeneration ({error})"
+        ) from error
     out.mkdir(parents=True, exist_ok=True)
     llava.model.vision_tower.save_pretrained(out / "vision")
     projector = llava.model.multi_modal_projector

@@ -163,6 +163,20 @@ def test_evaluate_with_images_and_masks_that_do_not_pair_is_a_usage_error(tmp_pa
     assert "--images gives 2 file(s) but --masks gives 1" in capsys.readouterr().err.splitlines()[-1]
 
 
+def test_predict_without_images_and_convert_of_nothing_are_one_line(tmp_path, capsys, monkeypatch):
+    """Both were tracebacks: a ValueError from the data module, an OSError from convert."""
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    predict = [arg for arg in _predict_args(tmp_path) if not arg.startswith("--data.init_args.predict_paths")]
+    assert main(predict) == 2
+    _assert_one_error_line(capsys.readouterr().err, "SpieDataModule.predict_paths")
+    assert main(["convert", "llava", "--from", str(tmp_path / "no_llava"), "--out", str(tmp_path / "out")]) == 2
+    _assert_one_error_line(capsys.readouterr().err, "no_llava")
+    assert not (tmp_path / "out").exists()
+    assert main(["data", "generate", "--out", str(tmp_path / "scenes"), "--n", "0"]) == 2
+    assert "n (scenes) and size (pixels) must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "scenes").exists()
+
+
 @pytest.mark.parametrize(
     "command",
     [

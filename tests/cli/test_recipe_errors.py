@@ -91,7 +91,7 @@ def test_missing_weights_name_the_component_that_wanted_them(tmp_path):
     message = str(error.value)
     assert message.startswith(
         f"{RECIPE}: model.init_args.decoder.init_args.decoder (rsvlm.heads.sam_decoder.SamMaskDecoderHead) "
-        "could not be built: FileNotFoundError: "
+        "could not be built: MissingFileError: "
     )
     assert str(missing) in message and "\n" not in message
     # The constructor's own exception stays reachable for --debug.

@@ -30,6 +30,7 @@ from rsvlm.data.spie.records import RecordError, SpieRecord, read_records, selec
 from rsvlm.data.stats import load_stats, mean_std
 from rsvlm.data.tiling import check_flips
 from rsvlm.data.transforms import Normalization, check_index_channels, check_normalization, check_threshold_jitter
+from rsvlm.io.recipe_errors import RecipeError
 
 
 class SpieDataModule(RsvlmDataModule):
@@ -263,7 +264,10 @@ class SpieDataModule(RsvlmDataModule):
 
     def _setup_predict(self) -> None:
         if not self.predict_paths:
-            raise ValueError("SpieDataModule: predict needs predict_paths= (GeoTIFFs)")
+            raise RecipeError(
+                "SpieDataModule.predict_paths: rsvlm predict needs the GeoTIFFs to predict on "
+                "(--data.init_args.predict_paths='[scene.tif]')"
+            )
         from rsvlm.data.spie.predict_dataset import TiledPredictDataset
 
         self.datasets["predict"] = TiledPredictDataset(
