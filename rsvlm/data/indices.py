@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.filters import threshold_otsu
 
+from rsvlm.contracts import RsvlmError
 from rsvlm.data.bands import BandSpec, band_spec
 
 BandsLike = BandSpec | str | Sequence[str]
@@ -36,18 +37,22 @@ INDEX_BANDS: dict[str, tuple[str, str]] = {
 _CATEGORY_ALIASES = {"buildings": "building", "built-up": "building", "builtup": "building"}
 
 
+class CategoryError(RsvlmError, ValueError):
+    """A land-cover category rsvlm does not know (the message lists the ones it does)."""
+
+
 def normalize_category(category: str) -> str:
     """Canonical category name: ``vegetation``, ``water`` or ``building``.
 
     Accepts ``buildings`` (and ``built-up``) for ``building``; case-insensitive.
 
     Raises:
-        ValueError: an unknown category.
+        CategoryError: an unknown category (a ``ValueError``).
     """
     c = category.strip().lower()
     c = _CATEGORY_ALIASES.get(c, c)
     if c not in INDEX_FOR_CATEGORY:
-        raise ValueError(
+        raise CategoryError(
             f"unknown land-cover category {category!r}; expected one of "
             f"{', '.join(INDEX_FOR_CATEGORY)} (or 'buildings')"
         )

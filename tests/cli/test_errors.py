@@ -164,7 +164,8 @@ def test_evaluate_with_images_and_masks_that_do_not_pair_is_a_usage_error(tmp_pa
 
 
 def test_predict_without_images_and_convert_of_nothing_are_one_line(tmp_path, capsys, monkeypatch):
-    """Both were tracebacks: a ValueError from the data module, an OSError from convert."""
+    """Tracebacks before: a ValueError from the data module, an OSError from convert, a ValueError
+    for an unknown category."""
     monkeypatch.delenv("RSVLM_DEBUG", raising=False)
     predict = [arg for arg in _predict_args(tmp_path) if not arg.startswith("--data.init_args.predict_paths")]
     assert main(predict) == 2
@@ -175,6 +176,9 @@ def test_predict_without_images_and_convert_of_nothing_are_one_line(tmp_path, ca
     assert main(["data", "generate", "--out", str(tmp_path / "scenes"), "--n", "0"]) == 2
     assert "n (scenes) and size (pixels) must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "scenes").exists()
+    unknown = ["evaluate", "--images", "a.tif", "--masks", "m.tif", "--category", "lava", "--bands", "naip"]
+    assert main(unknown) == 2
+    _assert_one_error_line(capsys.readouterr().err, "unknown land-cover category 'lava'")
 
 
 @pytest.mark.parametrize(
