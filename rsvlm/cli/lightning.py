@@ -133,6 +133,9 @@ class RsvlmCLI(LightningCLI):
             save_curves(csv_path, out)
         except CurvesError:
             return  # nothing was logged to draw
+        except Exception as exc:  # a picture must not turn a finished, recorded run into a failed one
+            print(f"curves not drawn ({type(exc).__name__}: {exc}); rsvlm curves {log_dir} draws them", file=sys.stderr)
+            return
         print(f"curves: {out}")
 
 

@@ -90,3 +90,26 @@ def test_cli_curves_finds_the_run_and_never_replaces_silently(tmp_path, capsys):
     assert main(["curves", str(tmp_path), "--overwrite"]) == 0
     assert main(["curves", str(tmp_path / "nowhere")]) == 2
     assert "no metrics.csv" in capsys.readouterr().err
+
+
+def test_fit_draws_curves_once_and_a_failed_drawing_does_not_fail_the_run(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from rsvlm.cli.lightning import RsvlmCLI
+
+    _logged_run(tmp_path)
+    log_dir = tmp_path / "logs" / "version_0"
+    cli = SimpleNamespace(trainer=SimpleNamespace(log_dir=str(log_dir), is_global_zero=True))
+    RsvlmCLI._draw_curves(cli)
+    drawn = log_dir / "curves.png"
+    before = drawn.read_bytes()
+    RsvlmCLI._draw_curves(cli)  # never over a picture that is there
+    assert drawn.read_bytes() == before
+    drawn.unlink()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr("rsvlm.experiments.curves.save_curves", boom)
+    RsvlmCLI._draw_curves(cli)
+    assert "curves not drawn (RuntimeError: no fonts)" in capsys.readouterr().err and not drawn.exists()
