@@ -33,6 +33,11 @@ class MissingFileError(RsvlmError, FileNotFoundError):
     helps, what to put there)."""
 
 
+class OutputExistsError(RsvlmError, FileExistsError):
+    """An output rsvlm would write is already there (or is an input): nothing is replaced unless
+    asked (the message names the file and how to ask)."""
+
+
 class ContractError(RsvlmError, ValueError):
     """Two neighbouring components disagree on a width, stride or band count."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rsvlm.contracts import RsvlmError
+from rsvlm.contracts import OutputExistsError, RsvlmError
 from rsvlm.data.coords import Grounding
 from rsvlm.inference.tile_outputs import answer_groundings, boxes_path, save_boxes
 
@@ -109,7 +109,7 @@ class Prediction:
         several = len((self.tiles[0][0].get("categories") if self.tiles else None) or []) > 1
         json_path = output_paths(folder, self.image, self.category, several)["json"]
         if any(g.boxes or g.points for g in self.boxes) and boxes_path(json_path).exists() and not overwrite:
-            raise FileExistsError(f"{boxes_path(json_path)} already exists; pass overwrite=True to replace it")
+            raise OutputExistsError(f"{boxes_path(json_path)} already exists; pass overwrite=True to replace it")
         Path(folder).mkdir(parents=True, exist_ok=True)
         if self.pixels is None:  # the writer writes the boxes too, as `rsvlm predict` does
             writer = PredictionWriter(str(folder), threshold=self.threshold, overwrite=overwrite)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from rsvlm.contracts import OutputExistsError
 from rsvlm.data.bands import BandError
 from rsvlm.data.coords import Grounding
 from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
@@ -79,9 +80,9 @@ def check_outputs(paths: dict[str, Path], inputs: set[Path], overwrite: bool) ->
     """Refuse to write over an input, or over an existing output unless ``overwrite``."""
     for kind, path in paths.items():
         if path.resolve() in inputs:
-            raise FileExistsError(f"refusing to write the {kind} output over the input file {path}")
+            raise OutputExistsError(f"refusing to write the {kind} output over the input file {path}")
         if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True (PredictionWriter) to replace it")
+            raise OutputExistsError(f"{path} already exists; pass overwrite=True (PredictionWriter) to replace it")
 
 
 def overlay_picture(

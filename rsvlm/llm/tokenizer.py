@@ -25,6 +25,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from rsvlm.contracts import OutputExistsError
+
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -167,7 +169,7 @@ def build_bpe_tokenizer(
             # the build is deterministic, so it is rebuilt below with this one.
             pass
     if folder.exists() and not marker.is_file() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} exists and is not a {label} tokenizer folder; choose an empty or new folder")
+        raise OutputExistsError(f"{folder} exists and is not a {label} tokenizer folder; choose an empty or new folder")
 
     fast = wrap_chatml(train_bpe(corpus, vocab_size, individual_digits))
     folder.parent.mkdir(parents=True, exist_ok=True)

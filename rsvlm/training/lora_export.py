@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from rsvlm.contracts import OutputExistsError
 from rsvlm.io.atomic import atomic_folder
 
 
@@ -52,7 +53,7 @@ def export_lora(module: nn.Module, out_dir: str | os.PathLike, merged: bool = Fa
         )
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"export_lora: {out} is not empty; pass overwrite=True to write into it")
+        raise OutputExistsError(f"export_lora: {out} is not empty; pass overwrite=True to write into it")
     with atomic_folder(out) as tmp:
         if merged:
             merged_model = copy.deepcopy(model).merge_and_unload()

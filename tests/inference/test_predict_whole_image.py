@@ -82,7 +82,7 @@ def geotiff(tmp_path_factory) -> Path:
     return path
 
 
-def test_predict_writes_what_the_api_saves(geomag_run, predictor, geotiff, seg_answers, tmp_path, monkeypatch):
+def test_predict_writes_what_the_api_saves(geomag_run, predictor, geotiff, seg_answers, tmp_path, monkeypatch, capsys):
     model = predictor
     probabilities = model.predict(str(geotiff), instruction=QUESTION).probabilities
     threshold = float(np.median(probabilities))  # a mask of about half the pixels: one the two must agree on
@@ -115,10 +115,13 @@ def test_predict_writes_what_the_api_saves(geomag_run, predictor, geotiff, seg_a
         k: v for k, v in answers[1].items() if k != "outputs"
     }
 
-    # Nothing already written is replaced: a second run refuses before predicting.
+    # Nothing already written is replaced: a second run refuses before predicting, in one line.
     before = cli["mask"].read_bytes()
-    with pytest.raises(FileExistsError, match="already exists"):
-        main(predict_args(geomag_run, tmp_path / "cli", tmp_path / "root2", *args))
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    capsys.readouterr()
+    assert main(predict_args(geomag_run, tmp_path / "cli", tmp_path / "root2", *args)) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rsvlm: error: ")]
+    assert len(error) == 1 and "already exists; pass overwrite=True" in error[0], error
     assert cli["mask"].read_bytes() == before
 
 
