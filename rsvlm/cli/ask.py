@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["pixel", "map"],
         help="pixel: x right, y down from the top-left corner; map: the image's CRS",
     )
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <stem>.prob.tif: the mask probability (float32, NaN where there is no data)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     return parser
 
@@ -105,7 +110,7 @@ def ask_main(argv: list[str]) -> int:
     else:
         results = model.predict(list(args.images), instruction=args.question, progress=True, **options)
     for result in results:
-        files = result.save(args.out, overwrite=args.overwrite)
+        files = result.save(args.out, overwrite=args.overwrite, probabilities=args.probabilities)
         boxes_note = f", boxes → {files['boxes']}" if "boxes" in files else ""
         print(f"{result.image}: {result.text!r} → {files['mask']}{boxes_note}")
     return 0

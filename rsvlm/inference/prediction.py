@@ -90,18 +90,20 @@ class Prediction:
             picture = overlay(rgb, self.mask, color=(255, 0, 0), alpha=0.45)
         return draw_prompts(picture, self.prompts, self.mask.shape) if prompts and self.prompts else picture
 
-    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> dict[str, Path]:
+    def save(self, folder: str | os.PathLike, overwrite: bool = False, probabilities: bool = False) -> dict[str, Path]:
         """Write ``<stem>.mask.tif``, ``<stem>.overlay.png`` and ``<stem>.json`` into ``folder``:
         for a file input exactly what ``rsvlm predict``'s writer writes (``<stem>`` the input's
         name), the overlay with the visual prompts drawn when there are some; an array is written
         as ``array.mask.tif`` without georeferencing. When the answers hold boxes or points,
         ``<stem>.boxes.geojson`` too: a FeatureCollection of Polygons (and Points) in the image's
         CRS with each one's ``phrase`` (pixel coordinates and no CRS for a picture without
-        georeferencing; :func:`rsvlm.io.geojson.grounding_collection`).
+        georeferencing; :func:`rsvlm.io.geojson.grounding_collection`). ``probabilities``: also
+        ``<stem>.prob.tif``, :attr:`probabilities` as float32 with NaN where there is no data
+        (the writer's ``probabilities=True``).
 
         Returns:
-            ``{"mask", "overlay", "json"}`` (and ``"boxes"``) → path. Existing files are refused
-            unless ``overwrite``.
+            ``{"mask", "overlay", "json"}`` (and ``"boxes"``, ``"probabilities"``) → path. Existing
+            files are refused unless ``overwrite``.
         """
         from rsvlm.inference.writer import PredictionWriter, output_paths
         from rsvlm.io.pictures import save_png
@@ -112,14 +114,16 @@ class Prediction:
             raise OutputExistsError(f"{boxes_path(json_path)} already exists; pass overwrite=True to replace it")
         Path(folder).mkdir(parents=True, exist_ok=True)
         if self.pixels is None:  # the writer writes the boxes too, as `rsvlm predict` does
-            writer = PredictionWriter(str(folder), threshold=self.threshold, overwrite=overwrite)
+            writer = PredictionWriter(
+                str(folder), threshold=self.threshold, overwrite=overwrite, probabilities=probabilities
+            )
             for meta, logits, valid, text in self.tiles:
                 writer.add(meta, logits, valid, text)
             paths = {k: Path(v) for k, v in writer.written[-1].items()}
             if self.prompts:  # the writer draws the mask only
                 save_png(paths["overlay"], self.show(), overwrite=True)
         else:
-            paths = _save_array(self, Path(folder), overwrite)
+            paths = _save_array(self, Path(folder), overwrite, probabilities)
             written = save_boxes(json_path, self.boxes, None, None, overwrite)
             paths.update({"boxes": written} if written else {})
         return paths
@@ -137,20 +141,22 @@ def draw_prompts(picture: np.ndarray, prompts: list[Any], size: tuple[int, int])
     return overlay(picture, batch, colours=PALETTE[1:] + PALETTE[:1])
 
 
-def _save_array(prediction: Prediction, folder: Path, overwrite: bool) -> dict[str, Path]:
+def _save_array(prediction: Prediction, folder: Path, overwrite: bool, probabilities: bool) -> dict[str, Path]:
     import json
 
-    from rsvlm.inference.writer import check_outputs, output_paths
+    from rsvlm.inference.writer import check_outputs, output_paths, write_probabilities
     from rsvlm.io.atomic import atomic_write_text
     from rsvlm.io.pictures import save_png
 
-    paths = output_paths(folder, prediction.image, prediction.category, False)
+    paths = output_paths(folder, prediction.image, prediction.category, False, probabilities)
     check_outputs(paths, set(), overwrite)
     import rasterio
 
     height, width = prediction.mask.shape
     with rasterio.open(paths["mask"], "w", driver="GTiff", height=height, width=width, count=1, dtype="uint8") as dst:
         dst.write(prediction.mask.astype(np.uint8)[None])
+    if probabilities:
+        write_probabilities(paths["probabilities"], prediction.probabilities, prediction.valid, None, None)
     save_png(paths["overlay"], prediction.show(), overwrite=overwrite)
     payload = {
         "image": prediction.image,

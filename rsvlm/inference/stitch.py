@@ -103,3 +103,9 @@ class Stitcher:
 
 
 __all__ = ["BLENDS", "Blend", "Stitcher", "blend_weights", "window_prediction"]
+
+
+def mask_probabilities(logits: np.ndarray) -> np.ndarray:
+    """``sigmoid(logits)`` in float64, ``H×W``: the one formula behind every saved mask, probability
+    file and :class:`~rsvlm.inference.prediction.Prediction`, so that they agree pixel for pixel."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))

@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from rsvlm.inference.prediction import PredictError, Prediction
+from rsvlm.inference.stitch import mask_probabilities
 
 
 class _WithInstruction(Dataset):
@@ -227,8 +228,7 @@ def predict_images(
 def _prediction(
     name: str, scene: Scene, category: str | None, instruction: str | None, bands: tuple[str, ...], threshold: float
 ) -> Prediction:
-    # float64 and ">" as the writer, so the saved mask and this one agree pixel for pixel.
-    exact = 1.0 / (1.0 + np.exp(-scene.stitcher.result().astype(np.float64)))
+    exact = mask_probabilities(scene.stitcher.result())  # and ">" as the writer: the saved mask is this one
     return Prediction(
         image=name,
         category=category,

@@ -32,6 +32,7 @@ from rsvlm.data.multitask.predict import (
     check_granularity,
 )
 from rsvlm.inference.prediction import PredictError, Prediction
+from rsvlm.inference.stitch import mask_probabilities
 from rsvlm.inference.tile_outputs import whole_image_tile
 
 __all__ = ["TASK_OF_GRANULARITY", "predict_whole_images"]
@@ -106,7 +107,7 @@ def _predict_one(
     meta, logits, valid, text = whole_image_tile(
         sample["meta"], out["mask_logits"][0, 0], sample["valid"][0], out["texts"][0]
     )
-    exact = 1.0 / (1.0 + np.exp(-logits.numpy().astype(np.float64)))
+    exact = mask_probabilities(logits.numpy())
     return Prediction(
         image=name,
         category=None,

@@ -11,6 +11,8 @@ Outputs, per input GeoTIFF and category
 * ``<out>/<stem>.overlay.png``: the mask in red over a true-colour (red, green, blue) or,
   failing that, false-colour (nir, red, green) composite, or the first band in grey; scenes
   larger than ``overlay_max_side`` are drawn downsampled;
+* ``<out>/<stem>.prob.tif`` (``probabilities=True``): the mask probability, float32, NaN where the
+  source has no data, on the source's grid;
 * ``<out>/<stem>.json``: the generated description of each tile (a whole-image model's answer:
   its one tile, with the question as ``instruction``), the category, threshold, tiling and the
   paths written;
@@ -46,8 +48,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from rsvlm.contracts import OutputExistsError
 from rsvlm.data.bands import BandError
 from rsvlm.data.coords import Grounding
-from rsvlm.data.raster import Raster, open_raster, read_header, write_mask
-from rsvlm.inference.stitch import BLENDS, Blend, Stitcher, window_prediction
+from rsvlm.data.raster import Raster, open_raster, read_header, write_geotiff, write_mask
+from rsvlm.inference.stitch import BLENDS, Blend, Stitcher, mask_probabilities, window_prediction
 from rsvlm.inference.tile_outputs import answer_groundings, boxes_path, save_boxes, whole_image_tile
 from rsvlm.io.atomic import atomic_write_text
 from rsvlm.io.pictures import CompositeKind, composite_or_stretch, overlay, save_png
@@ -66,14 +68,29 @@ def output_stem(out_dir: str | os.PathLike, image: str, category: str | None, se
     return Path(out_dir) / stem
 
 
-def output_paths(out_dir: str | os.PathLike, image: str, category: str | None, several: bool) -> dict[str, Path]:
-    """The three files written for one image (and category): ``mask``, ``overlay``, ``json``."""
+def output_paths(
+    out_dir: str | os.PathLike, image: str, category: str | None, several: bool, probabilities: bool = False
+) -> dict[str, Path]:
+    """The files written for one image (and category): ``mask``, ``overlay``, ``json`` (and
+    ``probabilities`` when asked)."""
     base = output_stem(out_dir, image, category, several)
-    return {
+    paths = {
         "mask": base.with_name(base.name + ".mask.tif"),
         "overlay": base.with_name(base.name + ".overlay.png"),
         "json": base.with_name(base.name + ".json"),
     }
+    if probabilities:
+        paths["probabilities"] = base.with_name(base.name + ".prob.tif")
+    return paths
+
+
+def write_probabilities(path: Path, probabilities: np.ndarray, valid: np.ndarray, crs: Any, transform: Any) -> Path:
+    """The ``H×W`` mask probabilities as a float32 GeoTIFF on the scene's grid, NaN (declared
+    nodata) where the scene has no data, so that a GIS can threshold or fuse them."""
+    data = np.where(valid, probabilities, np.nan).astype(np.float32)[None]
+    return write_geotiff(
+        path, data, crs, transform, band_names=["probability"], nodata=float("nan"), compress="deflate"
+    )
 
 
 def check_outputs(paths: dict[str, Path], inputs: set[Path], overwrite: bool) -> None:
@@ -146,6 +163,8 @@ class PredictionWriter(BasePredictionWriter):
             ``"true"`` or ``"false"``.
         bands: band names for the composite when the batches' meta does not carry them.
         overlay_max_side: longer side of the overlay PNG at most (larger scenes are downsampled).
+        probabilities: also write ``<stem>.prob.tif``, the mask probability (float32, NaN where the
+            scene has no data) on the scene's grid.
 
     Works with :class:`rsvlm.data.spie.predict_dataset.TiledPredictDataset` batches (meta
     ``window``/``scene_size``/``num_tiles``), with whole-image batches resized to the model
@@ -165,6 +184,7 @@ class PredictionWriter(BasePredictionWriter):
         composite: CompositeKind = "auto",
         bands: list[str] | None = None,
         overlay_max_side: int = 4096,
+        probabilities: bool = False,
     ) -> None:
         super().__init__(write_interval="batch")
         if not 0.0 < threshold < 1.0:
@@ -178,6 +198,7 @@ class PredictionWriter(BasePredictionWriter):
         self.composite = composite
         self.bands = bands
         self.overlay_max_side = overlay_max_side
+        self.probabilities = probabilities
         self._scenes: dict[tuple[str, str | None], _SceneState] = {}
         self._inputs: set[Path] = set()
         self.written: list[dict[str, str]] = []
@@ -201,7 +222,11 @@ class PredictionWriter(BasePredictionWriter):
                 self._inputs |= {Path(p).resolve() for p, _, _ in plan}
                 # Refuse before any prediction runs.
                 for image, category, several in plan:
-                    check_outputs(output_paths(self.output_dir, image, category, several), self._inputs, self.overwrite)
+                    check_outputs(
+                        output_paths(self.output_dir, image, category, several, self.probabilities),
+                        self._inputs,
+                        self.overwrite,
+                    )
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
@@ -246,7 +271,11 @@ class PredictionWriter(BasePredictionWriter):
         if state is None:
             self._inputs.add(Path(image).resolve())
             several = len(meta.get("categories") or []) > 1
-            check_outputs(output_paths(self.output_dir, image, category, several), self._inputs, self.overwrite)
+            check_outputs(
+                output_paths(self.output_dir, image, category, several, self.probabilities),
+                self._inputs,
+                self.overwrite,
+            )
             state = _SceneState(
                 meta={**meta, "several": several},
                 stitcher=Stitcher(height, width, self.blend),
@@ -270,12 +299,12 @@ class PredictionWriter(BasePredictionWriter):
     def _write_scene(self, state: _SceneState) -> Path:
         meta = state.meta
         image, category = str(meta["image"]), meta.get("category")
-        paths = output_paths(self.output_dir, image, category, meta["several"])
+        paths = output_paths(self.output_dir, image, category, meta["several"], self.probabilities)
         groundings = [g for i in sorted(state.groundings) for g in state.groundings[i]]
         boxes = boxes_path(paths["json"]) if any(g.boxes or g.points for g in groundings) else None
         check_outputs({**paths, **({"boxes": boxes} if boxes else {})}, self._inputs, self.overwrite)
         logits = state.stitcher.result()
-        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        probs = mask_probabilities(logits)
         mask = (probs > self.threshold) & state.valid
 
         header = read_header(image)
@@ -290,6 +319,8 @@ class PredictionWriter(BasePredictionWriter):
             path=image,
         )
         write_mask(paths["mask"], mask.astype(np.uint8), like, overwrite=self.overwrite)
+        if "probabilities" in paths:
+            write_probabilities(paths["probabilities"], probs, state.valid, crs, transform)
         bands = meta.get("file_bands") or meta.get("bands") or self.bands  # the file's bands draw its picture
         picture = overlay_picture(image, mask, bands, self.overlay_max_side, self.composite)
         save_png(paths["overlay"], picture, overwrite=self.overwrite)

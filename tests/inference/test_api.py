@@ -44,11 +44,12 @@ def test_predict_saves_the_same_files_as_rsvlm_predict(run_folder, scene, model,
 
     cli_out = tmp_path / "cli"
     inputs = [f"--data.init_args.predict_paths=[{scene}]", "--data.init_args.categories=[water]"]
+    inputs.append("--trainer.callbacks.probabilities=true")
     code = main(predict_args(run_folder, cli_out, tmp_path / "predict-run", *inputs))
     assert code in (0, None)
     result = model.predict(str(scene), category="water")
-    paths = result.save(tmp_path / "api")
-    for kind in ("mask", "overlay"):
+    paths = result.save(tmp_path / "api", probabilities=True)
+    for kind in ("mask", "overlay", "probabilities"):
         assert paths[kind].read_bytes() == (cli_out / paths[kind].name).read_bytes(), kind
     api_json, cli_json = (json.loads(p.read_text()) for p in (paths["json"], cli_out / paths["json"].name))
     api_json.pop("outputs"), cli_json.pop("outputs")
@@ -56,6 +57,10 @@ def test_predict_saves_the_same_files_as_rsvlm_predict(run_folder, scene, model,
     with rasterio.open(paths["mask"]) as src:
         np.testing.assert_array_equal(src.read(1).astype(bool), result.mask)
         assert src.crs == result.crs and src.transform == result.transform
+    with rasterio.open(paths["probabilities"]) as src:
+        saved = src.read(1)
+    np.testing.assert_array_equal(np.where(result.valid, saved, 0.0), result.probabilities)
+    assert np.isnan(saved[~result.valid]).all()
     assert [t["description"] for t in cli_json["tiles"]] == result.texts
     with pytest.raises(FileExistsError, match="already exists"):
         result.save(tmp_path / "api")
@@ -85,9 +90,13 @@ def test_an_array_is_saved_without_georeferencing(scene, model, tmp_path):
     pixels[:, :4, :4] = np.nan  # nodata: invalid, never in the mask
     result = model.predict(pixels, category="water")
     assert not result.valid[:4, :4].any() and not result.mask[:4, :4].any()
-    paths = result.save(tmp_path)
+    paths = result.save(tmp_path, probabilities=True)
     with rasterio.open(paths["mask"]) as src:
         np.testing.assert_array_equal(src.read(1).astype(bool), result.mask)
+    with rasterio.open(paths["probabilities"]) as src:
+        assert src.crs is None
+        np.testing.assert_array_equal(src.read(1)[result.valid], result.probabilities[result.valid])
+        assert np.isnan(src.read(1)[:4, :4]).all()
     assert json.loads(paths["json"].read_text())["category"] == "water"
 
 

@@ -92,6 +92,30 @@ def test_written_outputs_keep_georeferencing_and_honour_nodata(tmp_path):
         np.testing.assert_array_equal(again.read(), data)
 
 
+def test_probabilities_are_the_sigmoid_of_the_stitched_logits_with_nan_where_no_data(tmp_path):
+    from scipy.special import expit
+
+    src = tmp_path / "scene.tif"
+    data = write_scene(src, 40, 50, nodata_box=(0, 10, 0, 12))
+    dataset = TiledPredictDataset([str(src)], BANDS, mean=[1500.0] * 4, std=[800.0] * 4, tile=64, overlap=0)
+    field = np.linspace(-6.0, 6.0, 40 * 50, dtype=np.float32).reshape(40, 50)  # one tile: no blending
+    writer = PredictionWriter(str(tmp_path / "out"), threshold=0.3, probabilities=True)
+    _feed(writer, dataset, field)
+    paths = output_paths(tmp_path / "out", str(src), None, several=False, probabilities=True)
+    assert paths["probabilities"].name == "scene.prob.tif"
+    valid = np.all(data != 0, axis=0)
+    with rasterio.open(paths["probabilities"]) as out, rasterio.open(paths["mask"]) as mask:
+        assert out.dtypes[0] == "float32" and np.isnan(out.nodata) and out.descriptions == ("probability",)
+        assert out.crs == CRS_UTM and out.transform == TRANSFORM
+        probabilities = out.read(1)
+        np.testing.assert_array_equal(np.isnan(probabilities), ~valid)
+        np.testing.assert_allclose(probabilities[valid], expit(field.astype(np.float64))[valid], rtol=1e-6)
+        np.testing.assert_array_equal(mask.read(1).astype(bool), (probabilities > 0.3) & valid)
+    assert json.loads(paths["json"].read_text())["outputs"]["probabilities"] == str(paths["probabilities"])
+    with pytest.raises(FileExistsError, match=r"scene\.(mask\.tif|overlay\.png|json|prob\.tif) already exists"):
+        _feed(PredictionWriter(str(tmp_path / "out"), probabilities=True), dataset, field)
+
+
 def test_overlay_picture_draws_the_mask_over_true_colour_and_names_missing_bands(tmp_path):
     src = tmp_path / "scene.tif"
     data = write_scene(src, 12, 10).astype(np.float64)
