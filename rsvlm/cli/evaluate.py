@@ -112,7 +112,7 @@ def evaluate_main(argv: list[str]) -> int:
     if args.figures:
         from rsvlm.inference.error_figures import ErrorFigures
 
-        figures = ErrorFigures(args.figures, items, overwrite=args.overwrite)
+        figures = ErrorFigures(args.figures, items, args.overwrite, args.categories)
     predictors, average, source = {}, args.average, {}
     if args.config:
         from rsvlm.inference.evaluate import ModelInput, ModelPredictor, load_model

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rsvlm.data.baseline import confusion_counts, scores
+from rsvlm.data.indices import normalize_category
 from rsvlm.data.real import LabelledImage
 from rsvlm.inference.evaluate import EvaluateError
 
@@ -23,25 +24,35 @@ from rsvlm.inference.evaluate import EvaluateError
 class ErrorFigures:
     """Collects :func:`~rsvlm.inference.evaluate.evaluate`'s masks and writes error-map figures.
 
+    Masks are kept (``H×W`` bool per image, category and method: 1 byte a pixel) until :meth:`write`.
+
     Args:
         folder: where the figures go (created).
         items: the images that will be scored (their figure names are fixed here).
         overwrite: replace existing figures; without it an existing one is an error before scoring.
+        categories: the categories that will be scored (None: every one an image has a mask of).
 
     Raises:
         EvaluateError: a figure file exists and ``overwrite`` is False (names it).
     """
 
-    def __init__(self, folder: str | Path, items: Sequence[LabelledImage], overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        items: Sequence[LabelledImage],
+        overwrite: bool = False,
+        categories: Sequence[str] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.overwrite = overwrite
         self.names = _unique_names(items)
         self.masks: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self.items = {item.path: item for item in items}
+        wanted = None if categories is None else {normalize_category(c) for c in categories}
         if not overwrite:
             for item in items:
                 for category in item.targets:
-                    if self.path(item, category).exists():
+                    if (wanted is None or category in wanted) and self.path(item, category).exists():
                         raise EvaluateError(f"{self.path(item, category)} exists; pass --overwrite to replace it")
 
     def path(self, item: LabelledImage, category: str) -> Path:

@@ -67,6 +67,7 @@ def test_figures_hold_the_masks_each_row_scored(tmp_path):
     with pytest.raises(EvaluateError, match=r"000_scene_water\.png exists; pass --overwrite"):
         ErrorFigures(tmp_path / "figures", items)
     assert len(ErrorFigures(tmp_path / "figures", items, overwrite=True).names) == 2
+    ErrorFigures(tmp_path / "figures", items, categories=["vegetation"])  # water's are not redrawn: no refusal
 
 
 def test_cli_figures_are_checked_before_scoring_and_replaced_only_when_asked(tmp_path, capsys):
