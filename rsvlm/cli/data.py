@@ -212,11 +212,28 @@ def stack_main(argv: list[str]) -> int:
         default="bilinear",
         help="for files on another grid than the first (default bilinear)",
     )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="write value·scale + offset as float32 (NaN where not valid): Landsat C2 L2 SR 2.75e-5, "
+        "Sentinel-2 L2A 1e-4",
+    )
+    p.add_argument(
+        "--offset", type=float, default=0.0, help="added after --scale: Landsat C2 L2 SR -0.2, Sentinel-2 L2A -0.1"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     summary = write_stack(
-        args.files, args.bands, args.out, args.resampling, overwrite=args.overwrite, progress=not args.no_progress
+        args.files,
+        args.bands,
+        args.out,
+        args.resampling,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        scale=args.scale,
+        offset=args.offset,
     )
     print(
         f"{summary.path}: {len(summary.bands)} bands ({', '.join(summary.bands)}), "

@@ -109,6 +109,8 @@ def write_stack(
     overwrite: bool = False,
     block: int = 1024,
     progress: bool = False,
+    scale: float | None = None,
+    offset: float = 0.0,
 ) -> StackSummary:
     """Write single-band files as one GeoTIFF whose band descriptions are the band names.
 
@@ -129,6 +131,11 @@ def write_stack(
         overwrite: replace ``out`` if it exists (refused otherwise, before anything is read).
         block: window side in pixels.
         progress: a progress bar over the windows (stderr).
+        scale, offset: write ``value · scale + offset`` as float32 reflectance, NaN where not valid
+            (given either): a product's digital numbers to its physical units, which spectral
+            indices need (an offset changes NDWI and NDVI). Landsat Collection-2 Level-2 surface
+            reflectance: ``scale=2.75e-5, offset=-0.2``; Sentinel-2 L2A from processing baseline
+            04.00: ``scale=1e-4, offset=-0.1``. Default: the values as they are.
 
     Raises:
         BandError: the number of files differs from the spec, or a file has more than one band.
@@ -185,8 +192,12 @@ def write_stack(
             )
             readers.append(opened.enter_context(vrt))
             resampled.append(p)
-        dtype = np.result_type(*(src.dtypes[0] for src in sources)).name
-        nodata = _common_nodata([src.nodata for src in sources])
+        rescale = scale is not None or offset != 0.0
+        if rescale:
+            dtype, nodata = "float32", float("nan")
+        else:
+            dtype = np.result_type(*(src.dtypes[0] for src in sources)).name
+            nodata = _common_nodata([src.nodata for src in sources])
         profile = {
             "driver": "GTiff",
             "height": ref.height,
@@ -221,6 +232,8 @@ def write_stack(
                 for index, (path, reader) in enumerate(zip(ps, readers), start=1):
                     data, mask = _read_band(reader, window, path, alpha=path in resampled)
                     valid &= mask
+                    if rescale:
+                        data = np.where(mask, data * (1.0 if scale is None else scale) + offset, np.nan)
                     dst.write(data.astype(dtype, copy=False), index, window=window)
                 dst.write_mask(valid.astype(np.uint8) * 255, window=window)
     return StackSummary(out, spec.names, ref.height, ref.width, dtype, tuple(resampled))

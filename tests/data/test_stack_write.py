@@ -57,6 +57,21 @@ def test_a_stack_holds_each_file_as_a_named_band_and_masks_what_any_band_lacks(l
     assert described_bands(read_header(out).descriptions).names == ("blue", "green", "red", "nir")
 
 
+def test_scale_and_offset_give_float_reflectance_with_nan_where_a_band_has_no_data(landsat_like, tmp_path, capsys):
+    paths, planes = landsat_like
+    out = tmp_path / "reflectance.tif"
+    args = ["data", "stack", *map(str, paths), "--bands", "blue,green,red,nir", "--out", str(out), "--no-progress"]
+    assert main([*args, "--scale", "2.75e-5", "--offset", "-0.2"]) == 0  # Landsat Collection-2 Level-2
+    assert "float32" in capsys.readouterr().out
+    expected = (planes.astype(np.float64) * 2.75e-5 - 0.2).astype(np.float32)
+    expected[planes == 0] = np.nan  # each band's own nodata
+    with rasterio.open(out) as src:
+        assert src.dtypes[0] == "float32" and np.isnan(src.nodata)
+        np.testing.assert_array_equal(src.read(), expected)
+    _, valid, _, _, _ = read_window(out)
+    np.testing.assert_array_equal(valid, np.all(planes != 0, axis=0))
+
+
 def test_a_band_on_a_coarser_grid_is_resampled_onto_the_first(landsat_like, tmp_path):
     paths, planes = landsat_like
     rng = np.random.default_rng(1)
