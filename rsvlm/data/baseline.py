@@ -82,8 +82,12 @@ class ScoreAccumulator:
         self.images = 0
         self.scored = 0
 
-    def add(self, pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Count one image: ``pred`` and ``target`` H×W (bool or 0/1), ``valid`` H×W or None."""
+    def add(self, pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> dict[str, int]:
+        """Count one image: ``pred`` and ``target`` H×W (bool or 0/1), ``valid`` H×W or None.
+
+        Returns:
+            The image's own counts ``tp, fp, fn, tn``.
+        """
         counts = confusion_counts(pred, target, valid)
         for k, v in counts.items():
             self.total[k] += v
@@ -92,6 +96,7 @@ class ScoreAccumulator:
             for k, v in scores(counts, zero_division=1.0).items():
                 self.score_sums[k] += v
             self.scored += 1
+        return counts
 
     def result(self) -> dict[str, float | int]:
         """The five scores, the pooled counts ``tp, fp, fn, tn`` and ``images`` (images added)."""

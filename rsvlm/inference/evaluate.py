@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rsvlm.contracts import RsvlmError
-from rsvlm.data.baseline import METRIC_NAMES, IndexBaseline, ScoreAccumulator
+from rsvlm.data.baseline import METRIC_NAMES, IndexBaseline, ScoreAccumulator, scores
 from rsvlm.data.real import LabelledImage, select_bands
 
 Predictor = Callable[[LabelledImage, str], np.ndarray]
@@ -164,7 +164,9 @@ def evaluate(
 
     Returns:
         Rows ``{"dataset", "category", "method", "average", "images", F1, Recall, Precision,
-        OA, IoU, tp, fp, fn, tn}`` (or ``skipped``), ordered by dataset, category, method.
+        OA, IoU, tp, fp, fn, tn, "per_image"}`` (or ``skipped``), ordered by dataset, category,
+        method; ``per_image`` lists each image's ``{"image", F1, ..., tp, fp, fn, tn}`` (an image
+        without target or prediction scores 1, as in the ``image`` average).
 
     Raises:
         EvaluateError: no image has a mask of any category asked for.
@@ -186,10 +188,13 @@ def evaluate(
         for method, predict in predictors.items():
             accumulator = ScoreAccumulator(average)
             row: dict[str, Any] = {"dataset": dataset, "category": category, "method": method, "average": average}
+            per_image = []
             try:
                 for item in group:
                     mask = predict(item, category)
-                    accumulator.add(mask, item.targets[category], item.valid)
+                    counts = accumulator.add(mask, item.targets[category], item.valid)
+                    # An image's own scores; where it has neither target nor prediction they are 1.
+                    per_image.append({"image": item.path, **scores(counts, zero_division=1.0), **counts})
                     if on_mask is not None:
                         on_mask(item, category, method, mask)
             except BandError as err:
@@ -197,7 +202,7 @@ def evaluate(
                     raise
                 rows.append({**row, "images": len(group), "skipped": str(err)})
                 continue
-            rows.append({**row, **accumulator.result()})
+            rows.append({**row, **accumulator.result(), "per_image": per_image})
     return rows
 
 

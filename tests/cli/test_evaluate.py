@@ -135,6 +135,10 @@ def test_evaluate_scores_model_and_baseline_on_the_same_pixels(tiny, tmp_path, c
         targets.append(label[valid] == 1)
     _check_sklearn(base_row, np.concatenate(preds), np.concatenate(targets))
     assert base_row["F1"] > 0.9  # the strip is obvious to NDWI
+    # And each image's own scores (the JSON's per_image), as sklearn gives them image by image.
+    assert [entry["image"] for entry in base_row["per_image"]] == images
+    for entry, pred, target in zip(base_row["per_image"], preds, targets, strict=True):
+        _check_sklearn(entry, pred, target)
 
     # The model's row: counts cover exactly the valid pixels; scores are sklearn's of them.
     n_valid = sum(int((label != 255).sum()) for _, label in refs)
