@@ -39,21 +39,12 @@ def read_stack(paths: Sequence[PathLike], bands: BandSpec | str | Sequence[str])
     """
     ps = [os.fspath(p) for p in paths]
     spec = band_spec(bands)
-    if len(ps) != len(spec):
-        raise BandError(
-            f"read_stack: {len(ps)} files given for band spec ({', '.join(spec.names)}) of {len(spec)} bands", spec=spec
-        )
+    _check_file_count(ps, spec)
     planes, valid = [], None
     first: tuple[str, Any, Affine | None, float | None, tuple[int, int]] | None = None
     for p, name in zip(ps, spec.names):
         data, v, crs, transform, nodata = read_window(p)
-        if data.shape[0] != 1:
-            raise BandError(
-                f"{p}: expected a single-band file for band {name!r}, found {data.shape[0]} bands",
-                band=name,
-                spec=spec,
-                path=p,
-            )
+        _check_single_band(p, name, data.shape[0], spec)
         if first is None:
             first = (p, crs, transform, nodata, data.shape[1:])
         else:
@@ -152,8 +143,7 @@ def write_stack(
     ps = [os.fspath(p) for p in paths]
     spec = band_spec(bands)
     out = Path(out)
-    if len(ps) != len(spec):
-        raise BandError(f"{len(ps)} files given for the {len(spec)} bands {', '.join(spec.names)}", spec=spec)
+    _check_file_count(ps, spec)
     if resampling not in RESAMPLINGS:
         raise ValueError(f"resampling: one of {', '.join(RESAMPLINGS)}, got {resampling!r}")
     if any(Path(p).resolve() == out.resolve() for p in ps):
@@ -164,17 +154,11 @@ def write_stack(
         sources = [opened.enter_context(open_raster(p, f"cannot read raster {p}")) for p in ps]
         ref = sources[0]
         for p, name, src in zip(ps, spec.names, sources):
-            if src.count != 1:
-                raise BandError(
-                    f"{p}: expected a single-band file for band {name!r}, found {src.count} bands",
-                    band=name,
-                    spec=spec,
-                    path=p,
-                )
-        readers, resampled = [], []
+            _check_single_band(p, name, src.count, spec)
+        readers: list[tuple[str, Any, bool]] = []  # (file, reader, warped: its validity in band 2)
         for p, src in zip(ps, sources):
             if _same_grid(src, ref):
-                readers.append(src)
+                readers.append((p, src, False))
                 continue
             if src.crs is None or ref.crs is None:
                 raise RasterError(
@@ -190,8 +174,7 @@ def write_stack(
                 resampling=Resampling[resampling],
                 add_alpha=True,  # band 2: 0 where the file has no data or does not reach
             )
-            readers.append(opened.enter_context(vrt))
-            resampled.append(p)
+            readers.append((p, opened.enter_context(vrt), True))
         rescale = scale is not None or offset != 0.0
         if rescale:
             dtype, nodata = "float32", float("nan")
@@ -229,14 +212,32 @@ def write_stack(
                 dst.update_tags(index, source=Path(path).name)
             for window in tqdm(windows, desc=f"stack {out.name}", unit="window", disable=not progress):
                 valid = np.ones((int(window.height), int(window.width)), bool)
-                for index, (path, reader) in enumerate(zip(ps, readers), start=1):
-                    data, mask = _read_band(reader, window, path, alpha=path in resampled)
+                for index, (path, reader, warped) in enumerate(readers, start=1):
+                    data, mask = _read_band(reader, window, path, alpha=warped)
                     valid &= mask
                     if rescale:
                         data = np.where(mask, data * (1.0 if scale is None else scale) + offset, np.nan)
                     dst.write(data.astype(dtype, copy=False), index, window=window)
                 dst.write_mask(valid.astype(np.uint8) * 255, window=window)
-    return StackSummary(out, spec.names, ref.height, ref.width, dtype, tuple(resampled))
+    resampled = tuple(path for path, _, warped in readers if warped)
+    return StackSummary(out, spec.names, ref.height, ref.width, dtype, resampled)
+
+
+def _check_file_count(paths: Sequence[str], spec: BandSpec) -> None:
+    """One file per band of ``spec``, or a :class:`BandError` giving both counts."""
+    if len(paths) != len(spec):
+        raise BandError(f"{len(paths)} files given for the {len(spec)} bands {', '.join(spec.names)}", spec=spec)
+
+
+def _check_single_band(path: str, name: str, count: int, spec: BandSpec) -> None:
+    """A file of a stack holds one band, or a :class:`BandError` naming the file and its band."""
+    if count != 1:
+        raise BandError(
+            f"{path}: expected a single-band file for band {name!r}, found {count} bands",
+            band=name,
+            spec=spec,
+            path=path,
+        )
 
 
 def _read_band(reader: Any, window: Any, path: str, alpha: bool = False) -> tuple[np.ndarray, np.ndarray]:

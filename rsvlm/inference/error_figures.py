@@ -1,9 +1,9 @@
 """Pictures of where each method of ``rsvlm evaluate`` agrees with the reference, image by image.
 
 :class:`ErrorFigures` is an ``on_mask`` observer of :func:`rsvlm.inference.evaluate.evaluate`: it
-keeps every scored mask and, once scoring is done, writes one PNG per image and category,
-``FOLDER/<dataset>/<image name>_<category>.png``: the picture, the reference and one error map per
-method (:func:`rsvlm.io.pictures.save_error_figure`), each titled with that method's F1 on this
+keeps every scored mask and the counts evaluate made of it and, once scoring is done, writes one
+PNG per image and category, ``FOLDER/<dataset>/<image name>_<category>.png``: the picture, the
+reference and one error map per method (:func:`rsvlm.io.pictures.save_error_figure`), each titled with that method's F1 on this
 image. Paths are checked before anything is scored, so a long evaluation never ends on a file
 that exists.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsvlm.data.baseline import confusion_counts, scores
+from rsvlm.data.baseline import scores
 from rsvlm.data.indices import normalize_category
 from rsvlm.data.real import LabelledImage
 from rsvlm.inference.evaluate import EvaluateError
@@ -47,6 +47,7 @@ class ErrorFigures:
         self.overwrite = overwrite
         self.names = _unique_names(items)
         self.masks: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self.counts: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
         self.items = {item.path: item for item in items}
         wanted = None if categories is None else {normalize_category(c) for c in categories}
         if not overwrite:
@@ -59,8 +60,11 @@ class ErrorFigures:
         """The figure of ``item`` and ``category``."""
         return self.folder / item.dataset / f"{self.names[item.path]}_{category}.png"
 
-    def __call__(self, item: LabelledImage, category: str, method: str, mask: np.ndarray) -> None:
+    def __call__(
+        self, item: LabelledImage, category: str, method: str, mask: np.ndarray, counts: dict[str, int]
+    ) -> None:
         self.masks.setdefault((item.path, category), {})[method] = np.asarray(mask, bool)
+        self.counts.setdefault((item.path, category), {})[method] = counts
 
     def write(self, progress: bool = False) -> list[Path]:
         """One figure per scored image and category; returns the files written."""
@@ -74,7 +78,7 @@ class ErrorFigures:
             target = item.targets[category]
             panels = {}
             for method, mask in by_method.items():
-                panels[f"{method}\n{_score_line(mask, target, item.valid)}"] = mask
+                panels[f"{method}\n{_score_line(self.counts[(path, category)][method])}"] = mask
             out = self.path(item, category)
             out.parent.mkdir(parents=True, exist_ok=True)
             rgb = composite_or_stretch(item.image, item.bands)
@@ -83,10 +87,9 @@ class ErrorFigures:
         return written
 
 
-def _score_line(mask: np.ndarray, target: np.ndarray, valid: np.ndarray) -> str:
-    """``F1 0.812`` on the image's scored pixels; where it has no reference pixel (F1 says
-    nothing), the share of scored pixels the method marks instead."""
-    counts = confusion_counts(mask, target, valid)
+def _score_line(counts: dict[str, int]) -> str:
+    """``F1 0.812`` from an image's counts; where it has no reference pixel (F1 says nothing),
+    the share of scored pixels the method marks instead."""
     if counts["tp"] + counts["fn"] == 0:
         scored = sum(counts.values())
         return f"no reference pixel; marks {100 * counts['fp'] / max(scored, 1):.1f} %"

@@ -28,8 +28,9 @@ from rsvlm.data.baseline import METRIC_NAMES, IndexBaseline, ScoreAccumulator, s
 from rsvlm.data.real import LabelledImage, select_bands
 
 Predictor = Callable[[LabelledImage, str], np.ndarray]
-#: ``on_mask(item, category, method, mask)``: sees each mask :func:`evaluate` scores.
-MaskObserver = Callable[[LabelledImage, str, str, np.ndarray], None]
+#: ``on_mask(item, category, method, mask, counts)``: sees each mask :func:`evaluate` scores and
+#: its counts ``tp, fp, fn, tn`` on the image's valid pixels.
+MaskObserver = Callable[[LabelledImage, str, str, np.ndarray, dict[str, int]], None]
 BASELINE_NAME = "index baseline"
 
 
@@ -159,8 +160,8 @@ def evaluate(
         categories: score only these (default: every category an image has a mask of).
         skip_missing_bands: a predictor that needs a band an image lacks gets a row with
             ``skipped`` (the reason) for that dataset instead of stopping the evaluation.
-        on_mask: called with ``(item, category, method, mask)`` for each ``H×W`` bool mask
-            scored (e.g. :class:`rsvlm.inference.error_figures.ErrorFigures`).
+        on_mask: called with ``(item, category, method, mask, counts)`` for each ``H×W`` bool mask
+            scored and its counts (e.g. :class:`rsvlm.inference.error_figures.ErrorFigures`).
 
     Returns:
         Rows ``{"dataset", "category", "method", "average", "images", F1, Recall, Precision,
@@ -196,7 +197,7 @@ def evaluate(
                     # An image's own scores; where it has neither target nor prediction they are 1.
                     per_image.append({"image": item.path, **scores(counts, zero_division=1.0), **counts})
                     if on_mask is not None:
-                        on_mask(item, category, method, mask)
+                        on_mask(item, category, method, mask, counts)
             except BandError as err:
                 if not skip_missing_bands:
                     raise
