@@ -19,9 +19,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rsvlm.experiments.architectures import with_architecture
+from rsvlm.io.yaml_file import read_yaml
 
 WEIGHT_PATH_KEYS = ("checkpoint", "checkpoint_path", "sam_checkpoint", "encoder_init", "init_from", "component_init")
 
@@ -31,7 +30,7 @@ def summarize_main(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, help="recipe YAML")
     args = parser.parse_args(argv)
     model = build_on_meta(args.config)
-    config = yaml.safe_load(Path(args.config).read_text()) or {}
+    config = read_yaml(args.config) or {}
     print("\n".join(pipeline_lines(config["model"], getattr(model, "stages", None))))
     name = Path(args.config).name
     for number, (stage, epochs) in enumerate(stage_order(config["model"]), start=1):
@@ -101,9 +100,7 @@ def build_on_meta(recipe: str | Path):
     from rsvlm.io.recipe_errors import RecipeError
 
     path = Path(recipe)
-    if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_yaml(path) or {}
     if "model" not in config:
         raise RecipeError(f"recipe {path} has no 'model' section")
     return build_model_on_meta(config["model"], where=str(path))

@@ -239,12 +239,10 @@ def load_model(recipe: str | Path, ckpt: str | Path | None) -> tuple[Any, Any]:
     Returns:
         ``(model in eval mode, data module)``.
     """
-    import yaml
+    from rsvlm.io.yaml_file import read_yaml
 
     path = Path(recipe)
-    if not path.is_file():
-        raise EvaluateError(f"recipe {path} does not exist")
-    model, data = build_from_config(yaml.safe_load(path.read_text()) or {}, where=str(path))
+    model, data = build_from_config(read_yaml(path) or {}, where=str(path))
     if ckpt is not None:
         model.load_weights(str(ckpt))
     return model.eval(), data

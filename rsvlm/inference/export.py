@@ -30,6 +30,7 @@ import yaml
 
 from rsvlm.contracts import RsvlmError
 from rsvlm.io.atomic import atomic_write_text
+from rsvlm.io.yaml_file import read_yaml
 
 EXPORT_FORMAT = 1
 MARKER = "rsvlm.json"
@@ -87,7 +88,7 @@ def export(run: str | os.PathLike, to: str | os.PathLike, overwrite: bool = Fals
     save_file(state, str(tmp), metadata={"format": "pt", "rsvlm_export": str(EXPORT_FORMAT)})
     os.replace(tmp, out / "model.safetensors")
 
-    config = yaml.safe_load(Path(recipe_path).read_text()) or {}
+    config = read_yaml(recipe_path) or {}
     data = dict(config["data"])
     data["init_args"] = {
         **data.get("init_args", {}),
@@ -171,7 +172,7 @@ def load_folder(path: str | os.PathLike) -> tuple[Any, Any]:
     marker = json.loads((folder / MARKER).read_text())
     if int(marker.get("format", 0)) > EXPORT_FORMAT:
         raise ExportError(f"{folder / MARKER}: format {marker['format']} is newer than this rsvlm reads")
-    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    recipe = read_yaml(folder / "recipe.yaml")
     recipe["data"]["init_args"]["stats"] = str(folder / "stats.json")
     llm = recipe["model"].get("init_args", {}).get("llm", {}).get("init_args", {})
     if llm.get("tokenizer") == TOKENIZER_DIR:

@@ -105,6 +105,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     p = os.fspath(path)
     if not os.path.exists(p):
         raise MissingCheckpointError(f"checkpoint file not found: {p}")
+    if os.path.isfile(p) and not _looks_like_torch_save(p):
+        raise CheckpointError(
+            f"cannot read checkpoint {p}: not a file torch.save wrote (neither its zip archive nor a pickle); "
+            "give a checkpoint that rsvlm fit wrote (RUN/checkpoints/*.ckpt)"
+        )
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -121,6 +126,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(
             f"cannot read checkpoint {p}: {err} (truncated, corrupt, or not a torch checkpoint?)"
         ) from err
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """True when ``path`` starts as ``torch.save`` output does: a zip archive (``PK\\x03\\x04``,
+    also when truncated, which ``torch.load`` then reports) or the legacy pickle (``0x80``, the
+    PROTO opcode). Anything else (an image, a text file, a safetensors file) would reach the
+    weights-only unpickler and be refused as holding unsafe objects, which misleads."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

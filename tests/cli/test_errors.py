@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from conftest import REPO
 from rasterio.transform import from_origin
 
@@ -199,6 +200,39 @@ def test_a_file_that_is_not_there_is_one_line_naming_it(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     _assert_one_error_line(err, "not_there.tif")
     assert not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["summarize", "--config", "{bad}"],
+        ["evaluate", "--config", "{bad}", "--ckpt", "{ckpt}", "--real-data", "{folder}"],
+        ["sweep", "{bad}"],
+        ["table", "{bad}"],
+    ],
+    ids=["summarize", "evaluate", "sweep", "table"],
+)
+def test_a_recipe_or_sweep_that_is_not_yaml_is_one_line_with_its_position(tmp_path, capsys, monkeypatch, command):
+    """Before, summarize and evaluate gave PyYAML's traceback and sweep its five-line report."""
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("model: [unclosed\n")
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    args = [arg.format(bad=bad, ckpt=ckpt, folder=tmp_path) for arg in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "broken.yaml" in err and "not valid YAML: expected ',' or ']'" in err and "(line 2, column 1)" in err
+
+
+def test_a_checkpoint_that_is_not_one_is_named_as_such(tmp_path, capsys, monkeypatch):
+    """Before, an image given as --ckpt was 'refused ... pickled objects other than tensors'."""
+    monkeypatch.delenv("RSVLM_DEBUG", raising=False)
+    image = _one_band_tif(tmp_path)
+    recipe = str(REPO / "recipes" / "spex-demo-rgbn.yaml")
+    assert main(["evaluate", "--config", recipe, "--ckpt", str(image), "--real-data", str(tmp_path)]) == 2
+    _assert_one_error_line(capsys.readouterr().err, f"cannot read checkpoint {image}: not a file torch.save wrote")
 
 
 # ----------------------------------------------------------------------- LightningCLI subcommands

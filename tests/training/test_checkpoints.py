@@ -63,6 +63,27 @@ def test_io_round_trip_and_refusals(tmp_path):
         io.load_checkpoint(tmp_path / "missing.ckpt")
 
 
+def test_a_file_torch_did_not_write_is_named_as_such_and_the_legacy_format_still_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    weights = {"w": torch.arange(4.0)}
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": weights}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(
+        load_checkpoint(legacy)["state_dict"]["w"], torch.load(legacy, weights_only=True)["state_dict"]["w"]
+    )
+
+    tensors = tmp_path / "model.safetensors"
+    save_file(weights, str(tensors))
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    for path in (tensors, text):
+        with pytest.raises(
+            CheckpointError, match=rf"cannot read checkpoint .*{path.name}: not a file torch.save wrote"
+        ):
+            load_checkpoint(path)
+
+
 class _FailsWhilePickled:
     def __reduce__(self):
         raise RuntimeError("disk full (simulated)")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from rsvlm.experiments.sweep.spec import SweepError
+from rsvlm.io.yaml_file import YamlFileError, read_yaml
 
 _CLASS_FIELDS = ("class_path", "init_args", "dict_kwargs")
 
@@ -81,9 +82,9 @@ def resolve_config(base_path: str | os.PathLike[str], overrides: dict[str, Any])
     """Load the base recipe and apply ``overrides`` (dotted key -> value) in order."""
     base_path = Path(base_path)
     try:
-        config = yaml.safe_load(base_path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise SweepError(f"{base_path}: cannot read the base recipe ({err})") from err
+        config = read_yaml(base_path, "base recipe")
+    except (OSError, YamlFileError) as err:
+        raise SweepError(str(err)) from err
     if not isinstance(config, dict):
         raise SweepError(f"{base_path}: expected a recipe mapping (seed_everything, trainer, model, data)")
     for key, value in overrides.items():

@@ -42,9 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-import yaml
-
 from rsvlm.contracts import RsvlmError
+from rsvlm.io.yaml_file import YamlFileError, read_yaml
 
 if TYPE_CHECKING:
     from rsvlm.experiments.sweep.needs import Need
@@ -246,9 +245,9 @@ def load_sweep(path: str | os.PathLike[str], out: Optional[str | os.PathLike[str
     if not path.is_file():
         raise SweepError(f"{path}: sweep file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML ({err})") from err
+        raw = read_yaml(path, "sweep file")
+    except YamlFileError as err:
+        raise SweepError(str(err)) from err
     return parse_sweep(raw, path, out)
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import yaml
 
 from rsvlm.contracts import RsvlmError
 from rsvlm.data.base import canonical_split
@@ -36,6 +35,7 @@ from rsvlm.data.spie.records import SpieRecord, read_records, select_datasets
 from rsvlm.experiments.sweep import CONFIG_FILE
 from rsvlm.experiments.table.results import RunResult, TableError
 from rsvlm.experiments.table.stats import EXTRA_KEYS, Cell, Table, TableRow, metric_key
+from rsvlm.io.yaml_file import YamlFileError, read_yaml
 
 BASELINE_LABEL = "Index + Otsu"
 
@@ -47,9 +47,9 @@ def _data_args(config: dict[str, Any]) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise TableError(f"{path}: cannot read the recipe ({err})") from err
+        loaded = read_yaml(path)
+    except (OSError, YamlFileError) as err:
+        raise TableError(str(err)) from err
     return loaded if isinstance(loaded, dict) else {}
 
 
