@@ -35,7 +35,7 @@ from rsvlm.llm.loading import DTYPE_KW, load_pretrained, load_tokenizer, on_meta
 from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
 from rsvlm.llm.outputs import Generation, LMOutput, generation_masks
 from rsvlm.llm.splice import PlaceholderEmbeds, Spliced, image_token_positions, splice_placeholders
-from rsvlm.llm.text_loss import LossAverage, check_loss_average, next_token_loss
+from rsvlm.llm.text_loss import LossAverage, LossPositions, check_loss_average, check_loss_positions, next_token_loss
 from rsvlm.llm.tokenizer import TokenizerSource
 from rsvlm.llm.trainable_parts import train_parts
 
@@ -75,6 +75,10 @@ class CausalLM(nn.Module):
         gradient_checkpointing: recompute activations in backward to save memory.
         loss_average: ``token`` (every target token weighs the same) or ``sample`` (each sample's
             tokens averaged first; :func:`rsvlm.llm.text_loss.next_token_loss`).
+        loss_positions: ``targets`` (the cross-entropy over the positions that have a target only)
+            or ``all`` (over every position, ignored ones zeroed: the same loss to float32
+            rounding, slower; the demo recipes keep it for their published numbers;
+            :data:`rsvlm.llm.text_loss.LossPositions`).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class CausalLM(nn.Module):
         max_length: int = 2048,
         gradient_checkpointing: bool = False,
         loss_average: LossAverage = "token",
+        loss_positions: LossPositions = "targets",
     ) -> None:
         super().__init__()
         if model is None and config is None:
@@ -108,6 +113,8 @@ class CausalLM(nn.Module):
         self.max_length = max_length
         check_loss_average(loss_average, "CausalLM.loss_average")
         self.loss_average = loss_average
+        check_loss_positions(loss_positions, "CausalLM.loss_positions")
+        self.loss_positions = loss_positions
         meta = on_meta_device()
         # float32 unless asked: transformers would otherwise pick the checkpoint's or config's dtype.
         dtype = parse_dtype(torch_dtype) or torch.float32
@@ -305,7 +312,7 @@ class CausalLM(nn.Module):
         )
         loss = None
         if s.labels is not None:
-            loss = next_token_loss(out.logits, s.labels, self.loss_average)
+            loss = next_token_loss(out.logits, s.labels, self.loss_average, self.loss_positions)
         return LMOutput(
             loss, out.logits, out.hidden_states[-1], s.attention_mask, s.response_mask, s.input_ids, s.labels
         )

@@ -78,8 +78,9 @@ def test_forward_splices_visual_tokens_into_the_model(tok_dir) -> None:
         assert torch.equal(spliced_ids[out.response_mask[i, : n + N_VISUAL - 1]], resp)
 
 
-def test_text_loss_is_cross_entropy_on_response_tokens(tok_dir) -> None:
-    lm = tiny_lm(tok_dir)
+@pytest.mark.parametrize("loss_positions", ["targets", "all"])
+def test_text_loss_is_cross_entropy_on_response_tokens(tok_dir, loss_positions) -> None:
+    lm = tiny_lm(tok_dir, loss_positions=loss_positions)
     batch = lm.formatter(INSTRUCTIONS, RESPONSES)
     out = lm(batch["input_ids"], batch["attention_mask"], visual(), batch["labels"], batch["response_mask"])
     end_id = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -96,6 +97,8 @@ def test_text_loss_is_cross_entropy_on_response_tokens(tok_dir) -> None:
     expected = F.cross_entropy(torch.cat(logits), torch.cat(targets))
     torch.testing.assert_close(out.loss, expected)
     assert lm(batch["input_ids"], batch["attention_mask"], visual()).loss is None
+    with pytest.raises(ValueError, match="CausalLM.loss_positions: must be one of targets, all"):
+        tiny_lm(tok_dir, loss_positions="response")
 
 
 def trainable_names(lm: CausalLM) -> set[str]:
