@@ -296,13 +296,24 @@ def test_a_real_browser_drags_a_box_and_paints_a_region(prompted_server, scene, 
         assert x1 > x0 and y1 > y0  # top left to bottom right, in the scene's pixels
         driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Paint')]").click()
         canvas = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#scene-painting canvas")))
-        stroke = ActionChains(driver).move_to_element_with_offset(canvas, -30, 0).click_and_hold()
-        stroke.move_by_offset(30, 5).move_by_offset(30, 5).release().perform()
-        driver.find_element(By.CSS_SELECTOR, "#run").click()
-        wait.until(lambda d: "tile 0:" in d.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value"))
+        seen: set[int] = set()
+        for _attempt in range(3):
+            # On a loaded machine (seen in CI) a stroke drawn while the editor is still taking the
+            # scene as its background can be dropped, and that run gets the box alone; a person
+            # paints again, and so does this test, up to three times.
+            stroke = ActionChains(driver).move_to_element_with_offset(canvas, -30, 0).click_and_hold()
+            stroke.move_by_offset(30, 5).move_by_offset(30, 5).release().perform()
+            calls = len(kinds)
+            driver.find_element(By.CSS_SELECTOR, "#run").click()
+            wait.until(lambda d, calls=calls: len(kinds) > calls)
+            wait.until(
+                lambda d: "tile 0:" in d.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value")
+            )
+            seen = set().union(*kinds[calls:])
+            if PROMPT_KINDS["mask"] in seen:
+                break
         answer = driver.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value")
         assert "ignored" not in answer
-        seen = set().union(*kinds)
         assert PROMPT_KINDS["box"] in seen and PROMPT_KINDS["mask"] in seen, seen
     finally:
         driver.quit()
