@@ -29,13 +29,20 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from rsvlm.contracts import MissingFileError
 from rsvlm.llm.chat import ChatFormatter, single_token_id
-from rsvlm.llm.configs import build_config, config_source_for, load_config_dict
+from rsvlm.llm.configs import architecture_values, build_config, load_config_dict
 from rsvlm.llm.generation import penalty_on_every_generated_token
 from rsvlm.llm.loading import DTYPE_KW, load_pretrained, load_tokenizer, on_meta_device, parse_dtype
 from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
 from rsvlm.llm.outputs import Generation, LMOutput, generation_masks
 from rsvlm.llm.splice import PlaceholderEmbeds, Spliced, image_token_positions, splice_placeholders
-from rsvlm.llm.text_loss import LossAverage, LossPositions, check_loss_average, check_loss_positions, next_token_loss
+from rsvlm.llm.text_loss import (
+    LossAverage,
+    LossPositions,
+    check_loss_settings,
+    next_token_loss,
+    predicting_positions,
+    token_loss,
+)
 from rsvlm.llm.tokenizer import TokenizerSource
 from rsvlm.llm.trainable_parts import train_parts
 
@@ -111,9 +118,8 @@ class CausalLM(nn.Module):
         self.image_token = image_token
         self.system_prompt = system_prompt
         self.max_length = max_length
-        check_loss_average(loss_average, "CausalLM.loss_average")
         self.loss_average = loss_average
-        check_loss_positions(loss_positions, "CausalLM.loss_positions")
+        check_loss_settings(loss_average, loss_positions, "CausalLM")
         self.loss_positions = loss_positions
         meta = on_meta_device()
         # float32 unless asked: transformers would otherwise pick the checkpoint's or config's dtype.
@@ -137,16 +143,7 @@ class CausalLM(nn.Module):
             self.model = load_pretrained(model, dtype, attn_implementation, trust_remote_code)
             self.weights_source = model  # trained-only checkpoints leave what this source restores out
         else:
-            values = load_config_dict(config if config is not None else config_source_for(model))
-            # A dict is a custom model: its vocabulary is the tokenizer's unless stated. A name or
-            # path is an exact architecture: its vocab_size stays (and grows below if too small).
-            if self._tokenizer is not None and isinstance(config, dict) and "vocab_size" not in config:
-                values["vocab_size"] = len(self._tokenizer)
-                # The base config's special ids belong to the base vocabulary; take the tokenizer's.
-                for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-                    if key not in config:
-                        values[key] = getattr(self._tokenizer, key, None)
-            hf_config = build_config(values, trust_remote_code)
+            hf_config = build_config(architecture_values(config, model, self._tokenizer), trust_remote_code)
             self.model = AutoModelForCausalLM.from_config(
                 hf_config,
                 attn_implementation=attn_implementation,
@@ -303,19 +300,26 @@ class CausalLM(nn.Module):
             alone), with the spliced ``input_ids`` and ``labels``.
         """
         s = self._splice(input_ids, attention_mask, visual_tokens, placeholders, labels, response_mask)
+        # With loss_positions "targets" the LM head runs only where the loss reads a logit: its
+        # B×L'×V output is the largest activation of a step at a 150k-word vocabulary.
+        keep = None
+        if s.labels is not None and self.loss_positions == "targets":
+            keep = predicting_positions(s.labels)
         out = self.model(
             inputs_embeds=s.embeds,
             attention_mask=s.attention_mask,
             output_hidden_states=True,
             use_cache=False,
             return_dict=True,
+            **({} if keep is None else {"logits_to_keep": keep}),
         )
         loss = None
-        if s.labels is not None:
+        if keep is not None:
+            loss = token_loss(out.logits, s.labels[:, keep + 1], self.loss_average, "targets")
+        elif s.labels is not None:
             loss = next_token_loss(out.logits, s.labels, self.loss_average, self.loss_positions)
-        return LMOutput(
-            loss, out.logits, out.hidden_states[-1], s.attention_mask, s.response_mask, s.input_ids, s.labels
-        )
+        hidden = out.hidden_states[-1]
+        return LMOutput(loss, out.logits, hidden, s.attention_mask, s.response_mask, s.input_ids, s.labels, keep)
 
     def spliced_prompt(
         self, prompt_ids: torch.Tensor, prompt_attention_mask: torch.Tensor, visual_tokens: torch.Tensor

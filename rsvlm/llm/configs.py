@@ -79,3 +79,20 @@ def config_source_for(model: str) -> str:
             f"(a config.json path or one of {sorted(shipped_configs())}) or a local folder with config.json"
         )
     return name
+
+
+def architecture_values(config: str | dict[str, Any] | None, model: str | None, tokenizer: Any) -> dict[str, Any]:
+    """The config values a randomly initialised LLM is built from: ``config`` (a shipped name, a
+    ``config.json`` path or a dict) or, without it, the shipped architecture ``model`` names.
+
+    A dict is a custom model: its vocabulary is the tokenizer's unless it states ``vocab_size``, and
+    so are its bos/eos/pad ids (the base config's belong to the base vocabulary). A name or path is
+    an exact architecture: its ``vocab_size`` stays (the embeddings grow later if it is too small).
+    """
+    values = load_config_dict(config if config is not None else config_source_for(model))
+    if tokenizer is not None and isinstance(config, dict) and "vocab_size" not in config:
+        values["vocab_size"] = len(tokenizer)
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if key not in config:
+                values[key] = getattr(tokenizer, key, None)
+    return values

@@ -15,7 +15,7 @@ class LMOutput:
     Attributes:
         loss: mean cross-entropy of the next-token predictions on labelled positions (response
             tokens and the closing token); None without labels.
-        logits: ``B×L'×V``.
+        logits: ``B×L'×V``; ``B×K×V`` at the positions ``logit_positions`` when that is set.
         hidden_states: ``B×L'×D`` last-layer hidden states.
         attention_mask: ``B×L'``.
         response_mask: ``B×L'`` bool, True on response tokens (None when not given).
@@ -23,6 +23,10 @@ class LMOutput:
             the placeholder it replaced, so special tokens such as ``[SEG]`` are found with
             ``input_ids == seg_id`` at the positions of ``hidden_states``.
         labels: ``B×L'`` labels in spliced coordinates (-100 at spliced positions); None without labels.
+        logit_positions: ``K`` positions (ascending) that ``logits`` cover, or None for all ``L'``.
+            A pass with labels and ``CausalLM(loss_positions="targets")`` (the default) computes
+            logits only where the next token has a target in some sample
+            (:func:`rsvlm.llm.text_loss.predicting_positions`); ``loss_positions="all"`` keeps every one.
     """
 
     loss: torch.Tensor | None
@@ -32,6 +36,7 @@ class LMOutput:
     response_mask: torch.Tensor | None
     input_ids: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    logit_positions: torch.Tensor | None = None
 
 
 @dataclass

@@ -51,7 +51,7 @@ def test_special_tokens_are_single_ids_and_fit_the_embeddings(tok_dir) -> None:
 
 
 def test_forward_splices_visual_tokens_into_the_model(tok_dir) -> None:
-    lm = tiny_lm(tok_dir)
+    lm = tiny_lm(tok_dir, loss_positions="all")  # logits at every position, labels or not
     batch = lm.formatter(INSTRUCTIONS, RESPONSES)
     vis = visual()
     out = lm(batch["input_ids"], batch["attention_mask"], vis, batch["labels"], batch["response_mask"])
@@ -83,6 +83,7 @@ def test_text_loss_is_cross_entropy_on_response_tokens(tok_dir, loss_positions) 
     lm = tiny_lm(tok_dir, loss_positions=loss_positions)
     batch = lm.formatter(INSTRUCTIONS, RESPONSES)
     out = lm(batch["input_ids"], batch["attention_mask"], visual(), batch["labels"], batch["response_mask"])
+    full = tiny_lm(tok_dir, loss_positions="all")(batch["input_ids"], batch["attention_mask"], visual()).logits
     end_id = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
     logits, targets = [], []
     for i in range(2):
@@ -91,7 +92,7 @@ def test_text_loss_is_cross_entropy_on_response_tokens(tok_dir, loss_positions) 
         # Response (and closing token) positions in the unspliced sequence, shifted by the splice.
         start = int(batch["prompt_attention_mask"][i].sum()) + N_VISUAL - 1
         positions = torch.arange(start, start + len(answer))
-        logits.append(out.logits[i, positions - 1])  # position t-1 predicts token t
+        logits.append(full[i, positions - 1])  # position t-1 predicts token t
         targets.append(torch.tensor(answer))
         assert ids[start - N_VISUAL + 1 : start - N_VISUAL + 1 + len(answer)].tolist() == answer
     expected = F.cross_entropy(torch.cat(logits), torch.cat(targets))
@@ -99,6 +100,31 @@ def test_text_loss_is_cross_entropy_on_response_tokens(tok_dir, loss_positions) 
     assert lm(batch["input_ids"], batch["attention_mask"], visual()).loss is None
     with pytest.raises(ValueError, match="CausalLM.loss_positions: must be one of targets, all"):
         tiny_lm(tok_dir, loss_positions="response")
+
+
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=4, alpha=8)], ids=["full", "lora"])
+def test_the_lm_head_runs_only_where_a_target_follows_and_trains_the_same(tok_dir, lora) -> None:
+    """loss_positions "targets" computes logits at the positions before a target only (a brute-force
+    scan of the labels finds them); they, the loss and every gradient equal the full pass's."""
+    passes = {}
+    for positions in ("targets", "all"):
+        lm = tiny_lm(tok_dir, loss_positions=positions, lora=lora, freeze=lora is not None).train()
+        batch = lm.formatter(INSTRUCTIONS, RESPONSES)
+        out = lm(batch["input_ids"], batch["attention_mask"], visual(), batch["labels"], batch["response_mask"])
+        out.loss.backward()
+        grads = {n: p.grad for n, p in lm.named_parameters() if p.requires_grad}
+        passes[positions] = (out, grads)
+    (kept, kept_grads), (full, full_grads) = passes["targets"], passes["all"]
+    labels = full.labels
+    expected = [t for t in range(labels.shape[1] - 1) if any(labels[b, t + 1] != -100 for b in range(labels.shape[0]))]
+    assert kept.logit_positions.tolist() == expected and full.logit_positions is None
+    assert kept.logits.shape == (2, len(expected), full.logits.shape[-1])
+    torch.testing.assert_close(kept.logits, full.logits[:, expected])
+    torch.testing.assert_close(kept.hidden_states, full.hidden_states)
+    torch.testing.assert_close(kept.loss, full.loss)
+    assert kept_grads.keys() == full_grads.keys() and kept_grads
+    for name, grad in kept_grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def trainable_names(lm: CausalLM) -> set[str]:
