@@ -82,10 +82,10 @@ class CausalLM(nn.Module):
         gradient_checkpointing: recompute activations in backward to save memory.
         loss_average: ``token`` (every target token weighs the same) or ``sample`` (each sample's
             tokens averaged first; :func:`rsvlm.llm.text_loss.next_token_loss`).
-        loss_positions: ``targets`` (the cross-entropy over the positions that have a target only)
-            or ``all`` (over every position, ignored ones zeroed: the same loss to float32
-            rounding, slower; the demo recipes keep it for their published numbers;
-            :data:`rsvlm.llm.text_loss.LossPositions`).
+        loss_positions: ``targets`` (a pass with labels runs the LM head and the cross-entropy
+            only where the next token has a target; ``LMOutput.logit_positions``) or ``all``
+            (every position: the same loss to float32 rounding, slower; the demo recipes keep it
+            for their published numbers; :data:`rsvlm.llm.text_loss.LossPositions`).
     """
 
     def __init__(
