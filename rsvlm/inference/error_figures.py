@@ -3,8 +3,8 @@
 :class:`ErrorFigures` is an ``on_mask`` observer of :func:`rsvlm.inference.evaluate.evaluate`: it
 keeps every scored mask and the counts evaluate made of it and, once scoring is done, writes one
 PNG per image and category, ``FOLDER/<dataset>/<image name>_<category>.png``: the picture, the
-reference and one error map per method (:func:`rsvlm.io.pictures.save_error_figure`), each titled with that method's F1 on this
-image. Paths are checked before anything is scored, so a long evaluation never ends on a file
+reference and one error map per method (:func:`rsvlm.io.pictures.save_error_figure`), each titled
+with that method's F1 on this image. Paths are checked before anything is scored, so a long evaluation never ends on a file
 that exists.
 """
 
@@ -46,8 +46,8 @@ class ErrorFigures:
         self.folder = Path(folder)
         self.overwrite = overwrite
         self.names = _unique_names(items)
-        self.masks: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-        self.counts: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+        # (image, category) → method → (its H×W bool mask, its counts tp, fp, fn, tn)
+        self.scored: dict[tuple[str, str], dict[str, tuple[np.ndarray, dict[str, int]]]] = {}
         self.items = {item.path: item for item in items}
         wanted = None if categories is None else {normalize_category(c) for c in categories}
         if not overwrite:
@@ -63,8 +63,7 @@ class ErrorFigures:
     def __call__(
         self, item: LabelledImage, category: str, method: str, mask: np.ndarray, counts: dict[str, int]
     ) -> None:
-        self.masks.setdefault((item.path, category), {})[method] = np.asarray(mask, bool)
-        self.counts.setdefault((item.path, category), {})[method] = counts
+        self.scored.setdefault((item.path, category), {})[method] = (np.asarray(mask, bool), counts)
 
     def write(self, progress: bool = False) -> list[Path]:
         """One figure per scored image and category; returns the files written."""
@@ -73,12 +72,12 @@ class ErrorFigures:
         from rsvlm.io.pictures import composite_or_stretch, save_error_figure
 
         written = []
-        for (path, category), by_method in tqdm(self.masks.items(), desc="figures", disable=not progress):
+        for (path, category), by_method in tqdm(self.scored.items(), desc="figures", disable=not progress):
             item = self.items[path]
             target = item.targets[category]
             panels = {}
-            for method, mask in by_method.items():
-                panels[f"{method}\n{_score_line(self.counts[(path, category)][method])}"] = mask
+            for method, (mask, counts) in by_method.items():
+                panels[f"{method}\n{_score_line(counts)}"] = mask
             out = self.path(item, category)
             out.parent.mkdir(parents=True, exist_ok=True)
             rgb = composite_or_stretch(item.image, item.bands)

@@ -49,7 +49,7 @@ def test_figures_hold_the_masks_each_row_scored(tmp_path):
     for row in rows:
         preds, targets = [], []
         for item in items:
-            mask = figures.masks[(item.path, "water")][row["method"]]
+            mask, _ = figures.scored[(item.path, "water")][row["method"]]
             np.testing.assert_array_equal(mask, predictors[row["method"]](item, "water"))
             preds.append(mask[item.valid])
             targets.append(item.targets["water"][item.valid])
