@@ -317,7 +317,7 @@ class CausalLM(nn.Module):
         if keep is not None:
             loss = token_loss(out.logits, s.labels[:, keep + 1], self.loss_average, "targets")
         elif s.labels is not None:
-            loss = next_token_loss(out.logits, s.labels, self.loss_average, self.loss_positions)
+            loss = next_token_loss(out.logits, s.labels, self.loss_average, "all")
         hidden = out.hidden_states[-1]
         return LMOutput(loss, out.logits, hidden, s.attention_mask, s.response_mask, s.input_ids, s.labels, keep)
 
