@@ -60,13 +60,16 @@ def step_fn(model, batch, optimizer, scaler, dtype, with_mask: bool):
 
 
 def train_row(
-    recipe: Path, stage: str, precision: str, steps: int, warmup: int, batch_size: int, device: torch.device
+    model, data: dict, stage: str, precision: str, steps: int, warmup: int, batch_size: int, device: torch.device
 ) -> dict:
+    """One training row on the already built ``model`` (its weights move a little each row: they
+    are random, only the time and memory are read). fp16 steps whose gradients overflow are skipped
+    by the scaler, which makes them faster: the ``skipped`` column counts them among the timed."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    model, data, _ = build_model(recipe, None)
     model.set_stage(stage)
-    model.to(device).train()
+    model.train()
     with_mask = stage != "text"
     batch = random_batch(model, data, batch_size, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -77,18 +80,22 @@ def train_row(
     for _ in range(warmup):
         step()
     counter = FlopCounterMode(display=False)
-    with counter:
+    # The math path of attention decomposes into matrix products the counter knows; torch's
+    # formula for the fused kernels rejects grouped-query shapes (Qwen's 12 query, 2 key heads).
+    with counter, sdpa_kernel(SDPBackend.MATH):
         step()
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, skipped = [], 0
     for _ in range(steps):
+        scale = scaler.get_scale() if scaler.is_enabled() else None
         sync(device)
         start = time.perf_counter()
         step()
         sync(device)
         times.append(time.perf_counter() - start)
+        skipped += scale is not None and scaler.get_scale() < scale
     step_s = sorted(times)[len(times) // 2]
     row = {
         "stage": stage,
@@ -99,31 +106,45 @@ def train_row(
         "samples_s": batch_size / step_s,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
         "tflop_step": counter.get_total_flops() / 1e12,
+        "skipped": f"{skipped}/{steps}",
     }
-    del model, optimizer, batch
+    del optimizer, batch, params
+    model.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
 
 
-def inference_row(recipe: Path, precision: str, new_tokens: int, repeats: int, device: torch.device) -> dict:
+def inference_row(model, data: dict, precision: str, new_tokens: int, repeats: int, device: torch.device) -> dict:
+    """Seconds per image of ``predict_masks`` (generate → pool → decode) with exactly
+    ``new_tokens`` generated: random weights would stop at an end token anywhere, so Hugging
+    Face's ``min_new_tokens`` holds the stop tokens back until then."""
     from dataclasses import replace
 
-    model, data, _ = build_model(recipe, None)
-    model.to(device).eval()
+    model.eval()
     model.generation = replace(model.generation, max_new_tokens=new_tokens)
+    hf_model = model.llm.model
+
+    def generate_all_tokens(*args, generation_config, **kwargs):
+        generation_config.min_new_tokens = new_tokens
+        return type(hf_model).generate(hf_model, *args, generation_config=generation_config, **kwargs)
+
+    hf_model.generate = generate_all_tokens
     batch = random_batch(model, data, 1, device)
     dtype = DTYPES[precision]
     times, generated = [], 0
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
-        for i in range(repeats + 1):
-            sync(device)
-            start = time.perf_counter()
-            out = model.predict_masks(batch)
-            sync(device)
-            if i:  # the first call warms up
-                times.append(time.perf_counter() - start)
-            generated = int(out["token_ids"].shape[1])  # new tokens only (B×T)
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
+            for i in range(repeats + 1):
+                sync(device)
+                start = time.perf_counter()
+                out = model.predict_masks(batch)
+                sync(device)
+                if i:  # the first call warms up
+                    times.append(time.perf_counter() - start)
+                generated = int(out["token_ids"].shape[1])  # new tokens only (B×T)
+    finally:
+        del hf_model.generate  # the class's own method again
     return {"precision": precision, "seconds": sorted(times)[len(times) // 2], "tokens": generated}
 
 
@@ -135,7 +156,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[256])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument(
@@ -150,23 +171,53 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak = args.peak_tflops or peak_tflops(name)
     recipe = REPO / args.recipe
-    print(f"\n{name}, torch {torch.__version__}, {args.recipe}, random weights\n")
-    print("| stage | precision | batch | trainable | step (s) | samples/s | peak memory (GiB) | TFLOP/step | MFU |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    import transformers
+
+    print(
+        f"\n{name}, torch {torch.__version__}, transformers {transformers.__version__}, {args.recipe}, random weights"
+    )
+    started = time.perf_counter()
+    model, data, _ = build_model(recipe, None)
+    model.to(device)
+    print(f"built and moved to {device} in {time.perf_counter() - started:.0f} s\n", flush=True)
+
+    # Inference first, on the untouched random weights.
+    print("| inference | precision | generated tokens | seconds per 512² image |")
+    print("|---|---|---:|---:|")
+    for precision in args.precisions:
+        for new_tokens in args.new_tokens:
+            try:
+                r = inference_row(model, data, precision, new_tokens, args.repeats, device)
+            except Exception as error:  # one failed row must not cost the others (one GPU session)
+                print(
+                    f"| generate → pool → decode | {precision} | failed: {type(error).__name__}: {error} | |",
+                    flush=True,
+                )
+                continue
+            print(f"| generate → pool → decode | {r['precision']} | {r['tokens']} | {r['seconds']:.2f} |", flush=True)
+
+    print(
+        "\n| stage | precision | batch | trainable | step (s) | samples/s | peak memory (GiB) | TFLOP/step | MFU | fp16 steps skipped |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for stage in args.stages:
         for precision in args.precisions:
-            r = train_row(recipe, stage, precision, args.steps, args.warmup, args.batch_size, device)
+            try:
+                r = train_row(model, data, stage, precision, args.steps, args.warmup, args.batch_size, device)
+            except Exception as error:
+                print(f"| {stage} | {precision} | failed: {type(error).__name__}: {error} |", flush=True)
+                model.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             mfu = f"{100 * r['tflop_step'] / r['step_s'] / peak:.1f} %" if peak else "n/a"
             print(
                 f"| {r['stage']} | {r['precision']} | {r['batch']} | {r['trainable'] / 1e6:.1f} M | {r['step_s']:.3f} | "
-                f"{r['samples_s']:.2f} | {r['peak_gib']:.1f} | {r['tflop_step']:.2f} | {mfu} |",
+                f"{r['samples_s']:.2f} | {r['peak_gib']:.1f} | {r['tflop_step']:.2f} | {mfu} | "
+                f"{r['skipped'] if r['precision'] == '16-mixed' else '–'} |",
                 flush=True,
             )
-    print("\n| inference | precision | generated tokens | seconds per 512² image |")
-    print("|---|---|---:|---:|")
-    for precision in args.precisions:
-        r = inference_row(recipe, precision, args.new_tokens, args.repeats, device)
-        print(f"| generate → pool → decode | {r['precision']} | {r['tokens']} | {r['seconds']:.2f} |", flush=True)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
