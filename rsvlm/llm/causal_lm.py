@@ -21,16 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM
 
 from rsvlm.contracts import MissingFileError
 from rsvlm.llm.chat import ChatFormatter, single_token_id
 from rsvlm.llm.configs import architecture_values, build_config, load_config_dict
-from rsvlm.llm.generation import penalty_on_every_generated_token
+from rsvlm.llm.generation import hf_generation_config, penalty_on_every_generated_token
 from rsvlm.llm.loading import DTYPE_KW, load_pretrained, load_tokenizer, on_meta_device, parse_dtype
 from rsvlm.llm.lora import LoraSettings, apply_lora, apply_trainable_tokens
 from rsvlm.llm.outputs import Generation, LMOutput, generation_masks
@@ -339,6 +338,7 @@ class CausalLM(nn.Module):
         temperature: float = 0.8,
         top_p: float = 0.9,
         repetition_penalty: float = 1.0,
+        cache_implementation: str | None = None,
         placeholders: Mapping[str, PlaceholderEmbeds] | None = None,
     ) -> Generation:
         """Generate responses to LEFT-padded prompts.
@@ -352,6 +352,8 @@ class CausalLM(nn.Module):
             temperature: sampling temperature.
             top_p: nucleus sampling mass.
             repetition_penalty: > 1 discourages repeating generated tokens.
+            cache_implementation: Hugging Face's KV cache; None grows it per token, ``"static"``
+                allocates it once (and on CUDA compiles the decode step: see ``GenerationSettings``).
             placeholders: further placeholder embeddings, as in :meth:`forward`.
 
         Returns:
@@ -364,19 +366,14 @@ class CausalLM(nn.Module):
         stop_ids = sorted(
             {self.end_token_id, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])}
         )
-        settings: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample,
-            "repetition_penalty": repetition_penalty,
-            "eos_token_id": stop_ids,
-            "pad_token_id": self.formatter.pad_token_id,
-        }
-        if do_sample:
-            settings.update(temperature=temperature, top_p=top_p)
+        config = hf_generation_config(
+            max_new_tokens, do_sample, temperature, top_p, repetition_penalty, cache_implementation
+        )
+        config.update(eos_token_id=stop_ids, pad_token_id=self.formatter.pad_token_id)
         with torch.no_grad(), penalty_on_every_generated_token(repetition_penalty) as penalty:
             # Given only inputs_embeds, a decoder-only model returns just the new tokens.
             sequences = self.model.generate(
-                inputs_embeds=embeds, attention_mask=mask, generation_config=GenerationConfig(**settings), **penalty
+                inputs_embeds=embeds, attention_mask=mask, generation_config=config, **penalty
             )
         gen_mask, response = generation_masks(sequences, stop_ids)
 

@@ -224,6 +224,33 @@ def test_generate_shapes_and_hidden_states_equal_a_forward(tok_dir) -> None:
         assert gen.texts[i] == lm.tokenizer.decode(gen.sequences[i][gen.response_mask[i]], skip_special_tokens=True)
 
 
+def test_a_static_cache_generates_what_the_default_cache_does(tok_dir, monkeypatch) -> None:
+    lm = tiny_lm(tok_dir, seed=4)
+    batch = lm.formatter(INSTRUCTIONS, RESPONSES)  # two prompt lengths: the shorter is left-padded
+    args = (batch["prompt_ids"], batch["prompt_attention_mask"], visual())
+    default = lm.generate(*args, max_new_tokens=9)
+    # The setting reaches transformers' generate, which then decodes into a StaticCache.
+    hf_generate, seen = lm.model.generate, {}
+
+    def spy(*a, generation_config, **kw):
+        seen["config"] = generation_config
+        return hf_generate(*a, generation_config=generation_config, **kw)
+
+    monkeypatch.setattr(lm.model, "generate", spy)
+    caches = set()  # the decode steps' cache (transformers 5.2x calls the argument `cache`)
+    hook = lm.base_model.register_forward_pre_hook(
+        lambda module, a, kw: caches.add(type(kw.get("cache", kw.get("past_key_values"))).__name__), with_kwargs=True
+    )
+    static = lm.generate(*args, max_new_tokens=9, cache_implementation="static")
+    hook.remove()
+    assert seen["config"].cache_implementation == "static"
+    assert "StaticCache" in caches, caches
+    assert torch.equal(static.sequences, default.sequences) and static.texts == default.texts
+    torch.testing.assert_close(static.hidden_states, default.hidden_states, atol=1e-5, rtol=1e-5)
+    lm.generate(*args, max_new_tokens=9)
+    assert seen["config"].cache_implementation is None
+
+
 def test_generation_masks_stop_at_the_first_end_token() -> None:
     seq = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 2, 7, 0], [5, 6, 7, 8, 9], [3, 5, 6, 7, 8]])
     mask, response = generation_masks(seq, stop_ids=[2, 3])

@@ -270,6 +270,24 @@ def test_seeded_sampling_repeats_and_leaves_the_global_stream_alone(components, 
     assert seen["do_sample"] is True and seen["temperature"] == 1.5 and "seed" not in seen
 
 
+def test_a_static_cache_setting_reaches_generate_and_predicts_the_same_masks(components, monkeypatch):
+    from dataclasses import replace
+
+    from rsvlm.llm.generation import GenerationSettings
+
+    model = VisionLanguageModel(**components, generation=GenerationSettings(max_new_tokens=5)).eval()
+    batch = contract_batch(model.llm.formatter)
+    default = model.predict_masks(batch)
+    seen = {}
+    generate = model.llm.generate
+    monkeypatch.setattr(model.llm, "generate", lambda *a, **kw: seen.update(kw) or generate(*a, **kw))
+    model.generation = replace(model.generation, cache_implementation="static")
+    static = model.predict_masks(batch)
+    assert seen["cache_implementation"] == "static"
+    assert torch.equal(static["token_ids"], default["token_ids"])
+    torch.testing.assert_close(static["mask_logits"], default["mask_logits"], atol=1e-4, rtol=1e-4)
+
+
 def test_settings_are_copied_so_a_default_is_never_shared(components):
     first = VisionLanguageModel(**components)
     first.generation.max_new_tokens = 3
