@@ -9,8 +9,8 @@ of ``--repeats`` after a warm-up, so the prompt pass and the final hidden-state 
 * ``LoRA adapters`` — the trained model as rsvlm runs it (peft's LoRA layers in the forward);
 * ``LoRA merged`` — the same update folded into the weights (peft's ``merge_adapter``);
 * ``no LoRA`` — the base model alone (peft's ``disable_adapter``);
-* ``merged + static cache, compiled`` — Hugging Face's static KV cache, whose forward
-  ``generate`` compiles on CUDA (``--no-compile`` leaves it out; the first call compiles).
+* ``merged + static cache, compiled`` — ``cache_implementation="static"``: Hugging Face's
+  static KV cache, whose forward ``generate`` compiles on CUDA (``--no-compile`` leaves it out; the first call compiles).
 
     python benchmarks/decode_speed.py                                  # qwen2.5-1.5b on the GPU
     python benchmarks/decode_speed.py --device cpu --layers 28 --hidden 64 --no-compile
@@ -56,15 +56,14 @@ def build_llm(config: str, layers: int | None, hidden: int | None, device: torch
     return llm.to(device=device, dtype=dtype).eval()
 
 
-def exactly(llm: CausalLM, tokens: int, static: bool) -> Callable[[], None]:
+def exactly(llm: CausalLM, tokens: int) -> Callable[[], None]:
     """Makes the Hugging Face ``generate`` under ``llm`` produce exactly ``tokens`` tokens (random
-    weights would stop at an end token anywhere), with a static cache when asked; returns the undo."""
+    weights would stop at an end token anywhere: ``min_new_tokens`` holds the stop tokens back);
+    returns the undo."""
     hf_model = llm.model
 
     def generate(*args, generation_config, **kwargs):
         generation_config.min_new_tokens = tokens
-        if static:
-            generation_config.cache_implementation = "static"
         return type(hf_model).generate(hf_model, *args, generation_config=generation_config, **kwargs)
 
     hf_model.generate = generate
@@ -74,7 +73,7 @@ def exactly(llm: CausalLM, tokens: int, static: bool) -> Callable[[], None]:
 def seconds(llm: CausalLM, prompt: int, tokens: int, repeats: int, static: bool, device: torch.device) -> float:
     ids = torch.randint(0, len(llm.tokenizer), (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
-    undo = exactly(llm, tokens, static)
+    undo = exactly(llm, tokens)
     times = []
     try:
         for i in range(repeats + 1):
@@ -90,6 +89,7 @@ def seconds(llm: CausalLM, prompt: int, tokens: int, repeats: int, static: bool,
                 temperature=0.3,
                 top_p=0.9,
                 repetition_penalty=1.1,
+                cache_implementation="static" if static else None,
             )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

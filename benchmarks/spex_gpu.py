@@ -30,6 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from decode_speed import exactly  # noqa: E402
 from train_step import build_model, random_batch  # noqa: E402
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "4090": 165.0, "L40S": 362.0, "A6000": 155.0}
@@ -115,21 +116,18 @@ def train_row(
     return row
 
 
-def inference_row(model, data: dict, precision: str, new_tokens: int, repeats: int, device: torch.device) -> dict:
+def inference_row(
+    model, data: dict, precision: str, new_tokens: int, repeats: int, cache: str | None, device: torch.device
+) -> dict:
     """Seconds per image of ``predict_masks`` (generate → pool → decode) with exactly
-    ``new_tokens`` generated: random weights would stop at an end token anywhere, so Hugging
-    Face's ``min_new_tokens`` holds the stop tokens back until then."""
+    ``new_tokens`` generated (``decode_speed.exactly``) and the KV cache ``cache`` (None: the
+    recipe's)."""
     from dataclasses import replace
 
     model.eval()
-    model.generation = replace(model.generation, max_new_tokens=new_tokens)
-    hf_model = model.llm.model
-
-    def generate_all_tokens(*args, generation_config, **kwargs):
-        generation_config.min_new_tokens = new_tokens
-        return type(hf_model).generate(hf_model, *args, generation_config=generation_config, **kwargs)
-
-    hf_model.generate = generate_all_tokens
+    chosen = {"cache_implementation": cache} if cache is not None else {}
+    model.generation = replace(model.generation, max_new_tokens=new_tokens, **chosen)
+    undo = exactly(model.llm, new_tokens)
     batch = random_batch(model, data, 1, device)
     dtype = DTYPES[precision]
     times, generated = [], 0
@@ -144,20 +142,25 @@ def inference_row(model, data: dict, precision: str, new_tokens: int, repeats: i
                     times.append(time.perf_counter() - start)
                 generated = int(out["token_ids"].shape[1])  # new tokens only (B×T)
     finally:
-        del hf_model.generate  # the class's own method again
+        undo()
     return {"precision": precision, "seconds": sorted(times)[len(times) // 2], "tokens": generated}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/spex.yaml")
-    parser.add_argument("--stages", nargs="+", default=["mask", "text"])
+    parser.add_argument("--stages", nargs="*", default=["mask", "text"], help="training rows; none: inference only")
     parser.add_argument("--precisions", nargs="+", default=["16-mixed", "bf16-mixed"])
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, nargs="+", default=[256])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="the KV cache of generation: static compiles decoding on CUDA (default: the recipe's)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument(
         "--device", default="cuda", help="cuda (the benchmark); cpu checks the script on a small recipe"
@@ -187,7 +190,7 @@ def main() -> None:
     for precision in args.precisions:
         for new_tokens in args.new_tokens:
             try:
-                r = inference_row(model, data, precision, new_tokens, args.repeats, device)
+                r = inference_row(model, data, precision, new_tokens, args.repeats, args.cache, device)
             except Exception as error:  # one failed row must not cost the others (one GPU session)
                 print(
                     f"| generate → pool → decode | {precision} | failed: {type(error).__name__}: {error} | |",
