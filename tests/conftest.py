@@ -17,6 +17,10 @@ import torch
 # One thread: with other processes on a 2-core machine, two OpenMP threads per process
 # oversubscribe the cores and run many times slower.
 torch.set_num_threads(1)
+# Under pytest-xdist (the README runs two workers) the other worker keeps the second core busy, so
+# the rsvlm commands that tests start as subprocesses get one thread too (two ran 2x slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
