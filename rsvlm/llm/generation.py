@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from transformers import GenerationConfig
 
@@ -19,8 +19,8 @@ class GenerationSettings:
     seeded with ``seed`` (the global stream is left as it was), so a test run gives the same
     texts and masks every time. None samples from the global stream.
 
-    ``cache_implementation`` is Hugging Face's KV cache: None (the default) grows it token by
-    token; ``"static"`` allocates it once for prompt + ``max_new_tokens``, and on CUDA transformers
+    ``cache_implementation`` is Hugging Face's KV cache: None (the default) or ``"dynamic"`` grows
+    it token by token; ``"static"`` allocates it once for prompt + ``max_new_tokens``, and on CUDA transformers
     then compiles the decode step, which removes the per-token Python overhead that dominates
     generation at small batches (Qwen2.5-1.5B at batch 1 on an H200: 7.4 ms a token instead of
     32-59, ``benchmarks/decode_speed.py``). The first call compiles; a new batch size or prompt
@@ -34,7 +34,7 @@ class GenerationSettings:
     top_p: float = 0.9
     repetition_penalty: float = 1.0
     seed: int | None = 0
-    cache_implementation: Optional[str] = None
+    cache_implementation: Optional[Literal["dynamic", "static"]] = None
 
     def sampling_seed(self) -> int | None:
         """The seed a generating call uses, or None (no sampling, or no seed)."""

@@ -49,6 +49,14 @@ def _error(args: list[str]) -> str:
     return message
 
 
+def test_an_unknown_kv_cache_is_refused_when_the_recipe_is_read(tmp_path):
+    """A misspelt cache stops the run at parsing, not at the first generation after training."""
+    bad = _spoiled(tmp_path, "model", "init_args", "generation", "cache_implementation", value="statc")
+    message = _error(["fit", "--config", str(bad), "--print_config"])
+    assert message.startswith(f"{bad}: model.init_args.generation.cache_implementation: ")
+    assert "'dynamic', 'static'" in message, message
+
+
 def test_a_value_outside_a_literal_names_the_field_and_every_choice(tmp_path):
     bad = _spoiled(tmp_path, "model", "init_args", "fusion", "init_args", "form", value="papr")
     message = _error(["fit", "--config", str(bad), "--print_config"])

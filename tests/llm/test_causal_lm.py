@@ -249,6 +249,8 @@ def test_a_static_cache_generates_what_the_default_cache_does(tok_dir, monkeypat
     torch.testing.assert_close(static.hidden_states, default.hidden_states, atol=1e-5, rtol=1e-5)
     lm.generate(*args, max_new_tokens=9)
     assert seen["config"].cache_implementation is None
+    dynamic = lm.generate(*args, max_new_tokens=9, cache_implementation="dynamic")  # the default, named
+    assert torch.equal(dynamic.sequences, default.sequences)
 
 
 def test_generation_masks_stop_at_the_first_end_token() -> None:
