@@ -9,8 +9,9 @@ of ``--repeats`` after a warm-up, so the prompt pass and the final hidden-state 
 * ``LoRA adapters`` — the trained model as rsvlm runs it (peft's LoRA layers in the forward);
 * ``LoRA merged`` — the same update folded into the weights (peft's ``merge_adapter``);
 * ``no LoRA`` — the base model alone (peft's ``disable_adapter``);
-* ``merged + static cache, compiled`` — ``cache_implementation="static"``: Hugging Face's
-  static KV cache, whose forward ``generate`` compiles on CUDA (``--no-compile`` leaves it out; the first call compiles).
+* ``... + static cache, compiled`` — ``cache_implementation="static"``: Hugging Face's static
+  KV cache, whose forward ``generate`` compiles on CUDA; as rsvlm predicts with the setting (LoRA
+  adapters) and merged. The first call compiles; ``--no-compile`` leaves these rows out.
 
     python benchmarks/decode_speed.py                                  # qwen2.5-1.5b on the GPU
     python benchmarks/decode_speed.py --device cpu --layers 28 --hidden 64 --no-compile
@@ -138,6 +139,8 @@ def main() -> None:
 
     peft_model = llm.model
     row("LoRA adapters (as trained)")
+    if not args.no_compile:
+        row("LoRA adapters + static cache, compiled", static=True)
     with peft_model.disable_adapter():
         row("no LoRA")
     peft_model.merge_adapter()
