@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from geomag import device_name, timed  # noqa: E402
 
 from rsvlm.data.spie.corpus import SpieDemoTokenizer  # noqa: E402
 from rsvlm.llm.causal_lm import CausalLM, LoraSettings  # noqa: E402
@@ -44,10 +46,11 @@ def build_llm(config: str, layers: int | None, hidden: int | None, device: torch
         overrides["num_hidden_layers"] = layers
     if hidden is not None:
         overrides.update(hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4, num_key_value_heads=2)
-    # A dict config takes the tokenizer's vocabulary unless it names one: keep the real one, whose
-    # LM head and sampling over 151,936 words are part of each token's cost.
-    vocab = load_config_dict(config)["vocab_size"]
-    architecture = {"base": config, "vocab_size": vocab, **overrides} if overrides else config
+    architecture = config
+    if overrides:
+        # A dict config takes the tokenizer's vocabulary unless it names one: keep the real one,
+        # whose LM head and sampling over 151,936 words are part of each token's cost.
+        architecture = {"base": config, "vocab_size": load_config_dict(config)["vocab_size"], **overrides}
     llm = CausalLM(
         config=architecture,
         tokenizer=SpieDemoTokenizer(),
@@ -74,32 +77,21 @@ def exactly(llm: CausalLM, tokens: int) -> Callable[[], None]:
 def seconds(llm: CausalLM, prompt: int, tokens: int, repeats: int, static: bool, device: torch.device) -> float:
     ids = torch.randint(0, len(llm.tokenizer), (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
+    settings = {"do_sample": True, "temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.1}
+    cache = "static" if static else None
     undo = exactly(llm, tokens)
-    times = []
     try:
-        for i in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            generation = llm.generate(
-                ids,
-                mask,
-                None,
-                max_new_tokens=tokens,
-                do_sample=True,
-                temperature=0.3,
-                top_p=0.9,
-                repetition_penalty=1.1,
-                cache_implementation="static" if static else None,
-            )
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i:  # the first call warms up (and compiles, with a static cache)
-                times.append(time.perf_counter() - start)
+        # One untimed call warms up (and compiles, with a static cache).
+        median, generation = timed(
+            lambda: llm.generate(ids, mask, None, max_new_tokens=tokens, cache_implementation=cache, **settings),
+            1,
+            repeats,
+            device,
+        )
     finally:
         undo()
     assert generation.sequences.shape[1] == tokens, generation.sequences.shape
-    return sorted(times)[len(times) // 2]
+    return median
 
 
 def per_token_ms(llm: CausalLM, args, static: bool, device: torch.device) -> tuple[float, float]:
@@ -123,7 +115,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     llm = build_llm(args.config, args.layers, args.hidden, device, DTYPES[args.dtype])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = device_name(device)
     shape = f"{llm.model.config.num_hidden_layers} layers × {llm.model.config.hidden_size}"
     print(f"\n{name}, torch {torch.__version__}, {args.config} ({shape}), {args.dtype}, prompt {args.prompt}\n")
     print(f"| variant | ms per generated token | seconds for {args.tokens} tokens |")

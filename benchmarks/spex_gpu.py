@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from decode_speed import exactly  # noqa: E402
+from geomag import device_name, sync, timed  # noqa: E402
 from train_step import build_model, random_batch  # noqa: E402
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "4090": 165.0, "L40S": 362.0, "A6000": 155.0}
@@ -39,11 +40,6 @@ DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 def peak_tflops(name: str) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_fn(model, batch, optimizer, scaler, dtype, with_mask: bool):
@@ -130,20 +126,12 @@ def inference_row(
     undo = exactly(model.llm, new_tokens)
     batch = random_batch(model, data, 1, device)
     dtype = DTYPES[precision]
-    times, generated = [], 0
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
-            for i in range(repeats + 1):
-                sync(device)
-                start = time.perf_counter()
-                out = model.predict_masks(batch)
-                sync(device)
-                if i:  # the first call warms up
-                    times.append(time.perf_counter() - start)
-                generated = int(out["token_ids"].shape[1])  # new tokens only (B×T)
+            seconds, out = timed(lambda: model.predict_masks(batch), 1, repeats, device)  # one call warms up
     finally:
         undo()
-    return {"precision": precision, "seconds": sorted(times)[len(times) // 2], "tokens": generated}
+    return {"precision": precision, "seconds": seconds, "tokens": int(out["token_ids"].shape[1])}  # new tokens (B×T)
 
 
 def main() -> None:
@@ -171,7 +159,7 @@ def main() -> None:
         sys.exit(
             "benchmarks/spex_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); --device cpu to check it"
         )
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = device_name(device)
     peak = args.peak_tflops or peak_tflops(name)
     recipe = REPO / args.recipe
     import transformers
