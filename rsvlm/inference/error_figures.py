@@ -4,8 +4,8 @@
 keeps every scored mask and the counts evaluate made of it and, once scoring is done, writes one
 PNG per image and category, ``FOLDER/<dataset>/<image name>_<category>.png``: the picture, the
 reference and one error map per method (:func:`rsvlm.io.pictures.save_error_figure`), each titled
-with that method's F1 on this image. Paths are checked before anything is scored, so a long evaluation never ends on a file
-that exists.
+with that method's F1 on this image. Paths are checked before anything is scored, so a long
+evaluation never ends on a file that exists.
 """
 
 from __future__ import annotations
