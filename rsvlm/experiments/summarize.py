@@ -19,6 +19,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.overrides import TorchFunctionMode
+
 from rsvlm.experiments.architectures import with_architecture
 from rsvlm.io.yaml_file import read_yaml
 
@@ -111,15 +114,37 @@ def build_model_on_meta(model_config: dict[str, Any], where: str = "recipe"):
     ``where``) under ``torch.device("meta")``, without its weight sources (:func:`without_weights`);
     a section that does not parse or build is one :class:`~rsvlm.io.recipe_errors.RecipeError`."""
     import lightning as L
-    import torch
     from jsonargparse import ArgumentParser
 
     from rsvlm.io.recipe_errors import parse_and_build
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
-    with torch.device("meta"):
+    with torch.device("meta"), SkipMetaWeightFills():
         return parse_and_build(parser, {"model": without_weights(model_config)}, where).model
+
+
+class SkipMetaWeightFills(TorchFunctionMode):
+    """Inside ``with``: random and clamping fills of a meta tensor (weight initialisation) return
+    it untouched. A meta tensor has no values to fill, and torch runs these ops' meta kernels in
+    Python (``clamp_`` ~3 ms, ``normal_`` ~1 ms a call; timm's ``trunc_normal_`` uses both), so
+    building the paper's SPEX on the meta device took 13 s instead of 2. Only ops whose other
+    arguments are not tensors are skipped: they cannot fail on shapes, so a shape error still
+    raises as it would on a real device."""
+
+    SKIPPED = frozenset((torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.clamp_, torch.Tensor.erfinv_))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (
+            func in self.SKIPPED
+            and args
+            and isinstance(args[0], torch.Tensor)
+            and args[0].is_meta
+            and not any(isinstance(a, torch.Tensor) for a in (*args[1:], *kwargs.values()))
+        ):
+            return args[0]
+        return func(*args, **kwargs)
 
 
 def without_weights(node: Any) -> Any:
