@@ -26,6 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def declared_requirements(extras: tuple[str, ...] = ("dev",)) -> list[str]:
+    """rsvlm's requirements as pyproject.toml declares them: ``[project] dependencies`` plus the
+    named optional-dependency groups (read from the file: an editable install's metadata can be
+    older than it)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + [text for extra in extras for text in project["optional-dependencies"][extra]]
+
+
 def quiet_trainer(**kwargs):
     """A CPU Lightning Trainer without logger, checkpoints, progress bar, summary or validation
     (what a unit test that trains a few steps wants); ``kwargs`` add to or override these."""

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, distribution
 
-import tomllib
-from conftest import REPO
+from conftest import REPO, declared_requirements
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -28,15 +27,9 @@ def locked_versions() -> dict[str, str]:
 
 
 def requirements_of(name: str, extras: frozenset[str]) -> list[Requirement]:
-    """The requirements that apply here with ``extras`` requested: rsvlm's from pyproject.toml (an
-    editable install's metadata can be older than the file), another's from its installed metadata."""
-    if name == "rsvlm":
-        project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-        texts = project["dependencies"] + [
-            f'{text}; extra == "{extra}"' for extra in extras for text in project["optional-dependencies"][extra]
-        ]
-    else:
-        texts = distribution(name).requires or []
+    """The requirements that apply here with ``extras`` requested: rsvlm's as pyproject.toml
+    declares them, another's from its installed metadata."""
+    texts = declared_requirements(tuple(extras)) if name == "rsvlm" else distribution(name).requires or []
     wanted = []
     for text in texts:
         requirement = Requirement(text)

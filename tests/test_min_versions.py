@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
-import tomllib
+from conftest import REPO, declared_requirements
 from packaging.requirements import Requirement
 from packaging.version import Version
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _module():
@@ -20,14 +17,9 @@ def _module():
     return module
 
 
-def _declared() -> list[str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return project["dependencies"] + project["optional-dependencies"]["dev"]
-
-
 def test_each_pin_is_the_declared_lower_bound():
     pins = _module().min_requirements(extras=("dev",))
-    declared = _declared()
+    declared = declared_requirements()
     assert len(pins) == len(declared)
     for original, pinned in zip(declared, pins):
         req, pin = Requirement(original), Requirement(pinned)
